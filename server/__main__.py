@@ -1,0 +1,85 @@
+"""``python -m server``: read the settings, then serve on ``LISTEN_PORT`` with ``WORKERS``
+processes.
+
+Owns start-up and shutdown. With ``WORKERS`` > 1 each worker is an independent process that
+binds the port with ``SO_REUSEPORT`` (the kernel spreads connections), builds its own
+services after the fork, and the parent forwards SIGTERM/SIGINT to them.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from loguru import logger
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from server.app import make_app
+from server.logs import setup_logging
+from server.settings import Settings, SettingsError, load_settings
+
+
+async def serve(settings: Settings) -> None:
+    sockets = bind_sockets(
+        settings.listen_port, settings.listen_host, reuse_port=settings.workers > 1
+    )
+    server = HTTPServer(
+        make_app(settings),
+        xheaders=True,
+        max_body_size=settings.max_body_bytes + 1024,
+        idle_connection_timeout=75,
+    )
+    server.add_sockets(sockets)
+    logger.info(
+        "listening on http://{}:{} (upstream {}, {} mode)",
+        settings.listen_host,
+        settings.listen_port,
+        settings.zai_base_url,
+        "anonymous" if settings.anonymous_mode else "token",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await server.close_all_connections()
+
+
+def _run_workers(settings: Settings) -> None:
+    children = []
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(serve(settings))
+            os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        os.waitpid(child, 0)
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.debug_logging)
+    if settings.workers > 1:
+        _run_workers(settings)
+    else:
+        asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The neutral language between the API faces and the core.
+
+Owns ``Conversation`` (what a client asked, whichever API it spoke), ``Usage``, and the
+``Sink`` protocol: where the core sends what the model says (reasoning text, answer text,
+the end with its reason and usage, or a failure). The OpenAI and Anthropic faces each turn
+their request into a ``Conversation`` and implement a ``Sink``; neither knows the upstream.
+"""
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.errors import GatewayError
+from server.models import Model
+
+__all__ = ["Conversation", "Sink", "Turn", "Usage"]
+
+
+@dataclass(slots=True)
+class Turn:
+    role: str  # "system" | "user" | "assistant"
+    text: str
+
+
+@dataclass(slots=True)
+class Conversation:
+    model: Model
+    turns: list[Turn]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    thinking: bool | None = None  # None: the model row decides
+    request_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The latest user text: what the upstream signs."""
+        for turn in reversed(self.turns):
+            if turn.role == "user":
+                return turn.text
+        return self.turns[-1].text if self.turns else ""
+
+    @property
+    def wants_thinking(self) -> bool:
+        return self.model.thinking if self.thinking is None else self.thinking
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Sink(Protocol):
+    """Receives one completion as it happens. ``started`` turns true with the first byte
+    that reaches the client; until then a failure can still be retried or sent as an HTTP
+    error status."""
+
+    started: bool
+
+    async def delta(self, reasoning: str, content: str) -> None: ...
+
+    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
+        """The end. ``reasoning``/``content`` are the whole final texts (authoritative)."""
+
+    async def fail(self, error: GatewayError) -> None: ...

@@ -1,0 +1,91 @@
+"""The core: one completion, from a neutral ``Conversation`` to a ``Sink``.
+
+Owns ``complete()``, the request path read top to bottom: take a credential -> open the
+upstream stream -> read it, handing what grew to the sink -> finish -> release the
+credential with what the attempt said about it. A failure before any byte reached the client
+is retried (bounded by ``UPSTREAM_RETRIES``, only for kinds whose rule allows it) with a new
+credential; after that the sink reports it (an HTTP error, or an error event mid-stream).
+Cancelling the task (the client hung up) closes the upstream socket at once.
+"""
+
+from dataclasses import dataclass
+
+from loguru import logger
+
+from server.chat import Conversation, Sink
+from server.errors import GatewayError
+from server.tokens import TokenSource
+from server.transport import TransportError
+from server.zai.client import ZaiClient
+from server.zai.stream import AnswerStream
+
+__all__ = ["Attempts", "complete"]
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What happened upstream for one request, for the request log line."""
+
+    count: int = 0
+    last_error: str = ""
+
+
+async def complete(
+    conv: Conversation,
+    sink: Sink,
+    tokens: TokenSource,
+    client: ZaiClient,
+    retries: int,
+    attempts: Attempts | None = None,
+) -> None:
+    attempts = attempts or Attempts()
+    while True:
+        attempts.count += 1
+        try:
+            await _attempt(conv, sink, tokens, client)
+            return
+        except GatewayError as err:
+            attempts.last_error = err.kind
+            retry = err.rule.retry and not sink.started and attempts.count <= retries
+            logger.bind(rid=conv.request_id).info(
+                "upstream attempt {} failed: {} ({}){}",
+                attempts.count,
+                err.kind,
+                err.detail,
+                "; retrying" if retry else "",
+            )
+            if not retry:
+                await sink.fail(err)
+                return
+            if err.rule.refresh_version:
+                await client.refresh_fe_version()
+
+
+async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient) -> None:
+    cred = await tokens.acquire(conv.model)
+    outcome = "ok"
+    try:
+        exchange = await client.open_completion(cred, conv)
+        try:
+            stream = AnswerStream(conv.model.id)
+            async for chunk in exchange:
+                reasoning, answer = stream.feed(chunk)
+                if reasoning or answer:
+                    await sink.delta(reasoning, answer)
+                if stream.done:
+                    break
+            reasoning, answer = stream.end()
+        except TransportError as exc:
+            raise GatewayError(
+                "timeout" if exc.timeout else "unavailable", str(exc), model=conv.model.id
+            ) from None
+        finally:
+            exchange.close()
+        if reasoning or answer:
+            await sink.delta(reasoning, answer)
+        await sink.finish(stream.finish_reason, stream.usage, *stream.final())
+    except GatewayError as err:
+        outcome = err.rule.token
+        raise
+    finally:
+        await tokens.release(cred, outcome)

@@ -1,0 +1,143 @@
+"""What every failure means for the client, as one table.
+
+Owns ``GatewayError`` and the ``RULES`` table. A failure has a *kind* (a short code); its row
+says the HTTP status the client gets, the OpenAI error ``type``, whether a retry may help (only
+ever before a byte reached the client), what it says about the upstream token used (for the
+pool: ``ok``, ``cooldown`` or ``dead``), whether the front-end version must be re-read, and the
+plain-words message. The upstream dialect decides which kind an upstream answer is
+(PROTOCOL.md section 4); this table is section 5. The API faces render a ``GatewayError`` in
+their own error shape.
+"""
+
+from dataclasses import dataclass
+
+__all__ = ["RULES", "GatewayError", "Rule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    status: int
+    type: str
+    retry: bool = False
+    token: str = "ok"
+    refresh_version: bool = False
+    message: str = "{detail}"
+
+
+_UPSTREAM = "upstream_error"
+
+RULES: dict[str, Rule] = {
+    # The client's own mistakes
+    "invalid_request": Rule(400, "invalid_request_error", message="{detail}"),
+    "invalid_json": Rule(
+        400, "invalid_request_error", message="the body is not valid JSON: {detail}"
+    ),
+    "invalid_api_key": Rule(401, "authentication_error", message="{detail}"),
+    "model_not_found": Rule(404, "invalid_request_error", message="{detail}"),
+    "not_found": Rule(404, "invalid_request_error", message="{detail}"),
+    "method_not_allowed": Rule(405, "invalid_request_error", message="{detail}"),
+    "payload_too_large": Rule(413, "invalid_request_error", message="{detail}"),
+    # The gateway cannot serve the request
+    "internal": Rule(500, "server_error", message="internal error in the gateway: {detail}"),
+    "no_upstream_token": Rule(503, "server_error", message="{detail}"),
+    # What the upstream said (PROTOCOL.md section 5)
+    "token_rejected": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        token="dead",
+        message="the upstream rejected its access token ({detail}); no other token worked",
+    ),
+    "unavailable": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        token="cooldown",
+        message="the upstream is unavailable: {detail}",
+    ),
+    "timeout": Rule(
+        504,
+        _UPSTREAM,
+        retry=True,
+        token="cooldown",
+        message="the upstream timed out: {detail}",
+    ),
+    "waf_blocked": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        token="cooldown",
+        message="the upstream's firewall (Aliyun WAF) blocked the request with HTTP 405: this "
+        "server's IP address is probably blocked; lower the request rate or use another egress IP",
+    ),
+    "version_outdated": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        refresh_version=True,
+        message="the upstream says the front-end version is outdated ({detail}); re-reading it "
+        "did not help: set ZAI_FE_VERSION to the current prod-fe-x.y.z of the chat.z.ai page",
+    ),
+    "signature_rejected": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        message="the upstream rejected the request signature ({detail}): the signing scheme or "
+        "ZAI_SIGNATURE_KEY has probably changed upstream",
+    ),
+    "model_forbidden": Rule(
+        403,
+        "permission_error",
+        message="model {model} is not available to guest (anonymous) upstream tokens: it needs "
+        "a Z.AI user token (AUTH_TOKENS_FILE), or choose another model ({detail})",
+    ),
+    "captcha_required": Rule(
+        503,
+        _UPSTREAM,
+        message="the upstream demands a captcha for this request (FRONTEND_CAPTCHA_REQUIRED), "
+        "which a gateway cannot solve: retry later or use another upstream token",
+    ),
+    "rate_limited": Rule(
+        429,
+        "rate_limit_error",
+        retry=True,
+        token="cooldown",
+        message="the upstream is rate limiting or too busy: {detail}",
+    ),
+    "bad_response": Rule(
+        502,
+        _UPSTREAM,
+        retry=True,
+        message="the upstream answered something unexpected: {detail}",
+    ),
+}
+
+
+class GatewayError(Exception):
+    """A failure the client must hear about; ``kind`` is a key of ``RULES``.
+
+    >>> raise GatewayError("model_not_found", "model 'x' does not exist", param="model")
+    """
+
+    def __init__(
+        self, kind: str, detail: str = "", *, param: str | None = None, model: str = ""
+    ) -> None:
+        if kind not in RULES:
+            raise ValueError(f"unknown failure kind {kind!r}; add a row to RULES")
+        self.kind = kind
+        self.rule = RULES[kind]
+        self.detail = detail
+        self.param = param
+        self.model = model
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"<GatewayError {self.kind} {self.rule.status}: {self.detail!r}>"
+
+    @property
+    def message(self) -> str:
+        return self.rule.message.format(detail=self.detail or "no detail", model=self.model)
+
+    @property
+    def status(self) -> int:
+        return self.rule.status

@@ -1,0 +1,63 @@
+"""The model table: which names clients may ask for and what each means upstream.
+
+Owns ``MODELS`` and ``find_model``. ``FAMILY`` has one row per upstream model (adding a model
+is one row); ``VARIANTS`` turns each row into the exposed names: the plain name, ``-Thinking``
+(upstream ``enable_thinking``) and ``-Search`` (upstream web search). Thinking and search are
+feature flags upstream, not separate model ids (PROTOCOL.md section 2). ``guest`` says whether
+guest (anonymous) tokens may use it: since 2026-05 the GLM-5 family needs a user token.
+Names are matched case-insensitively, as users type them every which way.
+"""
+
+from dataclasses import dataclass, replace
+
+__all__ = ["MODELS", "Model", "find_model"]
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    upstream: str
+    thinking: bool = False
+    search: bool = False
+    vision: bool = False
+    guest: bool = True
+    created: int = 0
+
+
+# exposed name, upstream id, guest allowed, vision, first seen (unix time)
+FAMILY: list[tuple[str, str, bool, bool, int]] = [
+    ("GLM-4.5", "0727-360B-API", True, False, 1753574400),
+    ("GLM-4.5-Air", "0727-106B-API", True, False, 1753574400),
+    ("GLM-4.5V", "glm-4.5v", True, True, 1754956800),
+    ("GLM-4.6", "GLM-4-6-API-V1", True, False, 1759190400),
+    ("GLM-4.6V", "glm-4.6v", True, True, 1765238400),
+    ("GLM-4.7", "glm-4.7", True, False, 1766361600),
+    ("GLM-5", "glm-5", False, False, 1770768000),
+    ("GLM-5-Turbo", "GLM-5-Turbo", False, False, 1775088000),
+    ("GLM-5.1", "GLM-5.1", False, False, 1775952000),
+    ("GLM-5.3-Flash", "x-preview-l", True, False, 1787184000),
+]
+
+# suffix, field overrides
+VARIANTS: list[tuple[str, dict[str, bool]]] = [
+    ("", {}),
+    ("-Thinking", {"thinking": True}),
+    ("-Search", {"search": True}),
+]
+
+
+def _expand() -> dict[str, Model]:
+    table: dict[str, Model] = {}
+    for name, upstream, guest, vision, created in FAMILY:
+        base = Model(name, upstream, vision=vision, guest=guest, created=created)
+        for suffix, overrides in VARIANTS:
+            model = replace(base, id=name + suffix, **overrides)
+            table[model.id.lower()] = model
+    return table
+
+
+MODELS: dict[str, Model] = _expand()
+
+
+def find_model(name: str) -> Model | None:
+    return MODELS.get(name.lower())

@@ -1,0 +1,66 @@
+"""The OpenAI face: ``/v1/chat/completions`` and ``/v1/models``.
+
+Owns the route handlers. Each reads top to bottom: authenticate -> decode and validate ->
+neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or collected).
+"""
+
+import uuid
+
+from server.completion import Attempts, complete
+from server.errors import GatewayError
+from server.models import MODELS, Model, find_model
+from server.openai_render import OpenAIResult, OpenAIStream
+from server.openai_wire import decode_chat_request, to_conversation
+from server.web import ApiHandler, api
+
+__all__ = ["ChatCompletions", "ModelList", "OneModel"]
+
+
+class ChatCompletions(ApiHandler):
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        req = decode_chat_request(self.request.body)
+        self.model_name = req.model
+        conv = to_conversation(req, self.request_id)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            sink = OpenAIStream(self, completion_id, conv.model.id, include_usage)
+        else:
+            sink = OpenAIResult(self, completion_id, conv.model.id)
+        services = self.services
+        self.attempts = Attempts()
+        await self.run_until_done_or_gone(
+            complete(
+                conv,
+                sink,
+                services.tokens,
+                services.client,
+                services.settings.upstream_retries,
+                self.attempts,
+            )
+        )
+
+
+def _model_object(model: Model) -> dict:
+    return {"id": model.id, "object": "model", "created": model.created, "owned_by": "z.ai"}
+
+
+class ModelList(ApiHandler):
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        self.write({"object": "list", "data": [_model_object(m) for m in MODELS.values()]})
+
+
+class OneModel(ApiHandler):
+    @api
+    async def get(self, name: str) -> None:
+        self.authenticate()
+        model = find_model(name)
+        if model is None:
+            raise GatewayError(
+                "model_not_found", f"the model '{name}' does not exist", param="model"
+            )
+        self.write(_model_object(model))

@@ -1,0 +1,120 @@
+"""Every knob of the gateway, read once from env vars and ``.env`` (pydantic-settings).
+
+Owns the ``Settings`` model and ``load_settings()``, which turns a validation failure into one
+plain line naming the variable (``SettingsError``) so start-up can stop with it. Every moving
+value of the undocumented upstream (base URL, front-end version, signature key, timeouts) is a
+setting here; ``.env.example`` documents each with its default.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.zai.signature import DEFAULT_KEY
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # HTTP surface
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    # Client API keys (what OpenAI/Anthropic clients send)
+    auth_token: str = ""
+    auth_tokens: CommaList = []
+    skip_auth_token: bool = False
+
+    # Upstream identity
+    anonymous_mode: bool = True
+    auth_tokens_file: Path | None = None
+
+    # Features
+    tool_support: bool = True
+    scan_limit: int = Field(200_000, ge=1)
+    debug_logging: bool = False
+
+    # State
+    redis_url: str = ""
+
+    # The upstream dialect: every moving value is here
+    zai_base_url: str = "https://chat.z.ai"
+    zai_fe_version: str = ""
+    zai_fe_version_fallback: str = "prod-fe-1.1.95"
+    zai_fe_version_ttl: float = Field(3600.0, gt=0)
+    zai_signature_key: str = DEFAULT_KEY
+    zai_user_agent: str = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/146.0.0.0 Safari/537.36"
+    )
+    zai_history: Literal["messages", "flatten"] = "messages"
+    upstream_connect_timeout: float = Field(10.0, gt=0)
+    upstream_header_timeout: float = Field(60.0, gt=0)
+    upstream_idle_timeout: float = Field(120.0, gt=0)
+    upstream_retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("zai_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("zai_fe_version")
+    @classmethod
+    def _fe_version(cls, value: str) -> str:
+        if value and not value.startswith("prod-fe-"):
+            raise ValueError("must look like prod-fe-1.1.95")
+        return value
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _tokens_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _some_key(self) -> "Settings":
+        if not self.skip_auth_token and not self.api_keys:
+            raise ValueError(
+                "AUTH_TOKEN: set a client API key (AUTH_TOKEN or AUTH_TOKENS), "
+                "or SKIP_AUTH_TOKEN=true to run without one"
+            )
+        return self
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        keys = [self.auth_token, *self.auth_tokens] if self.auth_token else self.auth_tokens
+        return tuple(dict.fromkeys(k for k in keys if k))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raise ``SettingsError`` with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        line = msg if not name else f"{name}: {msg} (got {err.get('input')!r})"
+        raise SettingsError(f"invalid setting {line}") from None

@@ -1,0 +1,220 @@
+"""A small streaming HTTP/1.1 client for the upstream, built on tornado's own connection code.
+
+Owns ``open_stream()`` and ``Exchange``. Tornado's ``AsyncHTTPClient`` cannot give a caller the
+socket of a fetch in flight, so a client that hangs up would leave the upstream fetch running
+until its next chunk; here every exchange holds its own ``IOStream`` and ``close()`` shuts it at
+once. The body is read with backpressure (at most a few chunks are queued) and with explicit
+timeouts: connect, time to response headers, and idle time between chunks.
+"""
+
+import asyncio
+import collections
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+__all__ = ["Exchange", "Timeouts", "TransportError", "open_stream"]
+
+
+class TransportError(Exception):
+    """The upstream could not be reached, timed out, or closed the connection early."""
+
+    def __init__(self, reason: str, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.timeout = timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    headers: float = 60.0
+    idle: float = 120.0
+
+
+_END = object()
+_QUEUE_DEPTH = 4
+_tcp_client = TCPClient()
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context
+
+
+class Exchange(httputil.HTTPMessageDelegate):
+    """One upstream request and its streamed response.
+
+    >>> exchange = await open_stream("POST", url, headers, body, Timeouts())
+    >>> exchange.status, exchange.headers["Content-Type"]
+    >>> async for chunk in exchange: ...
+    >>> exchange.close()   # at any time: the socket is closed at once
+    """
+
+    def __init__(self, stream: IOStream, timeouts: Timeouts) -> None:
+        self.status = 0
+        self.reason = ""
+        self.headers = httputil.HTTPHeaders()
+        self.bytes_read = 0
+        self.closed = False
+        self._stream = stream
+        self._timeouts = timeouts
+        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._chunks: collections.deque[object] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._error: TransportError | None = None
+        self.reader: asyncio.Future[bool] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"status={self.status or 'pending'}"
+        return f"<Exchange {state} read={self.bytes_read}B queued={len(self._chunks)}>"
+
+    # HTTPMessageDelegate: called by tornado's HTTP1Connection
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        assert isinstance(start_line, httputil.ResponseStartLine)
+        self.status, self.reason, self.headers = start_line.code, start_line.reason, headers
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def data_received(self, chunk: bytes) -> "asyncio.Future[None] | None":
+        self.bytes_read += len(chunk)
+        self._push(chunk)
+        if len(self._chunks) < _QUEUE_DEPTH:
+            return None
+        self._room = asyncio.get_running_loop().create_future()
+        return self._room
+
+    def finish(self) -> None:
+        self._push(_END)
+
+    def on_connection_close(self) -> None:
+        if not self.closed and self._error is None:
+            self._error = TransportError("the upstream closed the connection mid-response")
+        self._push(_END)
+        self._release_head()
+
+    # Consumer side
+
+    async def wait_head(self) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._head), self._timeouts.headers)
+        except TimeoutError:
+            self.close()
+            raise TransportError(
+                f"no response headers within {self._timeouts.headers:g} s", timeout=True
+            ) from None
+
+    def __aiter__(self) -> "Exchange":
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._wake, self._timeouts.idle)
+            except TimeoutError:
+                self.close()
+                raise TransportError(
+                    f"the upstream sent nothing for {self._timeouts.idle:g} s", timeout=True
+                ) from None
+        item = self._chunks.popleft()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+        if item is _END:
+            self._chunks.appendleft(_END)
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        return item  # type: ignore[return-value]
+
+    async def read_all(self, limit: int = 1 << 20) -> bytes:
+        parts, size = [], 0
+        async for chunk in self:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+        return b"".join(parts)[:limit]
+
+    def close(self) -> None:
+        """Close the upstream socket now; safe to call more than once."""
+        if not self.closed:
+            self.closed = True
+            self._stream.close()
+            self._push(_END)
+            self._release_head()
+
+    def _release_head(self) -> None:
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _push(self, item: object) -> None:
+        self._chunks.append(item)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+
+async def open_stream(
+    method: str, url: str, headers: dict[str, str], body: bytes | None, timeouts: Timeouts
+) -> Exchange:
+    """Send a request and return once the response headers arrived."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    host = parts.hostname or ""
+    started = time.monotonic()
+    try:
+        stream = await _tcp_client.connect(
+            host, port, ssl_options=_tls() if https else None, timeout=timeouts.connect
+        )
+    except (OSError, StreamClosedError, TimeoutError) as exc:
+        timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
+        raise TransportError(
+            f"cannot connect to {host}:{port}: {exc or 'timeout'}", timeout=timed_out
+        ) from None
+    stream.set_nodelay(True)
+    exchange = Exchange(stream, timeouts)
+    conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    head = httputil.HTTPHeaders(headers)
+    head["Host"] = parts.netloc
+    head["Connection"] = "close"
+    head.setdefault("Accept-Encoding", "gzip")
+    if body is not None:
+        head["Content-Length"] = str(len(body))
+    try:
+        conn.write_headers(httputil.RequestStartLine(method, target, "HTTP/1.1"), head, body)
+        conn.finish()
+    except StreamClosedError:
+        exchange.close()
+        raise TransportError(f"the connection to {host}:{port} closed while sending") from None
+    exchange.reader = asyncio.ensure_future(conn.read_response(exchange))
+    exchange.reader.add_done_callback(_quiet)
+    try:
+        await exchange.wait_head()
+    except asyncio.CancelledError:
+        exchange.close()
+        raise
+    if exchange.status == 0:
+        exchange.close()
+        raise exchange._error or TransportError("the upstream closed before answering")
+    return exchange
+
+
+def _quiet(task: "asyncio.Future[bool]") -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,150 @@
+"""What every API route shares: keys, errors, limits, and the one log line per request.
+
+Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
+a route into the error body of the API that route speaks), ``check_api_key`` (constant-time,
+``Authorization: Bearer`` or ``x-api-key``), ``NotFound``, and the access line: request id,
+method, path, model, status, latency and time to first byte, upstream attempts.
+"""
+
+import asyncio
+import functools
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+from tornado.iostream import StreamClosedError
+from tornado.web import RequestHandler
+
+from server.errors import GatewayError
+from server.openai_render import error_body
+
+__all__ = ["ApiHandler", "NotFound", "api", "check_api_key"]
+
+
+def check_api_key(presented: str, keys: tuple[str, ...]) -> bool:
+    """True when ``presented`` is one of ``keys``; every key is compared, in constant time."""
+    given = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+def api(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(method)
+    async def route(self: "ApiHandler", *args: str) -> None:
+        try:
+            await method(self, *args)
+        except GatewayError as err:
+            self.send_gateway_error(err)
+
+    return route
+
+
+class ApiHandler(RequestHandler):
+    """Base of every API route. Subclasses set ``render_error`` for their API's error shape."""
+
+    render_error: Callable[[GatewayError], bytes] = staticmethod(error_body)
+
+    def initialize(self, services: Any) -> None:
+        self.services = services
+        self.request_id = uuid.uuid4().hex[:12]
+        self.model_name = "-"
+        self.attempts: Any = None
+        self.first_byte: float | None = None
+        self.started_at = time.monotonic()
+        self._task: asyncio.Future[None] | None = None
+
+    def prepare(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
+        limit = self.services.settings.max_body_bytes
+        if len(self.request.body) > limit:
+            raise GatewayError(
+                "payload_too_large", f"the request body is larger than {limit} bytes"
+            )
+
+    def authenticate(self) -> None:
+        settings = self.services.settings
+        if settings.skip_auth_token:
+            return
+        header = self.request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        presented = presented or self.request.headers.get("x-api-key", "")
+        if not presented:
+            raise GatewayError(
+                "invalid_api_key",
+                "no API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key')",
+            )
+        if not check_api_key(presented, settings.api_keys):
+            raise GatewayError("invalid_api_key", "the API key is not valid for this gateway")
+
+    async def run_until_done_or_gone(self, work: Awaitable[None]) -> None:
+        """Run the completion; if the client hangs up, cancel it (closing the upstream)."""
+        self._task = asyncio.ensure_future(work)
+        try:
+            await self._task
+        except (asyncio.CancelledError, StreamClosedError):
+            logger.bind(rid=self.request_id).info("client went away; upstream closed")
+
+    def on_connection_close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def flush(self, include_footers: bool = False) -> "asyncio.Future[None]":
+        if self.first_byte is None:
+            self.first_byte = time.monotonic()
+        return super().flush(include_footers)
+
+    def send_gateway_error(self, err: GatewayError) -> None:
+        if self._headers_written:
+            return
+        self.clear()
+        self.set_status(err.status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("X-Request-Id", self.request_id)
+        self.finish(self.render_error(err))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            self.send_gateway_error(exc)
+            return
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        kind = kinds.get(status_code, "invalid_request" if status_code < 500 else "internal")
+        where = f"{self.request.method} {self.request.path}"
+        detail = f"{where}: {self._reason}" if kind != "internal" else f"{where} failed"
+        self.set_header("Content-Type", "application/json")
+        self.finish(self.render_error(GatewayError(kind, detail)))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, GatewayError):
+            return
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        now = time.monotonic()
+        elapsed = (now - self.started_at) * 1000
+        ttfb = ((self.first_byte or now) - self.started_at) * 1000
+        attempts = getattr(self.attempts, "count", 0)
+        logger.info(
+            "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
+            self.request_id,
+            self.request.method,
+            self.request.path,
+            self.model_name,
+            self.get_status(),
+            elapsed,
+            ttfb,
+            attempts,
+        )
+
+
+class NotFound(ApiHandler):
+    @api
+    async def get(self, *args: str) -> None:
+        raise GatewayError("not_found", f"no route {self.request.method} {self.request.path}")
+
+    post = put = delete = patch = get

@@ -1,0 +1,165 @@
+"""The upstream client: the only code that talks to chat.z.ai.
+
+Owns ``ZaiClient``: reading the front-end version from the home page (cached, one fetch at a
+time, re-read on a 426), creating guest credentials (``GET /api/v1/auths/``, falling back to
+``POST /api/v1/auths/guest``), validating a token, and opening a completion stream. HTTP-level
+failures come back as ``GatewayError`` kinds (``failures.http_failure``); connection failures
+and timeouts as ``unavailable``/``timeout``. ``ZAI_BASE_URL`` moves every URL at once.
+"""
+
+import asyncio
+import re
+import time
+
+import msgspec
+from loguru import logger
+
+from server.chat import Conversation
+from server.errors import GatewayError
+from server.settings import Settings
+from server.transport import Exchange, Timeouts, TransportError, open_stream
+from server.zai.failures import http_failure
+from server.zai.identity import Credential, credential_from_auth
+from server.zai.request import Dialect, build_completion
+
+__all__ = ["ZaiClient"]
+
+_FE_VERSION = re.compile(rb"prod-fe-\d+(?:\.\d+)+")
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class ZaiClient:
+    """Speaks the chat.z.ai web dialect for the rest of the gateway.
+
+    >>> client = ZaiClient(settings)
+    >>> cred = await client.guest_credential()
+    >>> exchange = await client.open_completion(cred, conversation)
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.zai_base_url
+        self.dialect = Dialect(
+            base_url=settings.zai_base_url,
+            signature_key=settings.zai_signature_key,
+            user_agent=settings.zai_user_agent,
+            history=settings.zai_history,
+        )
+        self.timeouts = Timeouts(
+            connect=settings.upstream_connect_timeout,
+            headers=settings.upstream_header_timeout,
+            idle=settings.upstream_idle_timeout,
+        )
+        self._pinned_version = settings.zai_fe_version
+        self._fallback_version = settings.zai_fe_version_fallback
+        self._version_ttl = settings.zai_fe_version_ttl
+        self._version = ""
+        self._version_at = 0.0
+        self._version_fetch: asyncio.Future[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ZaiClient {self.base_url} fe={self._pinned_version or self._version or '?'}>"
+
+    # Front-end version
+
+    async def fe_version(self) -> str:
+        if self._pinned_version:
+            return self._pinned_version
+        fresh = time.monotonic() - self._version_at < self._version_ttl
+        if self._version and fresh:
+            return self._version
+        return await self.refresh_fe_version()
+
+    async def refresh_fe_version(self) -> str:
+        """Re-read the version from the home page; concurrent callers share one fetch."""
+        if self._pinned_version:
+            return self._pinned_version
+        if self._version_fetch is None or self._version_fetch.done():
+            self._version_fetch = asyncio.ensure_future(self._read_fe_version())
+        return await asyncio.shield(self._version_fetch)
+
+    async def _read_fe_version(self) -> str:
+        try:
+            status, body = await self._fetch("GET", "/", None, {"Accept": "text/html"})
+            found = _FE_VERSION.search(body) if status == 200 else None
+        except GatewayError as exc:
+            logger.warning("cannot read the front-end version from the home page: {}", exc)
+            found = None
+        if found is None:
+            version = self._version or self._fallback_version
+            logger.warning("front-end version not found on the home page; using {}", version)
+        else:
+            version = found[0].decode()
+            if version != self._version:
+                logger.info("upstream front-end version: {}", version)
+        self._version, self._version_at = version, time.monotonic()
+        return version
+
+    # Identity
+
+    async def guest_credential(self) -> Credential:
+        status, body = await self._fetch("GET", "/api/v1/auths/", None, {})
+        if status != 200:
+            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {})
+        if status != 200:
+            raise http_failure(status, body)
+        try:
+            return credential_from_auth(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise GatewayError("bad_response", f"guest sign-in answered {exc}") from None
+
+    async def validate(self, token: str) -> Credential | None:
+        """The account behind a token, or ``None`` when the upstream says it is dead (401)."""
+        status, body = await self._fetch("GET", "/api/v1/auths/", None, _bearer(token))
+        if status == 401:
+            return None
+        if status != 200:
+            raise http_failure(status, body)
+        return credential_from_auth(body)
+
+    # Completions
+
+    async def open_completion(self, cred: Credential, conv: Conversation) -> Exchange:
+        """Send the completion request; return the open 200 stream or raise GatewayError."""
+        version = await self.fe_version()
+        req = build_completion(self.dialect, cred, conv, version)
+        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id)
+        if exchange.status == 200:
+            return exchange
+        try:
+            body = await exchange.read_all(_ERROR_BODY_LIMIT)
+        except TransportError:
+            body = b""
+        finally:
+            exchange.close()
+        raise http_failure(exchange.status, body, conv.model.id)
+
+    async def _fetch(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json", **headers}
+        head.setdefault("Origin", self.base_url)
+        if body is not None:
+            head["Content-Type"] = "application/json"
+        exchange = await self._open(method, self.base_url + path, head, body, "")
+        try:
+            return exchange.status, await exchange.read_all(4 << 20)
+        except TransportError as exc:
+            raise _transport_failure(exc, "") from None
+        finally:
+            exchange.close()
+
+    async def _open(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, model: str
+    ) -> Exchange:
+        try:
+            return await open_stream(method, url, headers, body, self.timeouts)
+        except TransportError as exc:
+            raise _transport_failure(exc, model) from None
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _transport_failure(exc: TransportError, model: str) -> GatewayError:
+    return GatewayError("timeout" if exc.timeout else "unavailable", str(exc), model=model)

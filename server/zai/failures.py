@@ -1,0 +1,68 @@
+"""Which failure kind an upstream answer is (PROTOCOL.md section 4), as tables.
+
+Owns ``http_failure`` (an HTTP status and body) and ``inband_failure`` (an ``error`` object in
+a 200 stream). The kinds are rows of ``server.errors.RULES``, which says what each means for
+the client. A content-security stop is not a failure: ``is_content_filter`` tells it apart,
+and the stream ends with ``finish_reason: content_filter``.
+"""
+
+import msgspec
+
+from server.errors import GatewayError
+from server.zai.frames import UpstreamError
+
+__all__ = ["http_failure", "inband_failure", "is_content_filter"]
+
+HTTP_KINDS: dict[int, str] = {
+    401: "token_rejected",
+    403: "token_rejected",
+    405: "waf_blocked",
+    426: "version_outdated",
+    429: "rate_limited",
+}
+
+INBAND_KINDS: dict[int | str, str] = {
+    401: "token_rejected",
+    403: "model_forbidden",
+    426: "version_outdated",
+    429: "rate_limited",
+    "FRONTEND_CAPTCHA_REQUIRED": "captcha_required",
+    "MODEL_CONCURRENCY_LIMIT": "rate_limited",
+}
+
+_SIGNATURE_MARK = "Signature validation failed"
+
+
+def http_failure(status: int, body: bytes, model: str = "") -> GatewayError:
+    text = body[:2000].decode("utf-8", "replace")
+    if status == 400 and _SIGNATURE_MARK in text:
+        return GatewayError("signature_rejected", f"HTTP 400: {_detail(text)}", model=model)
+    kind = HTTP_KINDS.get(status) or ("unavailable" if status >= 500 else "bad_response")
+    html = text.lstrip().startswith("<")
+    detail = f"HTTP {status}" if html else f"HTTP {status}: {_detail(text)}"
+    return GatewayError(kind, detail, model=model)
+
+
+def inband_failure(error: UpstreamError, model: str = "") -> GatewayError:
+    kind = INBAND_KINDS.get(error.code or "") or INBAND_KINDS.get(error.error_code or "")
+    detail = error.detail or str(error.code or error.error_code or "unknown error")
+    if error.code is not None:
+        detail = f"{detail} (code {error.code})"
+    return GatewayError(kind or "bad_response", detail, model=model)
+
+
+def is_content_filter(error: UpstreamError) -> bool:
+    return "Content Security" in (error.detail or "") or (
+        error.code is None and error.content is not None
+    )
+
+
+def _detail(text: str) -> str:
+    """The ``detail`` of a JSON error body, else the text itself, shortened."""
+    try:
+        body = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return body["detail"][:300]
+    return " ".join(text.split())[:200]

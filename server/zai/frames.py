@@ -1,0 +1,85 @@
+"""Wire shapes of the upstream's SSE frames, decoded once with msgspec.
+
+Owns the ``Frame`` Structs and ``decode_frame``. Every frame is ``{"type": "chat:completion",
+"data": {...}}``; ``data`` carries a ``phase`` and some of: ``delta_content`` (append),
+``edit_index``/``edit_content`` (truncate then append), ``usage``, ``done``, an in-band
+``error`` (often duplicated under ``data.data.error``), and the 2026 site-tool fields
+(``delta_name``, ``delta_arguments``, ``tool_name``). Unknown fields are ignored, so new
+upstream keys do not break decoding; a stray ``[DONE]`` (bare or as ``{"data": "[DONE]"}``)
+decodes to a done frame.
+"""
+
+import msgspec
+
+__all__ = ["DONE", "FrameData", "UpstreamError", "UpstreamUsage", "decode_frame"]
+
+
+class UpstreamUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details or {}
+        cached = details.get("cached_tokens")
+        return cached if isinstance(cached, int) else 0
+
+
+class UpstreamError(msgspec.Struct):
+    code: int | str | None = None
+    detail: str | None = None
+    content: str | None = None
+    error_code: str | None = None
+    captcha_error_type: str | None = None
+
+
+class _Nested(msgspec.Struct):
+    error: UpstreamError | None = None
+
+
+class FrameData(msgspec.Struct):
+    phase: str | None = None
+    delta_content: str | None = None
+    edit_index: int | None = None
+    edit_content: str | None = None
+    usage: UpstreamUsage | None = None
+    done: bool = False
+    error: UpstreamError | None = None
+    data: _Nested | str | None = None
+    delta_name: str | None = None
+    delta_arguments: str | None = None
+    tool_name: str | None = None
+
+    @property
+    def failure(self) -> UpstreamError | None:
+        if self.error is not None:
+            return self.error
+        return self.data.error if isinstance(self.data, _Nested) else None
+
+    @property
+    def is_done(self) -> bool:
+        return self.done or self.phase == "done" or self.data == "[DONE]"
+
+
+class _Envelope(msgspec.Struct):
+    type: str | None = None
+    data: FrameData | str | None = None
+
+
+DONE = FrameData(phase="done", done=True)
+_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def decode_frame(payload: bytes) -> FrameData | None:
+    """Decode one SSE ``data`` payload; ``None`` for a frame that says nothing.
+
+    Raises ``msgspec.DecodeError`` for a payload that is not a frame at all.
+    """
+    if payload == b"[DONE]":
+        return DONE
+    envelope = _decoder.decode(payload)
+    if isinstance(envelope.data, FrameData):
+        return envelope.data
+    return DONE if envelope.data == "[DONE]" else None

@@ -1,0 +1,28 @@
+"""The ``X-Signature`` the upstream demands on every completion request.
+
+Owns one pure function. The algorithm (observed since Oct 2025; the key changed twice, so it is
+a setting, ``ZAI_SIGNATURE_KEY``): a sub-key is derived from the 5-minute window of the
+request's millisecond timestamp, then signs ``requestId,<id>,timestamp,<ts>,user_id,<uid>``
+(keys sorted), the base64 of the latest user text, and the timestamp, joined by ``|``.
+Two published test vectors pin it (``tests/test_signature.py``).
+"""
+
+import base64
+import hashlib
+import hmac
+
+__all__ = ["DEFAULT_KEY", "sign"]
+
+DEFAULT_KEY = "key-@@@@)))()((9))-xxxx&&&%%%%%"
+
+_WINDOW_MS = 300_000
+
+
+def sign(key: str, request_id: str, timestamp_ms: int, user_id: str, prompt: str) -> str:
+    """Return the 64-hex-character signature for one completion request."""
+    payload = f"requestId,{request_id},timestamp,{timestamp_ms},user_id,{user_id}"
+    prompt_b64 = base64.b64encode(prompt.encode()).decode()
+    data = f"{payload}|{prompt_b64}|{timestamp_ms}"
+    window = str(timestamp_ms // _WINDOW_MS).encode()
+    subkey = hmac.new(key.encode(), window, hashlib.sha256).hexdigest()
+    return hmac.new(subkey.encode(), data.encode(), hashlib.sha256).hexdigest()

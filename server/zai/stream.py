@@ -1,0 +1,133 @@
+"""One upstream answer stream, read as it arrives: bytes in, what the client should see out.
+
+Owns ``AnswerStream``. It chains the SSE reader, the frame decoder and the edited message
+text, and keeps what the frames say besides text: usage (which may arrive before the last
+answer delta, and several times in an agentic turn), the end (``phase: done`` only), a
+content-security stop, and in-band errors (classified by ``failures``). ``feed()`` returns the
+(reasoning, answer) text that grew, coalescing every frame of one socket read.
+"""
+
+import msgspec
+from loguru import logger
+
+from server.chat import Usage
+from server.errors import GatewayError
+from server.zai.failures import inband_failure, is_content_filter
+from server.zai.frames import FrameData, UpstreamUsage, decode_frame
+from server.zai.sse import SSEReader
+from server.zai.text import StreamingText
+
+__all__ = ["AnswerStream"]
+
+
+class AnswerStream:
+    """The state of one upstream answer.
+
+    >>> stream = AnswerStream(model="GLM-4.5")
+    >>> reasoning, answer = stream.feed(chunk)   # per socket read
+    >>> stream.end()                              # raises GatewayError if it ended badly
+    >>> stream.finish_reason, stream.usage
+    """
+
+    __slots__ = (
+        "_last_usage",
+        "_sse",
+        "done",
+        "failure",
+        "finish_reason",
+        "frames",
+        "malformed",
+        "model",
+        "text",
+        "usage",
+    )
+
+    def __init__(self, model: str = "") -> None:
+        self.model = model
+        self._sse = SSEReader()
+        self.text = StreamingText()
+        self.usage: Usage | None = None
+        self._last_usage: UpstreamUsage | None = None
+        self.done = False
+        self.failure: GatewayError | None = None
+        self.finish_reason = "stop"
+        self.frames = 0
+        self.malformed = 0
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else ("failed" if self.failure else "open")
+        return f"<AnswerStream {state} frames={self.frames} {self.text!r}>"
+
+    def feed(self, chunk: bytes) -> tuple[str, str]:
+        changed = False
+        for payload in self._sse.feed(chunk):
+            if self.done:
+                break
+            changed |= self._apply(payload)
+        return self.text.advance() if changed else ("", "")
+
+    def end(self) -> tuple[str, str]:
+        """The upstream closed: flush, and raise if the answer did not finish."""
+        changed = False
+        for payload in self._sse.close():
+            if not self.done:
+                changed |= self._apply(payload)
+        if self.failure is not None:
+            raise self.failure
+        if not self.done:
+            raise GatewayError(
+                "unavailable",
+                "the upstream closed the stream before it said done",
+                model=self.model,
+            )
+        return self.text.advance() if changed else ("", "")
+
+    def final(self) -> tuple[str, str]:
+        """The whole (reasoning, answer) as the last frame left them."""
+        return self.text.text.derive()
+
+    def _apply(self, payload: bytes) -> bool:
+        try:
+            frame = decode_frame(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.malformed += 1
+            logger.warning("skipped an upstream frame that is not JSON we know: {}", exc)
+            return False
+        if frame is None:
+            return False
+        self.frames += 1
+        changed = self._text(frame)
+        if frame.usage is not None:
+            self._count(frame.usage)
+        failure = frame.failure
+        if failure is not None:
+            if is_content_filter(failure):
+                self.finish_reason = "content_filter"
+            else:
+                self.failure = inband_failure(failure, self.model)
+            self.done = True
+        elif frame.is_done:
+            self.done = True
+        return changed
+
+    def _text(self, frame: FrameData) -> bool:
+        if frame.edit_index is not None and frame.edit_content is not None:
+            self.text.text.edit(frame.edit_index, frame.edit_content, frame.phase)
+            return True
+        if frame.delta_content:
+            self.text.text.append(frame.delta_content, frame.phase)
+            return True
+        return False
+
+    def _count(self, usage: UpstreamUsage) -> None:
+        # The same usage repeated (2025 streams send it three times) is counted once;
+        # distinct ones (several model calls in one agentic turn) add up.
+        if usage == self._last_usage:
+            return
+        self._last_usage = usage
+        total = self.usage or Usage()
+        total.prompt_tokens += usage.prompt_tokens
+        total.completion_tokens += usage.completion_tokens
+        total.total_tokens += usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+        total.cached_tokens += usage.cached_tokens
+        self.usage = total
