@@ -158,8 +158,15 @@ def write(name: str, comment: str, interactions: list[tuple[Request, dict]]) -> 
 
 
 def capture04() -> list[str]:
-    lines = capture("04").splitlines()
-    events = [line for line in lines if line.strip() and line.strip() != "{...}"]
+    lines = [line.strip() for line in capture("04").splitlines() if line.strip()]
+    events: list[str] = []
+    for i, line in enumerate(lines):
+        if line != "{...}":
+            events.append(line)
+            continue
+        closing = next(json.loads(e)["data"] for e in lines[i + 1 :] if '"edit_index"' in e)
+        if "</details>" in closing["edit_content"]:
+            events.append(_thinking_gap(events, lines[i + 1 :], closing["edit_content"]))
     last = next(i for i, e in enumerate(events) if '"edit_index":1759' in e)
     length = len(replay(events[:last]))
     assert length == 1699, length
@@ -167,12 +174,29 @@ def capture04() -> list[str]:
     return events
 
 
+def _thinking_gap(before: list[str], after: list[str], closing: str) -> str:
+    """The thinking delta the author elided, spelled out by the closing edit that repeats
+    the whole thinking; without it a streaming client would see thinking later rewritten."""
+    text = replay(before)
+    opened = text.rindex("</summary>\n") + len("</summary>\n")
+    streamed = text[opened:]
+    rest = "".join(json.loads(e)["data"]["delta_content"] for e in after
+                   if '"delta_content"' in e and '"edit_index"' not in e)
+    thinking = closing[closing.index("</summary>\n") + len("</summary>\n"):]
+    assert thinking.startswith(streamed), streamed
+    start = len(streamed)
+    end = thinking.index(rest[:8], start)
+    delta = {"delta_content": thinking[start:end], "phase": "thinking"}
+    return json.dumps({"type": "chat:completion", "data": delta}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
 def capture05() -> list[str]:
     events = data_lines(capture("05"))
     assert len(events) == 559 and "Thinkingâ€¦" in events[0]
     events[0] = events[0].replace("Thinkingâ€¦", "Thinking…")
-    assert replay(events[:-1]) and len(replay(events[:-1])) == json.loads(events[-1])["data"][
-        "edit_index"]
+    # the trailing phase-other frame re-edits at the final length: a check of the whole replay
+    assert len(replay(events[:-1])) == json.loads(events[-1])["data"]["edit_index"] == 6308
     return events
 
 
@@ -345,7 +369,9 @@ def main() -> None:
           [(completion_request("GLM-4-6-API-V1", "Hi hello, how are yaa?"), sse(capture05()))])
     write("stream_glm46v_details_glmblock",
           "source: captures/04 (GLM-4.6V, 2025-12); frames verbatim except:\n"
-          "completed: the author's '{...}' elision lines were dropped, so the final frame's\n"
+          "completed: the author's two '{...}' elisions inside thinking were filled with the\n"
+          "missing thinking text, which the closing edits (index 32 and 1423) spell out in full;\n"
+          "the '{...}' elision inside the final answer was dropped, so the final frame's\n"
           "edit_index 1759 was shifted to 1699, the real buffer length at that point (the\n"
           "elision removed 60 characters; checked by replaying the buffer model).",
           [(completion_request("glm-4.6v", "请框出图片中人物的面部"), sse(capture04()))])

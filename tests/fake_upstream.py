@@ -1,0 +1,245 @@
+"""A cassette replay server that stands in for chat.z.ai, over real sockets.
+
+Owns playing the recorded upstream (``cassettes/*.yaml``, vcrpy's format, loaded with vcrpy) on
+127.0.0.1: requests match on method + URL path (the query is ignored); among the interactions
+matching a request the first one not yet played answers (cassettes in the order given) and, once
+all were played, the last one repeats. SSE bodies are written one event (or, with
+``split="random"``, one random 1..64-byte chunk) at a time with a flush each, so clients see real
+chunking and real disconnects, counted in ``streams_completed`` / ``streams_aborted``. With
+``verify=True`` completion requests are first checked the way the real upstream checks them
+(query fields, bearer token, front-end version of the home cassette, ``X-Signature``). Note that
+tornado 6.6's client coalesces chunks that are already buffered, so splits only reach a tornado
+client as separate reads when ``pace`` > 0. Usable in-process (``await fake.start()`` -> base
+URL) or standalone: ``python -m tests.fake_upstream --port 9000 --pace 0.05 home guest_auth
+stream_glm5_plain_thinking``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPHeaders
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
+from vcr.cassette import Cassette
+from vcr.errors import UnhandledHTTPRequestError
+from vcr.matchers import method, path
+from vcr.record_mode import RecordMode
+from vcr.request import Request
+
+from server.zai.signature import DEFAULT_KEY, sign
+
+CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
+COMPLETIONS = "/api/v2/chat/completions"
+REQUIRED = ("timestamp", "requestId", "user_id", "token", "signature_timestamp", "version",
+            "platform")
+DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
+BAD_SIGNATURE = {"detail": "403: Signature validation failed: 签名验证失败"}
+BAD_TOKEN = {"detail": "Your session has expired or the token is invalid. Please sign in again."}
+
+
+@dataclass
+class Seen:
+    """One request as received; ``headers`` is tornado's case-insensitive HTTPHeaders."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: HTTPHeaders
+    body: bytes
+
+
+class FakeUpstream:
+    def __init__(self, *cassettes: str, pace: float = 0.0, split: str = "event",
+                 verify: bool = True, seed: int = 0) -> None:
+        if split not in ("event", "random"):
+            raise ValueError(f"split must be 'event' or 'random', not {split!r}")
+        self.pace, self.split, self.verify = pace, split, verify
+        self._random = random.Random(seed)
+        self._cassettes = [_load(name) for name in cassettes]
+        self._played: set[int] = set()
+        self.requests: list[Seen] = []
+        self.streams_completed = 0
+        self.streams_aborted = 0
+        self.fe_version = self._home_fe_version()
+        self.base_url: str | None = None
+        self._server: HTTPServer | None = None
+
+    def _home_fe_version(self) -> str | None:
+        for cassette in self._cassettes:
+            for request, response in zip(cassette.requests, cassette.responses, strict=True):
+                found = re.search(rb"prod-fe-[0-9.]+", response["body"]["string"] or b"")
+                if request.method == "GET" and request.path == "/" and found:
+                    return found.group().decode().rstrip(".")
+        return None
+
+    def _pick(self, request: Request) -> dict | None:
+        candidates = []
+        for cassette in self._cassettes:
+            try:
+                candidates += cassette.responses_of(request)
+            except UnhandledHTTPRequestError:
+                continue
+        if not candidates:
+            return None
+        chosen = next((r for r in candidates if id(r) not in self._played), candidates[-1])
+        self._played.add(id(chosen))
+        return chosen
+
+    def _reject(self, seen: Seen) -> tuple[int, dict] | None:
+        """The real upstream's checks of a completion request, or None when it passes."""
+        if not self.verify or seen.method != "POST" or seen.path != COMPLETIONS:
+            return None
+        missing = [name for name in REQUIRED if not seen.query.get(name)]
+        if missing:
+            return 400, {"detail": f"Missing required query parameters: {', '.join(missing)}"}
+        if seen.headers.get("Authorization") != f"Bearer {seen.query['token']}":
+            return 401, BAD_TOKEN
+        sent = seen.headers.get("X-FE-Version")
+        if self.fe_version and sent != self.fe_version:
+            return 426, {"detail": f"Your client version ({sent or 'unknown'}) is outdated."
+                         f" Minimum required: {self.fe_version.removeprefix('prod-fe-')}."
+                         " Please refresh the page"}
+        try:
+            prompt = json.loads(seen.body)["signature_prompt"]
+            expected = sign(DEFAULT_KEY, seen.query["requestId"], int(seen.query["timestamp"]),
+                            seen.query["user_id"], prompt)
+        except (ValueError, KeyError, TypeError):
+            return 400, BAD_SIGNATURE
+        if seen.headers.get("X-Signature") != expected:
+            return 400, BAD_SIGNATURE
+        return None
+
+    def _pieces(self, body: bytes) -> list[bytes]:
+        if self.split == "event":
+            return re.findall(rb".*?\n\n|.+\Z", body, re.S)
+        pieces, start = [], 0
+        while start < len(body):
+            size = self._random.randint(1, 64)
+            pieces.append(body[start:start + size])
+            start += size
+        return pieces
+
+    async def start(self, port: int = 0) -> str:
+        sockets = bind_sockets(port, "127.0.0.1")
+        self._server = HTTPServer(Application([(r".*", _Handler, {"fake": self})]))
+        self._server.add_sockets(sockets)
+        self.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    async def close(self) -> None:
+        """stop() and also drop the connections still open."""
+        self.stop()
+        if self._server is not None:
+            await self._server.close_all_connections()
+            self._server = None
+
+    async def wait_aborted(self, n: int = 1, timeout: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.streams_aborted < n:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.streams_aborted} stream(s) aborted, wanted {n}")
+            await asyncio.sleep(0.01)
+
+
+def _load(name: str) -> Cassette:
+    file = CASSETTES / f"{name}.yaml"
+    if not file.is_file():  # Cassette.load would silently give an empty cassette
+        raise FileNotFoundError(file)
+    return Cassette.load(path=str(file), match_on=[method, path], record_mode=RecordMode.NONE,
+                         allow_playback_repeats=True)
+
+
+class _Handler(RequestHandler):
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.gone = False
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+
+    async def _serve(self, *_: str) -> None:
+        req = self.request
+        seen = Seen(req.method, req.path, dict(parse_qsl(req.query, keep_blank_values=True)),
+                    HTTPHeaders(req.headers), req.body)
+        self.fake.requests.append(seen)
+        rejected = self.fake._reject(seen)
+        response = None if rejected else self.fake._pick(
+            Request(req.method, req.full_url(), req.body, dict(req.headers)))
+        if rejected or response is None:
+            code, detail = rejected or (404, {"detail": "Not Found"})
+            self.set_status(code)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(detail, ensure_ascii=False, separators=(",", ":")))
+            return
+        self.set_status(response["status"]["code"], response["status"]["message"])
+        content_type = ""
+        for name, values in response["headers"].items():
+            if name.lower() not in DROPPED:
+                self.clear_header(name)
+                for value in values:
+                    self.add_header(name, value)
+            content_type = values[0] if name.lower() == "content-type" else content_type
+        body = response["body"]["string"] or b""
+        if content_type.startswith("text/event-stream"):
+            await self._stream(body)
+        else:
+            self.finish(body)
+
+    async def _stream(self, body: bytes) -> None:
+        try:
+            for index, piece in enumerate(self.fake._pieces(body)):
+                if index and self.fake.pace > 0:
+                    await asyncio.sleep(self.fake.pace)
+                if self.gone:
+                    raise StreamClosedError()
+                self.write(piece)
+                await self.flush()
+            await self.finish()
+        except StreamClosedError:
+            self.fake.streams_aborted += 1
+            return
+        self.fake.streams_completed += 1
+
+    get = post = put = patch = delete = _serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve cassettes as a fake chat.z.ai.")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--pace", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument("--split", choices=("event", "random"), default="event")
+    parser.add_argument("--no-verify", action="store_true", help="skip the signature checks")
+    parser.add_argument("cassettes", nargs="+", help="names in cassettes/, without .yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("vcr").setLevel(logging.WARNING)
+
+    async def serve() -> None:
+        fake = FakeUpstream(*args.cassettes, pace=args.pace, split=args.split,
+                            verify=not args.no_verify)
+        url = await fake.start(args.port)
+        logging.info("fake upstream on %s playing %s", url, ", ".join(args.cassettes))
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
