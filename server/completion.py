@@ -46,7 +46,7 @@ async def complete(
             return
         except GatewayError as err:
             attempts.last_error = err.kind
-            retry = err.rule.retry and not sink.started and attempts.count <= retries
+            retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
             logger.bind(rid=conv.request_id).info(
                 "upstream attempt {} failed: {} ({}){}",
                 attempts.count,

@@ -18,7 +18,7 @@ __all__ = ["RULES", "GatewayError", "Rule"]
 class Rule:
     status: int
     type: str
-    retry: bool = False
+    retry: int = 0  # at most this many retries (capped by UPSTREAM_RETRIES)
     token: str = "ok"
     refresh_version: bool = False
     message: str = "{detail}"
@@ -44,28 +44,28 @@ RULES: dict[str, Rule] = {
     "token_rejected": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=2,
         token="dead",
         message="the upstream rejected its access token ({detail}); no other token worked",
     ),
     "unavailable": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=2,
         token="cooldown",
         message="the upstream is unavailable: {detail}",
     ),
     "timeout": Rule(
         504,
         _UPSTREAM,
-        retry=True,
+        retry=2,
         token="cooldown",
         message="the upstream timed out: {detail}",
     ),
     "waf_blocked": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=1,
         token="cooldown",
         message="the upstream's firewall (Aliyun WAF) blocked the request with HTTP 405: this "
         "server's IP address is probably blocked; lower the request rate or use another egress IP",
@@ -73,7 +73,7 @@ RULES: dict[str, Rule] = {
     "version_outdated": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=1,
         refresh_version=True,
         message="the upstream says the front-end version is outdated ({detail}); re-reading it "
         "did not help: set ZAI_FE_VERSION to the current prod-fe-x.y.z of the chat.z.ai page",
@@ -81,7 +81,7 @@ RULES: dict[str, Rule] = {
     "signature_rejected": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=1,
         message="the upstream rejected the request signature ({detail}): the signing scheme or "
         "ZAI_SIGNATURE_KEY has probably changed upstream",
     ),
@@ -100,14 +100,14 @@ RULES: dict[str, Rule] = {
     "rate_limited": Rule(
         429,
         "rate_limit_error",
-        retry=True,
+        retry=2,
         token="cooldown",
         message="the upstream is rate limiting or too busy: {detail}",
     ),
     "bad_response": Rule(
         502,
         _UPSTREAM,
-        retry=True,
+        retry=1,
         message="the upstream answered something unexpected: {detail}",
     ),
 }

@@ -62,10 +62,11 @@ class Seen:
 
 class FakeUpstream:
     def __init__(self, *cassettes: str, pace: float = 0.0, split: str = "event",
-                 verify: bool = True, seed: int = 0) -> None:
+                 verify: bool = True, seed: int = 0, cut_after: int | None = None) -> None:
         if split not in ("event", "random"):
             raise ValueError(f"split must be 'event' or 'random', not {split!r}")
         self.pace, self.split, self.verify = pace, split, verify
+        self.cut_after = cut_after  # drop the connection after this many SSE pieces
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -207,6 +208,9 @@ class _Handler(RequestHandler):
                 if index and self.fake.pace > 0:
                     await asyncio.sleep(self.fake.pace)
                 if self.gone:
+                    raise StreamClosedError()
+                if index == self.fake.cut_after:
+                    self.request.connection.stream.close()
                     raise StreamClosedError()
                 self.write(piece)
                 await self.flush()

@@ -1,0 +1,68 @@
+"""Shared fixtures: a cassette upstream and the gateway in front of it, on real sockets.
+
+``gateway(*cassettes, **settings)`` starts a ``FakeUpstream`` replaying the named cassettes
+and a gateway whose ``ZAI_BASE_URL`` points at it, both on 127.0.0.1 in the test's IOLoop, and
+stops both after the test. Under ``CI=true`` a skipped test fails the run.
+"""
+
+import os
+from dataclasses import dataclass
+
+import openai
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from server.app import make_app
+from server.settings import load_settings
+from tests.fake_upstream import FakeUpstream
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@dataclass
+class Gateway:
+    url: str
+    fake: FakeUpstream
+    server: HTTPServer
+
+    def openai(self, api_key: str = API_KEY) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0,
+                                  timeout=20)
+
+    def completions_seen(self) -> list:
+        return [r for r in self.fake.requests if r.path.endswith("/chat/completions")]
+
+
+@pytest.fixture
+def gateway(io_loop):
+    started: list[Gateway] = []
+
+    async def start(*cassettes: str, pace: float = 0.0, split: str = "event",
+                    cut_after: int | None = None, **overrides: object) -> Gateway:
+        fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after)
+        base = await fake.start()
+        settings = load_settings(_env_file=None, auth_token=API_KEY, skip_auth_token=False,
+                                 anonymous_mode=True, zai_base_url=base, zai_fe_version="",
+                                 **overrides)
+        sockets = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(make_app(settings))
+        server.add_sockets(sockets)
+        gw = Gateway(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", fake, server)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.server.stop()
+        io_loop.run_sync(gw.server.close_all_connections)
+        io_loop.run_sync(gw.fake.close)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") == "true" and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {report.longrepr}"
