@@ -42,9 +42,9 @@ def gateway(io_loop):
                     cut_after: int | None = None, **overrides: object) -> Gateway:
         fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after)
         base = await fake.start()
-        settings = load_settings(_env_file=None, auth_token=API_KEY, skip_auth_token=False,
-                                 anonymous_mode=True, zai_base_url=base, zai_fe_version="",
-                                 **overrides)
+        values = {"auth_token": API_KEY, "skip_auth_token": False, "anonymous_mode": True,
+                  "zai_base_url": base, "zai_fe_version": "", **overrides}
+        settings = load_settings(_env_file=None, **values)
         sockets = bind_sockets(0, "127.0.0.1")
         server = HTTPServer(make_app(settings))
         server.add_sockets(sockets)

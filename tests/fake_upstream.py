@@ -46,6 +46,9 @@ REQUIRED = ("timestamp", "requestId", "user_id", "token", "signature_timestamp",
             "platform")
 DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
 BAD_SIGNATURE = {"detail": "403: Signature validation failed: 签名验证失败"}
+# How long a cut connection stays open after its last piece: the upstream dies a moment after
+# its last frame, and the client has read what was sent before the reset.
+CUT_DELAY = 0.05
 BAD_TOKEN = {"detail": "Your session has expired or the token is invalid. Please sign in again."}
 
 
@@ -210,6 +213,7 @@ class _Handler(RequestHandler):
                 if self.gone:
                     raise StreamClosedError()
                 if index == self.fake.cut_after:
+                    await asyncio.sleep(CUT_DELAY)
                     self.request.connection.stream.close()
                     raise StreamClosedError()
                 self.write(piece)
@@ -247,3 +251,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
