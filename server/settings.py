@@ -86,6 +86,11 @@ class Settings(BaseSettings):
             raise ValueError("must look like prod-fe-1.1.95")
         return value
 
+    @field_validator("auth_tokens_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("auth_tokens_file")
     @classmethod
     def _tokens_file(cls, value: Path | None) -> Path | None:

@@ -1,0 +1,89 @@
+"""``python -m server`` as a user runs it: settings from the environment, real process.
+
+Invalid settings stop start-up with one line naming the variable; a valid start serves the
+official SDK from a cassette upstream, logs one line per request without any token, and
+SIGTERM exits 0.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import openai
+
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "ZAI_", "LISTEN_"))}
+    env.update(values)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_invalid_settings_stop_startup_with_one_line():
+    cases = [
+        ({}, "AUTH_TOKEN"),
+        ({"AUTH_TOKEN": "k", "LISTEN_PORT": "eighty"}, "LISTEN_PORT"),
+        ({"AUTH_TOKEN": "k", "ZAI_BASE_URL": "chat.z.ai"}, "ZAI_BASE_URL"),
+        ({"AUTH_TOKEN": "k", "WORKERS": "0"}, "WORKERS"),
+        ({"AUTH_TOKEN": "k", "AUTH_TOKENS_FILE": "/nonexistent/tokens.txt"}, "AUTH_TOKENS_FILE"),
+    ]
+    for values, name in cases:
+        done = subprocess.run([sys.executable, "-m", "server"], env=_env(**values), cwd="/",
+                              capture_output=True, text=True, timeout=30,
+                              check=False)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and name in lines[0], lines
+
+
+async def test_run_serve_and_sigterm(tmp_path):
+    fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking")
+    base = await fake.start()
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        env=_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
+                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT),
+    )
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
+                                    max_retries=0)
+        for _ in range(100):
+            try:
+                await client.models.list()
+                break
+            except openai.APIConnectionError:
+                await asyncio.sleep(0.1)
+        reply = await client.chat.completions.create(
+            model="GLM-4.5", messages=[{"role": "user", "content": "hi"}]
+        )
+        await client.close()
+        assert reply.choices[0].message.content.startswith("Hi there!")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
+        await fake.close()
+    log.seek(0)
+    text = log.read()
+    log.close()
+    assert code == 0, text
+    access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
+    assert len(access) == 1 and "status=200" in access[0] and "ttfb=" in access[0]
+    assert "model=GLM-4.5" in access[0]
+    guest_token = fake.requests[1].query.get("token") or ""
+    assert API_KEY not in text and "eyJ" not in text
+    assert not guest_token or guest_token not in text
