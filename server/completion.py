@@ -47,8 +47,9 @@ async def complete(
         except GatewayError as err:
             attempts.last_error = err.kind
             retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
-            logger.bind(rid=conv.request_id).info(
-                "upstream attempt {} failed: {} ({}){}",
+            logger.info(
+                "{} upstream attempt {} failed: {} ({}){}",
+                conv.request_id,
                 attempts.count,
                 err.kind,
                 err.detail,
@@ -63,6 +64,7 @@ async def complete(
 
 async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient) -> None:
     cred = await tokens.acquire(conv.model)
+    logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome = "ok"
     try:
         exchange = await client.open_completion(cred, conv)
@@ -83,6 +85,7 @@ async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: 
             exchange.close()
         if reasoning or answer:
             await sink.delta(reasoning, answer)
+        logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
         await sink.finish(stream.finish_reason, stream.usage, *stream.final())
     except GatewayError as err:
         outcome = err.rule.token

@@ -87,7 +87,7 @@ class ApiHandler(RequestHandler):
         try:
             await self._task
         except (asyncio.CancelledError, StreamClosedError):
-            logger.bind(rid=self.request_id).info("client went away; upstream closed")
+            logger.info("{} client went away; upstream closed", self.request_id)
 
     def on_connection_close(self) -> None:
         if self._task is not None and not self._task.done():

@@ -45,12 +45,15 @@ class AnswerText:
     ('Let me think.', 'Hi!')
     """
 
-    __slots__ = ("_kinds", "_starts", "text")
+    __slots__ = ("_cleaned", "_kinds", "_starts", "text")
 
     def __init__(self) -> None:
         self.text = ""
         self._starts: list[int] = []  # run i covers [starts[i], starts[i+1])
         self._kinds: list[int] = []
+        # Thinking cleaned so far per <details> body: body start -> (line start, cleaned text
+        # before it). Blocks grow by whole frames, so only the new lines are cleaned each time.
+        self._cleaned: dict[int, tuple[int, str]] = {}
 
     def __repr__(self) -> str:
         return f"<AnswerText chars={len(self.text)} runs={len(self._starts)}>"
@@ -67,6 +70,7 @@ class AnswerText:
     def edit(self, index: int, chunk: str, phase: str | None) -> None:
         index = max(0, min(index, len(self.text)))
         self.text = self.text[:index]
+        self._cleaned = {k: v for k, v in self._cleaned.items() if v[0] <= index}
         cut = bisect.bisect_left(self._starts, index)
         del self._starts[cut:], self._kinds[cut:]
         self.append(chunk, phase)
@@ -89,7 +93,7 @@ class AnswerText:
             reasoning.append(None)
             answer.append(None)
             if match[1] == "details":
-                reasoning += (_thinking_of(text, match.end(), body_end, closed=stop >= 0), None)
+                reasoning += (self._thinking_of(match.end(), body_end, closed=stop >= 0), None)
             pos = end if stop < 0 else stop + len(close)
         return _join(reasoning), _join(answer)
 
@@ -116,6 +120,36 @@ class AnswerText:
                 answer.append(None)
             pos, i = piece_end, i + 1
 
+    def _thinking_of(self, pos: int, end: int, closed: bool) -> str:
+        """The reasoning inside a ``<details>`` block body (``pos`` is after ``<details``)."""
+        text = self.text
+        gt = text.find(">", pos, end)
+        if gt < 0:
+            return ""
+        pos = gt + 1
+        while pos < end and text[pos] in "\r\n":
+            pos += 1
+        if text.startswith(_SUMMARY_OPEN, pos):
+            close = text.find(_SUMMARY_CLOSE, pos, end)
+            if close < 0:
+                return ""
+            pos = close + len(_SUMMARY_CLOSE)
+        elif _SUMMARY_OPEN.startswith(text[pos:end]):
+            return ""
+        if not closed:
+            lt = text.rfind("<", max(pos, end - 11), end)
+            if lt >= 0 and "</details>".startswith(text[lt:end]):
+                end = lt
+        line, done = self._cleaned.get(pos, (pos, ""))
+        if line > end:
+            line, done = pos, ""
+        last = text.rfind("\n", line, end)
+        if last >= 0:
+            done += _QUOTE_PREFIX.sub("", text[line : last + 1])
+            line = last + 1
+            self._cleaned[pos] = (line, done)
+        return done + _QUOTE_PREFIX.sub("", text[line:end])
+
 
 def _add(pieces: list[str | None], piece: str) -> None:
     # Runs of one channel separated only by runs of the other channel (a phase switch) are
@@ -136,28 +170,6 @@ def _held_tail(text: str, pos: int, end: int) -> int:
     if lt >= 0 and any(tag.startswith(text[lt:end]) for tag in _HELD_TAGS):
         return lt
     return end
-
-
-def _thinking_of(text: str, pos: int, end: int, closed: bool) -> str:
-    """The reasoning inside a ``<details>`` block body (after ``<details``)."""
-    gt = text.find(">", pos, end)
-    if gt < 0:
-        return ""
-    pos = gt + 1
-    while pos < end and text[pos] in "\r\n":
-        pos += 1
-    if text.startswith(_SUMMARY_OPEN, pos):
-        close = text.find(_SUMMARY_CLOSE, pos, end)
-        if close < 0:
-            return ""
-        pos = close + len(_SUMMARY_CLOSE)
-    elif _SUMMARY_OPEN.startswith(text[pos:end]):
-        return ""
-    if not closed:
-        lt = text.rfind("<", max(pos, end - 11), end)
-        if lt >= 0 and "</details>".startswith(text[lt:end]):
-            end = lt
-    return _QUOTE_PREFIX.sub("", text[pos:end])
 
 
 class StreamingText:
