@@ -34,4 +34,4 @@ def setup_logging(debug: bool) -> None:
         handlers=[_ToLoguru()], level=logging.DEBUG if debug else logging.INFO, force=True
     )
     # The access line is written by the gateway itself (server.web), with more in it.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    logging.getLogger("tornado.access").setLevel(logging.CRITICAL)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import openai
+import pytest
 
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
@@ -49,7 +50,8 @@ def test_invalid_settings_stop_startup_with_one_line():
         assert len(lines) == 1 and name in lines[0], lines
 
 
-async def test_run_serve_and_sigterm(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_run_serve_and_sigterm(tmp_path, workers):
     fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking")
     base = await fake.start()
     port = _free_port()
@@ -57,7 +59,7 @@ async def test_run_serve_and_sigterm(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env=_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
-                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT),
+                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT, WORKERS=workers),
     )
     try:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
@@ -68,11 +70,12 @@ async def test_run_serve_and_sigterm(tmp_path):
                 break
             except openai.APIConnectionError:
                 await asyncio.sleep(0.1)
-        reply = await client.chat.completions.create(
-            model="GLM-4.5", messages=[{"role": "user", "content": "hi"}]
-        )
+        for _ in range(4):
+            reply = await client.chat.completions.create(
+                model="GLM-4.5", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content.startswith("Hi there!")
         await client.close()
-        assert reply.choices[0].message.content.startswith("Hi there!")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
@@ -82,7 +85,7 @@ async def test_run_serve_and_sigterm(tmp_path):
     log.close()
     assert code == 0, text
     access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
-    assert len(access) == 1 and "status=200" in access[0] and "ttfb=" in access[0]
+    assert len(access) == 4 and "status=200" in access[0] and "ttfb=" in access[0]
     assert "model=GLM-4.5" in access[0]
     guest_token = fake.requests[1].query.get("token") or ""
     assert API_KEY not in text and "eyJ" not in text

@@ -26,6 +26,7 @@ __all__ = ["ZaiClient"]
 
 _FE_VERSION = re.compile(rb"prod-fe-\d+(?:\.\d+)+")
 _ERROR_BODY_LIMIT = 64 * 1024
+_RETRY_VERSION_AFTER = 30.0  # seconds, when the home page did not tell the version
 
 
 class ZaiClient:
@@ -84,14 +85,17 @@ class ZaiClient:
         except GatewayError as exc:
             logger.warning("cannot read the front-end version from the home page: {}", exc)
             found = None
+        now = time.monotonic()
         if found is None:
             version = self._version or self._fallback_version
             logger.warning("front-end version not found on the home page; using {}", version)
+            # Look again soon rather than trusting a guess for the whole TTL.
+            now -= max(0.0, self._version_ttl - _RETRY_VERSION_AFTER)
         else:
             version = found[0].decode()
             if version != self._version:
                 logger.info("upstream front-end version: {}", version)
-        self._version, self._version_at = version, time.monotonic()
+        self._version, self._version_at = version, now
         return version
 
     # Identity
