@@ -353,6 +353,12 @@ def main() -> None:
     write("guest_auth_user_role", "source: captures/03 (signin response shape, role user);\n"
           "synthetic. Token validation of a real account; fake JWT.",
           [(auths, json_response(200, "OK", auth_body(USER_ID, USER_EMAIL, "Test User", "user")))])
+    write("guest_auth_fallback", "source: PROTOCOL.md section 1 (the guest fallback POST\n"
+          "/api/v1/auths/guest with {}); synthetic, same answer shape as guest_auth.",
+          [(Request("POST", BASE + "/api/v1/auths/guest", b"{}",
+                    {"Content-Type": "application/json", "User-Agent": UA}),
+            json_response(200, "OK", auth_body(
+                GUEST_ID, GUEST_EMAIL, "Guest-1789488950420", "guest")))])
     write("auth_401", "source: PROTOCOL.md section 1 (401 = dead token); body text plausible\n"
           "(no capture of this response body exists).",
           [(auths, json_response(401, "Unauthorized", {"detail": INVALID_TOKEN}))])

@@ -206,3 +206,12 @@ async def test_models_list_and_retrieve(gateway):
         models
     )
     assert one.id == "GLM-4.5-Thinking" and one.owned_by == "z.ai"
+
+
+async def test_guest_sign_in_falls_back_to_the_guest_route(gateway):
+    gw = await gateway("home", "auth_401", "guest_auth_fallback", OK)
+    async with gw.openai() as client:
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert reply.choices[0].message.content.startswith("Hi there!")
+    paths = [r.path for r in gw.fake.requests]
+    assert paths.index("/api/v1/auths/") < paths.index("/api/v1/auths/guest")
