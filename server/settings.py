@@ -37,9 +37,17 @@ class Settings(BaseSettings):
     auth_tokens: CommaList = []
     skip_auth_token: bool = False
 
-    # Upstream identity
+    # Upstream identity: guests (anonymous mode) and the shared pool of user tokens
     anonymous_mode: bool = True
     auth_tokens_file: Path | None = None
+    zai_tokens: CommaList = []
+    pool_cooldown_base: float = Field(30.0, gt=0)
+    pool_cooldown_cap: float = Field(900.0, gt=0)
+    pool_max_concurrency: int = Field(4, ge=0)
+    pool_health_interval: float = Field(600.0, ge=0)
+    lease_ttl: float = Field(120.0, gt=0)
+    guest_reserve: int = Field(4, ge=0, le=1000)
+    admin_token: str = ""
 
     # Features
     tool_support: bool = True
@@ -48,6 +56,9 @@ class Settings(BaseSettings):
 
     # State
     redis_url: str = ""
+    redis_prefix: str = "zai:"
+    redis_timeout: float = Field(0.5, gt=0)
+    instance_ttl: float = Field(15.0, gt=0)
 
     # The upstream dialect: every moving value is here
     zai_base_url: str = "https://chat.z.ai"
@@ -65,11 +76,18 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(120.0, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
 
-    @field_validator("auth_tokens", mode="before")
+    @field_validator("auth_tokens", "zai_tokens", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("zai_base_url")

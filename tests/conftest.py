@@ -15,7 +15,9 @@ from tornado.netutil import bind_sockets
 
 from server.app import make_app
 from server.settings import load_settings
+from state.connection import connect
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisServer
 
 API_KEY = "sk-test-0123456789abcdef"
 
@@ -66,3 +68,26 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") == "true" and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def real_redis_server():
+    try:
+        server = RedisServer().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def redis(request, io_loop):
+    """The same state code on the embedded fakeredis and on a real redis-server."""
+    if request.param == "fakeredis":
+        client = connect("", 0.5)
+    else:
+        server = request.getfixturevalue("real_redis_server")
+        client = connect(server.url, 2.0)
+        io_loop.run_sync(client.flushall)
+    yield client
+    io_loop.run_sync(client.aclose)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from state.keys import mask
+
 __all__ = ["AuthAnswer", "Credential", "credential_from_auth", "mask", "user_id_of"]
 
 
@@ -35,13 +37,6 @@ class AuthAnswer(msgspec.Struct):
     role: str = ""
     name: str = ""
     email: str = ""
-
-
-def mask(secret: str) -> str:
-    """``eyJhbG…x9Qk`` style: enough to tell tokens apart, useless to an attacker."""
-    if len(secret) <= 12:
-        return "…" * bool(secret)
-    return f"{secret[:6]}…{secret[-4:]}"
 
 
 def user_id_of(token: str) -> str:

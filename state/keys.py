@@ -1,0 +1,87 @@
+"""The Redis key layout, in one place: one prefix (``REDIS_PREFIX``), one function per kind.
+
+Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
+
+| key | type | holds |
+|---|---|---|
+| ``<p>tokens`` | hash | token id -> the upstream token (the only place a full token lives) |
+| ``<p>token:<id>`` | hash | role, user_id, name, failures, cooldown_until, last_used, uses, ... |
+| ``<p>rotation`` | zset | ids in rotation, scored by pick sequence (lowest = next) |
+| ``<p>cooldown`` | zset | ids cooling down, scored by the ms time they return |
+| ``<p>dead`` | set | ids out of rotation until a health check revives them |
+| ``<p>seq`` | string | the pick sequence counter |
+| ``<p>leases:<id>`` | zset | lease id -> deadline (ms) for each request in flight on that token |
+| ``<p>instances`` | zset | instance id -> heartbeat deadline (ms) |
+| ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
+| ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
+| ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
+| ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
+
+Token ids are the first 16 hex digits of the token's SHA-256: stable across replicas, and
+safe to show; ``mask`` is the only other form of a token that may be shown or logged.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["Keys", "mask", "token_id"]
+
+
+def token_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def mask(secret: str) -> str:
+    """``eyJhbG…x9Qk`` style: enough to tell tokens apart, useless to an attacker."""
+    if len(secret) <= 12:
+        return "…" * bool(secret)
+    return f"{secret[:6]}…{secret[-4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "zai:"
+
+    @property
+    def tokens(self) -> str:
+        return f"{self.prefix}tokens"
+
+    def token(self, tid: str) -> str:
+        return f"{self.prefix}token:{tid}"
+
+    @property
+    def rotation(self) -> str:
+        return f"{self.prefix}rotation"
+
+    @property
+    def cooldown(self) -> str:
+        return f"{self.prefix}cooldown"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}dead"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}seq"
+
+    def leases(self, tid: str) -> str:
+        return f"{self.prefix}leases:{tid}"
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}instances"
+
+    def instance(self, iid: str) -> str:
+        return f"{self.prefix}instance:{iid}"
+
+    @property
+    def guests(self) -> str:
+        return f"{self.prefix}guests"
+
+    @property
+    def facts(self) -> str:
+        return f"{self.prefix}facts"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"

@@ -1,0 +1,338 @@
+"""The shared pool of upstream user tokens: rotation, leases, cooldowns, dead tokens.
+
+Owns ``TokenPool``. Every replica and worker sees ONE pool in Redis (layout: ``state.keys``).
+Each request costs two round trips: ``acquire`` (one Lua script: bring back tokens whose
+cooldown ended, pick the least recently used token under its concurrency cap, lease it) and
+``release`` (one script: drop the lease and record what the attempt said about the token).
+Leases carry a deadline, so a replica that dies leaks nothing: its leases are ignored once
+past due, pruned at the next pick, and their key expires. Failures back off exponentially
+(``POOL_COOLDOWN_BASE`` doubling up to ``POOL_COOLDOWN_CAP``); a success clears the count;
+dead tokens stay out until a health check (``revive``) brings them back. Per-token keys are
+built inside the scripts from the prefix, so this targets a single Redis, not Redis Cluster.
+"""
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from state.keys import Keys, mask, token_id
+
+__all__ = ["Lease", "Pick", "TokenPool", "TokenStatus", "Unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    token_id: str
+    lease_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    lease: Lease
+    token: str
+    user_id: str
+    role: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    reason: str  # "busy" (every token at its cap), "cooling", "empty"
+    retry_after: float  # seconds until a token should be usable again
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStatus:
+    id: str
+    masked: str
+    state: str  # active | cooling | dead | pending
+    role: str
+    failures: int
+    cooldown_left: float
+    leases: int
+    uses: int
+    last_used: float
+    reason: str
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class TokenPool:
+    """One pool of upstream tokens shared through Redis.
+
+    >>> pool = TokenPool(redis, Keys("zai:"), cooldown_base=30, cooldown_cap=900,
+    ...                  max_concurrency=4, lease_ttl=120, owner="host:pid")
+    >>> pick = await pool.acquire()          # Pick, or Unavailable with retry_after
+    >>> await pool.release(pick.lease, "ok")  # or "cooldown" / "dead"
+    """
+
+    # KEYS[1] rotation zset (id -> pick sequence, lowest picked first)
+    # KEYS[2] cooldown zset (id -> ms time it returns)
+    # KEYS[3] pick sequence counter
+    # KEYS[4] tokens hash (id -> token)
+    # ARGV[1] now (ms)
+    # ARGV[2] lease id
+    # ARGV[3] lease time to live (ms)
+    # ARGV[4] max concurrent leases per token (0 = no cap)
+    # ARGV[5] key prefix (for token:<id> and leases:<id>)
+    # Returns {id, token, user_id, role, name}, or {"", reason, retry_after_ms} with reason
+    # "busy" (all at their cap), "cooling" (all cooling down) or "empty" (no token in rotation).
+    ACQUIRE = """
+    local now = tonumber(ARGV[1])
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+        redis.call('ZREM', KEYS[2], id)
+        redis.call('ZADD', KEYS[1], 0, id)
+        redis.call('HSET', ARGV[5] .. 'token:' .. id, 'cooldown_until', 0)
+    end
+    local cap = tonumber(ARGV[4])
+    local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+    for _, id in ipairs(ids) do
+        local leases = ARGV[5] .. 'leases:' .. id
+        redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+        if cap == 0 or redis.call('ZCARD', leases) < cap then
+            redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), id)
+            redis.call('ZADD', leases, now + tonumber(ARGV[3]), ARGV[2])
+            redis.call('PEXPIRE', leases, tonumber(ARGV[3]))
+            local info = ARGV[5] .. 'token:' .. id
+            redis.call('HSET', info, 'last_used', now)
+            redis.call('HINCRBY', info, 'uses', 1)
+            local meta = redis.call('HMGET', info, 'user_id', 'role', 'name')
+            return {id, redis.call('HGET', KEYS[4], id), meta[1] or '', meta[2] or '',
+                    meta[3] or ''}
+        end
+    end
+    if #ids > 0 then
+        return {'', 'busy', 1000}
+    end
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    if #first > 0 then
+        return {'', 'cooling', tonumber(first[2]) - now}
+    end
+    return {'', 'empty', 0}
+    """
+
+    # KEYS[1] leases zset of the token
+    # KEYS[2] token info hash
+    # KEYS[3] rotation zset
+    # KEYS[4] cooldown zset
+    # KEYS[5] dead set
+    # ARGV[1] lease id
+    # ARGV[2] outcome: "ok" | "cooldown" | "dead"
+    # ARGV[3] now (ms)
+    # ARGV[4] cooldown base (ms), doubled per consecutive failure
+    # ARGV[5] cooldown cap (ms)
+    # ARGV[6] token id
+    # ARGV[7] reason (for cooldown and dead)
+    # Returns the cooldown given (ms), or 0.
+    RELEASE = """
+    redis.call('ZREM', KEYS[1], ARGV[1])
+    if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+    local id = ARGV[6]
+    if ARGV[2] == 'ok' then
+        redis.call('HSET', KEYS[2], 'failures', 0)
+        return 0
+    end
+    if redis.call('SISMEMBER', KEYS[5], id) == 1 then return 0 end
+    redis.call('HSET', KEYS[2], 'reason', ARGV[7])
+    if ARGV[2] == 'dead' then
+        redis.call('ZREM', KEYS[3], id)
+        redis.call('ZREM', KEYS[4], id)
+        redis.call('SADD', KEYS[5], id)
+        return 0
+    end
+    local failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
+    local wait = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (failures - 1))
+    local back = tonumber(ARGV[3]) + wait
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], back, id)
+    redis.call('HSET', KEYS[2], 'cooldown_until', back)
+    return wait
+    """
+
+    # KEYS[1] tokens hash; KEYS[2] token info hash; KEYS[3] rotation; KEYS[4] cooldown;
+    # KEYS[5] dead set
+    # ARGV[1] token id; ARGV[2] "alive" | "dead"; ARGV[3] reason; ARGV[4] now (ms);
+    # ARGV[5..7] role, user_id, name (for "alive")
+    # Returns 1, or 0 if the token is no longer in the pool.
+    VERDICT = """
+    if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+    redis.call('HSET', KEYS[2], 'checked_at', ARGV[4], 'reason', ARGV[3])
+    if ARGV[2] == 'alive' then
+        redis.call('HSET', KEYS[2], 'role', ARGV[5], 'user_id', ARGV[6], 'name', ARGV[7],
+                   'failures', 0, 'cooldown_until', 0)
+        redis.call('SREM', KEYS[5], ARGV[1])
+        redis.call('ZREM', KEYS[4], ARGV[1])
+        redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[1])
+    else
+        redis.call('ZREM', KEYS[3], ARGV[1])
+        redis.call('ZREM', KEYS[4], ARGV[1])
+        redis.call('SADD', KEYS[5], ARGV[1])
+    end
+    return 1
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        cooldown_base: float,
+        cooldown_cap: float,
+        max_concurrency: int,
+        lease_ttl: float,
+        owner: str,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cooldown_base = cooldown_base
+        self.cooldown_cap = cooldown_cap
+        self.max_concurrency = max_concurrency
+        self.lease_ttl = lease_ttl
+        self.owner = owner
+        self.held: set[Lease] = set()  # leases in flight in this process, renewed by heartbeat
+        self._acquire = redis.register_script(self.ACQUIRE)
+        self._release = redis.register_script(self.RELEASE)
+        self._verdict = redis.register_script(self.VERDICT)
+
+    def __repr__(self) -> str:
+        return f"<TokenPool {self.keys.prefix} held={len(self.held)}>"
+
+    async def acquire(self) -> Pick | Unavailable:
+        keys = self.keys
+        lease_id = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        reply = await self._acquire(
+            keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
+            args=[
+                _ms(time.time()),
+                lease_id,
+                _ms(self.lease_ttl),
+                self.max_concurrency,
+                keys.prefix,
+            ],
+        )
+        if not reply[0]:
+            return Unavailable(reply[1], max(0, int(reply[2])) / 1000)
+        lease = Lease(reply[0], lease_id)
+        self.held.add(lease)
+        return Pick(lease, reply[1], reply[2], reply[3], reply[4])
+
+    async def release(self, lease: Lease, outcome: str, reason: str = "") -> float:
+        """Drop the lease and record the outcome; returns the cooldown given (seconds)."""
+        self.held.discard(lease)
+        keys, tid = self.keys, lease.token_id
+        wait = await self._release(
+            keys=[keys.leases(tid), keys.token(tid), keys.rotation, keys.cooldown, keys.dead],
+            args=[
+                lease.lease_id,
+                outcome,
+                _ms(time.time()),
+                _ms(self.cooldown_base),
+                _ms(self.cooldown_cap),
+                tid,
+                reason,
+            ],
+        )
+        return int(wait) / 1000
+
+    async def renew(self) -> None:
+        """Push the deadline of every lease this process holds (called by the heartbeat)."""
+        if not self.held:
+            return
+        deadline = _ms(time.time() + self.lease_ttl)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in list(self.held):
+                key = self.keys.leases(lease.token_id)
+                pipe.zadd(key, {lease.lease_id: deadline}, xx=True)
+                pipe.pexpire(key, _ms(self.lease_ttl))
+            await pipe.execute()
+
+    async def add(self, tokens: list[str]) -> list[str]:
+        """Add tokens (de-duplicated, idempotent); they wait as ``pending`` for a verdict."""
+        ids = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for token in dict.fromkeys(t.strip() for t in tokens if t.strip()):
+                tid = token_id(token)
+                ids.append(tid)
+                pipe.hsetnx(self.keys.tokens, tid, token)
+                pipe.hsetnx(self.keys.token(tid), "added", _ms(time.time()))
+            await pipe.execute()
+        return ids
+
+    async def remove(self, ids: list[str]) -> None:
+        keys = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for tid in ids:
+                pipe.hdel(keys.tokens, tid)
+                pipe.delete(keys.token(tid), keys.leases(tid))
+                pipe.zrem(keys.rotation, tid)
+                pipe.zrem(keys.cooldown, tid)
+                pipe.srem(keys.dead, tid)
+            await pipe.execute()
+
+    async def verdict(
+        self,
+        tid: str,
+        alive: bool,
+        reason: str = "",
+        role: str = "",
+        user_id: str = "",
+        name: str = "",
+    ) -> bool:
+        """Record a health check: ``alive`` puts the token (back) in rotation, else dead."""
+        keys = self.keys
+        done = await self._verdict(
+            keys=[keys.tokens, keys.token(tid), keys.rotation, keys.cooldown, keys.dead],
+            args=[tid, "alive" if alive else "dead", reason, _ms(time.time()), role, user_id, name],
+        )
+        return bool(done)
+
+    async def tokens(self) -> dict[str, str]:
+        """id -> token, for the health check (never for display)."""
+        return await self.redis.hgetall(self.keys.tokens)
+
+    async def status(self) -> list[TokenStatus]:
+        keys = self.keys
+        now = time.time()
+        tokens = await self.redis.hgetall(keys.tokens)
+        ids = sorted(tokens)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(keys.rotation, 0, -1)
+            pipe.zrange(keys.cooldown, 0, -1)
+            pipe.smembers(keys.dead)
+            for tid in ids:
+                pipe.hgetall(keys.token(tid))
+                pipe.zcount(keys.leases(tid), _ms(now), "+inf")
+            replies = await pipe.execute()
+        rotation, cooling, dead = set(replies[0]), set(replies[1]), set(replies[2])
+        rows = []
+        for i, tid in enumerate(ids):
+            info, leases = replies[3 + 2 * i], replies[4 + 2 * i]
+            state = (
+                "dead"
+                if tid in dead
+                else "cooling"
+                if tid in cooling
+                else "active"
+                if tid in rotation
+                else "pending"
+            )
+            until = int(info.get("cooldown_until") or 0) / 1000
+            rows.append(
+                TokenStatus(
+                    id=tid,
+                    masked=mask(tokens[tid]),
+                    state=state,
+                    role=info.get("role", ""),
+                    failures=int(info.get("failures") or 0),
+                    cooldown_left=round(max(0.0, until - now), 3) if state == "cooling" else 0.0,
+                    leases=int(leases),
+                    uses=int(info.get("uses") or 0),
+                    last_used=int(info.get("last_used") or 0) / 1000,
+                    reason=info.get("reason", ""),
+                )
+            )
+        return rows

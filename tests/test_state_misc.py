@@ -1,0 +1,72 @@
+"""Instances, the guest reserve and shared facts, on fakeredis and a real redis-server."""
+
+import asyncio
+import time
+
+from state.facts import Facts
+from state.guests import GuestReserve, StoredGuest
+from state.instances import Instances
+from state.keys import Keys
+
+KEYS = Keys("t:")
+
+
+async def test_instances_register_expire_and_deregister(redis):
+    a = Instances(redis, KEYS, "host:1:a", ttl=0.3, version="1")
+    b = Instances(redis, KEYS, "host:2:b", ttl=0.3, version="1")
+    await a.heartbeat(inflight=2)
+    await b.heartbeat(inflight=0)
+    live = {row["id"]: row for row in await a.live()}
+    assert set(live) == {"host:1:a", "host:2:b"} and live["host:1:a"]["inflight"] == "2"
+    await b.deregister()
+    assert [row["id"] for row in await a.live()] == ["host:1:a"]
+    await asyncio.sleep(0.35)  # a was "killed": no more heartbeats
+    assert await a.live() == []
+    assert await redis.exists(KEYS.instance("host:1:a")) == 0
+
+
+async def test_guest_reserve_refills_and_each_guest_is_used_once(redis):
+    reserve = GuestReserve(redis, KEYS, size=6)
+    made = 0
+
+    async def fetch() -> StoredGuest:
+        nonlocal made
+        made += 1
+        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
+
+    assert await reserve.take() == (None, True)
+    assert await reserve.refill(fetch) == 6
+    other = GuestReserve(redis, KEYS, size=6)
+    taken = await asyncio.gather(*(r.take() for r in [reserve, other] * 3))
+    tokens = [guest.token for guest, _ in taken]
+    assert sorted(tokens) == sorted(f"token-{i}" for i in range(1, 7))
+    assert taken[-1][1] is True  # empty now: low
+
+
+async def test_refill_is_done_by_one_replica_at_a_time(redis):
+    a, b = GuestReserve(redis, KEYS, size=3), GuestReserve(redis, KEYS, size=3)
+
+    async def slow() -> StoredGuest:
+        await asyncio.sleep(0.01)
+        return StoredGuest("t", "u", "Guest", time.time())
+
+    added = await asyncio.gather(a.refill(slow), b.refill(slow))
+    assert sorted(added) == [0, 3]
+
+
+async def test_stale_guest_is_not_used(redis):
+    reserve = GuestReserve(redis, KEYS, size=2, max_age=10)
+
+    async def old() -> StoredGuest:
+        return StoredGuest("t", "u", "Guest", time.time() - 60)
+
+    await reserve.refill(old)
+    assert (await reserve.take())[0] is None
+
+
+async def test_facts_are_shared_with_an_age(redis):
+    facts = Facts(redis, KEYS)
+    assert await facts.get("fe_version", 60) is None
+    await facts.put("fe_version", "prod-fe-1.2.3")
+    assert await Facts(redis, KEYS).get("fe_version", 60) == "prod-fe-1.2.3"
+    assert await facts.get("fe_version", -1) is None

@@ -1,0 +1,163 @@
+"""The token pool's rules, run on fakeredis and on a real redis-server with the same Lua."""
+
+import asyncio
+import collections
+
+import pytest
+
+from state.keys import Keys, token_id
+from state.pool import Pick, TokenPool, Unavailable
+
+TOKENS = [f"eyJhbGciOiJFUzI1NiJ9.payload-{i}.signature-{i}" for i in range(3)]
+
+
+def make_pool(redis, **overrides) -> TokenPool:
+    options = {"cooldown_base": 0.2, "cooldown_cap": 0.5, "max_concurrency": 0,
+               "lease_ttl": 30.0, "owner": "test"}
+    options.update(overrides)
+    return TokenPool(redis, Keys("t:"), **options)
+
+
+async def alive(pool: TokenPool, tokens=TOKENS) -> list[str]:
+    ids = await pool.add([*tokens, tokens[0]])
+    for tid in dict.fromkeys(ids):
+        await pool.verdict(tid, True, role="user", user_id=f"user-{tid}", name="n")
+    return list(dict.fromkeys(ids))
+
+
+async def test_added_tokens_wait_for_a_verdict_and_are_deduplicated(redis):
+    pool = make_pool(redis)
+    ids = await pool.add([TOKENS[0], " " + TOKENS[0], TOKENS[1], ""])
+    assert set(ids) == {token_id(TOKENS[0]), token_id(TOKENS[1])}
+    assert {row.state for row in await pool.status()} == {"pending"}
+    assert await pool.acquire() == Unavailable("empty", 0)
+
+
+async def test_rotation_is_round_robin(redis):
+    pool = make_pool(redis)
+    await alive(pool)
+    counts = collections.Counter()
+    for _ in range(30):
+        pick = await pool.acquire()
+        assert isinstance(pick, Pick) and pick.role == "user"
+        counts[pick.token] += 1
+        await pool.release(pick.lease, "ok")
+    assert sorted(counts.values()) == [10, 10, 10]
+
+
+async def test_concurrency_cap_per_token(redis):
+    pool = make_pool(redis, max_concurrency=2)
+    await alive(pool, TOKENS[:1])
+    first, second = await pool.acquire(), await pool.acquire()
+    assert isinstance(first, Pick) and isinstance(second, Pick)
+    assert await pool.acquire() == Unavailable("busy", 1.0)
+    assert [row.leases for row in await pool.status()] == [2]
+    await pool.release(first.lease, "ok")
+    assert isinstance(await pool.acquire(), Pick)
+
+
+async def test_failure_cools_down_with_backoff_and_comes_back(redis):
+    pool = make_pool(redis)
+    await alive(pool, TOKENS[:2])
+    pick = await pool.acquire()
+    assert await pool.release(pick.lease, "cooldown", "HTTP 500") == pytest.approx(0.2)
+    for _ in range(4):  # only the other token is used meanwhile
+        other = await pool.acquire()
+        assert other.token != pick.token
+        await pool.release(other.lease, "ok")
+    row = next(r for r in await pool.status() if r.id == pick.lease.token_id)
+    assert row.state == "cooling" and row.failures == 1 and 0 < row.cooldown_left <= 0.2
+    assert row.reason == "HTTP 500"
+    await asyncio.sleep(0.25)
+    seen = set()
+    for _ in range(2):
+        again = await pool.acquire()
+        seen.add(again.token)
+        await pool.release(again.lease, "cooldown")
+    assert pick.token in seen
+    rows = {r.id: r for r in await pool.status()}
+    assert rows[pick.lease.token_id].failures == 2  # doubled: 0.4 s this time
+    assert rows[pick.lease.token_id].cooldown_left > 0.25
+
+
+async def test_all_cooling_says_when_the_first_returns(redis):
+    pool = make_pool(redis, cooldown_base=1.0, cooldown_cap=5.0)
+    await alive(pool, TOKENS[:1])
+    pick = await pool.acquire()
+    await pool.release(pick.lease, "cooldown")
+    none = await pool.acquire()
+    assert isinstance(none, Unavailable) and none.reason == "cooling"
+    assert 0.5 < none.retry_after <= 1.0
+
+
+async def test_success_clears_the_failure_count(redis):
+    pool = make_pool(redis, cooldown_base=0.05)
+    await alive(pool, TOKENS[:1])
+    pick = await pool.acquire()
+    await pool.release(pick.lease, "cooldown")
+    await asyncio.sleep(0.08)
+    pick = await pool.acquire()
+    await pool.release(pick.lease, "ok")
+    assert [r.failures for r in await pool.status()] == [0]
+
+
+async def test_dead_token_leaves_until_a_health_check_revives_it(redis):
+    pool = make_pool(redis)
+    await alive(pool, TOKENS[:1])
+    pick = await pool.acquire()
+    await pool.release(pick.lease, "dead", "401")
+    assert await pool.acquire() == Unavailable("empty", 0)
+    assert [(r.state, r.reason) for r in await pool.status()] == [("dead", "401")]
+    await pool.verdict(pick.lease.token_id, True, role="user", user_id="u", name="n")
+    assert isinstance(await pool.acquire(), Pick)
+
+
+async def test_lease_of_a_dead_replica_expires_by_itself(redis):
+    pool = make_pool(redis, max_concurrency=1, lease_ttl=0.2)
+    await alive(pool, TOKENS[:1])
+    assert isinstance(await pool.acquire(), Pick)  # never released: the replica "died"
+    assert (await pool.acquire()).reason == "busy"
+    await asyncio.sleep(0.3)
+    assert await redis.exists(pool.keys.leases(token_id(TOKENS[0]))) == 0
+    assert isinstance(await pool.acquire(), Pick)
+
+
+async def test_renew_keeps_a_long_stream_leased(redis):
+    pool = make_pool(redis, max_concurrency=1, lease_ttl=0.3)
+    await alive(pool, TOKENS[:1])
+    assert isinstance(await pool.acquire(), Pick)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        await pool.renew()
+    assert (await pool.acquire()).reason == "busy"
+
+
+async def test_removed_token_is_gone_everywhere(redis):
+    pool = make_pool(redis)
+    ids = await alive(pool, TOKENS[:2])
+    await pool.remove(ids[:1])
+    assert [r.id for r in await pool.status()] == ids[1:]
+    for _ in range(3):
+        pick = await pool.acquire()
+        assert pick.lease.token_id == ids[1]
+        await pool.release(pick.lease, "ok")
+
+
+async def test_status_never_shows_a_full_token(redis):
+    pool = make_pool(redis)
+    await alive(pool)
+    text = repr(await pool.status())
+    assert not any(token in text for token in TOKENS)
+    assert all(row.masked.startswith("eyJhbG") for row in await pool.status())
+
+
+async def test_two_replicas_share_one_rotation(redis):
+    a, b = make_pool(redis, owner="a"), make_pool(redis, owner="b")
+    await alive(a)
+    counts = collections.Counter()
+    for i in range(30):
+        pool = (a, b)[i % 2]
+        pick = await pool.acquire()
+        counts[pick.token] += 1
+        await pool.release(pick.lease, "ok")
+    assert sorted(counts.values()) == [10, 10, 10]
