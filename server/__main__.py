@@ -18,6 +18,7 @@ from tornado.netutil import bind_sockets
 
 from server.app import make_app
 from server.logs import setup_logging
+from server.services import make_services
 from server.settings import Settings, SettingsError, load_settings
 
 
@@ -25,8 +26,10 @@ async def serve(settings: Settings) -> None:
     sockets = bind_sockets(
         settings.listen_port, settings.listen_host, reuse_port=settings.workers > 1
     )
+    services = make_services(settings)
+    await services.start()
     server = HTTPServer(
-        make_app(settings),
+        make_app(services),
         xheaders=True,
         max_body_size=settings.max_body_bytes + 1024,
         idle_connection_timeout=75,
@@ -46,6 +49,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     server.stop()
     await server.close_all_connections()
+    await services.stop()
 
 
 def _run_workers(settings: Settings) -> None:
@@ -75,6 +79,12 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.debug_logging)
+    if settings.workers > 1 and not settings.redis_url:
+        logger.warning(
+            "WORKERS={} needs a shared Redis (REDIS_URL); running one worker on the embedded store",
+            settings.workers,
+        )
+        settings = settings.model_copy(update={"workers": 1})
     if settings.workers > 1:
         _run_workers(settings)
     else:

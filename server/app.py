@@ -1,48 +1,36 @@
-"""The tornado application: routes, and the services the handlers share.
+"""The tornado application: the route table.
 
-Owns ``Services`` and ``make_app``. Routes are a table; the services (settings, upstream
-client, token source) are built once per worker process, after any fork.
+Owns ``ROUTES`` and ``make_app``. The services the handlers share are built per worker
+process (``server.services``), after any fork, and passed to every route.
 """
-
-from dataclasses import dataclass
 
 from tornado.web import Application
 
+from server.admin_api import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.health_api import Alive, Ready
 from server.openai_api import ChatCompletions, ModelList, OneModel
-from server.settings import Settings
-from server.tokens import GuestTokens, NoTokens, TokenSource
+from server.services import Services
 from server.web import NotFound
-from server.zai.client import ZaiClient
 
-__all__ = ["Services", "make_app"]
-
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings
-    client: ZaiClient
-    tokens: TokenSource
-
+__all__ = ["ROUTES", "make_app"]
 
 ROUTES = [
     (r"/v1/chat/completions", ChatCompletions),
     (r"/v1/models", ModelList),
     (r"/v1/models/(.+)", OneModel),
+    (r"/v1/token-pool/status", PoolStatus),
+    (r"/v1/token-pool/health-check", PoolHealthCheck),
+    (r"/v1/token-pool/update", PoolUpdate),
+    (r"/v1/instances", InstanceList),
+    (r"/healthz", Alive),
+    (r"/readyz", Ready),
 ]
 
 
-def make_services(settings: Settings) -> Services:
-    client = ZaiClient(settings)
-    tokens: TokenSource = GuestTokens(client) if settings.anonymous_mode else NoTokens()
-    return Services(settings, client, tokens)
-
-
-def make_app(settings: Settings, services: Services | None = None) -> Application:
-    services = services or make_services(settings)
+def make_app(services: Services) -> Application:
     routes = [(path, handler, {"services": services}) for path, handler in ROUTES]
     return Application(
         routes,
         default_handler_class=NotFound,
         default_handler_args={"services": services},
-        services=services,
     )

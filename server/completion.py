@@ -59,13 +59,13 @@ async def complete(
                 await sink.fail(err)
                 return
             if err.rule.refresh_version:
-                await client.refresh_fe_version()
+                await client.refresh_fe_version(stale=await client.fe_version())
 
 
 async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient) -> None:
     cred = await tokens.acquire(conv.model)
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
-    outcome = "ok"
+    outcome, reason = "ok", ""
     try:
         exchange = await client.open_completion(cred, conv)
         try:
@@ -88,7 +88,7 @@ async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: 
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
         await sink.finish(stream.finish_reason, stream.usage, *stream.final())
     except GatewayError as err:
-        outcome = err.rule.token
+        outcome, reason = err.rule.token, f"{err.kind}: {err.detail}"[:200]
         raise
     finally:
-        await tokens.release(cred, outcome)
+        await tokens.release(cred, outcome, reason)

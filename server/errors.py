@@ -38,6 +38,13 @@ RULES: dict[str, Rule] = {
     "method_not_allowed": Rule(405, "invalid_request_error", message="{detail}"),
     "payload_too_large": Rule(413, "invalid_request_error", message="{detail}"),
     # The gateway cannot serve the request
+    "pool_exhausted": Rule(503, "server_error", message="{detail}"),
+    "state_unavailable": Rule(
+        503,
+        "server_error",
+        message="the shared state store (Redis) is unreachable, so no pooled upstream token "
+        "can be leased: {detail}",
+    ),
     "internal": Rule(500, "server_error", message="internal error in the gateway: {detail}"),
     "no_upstream_token": Rule(503, "server_error", message="{detail}"),
     # What the upstream said (PROTOCOL.md section 5)
@@ -120,7 +127,13 @@ class GatewayError(Exception):
     """
 
     def __init__(
-        self, kind: str, detail: str = "", *, param: str | None = None, model: str = ""
+        self,
+        kind: str,
+        detail: str = "",
+        *,
+        param: str | None = None,
+        model: str = "",
+        retry_after: float | None = None,
     ) -> None:
         if kind not in RULES:
             raise ValueError(f"unknown failure kind {kind!r}; add a row to RULES")
@@ -129,6 +142,7 @@ class GatewayError(Exception):
         self.detail = detail
         self.param = param
         self.model = model
+        self.retry_after = retry_after
         super().__init__(self.message)
 
     def __repr__(self) -> str:

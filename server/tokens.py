@@ -1,43 +1,130 @@
 """Where upstream credentials come from, behind one small interface.
 
-Owns the ``TokenSource`` protocol and ``GuestTokens``. The core asks ``acquire(model)`` for a
-credential before each upstream attempt and reports back with ``release(cred, outcome)``
+Owns the ``TokenSource`` protocol and its three sources. The core asks ``acquire(model)``
+before each upstream attempt and reports back with ``release(cred, outcome, reason)``
 (``ok``, ``cooldown`` or ``dead``: the ``token`` column of ``server.errors.RULES``).
-``GuestTokens`` is anonymous mode: a fresh guest per request, so no two clients ever share a
-server-side chat, and nothing to report back. The shared Redis pool of user tokens
-(``state/``) implements the same protocol.
+
+- ``GuestTokens``: anonymous mode, a fresh guest per request (so no two clients share a
+  server-side chat), taken from the shared reserve when there is one, else signed in on the
+  spot; a low reserve is refilled in the background.
+- ``PooledTokens``: the shared Redis pool of user tokens (``state.pool``), falling back to a
+  guest when no pooled token is usable and ``ANONYMOUS_MODE`` allows (and the model is open
+  to guests); otherwise 503 with ``Retry-After``. If Redis is unreachable it fails fast.
+- ``NoTokens``: neither configured; every request hears why.
 """
 
+import asyncio
+import time
 from typing import Protocol
+
+from loguru import logger
+from redis.exceptions import RedisError
 
 from server.errors import GatewayError
 from server.models import Model
 from server.zai.client import ZaiClient
-from server.zai.identity import Credential
+from server.zai.identity import Credential, user_id_of
+from state.guests import GuestReserve, StoredGuest
+from state.pool import Pick, TokenPool
 
-__all__ = ["GuestTokens", "NoTokens", "TokenSource"]
+__all__ = ["GuestTokens", "NoTokens", "PooledTokens", "TokenSource"]
 
 
 class TokenSource(Protocol):
     async def acquire(self, model: Model) -> Credential: ...
 
-    async def release(self, cred: Credential, outcome: str) -> None: ...
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None: ...
 
 
 class GuestTokens:
-    """Anonymous mode: every acquire signs in a new guest."""
+    """Anonymous mode: every acquire is a guest nobody else used."""
 
-    def __init__(self, client: ZaiClient) -> None:
+    def __init__(self, client: ZaiClient, reserve: GuestReserve | None = None) -> None:
         self.client = client
+        self.reserve = reserve
+        self._refill: asyncio.Task | None = None
 
     def __repr__(self) -> str:
-        return "<GuestTokens fresh guest per request>"
+        return f"<GuestTokens reserve={self.reserve!r}>"
 
     async def acquire(self, model: Model) -> Credential:
+        if self.reserve is not None and self.reserve.size:
+            try:
+                guest, low = await self.reserve.take()
+            except RedisError as exc:
+                logger.warning("guest reserve unreachable, signing in directly: {}", exc)
+                guest, low = None, False
+            if low:
+                self.refill_soon()
+            if guest is not None:
+                return Credential(guest.token, guest.user_id, "guest", guest.name)
         return await self.client.guest_credential()
 
-    async def release(self, cred: Credential, outcome: str) -> None:
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
         return None
+
+    def refill_soon(self) -> None:
+        if self.reserve is None or (self._refill is not None and not self._refill.done()):
+            return
+        self._refill = asyncio.ensure_future(self._fill(self.reserve))
+
+    async def _fill(self, reserve: GuestReserve) -> None:
+        async def fetch() -> StoredGuest:
+            cred = await self.client.guest_credential()
+            return StoredGuest(cred.token, cred.user_id, cred.name, time.time())
+
+        try:
+            added = await reserve.refill(fetch)
+            if added:
+                logger.debug("guest reserve refilled with {}", added)
+        except (RedisError, GatewayError) as exc:
+            logger.warning("guest reserve refill failed: {}", exc)
+
+
+class PooledTokens:
+    """User tokens from the shared pool, one lease per upstream attempt."""
+
+    def __init__(self, pool: TokenPool, guests: GuestTokens | None) -> None:
+        self.pool = pool
+        self.guests = guests
+
+    def __repr__(self) -> str:
+        return f"<PooledTokens {self.pool!r} guest_fallback={self.guests is not None}>"
+
+    async def acquire(self, model: Model) -> Credential:
+        try:
+            pick = await self.pool.acquire()
+        except RedisError as exc:
+            if self.guests is not None and model.guest:
+                return await self.guests.acquire(model)
+            raise GatewayError("state_unavailable", str(exc) or type(exc).__name__) from None
+        if isinstance(pick, Pick):
+            return Credential(
+                pick.token,
+                pick.user_id or user_id_of(pick.token),
+                pick.role or "user",
+                pick.name or "User",
+                lease=pick.lease,
+            )
+        if self.guests is not None and model.guest:
+            return await self.guests.acquire(model)
+        why = {
+            "busy": "every pooled upstream token is at its concurrency limit",
+            "cooling": "every pooled upstream token is cooling down after failures",
+            "empty": "no pooled upstream token is usable (all dead or none validated yet)",
+        }[pick.reason]
+        if not model.guest and self.guests is not None:
+            why += f"; model {model.id} needs a user token, so a guest cannot stand in"
+        raise GatewayError("pool_exhausted", why, retry_after=pick.retry_after or None)
+
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
+        if cred.lease is None:
+            return
+        try:
+            await self.pool.release(cred.lease, outcome, reason)
+        except RedisError as exc:
+            # The lease has a deadline: it lapses by itself.
+            logger.warning("could not release lease on {}: {}", cred.masked, exc)
 
 
 class NoTokens:
@@ -50,8 +137,8 @@ class NoTokens:
         raise GatewayError(
             "no_upstream_token",
             "the gateway has no upstream token to use: ANONYMOUS_MODE is off and no user "
-            "tokens are configured (AUTH_TOKENS_FILE)",
+            "tokens are configured (AUTH_TOKENS_FILE, ZAI_TOKENS or the admin API)",
         )
 
-    async def release(self, cred: Credential, outcome: str) -> None:
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
         return None

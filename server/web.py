@@ -9,6 +9,7 @@ method, path, model, status, latency and time to first byte, upstream attempts.
 import asyncio
 import functools
 import hmac
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,8 @@ class ApiHandler(RequestHandler):
         self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
         self.set_header("X-Request-Id", self.request_id)
+        if err.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, math.ceil(err.retry_after))))
         self.finish(self.render_error(err))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

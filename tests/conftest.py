@@ -14,6 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from server.app import make_app
+from server.services import Services, make_services
 from server.settings import load_settings
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
@@ -27,6 +28,7 @@ class Gateway:
     url: str
     fake: FakeUpstream
     server: HTTPServer
+    services: Services
 
     def openai(self, api_key: str = API_KEY) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0,
@@ -45,12 +47,15 @@ def gateway(io_loop):
         fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after)
         base = await fake.start()
         values = {"auth_token": API_KEY, "skip_auth_token": False, "anonymous_mode": True,
-                  "zai_base_url": base, "zai_fe_version": "", **overrides}
+                  "zai_base_url": base, "zai_fe_version": "", "guest_reserve": 0,
+                  **overrides}
         settings = load_settings(_env_file=None, **values)
+        services = make_services(settings)
+        await services.start()
         sockets = bind_sockets(0, "127.0.0.1")
-        server = HTTPServer(make_app(settings))
+        server = HTTPServer(make_app(services))
         server.add_sockets(sockets)
-        gw = Gateway(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", fake, server)
+        gw = Gateway(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", fake, server, services)
         started.append(gw)
         return gw
 
@@ -58,6 +63,7 @@ def gateway(io_loop):
     for gw in started:
         gw.server.stop()
         io_loop.run_sync(gw.server.close_all_connections)
+        io_loop.run_sync(gw.services.stop)
         io_loop.run_sync(gw.fake.close)
 
 

@@ -13,6 +13,7 @@ import time
 
 import msgspec
 from loguru import logger
+from redis.exceptions import RedisError
 
 from server.chat import Conversation
 from server.errors import GatewayError
@@ -21,12 +22,14 @@ from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.request import Dialect, build_completion
+from state.facts import Facts
 
 __all__ = ["ZaiClient"]
 
 _FE_VERSION = re.compile(rb"prod-fe-\d+(?:\.\d+)+")
 _ERROR_BODY_LIMIT = 64 * 1024
 _RETRY_VERSION_AFTER = 30.0  # seconds, when the home page did not tell the version
+_LOCAL_VERSION_TTL = 60.0  # seconds a process trusts its copy before asking the shared one
 
 
 class ZaiClient:
@@ -37,7 +40,7 @@ class ZaiClient:
     >>> exchange = await client.open_completion(cred, conversation)
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, facts: Facts | None = None) -> None:
         self.base_url = settings.zai_base_url
         self.dialect = Dialect(
             base_url=settings.zai_base_url,
@@ -56,6 +59,7 @@ class ZaiClient:
         self._version = ""
         self._version_at = 0.0
         self._version_fetch: asyncio.Future[str] | None = None
+        self._facts = facts
 
     def __repr__(self) -> str:
         return f"<ZaiClient {self.base_url} fe={self._pinned_version or self._version or '?'}>"
@@ -63,20 +67,38 @@ class ZaiClient:
     # Front-end version
 
     async def fe_version(self) -> str:
+        """The current ``prod-fe-x.y.z``: pinned, else learned once for all replicas."""
         if self._pinned_version:
             return self._pinned_version
-        fresh = time.monotonic() - self._version_at < self._version_ttl
-        if self._version and fresh:
+        if self._version and time.monotonic() - self._version_at < _LOCAL_VERSION_TTL:
             return self._version
+        shared = await self._shared_version()
+        if shared:
+            self._version, self._version_at = shared, time.monotonic()
+            return shared
         return await self.refresh_fe_version()
 
-    async def refresh_fe_version(self) -> str:
-        """Re-read the version from the home page; concurrent callers share one fetch."""
+    async def refresh_fe_version(self, stale: str = "") -> str:
+        """Re-read the version (after a 426 on ``stale``); one fetch at a time per process,
+        and none if another replica already learned a newer one."""
         if self._pinned_version:
             return self._pinned_version
+        shared = await self._shared_version() if stale else None
+        if shared and shared != stale:
+            self._version, self._version_at = shared, time.monotonic()
+            return shared
         if self._version_fetch is None or self._version_fetch.done():
             self._version_fetch = asyncio.ensure_future(self._read_fe_version())
         return await asyncio.shield(self._version_fetch)
+
+    async def _shared_version(self) -> str | None:
+        if self._facts is None:
+            return None
+        try:
+            return await self._facts.get("fe_version", self._version_ttl)
+        except RedisError as exc:
+            logger.debug("shared facts unreachable: {}", exc)
+            return None
 
     async def _read_fe_version(self) -> str:
         try:
@@ -89,12 +111,17 @@ class ZaiClient:
         if found is None:
             version = self._version or self._fallback_version
             logger.warning("front-end version not found on the home page; using {}", version)
-            # Look again soon rather than trusting a guess for the whole TTL.
-            now -= max(0.0, self._version_ttl - _RETRY_VERSION_AFTER)
+            # Look again soon rather than trusting a guess.
+            now -= max(0.0, _LOCAL_VERSION_TTL - _RETRY_VERSION_AFTER)
         else:
             version = found[0].decode()
             if version != self._version:
                 logger.info("upstream front-end version: {}", version)
+            if self._facts is not None:
+                try:
+                    await self._facts.put("fe_version", version)
+                except RedisError as exc:
+                    logger.debug("could not share the front-end version: {}", exc)
         self._version, self._version_at = version, now
         return version
 

@@ -8,6 +8,7 @@ is only ``{"id", "email"}``; ``id`` is the ``user_id`` the request and its signa
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -22,6 +23,7 @@ class Credential:
     user_id: str
     role: str = "guest"
     name: str = "Guest"
+    lease: Any = None  # the issuing token source's handle (a pool lease), opaque here
 
     def __repr__(self) -> str:
         return f"<Credential {self.role} {mask(self.token)}>"

@@ -1,0 +1,100 @@
+"""The operator's face: the token pool and the live instances, only with ``ADMIN_TOKEN``.
+
+Owns the admin routes. Without ``ADMIN_TOKEN`` set they answer 404 (they do not exist);
+with a wrong token, 401. Tokens only ever appear masked.
+
+- ``GET /v1/token-pool/status``: every token's state, failures, cooldown left, leases, uses.
+- ``POST /v1/token-pool/health-check``: check every token against the upstream now.
+- ``POST /v1/token-pool/update``: ``{"action": "add"|"remove"|"replace", "tokens": [...]}``
+  (or a bare JSON list, meaning add); new tokens are checked before the answer.
+  ``remove`` accepts tokens or their ids.
+- ``GET /v1/instances``: the gateway processes alive now.
+"""
+
+import dataclasses
+from typing import Literal
+
+import msgspec
+
+from server.errors import GatewayError
+from server.openai_wire import validation_error
+from server.web import ApiHandler, api, check_api_key
+from state.keys import token_id
+
+__all__ = ["InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]
+
+
+class PoolChange(msgspec.Struct):
+    tokens: list[str]
+    action: Literal["add", "remove", "replace"] = "add"
+
+
+class AdminHandler(ApiHandler):
+    def authenticate(self) -> None:
+        admin = self.services.settings.admin_token
+        if not admin:
+            raise GatewayError("not_found", f"no route {self.request.method} {self.request.path}")
+        header = self.request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        presented = presented or self.request.headers.get("x-api-key", "")
+        if not check_api_key(presented, (admin,)):
+            raise GatewayError("invalid_api_key", "the admin token is missing or wrong")
+
+    async def write_status(self) -> None:
+        rows = [dataclasses.asdict(row) for row in await self.services.pool.status()]
+        summary = {state: 0 for state in ("active", "cooling", "dead", "pending")}
+        for row in rows:
+            summary[row["state"]] += 1
+        self.write({"tokens": rows, "summary": summary})
+
+
+class PoolStatus(AdminHandler):
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        await self.write_status()
+
+
+class PoolHealthCheck(AdminHandler):
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        results = await self.services.health_check()
+        self.write({"checked": [dataclasses.asdict(row) for row in results]})
+
+
+class PoolUpdate(AdminHandler):
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        change = _decode_change(self.request.body)
+        pool = self.services.pool
+        if change.action == "remove":
+            await pool.remove([t if len(t) == 16 else token_id(t) for t in change.tokens])
+        else:
+            if change.action == "replace":
+                keep = {token_id(t) for t in change.tokens}
+                await pool.remove([tid for tid in await pool.tokens() if tid not in keep])
+            ids = await pool.add(change.tokens)
+            states = {row.id: row.state for row in await pool.status()}
+            await self.services.health_check([tid for tid in ids if states[tid] == "pending"])
+        await self.write_status()
+
+
+class InstanceList(AdminHandler):
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        self.write({"instances": await self.services.instances.live()})
+
+
+def _decode_change(body: bytes) -> PoolChange:
+    try:
+        raw = msgspec.json.decode(body)
+        if isinstance(raw, list):
+            raw = {"tokens": raw}
+        return msgspec.convert(raw, PoolChange)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError("invalid_json", str(exc)) from None

@@ -1,0 +1,68 @@
+"""Token pool upkeep: reading configured tokens, and checking them against the upstream.
+
+Owns ``configured_tokens`` (``AUTH_TOKENS_FILE``: one per line, comma-separated, or mixed;
+blank lines and ``#`` comments ignored; plus ``ZAI_TOKENS``) and ``check_tokens``: each token
+is shown to ``GET /api/v1/auths/``; ``role: user`` goes (back) into rotation, a guest token is
+refused with that reason, a 401 marks it dead. A check that cannot reach the upstream leaves
+the token as it was.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+from server.errors import GatewayError
+from server.settings import Settings
+from server.zai.client import ZaiClient
+from state.keys import mask
+from state.pool import TokenPool
+
+__all__ = ["CheckResult", "check_tokens", "configured_tokens", "parse_tokens"]
+
+
+def parse_tokens(text: str) -> list[str]:
+    tokens = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        tokens += [part.strip() for part in line.split(",") if part.strip()]
+    return list(dict.fromkeys(tokens))
+
+
+def configured_tokens(settings: Settings) -> list[str]:
+    text = settings.auth_tokens_file.read_text() if settings.auth_tokens_file else ""
+    return parse_tokens(text + "\n" + ",".join(settings.zai_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    id: str
+    masked: str
+    verdict: str  # "alive" | "dead" | "unknown"
+    reason: str
+
+
+async def check_tokens(
+    pool: TokenPool, client: ZaiClient, ids: list[str] | None = None, parallel: int = 8
+) -> list[CheckResult]:
+    tokens = await pool.tokens()
+    chosen = [tid for tid in (ids if ids is not None else sorted(tokens)) if tid in tokens]
+    gate = asyncio.Semaphore(parallel)
+
+    async def check(tid: str) -> CheckResult:
+        token = tokens[tid]
+        async with gate:
+            try:
+                cred = await client.validate(token)
+            except GatewayError as exc:
+                return CheckResult(tid, mask(token), "unknown", f"check failed: {exc.message}")
+        if cred is None:
+            reason = "the upstream answered 401: the token is dead"
+            await pool.verdict(tid, False, reason)
+            return CheckResult(tid, mask(token), "dead", reason)
+        if cred.role != "user":
+            reason = f"role is {cred.role!r}: a guest token, not a user account"
+            await pool.verdict(tid, False, reason)
+            return CheckResult(tid, mask(token), "dead", reason)
+        await pool.verdict(tid, True, "", cred.role, cred.user_id, cred.name)
+        return CheckResult(tid, mask(token), "alive", "")
+
+    return list(await asyncio.gather(*(check(tid) for tid in chosen)))

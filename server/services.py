@@ -1,0 +1,144 @@
+"""What one worker process shares between its requests, and its life in the cluster.
+
+Owns ``Services``: settings, the Redis client (real or embedded), the upstream client, the
+token source, the pool, the guest reserve and this process's registration; ``start()``
+(register, load configured tokens into the shared pool, check the new ones, fill the guest
+reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
+beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, and re-checks
+dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock).
+Build it inside each worker, after any fork.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from server.pool_health import check_tokens, configured_tokens
+from server.settings import Settings
+from server.tokens import GuestTokens, NoTokens, PooledTokens, TokenSource
+from server.zai.client import ZaiClient
+from state.connection import connect
+from state.facts import Facts
+from state.guests import GuestReserve
+from state.instances import Instances, new_instance_id
+from state.keys import Keys
+from state.pool import TokenPool
+
+__all__ = ["VERSION", "Services", "make_services"]
+
+VERSION = "0.1.0"
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    redis: Redis
+    keys: Keys
+    client: ZaiClient
+    pool: TokenPool
+    guests: GuestTokens | None
+    instances: Instances
+    tokens: TokenSource
+    inflight: int = 0
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<Services {self.instances.id} inflight={self.inflight} {self.tokens!r}>"
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self._safely("register", self.instances.heartbeat(0))
+        configured = configured_tokens(settings)
+        if configured:
+            await self._safely("load tokens", self._load(configured))
+        if self.guests is not None and self.guests.reserve is not None:
+            self.guests.refill_soon()
+        self._tasks.append(asyncio.ensure_future(self._upkeep()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._safely("deregister", self.instances.deregister())
+        await self.redis.aclose()
+
+    async def health_check(self, ids: list[str] | None = None) -> list:
+        return await check_tokens(self.pool, self.client, ids)
+
+    async def _load(self, tokens: list[str]) -> None:
+        ids = await self.pool.add(tokens)
+        states = {row.id: row.state for row in await self.pool.status()}
+        pending = [tid for tid in ids if states.get(tid) == "pending"]
+        logger.info("token pool: {} configured, {} new to check", len(ids), len(pending))
+        if pending and await self._lock("startup-check", 60):
+            results = await self.health_check(pending)
+            for row in results:
+                logger.info("token {}: {} {}", row.masked, row.verdict, row.reason)
+
+    async def _upkeep(self) -> None:
+        settings = self.settings
+        beat = settings.instance_ttl / 3
+        next_check = time.monotonic() + settings.pool_health_interval
+        while True:
+            await asyncio.sleep(beat)
+            await self._safely("heartbeat", self.instances.heartbeat(self.inflight))
+            await self._safely("lease renewal", self.pool.renew())
+            if settings.pool_health_interval and time.monotonic() >= next_check:
+                next_check = time.monotonic() + settings.pool_health_interval
+                await self._safely("health check", self._recheck_dead())
+
+    async def _recheck_dead(self) -> None:
+        if not await self._lock("health-check", max(1.0, self.settings.pool_health_interval)):
+            return
+        dead = [row.id for row in await self.pool.status() if row.state == "dead"]
+        if dead:
+            for row in await self.health_check(dead):
+                logger.info("re-check token {}: {} {}", row.masked, row.verdict, row.reason)
+
+    async def _lock(self, name: str, seconds: float) -> bool:
+        return bool(
+            await self.redis.set(
+                self.keys.lock(name), self.instances.id, nx=True, px=int(seconds * 1000)
+            )
+        )
+
+    async def _safely(self, what: str, work: object) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except (RedisError, OSError) as exc:
+            logger.warning("{} failed (shared state unreachable?): {}", what, exc)
+
+
+def make_services(settings: Settings) -> Services:
+    redis = connect(settings.redis_url, settings.redis_timeout)
+    keys = Keys(settings.redis_prefix)
+    instance_id = new_instance_id()
+    client = ZaiClient(settings, Facts(redis, keys))
+    pool = TokenPool(
+        redis,
+        keys,
+        cooldown_base=settings.pool_cooldown_base,
+        cooldown_cap=settings.pool_cooldown_cap,
+        max_concurrency=settings.pool_max_concurrency,
+        lease_ttl=settings.lease_ttl,
+        owner=instance_id,
+    )
+    guests = None
+    if settings.anonymous_mode:
+        reserve = GuestReserve(redis, keys, settings.guest_reserve)
+        guests = GuestTokens(client, reserve if settings.guest_reserve else None)
+    # A shared Redis may hold tokens other replicas added; the embedded one only ours.
+    pooled = bool(configured_tokens(settings) or settings.admin_token or settings.redis_url)
+    tokens: TokenSource
+    if pooled:
+        tokens = PooledTokens(pool, guests)
+    elif guests is not None:
+        tokens = guests
+    else:
+        tokens = NoTokens()
+    instances = Instances(redis, keys, instance_id, settings.instance_ttl, VERSION)
+    return Services(settings, redis, keys, client, pool, guests, instances, tokens)
