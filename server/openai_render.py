@@ -33,6 +33,9 @@ class Writer(Protocol):
 
     def finish(self) -> object: ...
 
+    def send_gateway_error(self, err: GatewayError) -> None:
+        """An error answer (status, headers, body) before anything else was written."""
+
 
 def error_body(err: GatewayError) -> bytes:
     return _encode(
@@ -122,9 +125,7 @@ class OpenAIStream:
 
     async def fail(self, error: GatewayError) -> None:
         if not self.started:
-            self.out.set_status(error.status)
-            self.out.set_header("Content-Type", "application/json")
-            self.out.write(error_body(error))
+            self.out.send_gateway_error(error)
             return
         # OpenAI SDKs raise an APIError on an event carrying "error".
         self.out.write(b"data: " + error_body(error) + b"\n\n")
@@ -166,6 +167,4 @@ class OpenAIResult:
         self.out.write(_encode(body))
 
     async def fail(self, error: GatewayError) -> None:
-        self.out.set_status(error.status)
-        self.out.set_header("Content-Type", "application/json")
-        self.out.write(error_body(error))
+        self.out.send_gateway_error(error)

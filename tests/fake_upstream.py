@@ -70,6 +70,7 @@ class FakeUpstream:
             raise ValueError(f"split must be 'event' or 'random', not {split!r}")
         self.pace, self.split, self.verify = pace, split, verify
         self.cut_after = cut_after  # drop the connection after this many SSE pieces
+        self.fail_tokens: dict[str, int] = {}  # token -> HTTP status its completions get
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -123,6 +124,9 @@ class FakeUpstream:
             return 400, BAD_SIGNATURE
         if seen.headers.get("X-Signature") != expected:
             return 400, BAD_SIGNATURE
+        failing = self.fail_tokens.get(seen.query["token"])
+        if failing:
+            return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}
         return None
 
     def _pieces(self, body: bytes) -> list[bytes]:
@@ -137,7 +141,8 @@ class FakeUpstream:
 
     async def start(self, port: int = 0) -> str:
         sockets = bind_sockets(port, "127.0.0.1")
-        self._server = HTTPServer(Application([(r".*", _Handler, {"fake": self})]))
+        self._server = HTTPServer(Application([(r".*", _Handler, {"fake": self})],
+                                              log_function=lambda handler: None))
         self._server.add_sockets(sockets)
         self.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
         return self.base_url

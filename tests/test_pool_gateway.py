@@ -1,0 +1,192 @@
+"""The pool through the gateway: configured tokens validated, rotated, cooled, refused;
+the admin API; guest fallback and reserve; Redis trouble."""
+
+import base64
+import collections
+import json
+
+import msgspec
+import openai
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.redis_server import free_port
+
+OK = "stream_glm5_plain_thinking"
+HELLO = [{"role": "user", "content": "hello"}]
+ADMIN = "admin-secret-0123456789"
+
+
+def jwt(n: int) -> str:
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"id": f"user-{n}", "email": f"u{n}@example.com"}).encode()
+    ).decode().rstrip("=")
+    return f"eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.sig-{n:04d}-abcdefgh"
+
+
+TOKENS = [jwt(i) for i in range(3)]
+
+
+async def admin(gw, method: str, path: str, body: object = None, token: str | None = ADMIN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await AsyncHTTPClient().fetch(
+        gw.url + path, method=method, headers=headers, raise_error=False,
+        body=None if body is None else json.dumps(body),
+        allow_nonstandard_methods=True,
+    )
+    return response.code, msgspec.json.decode(response.body) if response.body else None
+
+
+def tokens_used(gw) -> collections.Counter:
+    return collections.Counter(r.query["token"] for r in gw.completions_seen())
+
+
+async def test_configured_tokens_are_validated_and_rotated(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS),
+                       anonymous_mode=False, admin_token=ADMIN)
+    async with gw.openai() as client:
+        for _ in range(9):
+            await client.chat.completions.create(model="GLM-5.1", messages=HELLO)
+    assert sorted(tokens_used(gw).values()) == [3, 3, 3]
+    code, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert code == 200 and status["summary"]["active"] == 3
+    assert {row["uses"] for row in status["tokens"]} == {3}
+    text = json.dumps(status)
+    assert not any(token in text for token in TOKENS)
+
+
+async def test_failing_token_cools_down_and_others_serve(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS),
+                       anonymous_mode=False, admin_token=ADMIN, pool_cooldown_base=60)
+    gw.fake.fail_tokens[TOKENS[0]] = 500
+    async with gw.openai() as client:
+        for _ in range(6):
+            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            assert reply.choices[0].finish_reason == "stop"
+    used = tokens_used(gw)
+    assert used[TOKENS[0]] == 1  # failed once (retried on another), then skipped
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    row = next(r for r in status["tokens"] if r["state"] == "cooling")
+    assert row["failures"] == 1 and 50 < row["cooldown_left"] <= 60
+    assert "unavailable" in row["reason"]
+
+
+async def test_all_cooling_without_guests_is_503_with_retry_after(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=TOKENS[0],
+                       anonymous_mode=False, pool_cooldown_base=42, upstream_retries=0)
+    gw.fake.fail_tokens[TOKENS[0]] = 500
+    async with gw.openai() as client:
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.status_code == 503 and info.value.code == "pool_exhausted"
+    assert "cooling down" in info.value.message
+    assert 40 <= int(info.value.response.headers["Retry-After"]) <= 42
+
+
+async def test_all_cooling_with_anonymous_mode_falls_back_to_a_guest(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=TOKENS[0],
+                       anonymous_mode=True, upstream_retries=0)
+    gw.fake.fail_tokens[TOKENS[0]] = 500
+    async with gw.openai() as client:
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert reply.choices[0].finish_reason == "stop"
+    assert gw.completions_seen()[-1].query["token"] not in TOKENS
+
+
+async def test_guest_and_dead_tokens_are_refused_with_reasons(gateway):
+    gw = await gateway("home", "guest_auth", OK, zai_tokens=TOKENS[0], anonymous_mode=False,
+                       admin_token=ADMIN)
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    (row,) = status["tokens"]
+    assert row["state"] == "dead" and "guest token" in row["reason"]
+    gw2 = await gateway("home", "auth_401", OK, zai_tokens=TOKENS[1], anonymous_mode=False,
+                        admin_token=ADMIN)
+    _, status = await admin(gw2, "GET", "/v1/token-pool/status")
+    assert status["tokens"][0]["state"] == "dead" and "401" in status["tokens"][0]["reason"]
+    async with gw2.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.status_code == 503 and "no pooled upstream token" in info.value.message
+
+
+async def test_token_rejected_midway_leaves_rotation(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS[:2]),
+                       anonymous_mode=False, admin_token=ADMIN)
+    gw.fake.fail_tokens[TOKENS[0]] = 401
+    async with gw.openai() as client:
+        for _ in range(4):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert tokens_used(gw)[TOKENS[0]] == 1
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert sorted(r["state"] for r in status["tokens"]) == ["active", "dead"]
+
+
+async def test_admin_routes_need_the_admin_token(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK)
+    for path in ("/v1/token-pool/status", "/v1/instances"):
+        code, body = await admin(gw, "GET", path)
+        assert code == 404 and body["error"]["code"] == "not_found"
+    gw = await gateway("home", "guest_auth_user_role", OK, admin_token=ADMIN)
+    for token in (None, "wrong", "sk-test-0123456789abcdef"):
+        code, body = await admin(gw, "GET", "/v1/token-pool/status", token=token)
+        assert code == 401 and body["error"]["code"] == "invalid_api_key"
+        code, _ = await admin(gw, "POST", "/v1/token-pool/update", [TOKENS[0]], token=token)
+        assert code == 401
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert status["tokens"] == []
+
+
+async def test_admin_update_add_remove_replace_and_health_check(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, admin_token=ADMIN,
+                       anonymous_mode=False)
+    code, status = await admin(gw, "POST", "/v1/token-pool/update", TOKENS[:2])
+    assert code == 200 and status["summary"]["active"] == 2
+    ids = [r["id"] for r in status["tokens"]]
+    _, status = await admin(gw, "POST", "/v1/token-pool/update",
+                            {"action": "remove", "tokens": [ids[0]]})
+    assert [r["id"] for r in status["tokens"]] == ids[1:]
+    _, status = await admin(gw, "POST", "/v1/token-pool/update",
+                            {"action": "replace", "tokens": [TOKENS[2], TOKENS[2]]})
+    assert len(status["tokens"]) == 1 and status["tokens"][0]["masked"].endswith(TOKENS[2][-4:])
+    code, checked = await admin(gw, "POST", "/v1/token-pool/health-check", {})
+    assert code == 200 and [r["verdict"] for r in checked["checked"]] == ["alive"]
+    code, body = await admin(gw, "POST", "/v1/token-pool/update", {"action": "merge"})
+    assert code == 400 and body["error"]["param"] in ("tokens", "action")
+    code, body = await admin(gw, "GET", "/v1/instances")
+    assert code == 200 and len(body["instances"]) == 1
+    assert body["instances"][0]["pid"].isdigit()
+
+
+async def test_guest_reserve_serves_anonymous_requests(gateway):
+    gw = await gateway("home", "guest_auth", OK, guest_reserve=4)
+    services = gw.services
+    await services.guests._refill
+    assert await services.redis.llen(services.keys.guests) == 4
+    async with gw.openai() as client:
+        for _ in range(2):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    # two from the reserve; the refill after them (reserve low) tops it up again
+    await services.guests._refill
+    tokens = [r.query["token"] for r in gw.completions_seen()]
+    assert len(tokens) == 2
+
+
+async def test_redis_unreachable_fails_fast_and_guests_keep_working(gateway):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    gw = await gateway("home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=False,
+                       zai_tokens=TOKENS[0])
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.status_code == 503 and info.value.code == "state_unavailable"
+    code = (await AsyncHTTPClient().fetch(gw.url + "/readyz", raise_error=False)).code
+    assert code == 503
+    gw = await gateway("home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=True,
+                       zai_tokens=TOKENS[0], guest_reserve=2)
+    async with gw.openai() as client:
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert reply.choices[0].finish_reason == "stop"
