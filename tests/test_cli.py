@@ -51,7 +51,8 @@ def test_invalid_settings_stop_startup_with_one_line():
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-async def test_run_serve_and_sigterm(tmp_path, workers):
+async def test_run_serve_and_sigterm(tmp_path, workers, request):
+    redis_url = request.getfixturevalue("real_redis_server").url if workers == "2" else ""
     fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking")
     base = await fake.start()
     port = _free_port()
@@ -59,7 +60,8 @@ async def test_run_serve_and_sigterm(tmp_path, workers):
     proc = subprocess.Popen(
         [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env=_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
-                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT, WORKERS=workers),
+                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT, WORKERS=workers,
+                 REDIS_URL=redis_url),
     )
     try:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
@@ -84,6 +86,7 @@ async def test_run_serve_and_sigterm(tmp_path, workers):
     text = log.read()
     log.close()
     assert code == 0, text
+    assert ("embedded fakeredis" in text) == (not redis_url)
     access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
     assert len(access) == 4 and "status=200" in access[0] and "ttfb=" in access[0]
     assert "model=GLM-4.5" in access[0]

@@ -115,6 +115,8 @@ async def test_three_replicas_share_one_pool(cluster):
     for i in range(30):
         assert (await ask(replicas[i % 3])).startswith("Hi there!")
     assert sorted(used(fake).values()) == [10, 10, 10]
+    # the front-end version was read from the home page once, for all three replicas
+    assert [r.path for r in fake.requests].count("/") == 1
     rotation = redis.cli("ZRANGE", "zai:rotation", "0", "-1", "WITHSCORES").split()
     assert len(rotation) == 6 and sorted(int(s) for s in rotation[1::2])[-1] == 30
 
