@@ -34,10 +34,7 @@ class AdminHandler(ApiHandler):
         admin = self.services.settings.admin_token
         if not admin:
             raise GatewayError("not_found", f"no route {self.request.method} {self.request.path}")
-        header = self.request.headers.get("Authorization", "")
-        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        presented = presented or self.request.headers.get("x-api-key", "")
-        if not check_api_key(presented, (admin,)):
+        if not check_api_key(self.presented_key(), (admin,)):
             raise GatewayError("invalid_api_key", "the admin token is missing or wrong")
 
     async def write_status(self) -> None:

@@ -67,13 +67,17 @@ class ApiHandler(RequestHandler):
                 "payload_too_large", f"the request body is larger than {limit} bytes"
             )
 
+    def presented_key(self) -> str:
+        """The key the client sent: ``Authorization: Bearer <key>``, else ``x-api-key``."""
+        header = self.request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        return presented or self.request.headers.get("x-api-key", "")
+
     def authenticate(self) -> None:
         settings = self.services.settings
         if settings.skip_auth_token:
             return
-        header = self.request.headers.get("Authorization", "")
-        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        presented = presented or self.request.headers.get("x-api-key", "")
+        presented = self.presented_key()
         if not presented:
             raise GatewayError(
                 "invalid_api_key",
