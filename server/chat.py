@@ -1,9 +1,10 @@
 """The neutral language between the API faces and the core.
 
-Owns ``Conversation`` (what a client asked, whichever API it spoke), ``Usage``, and the
-``Sink`` protocol: where the core sends what the model says (reasoning text, answer text,
-the end with its reason and usage, or a failure). The OpenAI and Anthropic faces each turn
-their request into a ``Conversation`` and implement a ``Sink``; neither knows the upstream.
+Owns ``Conversation`` (what a client asked, whichever API it spoke: turns, tools, tool
+choice), ``ToolSpec``/``ToolCall``, ``Usage``, and the ``Sink`` protocol: where the core sends
+what the model says (reasoning text, answer text, tool calls, the end with its reason and
+usage, or a failure). The OpenAI and Anthropic faces each turn their request into a
+``Conversation`` and implement a ``Sink``; neither knows the upstream.
 """
 
 from dataclasses import dataclass, field
@@ -12,13 +13,30 @@ from typing import Protocol
 from server.errors import GatewayError
 from server.models import Model
 
-__all__ = ["Conversation", "Sink", "Turn", "Usage"]
+__all__ = ["Conversation", "Sink", "ToolCall", "ToolSpec", "Turn", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str = ""
+    parameters: dict = field(default_factory=dict)  # JSON Schema of the arguments
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, encoded
 
 
 @dataclass(slots=True)
 class Turn:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)  # assistant turns
+    tool_call_id: str = ""  # tool turns: which call this answers
+    name: str = ""  # tool turns: the function's name
 
 
 @dataclass(slots=True)
@@ -30,6 +48,9 @@ class Conversation:
     max_tokens: int | None = None
     thinking: bool | None = None  # None: the model row decides
     request_id: str = ""
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: str = "auto"  # "auto" | "none" | "required" | "function:<name>"
+    parallel_tool_calls: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -61,6 +82,8 @@ class Sink(Protocol):
     started: bool
 
     async def delta(self, reasoning: str, content: str) -> None: ...
+
+    async def tool_call(self, call: ToolCall) -> None: ...
 
     async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
         """The end. ``reasoning``/``content`` are the whole final texts (authoritative)."""

@@ -14,7 +14,11 @@ from loguru import logger
 
 from server.chat import Conversation, Sink
 from server.errors import GatewayError
+from server.settings import Settings
 from server.tokens import TokenSource
+from server.tool_parse import ToolCallScanner
+from server.tool_prompt import render_for_upstream
+from server.tool_sink import ToolCallSink
 from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.stream import AnswerStream
@@ -35,14 +39,21 @@ async def complete(
     sink: Sink,
     tokens: TokenSource,
     client: ZaiClient,
-    retries: int,
+    settings: Settings,
     attempts: Attempts | None = None,
 ) -> None:
     attempts = attempts or Attempts()
+    retries = settings.upstream_retries
+    calls = bool(conv.tools) and conv.tool_choice != "none"
+    known = {t.name for t in conv.tools}
+    upstream_conv = render_for_upstream(conv)
     while True:
         attempts.count += 1
+        # A fresh scanner per attempt: a retry never sees text held back by the failed one.
+        scanner = ToolCallScanner(known, settings.scan_limit, conv.parallel_tool_calls)
+        attempt_sink = ToolCallSink(sink, scanner) if calls else sink
         try:
-            await _attempt(conv, sink, tokens, client)
+            await _attempt(upstream_conv, attempt_sink, tokens, client)
             return
         except GatewayError as err:
             attempts.last_error = err.kind

@@ -31,16 +31,15 @@ class ChatCompletions(ApiHandler):
             sink = OpenAIResult(self, completion_id, conv.model.id)
         services = self.services
         self.attempts = Attempts()
-        await self.run_until_done_or_gone(
-            complete(
-                conv,
-                sink,
-                services.tokens,
-                services.client,
-                services.settings.upstream_retries,
-                self.attempts,
+        services.inflight += 1
+        try:
+            await self.run_until_done_or_gone(
+                complete(
+                    conv, sink, services.tokens, services.client, services.settings, self.attempts
+                )
             )
-        )
+        finally:
+            services.inflight -= 1
 
 
 def _model_object(model: Model) -> dict:

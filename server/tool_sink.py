@@ -1,0 +1,66 @@
+"""A sink in front of the face's sink that turns the answer's tool-call blocks into calls.
+
+Owns ``ToolCallSink``. Reasoning passes straight through; answer text goes through a
+``ToolCallScanner``, so the face's sink receives plain text and ``tool_call``s, and the end
+says ``tool_calls`` when any call was made. The final (non-streamed) content is the text the
+scanner let through, so no block's markup ever reaches a client.
+"""
+
+from server.chat import Sink, ToolCall, Usage
+from server.errors import GatewayError
+from server.tool_parse import ToolCallScanner
+
+__all__ = ["ToolCallSink"]
+
+
+class ToolCallSink:
+    def __init__(self, inner: Sink, scanner: ToolCallScanner) -> None:
+        self.inner = inner
+        self.scanner = scanner
+        self.text: list[str] = []
+        self.calls: list[ToolCall] = []
+
+    def __repr__(self) -> str:
+        return f"<ToolCallSink {self.scanner!r} -> {self.inner!r}>"
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        pieces = self.scanner.feed(content) if content else []
+        await self._send(reasoning, pieces)
+
+    async def tool_call(self, call: ToolCall) -> None:
+        self.calls.append(call)
+        await self.inner.tool_call(call)
+
+    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
+        await self._send("", self.scanner.close())
+        if self.calls:
+            reason = "tool_calls"
+        await self.inner.finish(reason, usage, reasoning, "".join(self.text).strip())
+
+    async def fail(self, error: GatewayError) -> None:
+        await self.inner.fail(error)
+
+    async def _send(self, reasoning: str, pieces: list[str | ToolCall]) -> None:
+        text = ""
+        for piece in pieces:
+            if isinstance(piece, str):
+                text += piece
+                continue
+            if reasoning or text:
+                await self._text(reasoning, text)
+                reasoning = text = ""
+            await self.tool_call(piece)
+        if reasoning or text:
+            await self._text(reasoning, text)
+
+    async def _text(self, reasoning: str, text: str) -> None:
+        if self.calls and not text.strip():
+            text = ""  # the blank lines between and after calls are the protocol's, not text
+        if text:
+            self.text.append(text)
+        if reasoning or text:
+            await self.inner.delta(reasoning, text)
