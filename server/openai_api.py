@@ -6,11 +6,14 @@ neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or coll
 
 import uuid
 
+from loguru import logger
+
 from server.completion import Attempts, complete
 from server.errors import GatewayError
 from server.models import MODELS, Model, find_model
+from server.openai_convert import to_conversation
 from server.openai_render import OpenAIResult, OpenAIStream
-from server.openai_wire import decode_chat_request, to_conversation
+from server.openai_wire import decode_chat_request
 from server.web import ApiHandler, api
 
 __all__ = ["ChatCompletions", "ModelList", "OneModel"]
@@ -22,13 +25,18 @@ class ChatCompletions(ApiHandler):
         self.authenticate()
         req = decode_chat_request(self.request.body)
         self.model_name = req.model
-        conv = to_conversation(req, self.request_id)
+        tool_support = self.services.settings.tool_support
+        conv = to_conversation(req, self.request_id, tool_support)
+        if not tool_support and (req.tools or req.functions):
+            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
+            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        legacy = bool(conv.extra.get("legacy_functions"))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            sink = OpenAIStream(self, completion_id, conv.model.id, include_usage)
+            sink = OpenAIStream(self, completion_id, conv.model.id, include_usage, legacy)
         else:
-            sink = OpenAIResult(self, completion_id, conv.model.id)
+            sink = OpenAIResult(self, completion_id, conv.model.id, legacy)
         services = self.services
         self.attempts = Attempts()
         services.inflight += 1

@@ -1,10 +1,12 @@
 """The OpenAI face's output: neutral sink calls rendered as Chat Completions bytes.
 
-Owns ``OpenAIStream`` (``chat.completion.chunk`` SSE events, role first, ``reasoning_content``
-deltas, ``finish_reason``, the ``stream_options.include_usage`` chunk, ``data: [DONE]``, and an
-error event if the stream fails after it began) and ``OpenAIResult`` (one ``chat.completion``
-object), plus ``error_body``. Chunks are built from bytes templates made once per request, so
-each delta costs one JSON string encode; all deltas of one upstream read go out in one write.
+Owns ``OpenAIStream`` (``chat.completion.chunk`` SSE events: role first, ``reasoning_content``
+and ``content`` deltas, ``tool_calls`` deltas (index, id and name first, then the arguments),
+``finish_reason``, the ``stream_options.include_usage`` chunk, ``data: [DONE]``, and an error
+event if the stream fails after it began), ``OpenAIResult`` (one ``chat.completion``), and
+``error_body``. Legacy ``functions`` requests get ``function_call`` instead of ``tool_calls``.
+Chunks are built from bytes templates made once per request, so a delta costs one JSON
+string encode; all deltas of one upstream read go out in one write.
 """
 
 import time
@@ -12,18 +14,17 @@ from typing import Protocol
 
 import msgspec
 
-from server.chat import Usage
+from server.chat import ToolCall, Usage
 from server.errors import GatewayError
 
 __all__ = ["OpenAIResult", "OpenAIStream", "Writer", "error_body"]
 
 _encode = msgspec.json.encode
+_LEGACY_REASON = {"tool_calls": "function_call"}
 
 
 class Writer(Protocol):
     """What a sink needs from the HTTP response (a tornado RequestHandler is one)."""
-
-    def set_status(self, status_code: int) -> None: ...
 
     def set_header(self, name: str, value: str) -> None: ...
 
@@ -31,23 +32,13 @@ class Writer(Protocol):
 
     def flush(self) -> object: ...
 
-    def finish(self) -> object: ...
-
     def send_gateway_error(self, err: GatewayError) -> None:
         """An error answer (status, headers, body) before anything else was written."""
 
 
 def error_body(err: GatewayError) -> bytes:
-    return _encode(
-        {
-            "error": {
-                "message": err.message,
-                "type": err.rule.type,
-                "param": err.param,
-                "code": err.kind,
-            }
-        }
-    )
+    error = {"message": err.message, "type": err.rule.type, "param": err.param, "code": err.kind}
+    return _encode({"error": error})
 
 
 def _usage(usage: Usage | None) -> dict:
@@ -60,16 +51,33 @@ def _usage(usage: Usage | None) -> dict:
     }
 
 
+def _call_object(call: ToolCall) -> dict:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
 class OpenAIStream:
     """Streams one completion as ``chat.completion.chunk`` events."""
 
-    def __init__(self, out: Writer, completion_id: str, model: str, include_usage: bool) -> None:
+    def __init__(
+        self,
+        out: Writer,
+        completion_id: str,
+        model: str,
+        include_usage: bool,
+        legacy_functions: bool = False,
+    ) -> None:
         self.out = out
         self.started = False
         self.include_usage = include_usage
+        self.legacy = legacy_functions
         self.completion_id = completion_id
         self.created = int(time.time())
         self.model = model
+        self.calls = 0
         head = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -83,7 +91,7 @@ class OpenAIStream:
         self._tail = b'},"logprobs":null,"finish_reason":null}]' + self._end
 
     def __repr__(self) -> str:
-        return f"<OpenAIStream {self.completion_id} started={self.started}>"
+        return f"<OpenAIStream {self.completion_id} started={self.started} calls={self.calls}>"
 
     def _begin(self) -> None:
         self.started = True
@@ -93,21 +101,44 @@ class OpenAIStream:
         out.set_header("X-Accel-Buffering", "no")
         out.write(self._head + b'"role":"assistant","content":""' + self._tail)
 
+    def _chunk(self, fields: bytes) -> None:
+        self.out.write(self._head + fields + self._tail)
+
     async def delta(self, reasoning: str, content: str) -> None:
         if not self.started:
             self._begin()
         if reasoning:
-            self.out.write(self._head + b'"reasoning_content":' + _encode(reasoning) + self._tail)
+            self._chunk(b'"reasoning_content":' + _encode(reasoning))
         if content:
-            self.out.write(self._head + b'"content":' + _encode(content) + self._tail)
+            self._chunk(b'"content":' + _encode(content))
+        await self.out.flush()
+
+    async def tool_call(self, call: ToolCall) -> None:
+        if not self.started:
+            self._begin()
+        if self.legacy:
+            self._chunk(b'"function_call":' + _encode({"name": call.name, "arguments": ""}))
+            self._chunk(b'"function_call":' + _encode({"arguments": call.arguments}))
+        else:
+            first = {
+                "index": self.calls,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            rest = {"index": self.calls, "function": {"arguments": call.arguments}}
+            self._chunk(b'"tool_calls":' + _encode([first]))
+            self._chunk(b'"tool_calls":' + _encode([rest]))
+        self.calls += 1
         await self.out.flush()
 
     async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
         if not self.started:
             self._begin()
-        last = self._head + b"}," + _encode({"logprobs": None, "finish_reason": reason})[1:-1]
+        if self.legacy:
+            reason = _LEGACY_REASON.get(reason, reason)
         self.out.write(
-            last + b"}]" + self._tail[len(b'},"logprobs":null,"finish_reason":null}]') :]
+            self._head + b'},"logprobs":null,"finish_reason":' + _encode(reason) + b"}]" + self._end
         )
         if self.include_usage:
             chunk = {
@@ -137,19 +168,34 @@ class OpenAIResult:
 
     started = False
 
-    def __init__(self, out: Writer, completion_id: str, model: str) -> None:
+    def __init__(
+        self, out: Writer, completion_id: str, model: str, legacy_functions: bool = False
+    ) -> None:
         self.out = out
         self.completion_id = completion_id
         self.model = model
+        self.legacy = legacy_functions
+        self.calls: list[ToolCall] = []
 
     def __repr__(self) -> str:
-        return f"<OpenAIResult {self.completion_id}>"
+        return f"<OpenAIResult {self.completion_id} calls={len(self.calls)}>"
 
     async def delta(self, reasoning: str, content: str) -> None:
         return None
 
+    async def tool_call(self, call: ToolCall) -> None:
+        self.calls.append(call)
+
     async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
-        message: dict = {"role": "assistant", "content": content, "refusal": None}
+        message: dict = {"role": "assistant", "content": content or None, "refusal": None}
+        if not self.calls:
+            message["content"] = content
+        elif self.legacy:
+            first = self.calls[0]
+            message["function_call"] = {"name": first.name, "arguments": first.arguments}
+            reason = _LEGACY_REASON.get(reason, reason)
+        else:
+            message["tool_calls"] = [_call_object(call) for call in self.calls]
         if reasoning:
             message["reasoning_content"] = reasoning
         body = {

@@ -1,0 +1,132 @@
+"""From a decoded OpenAI request to the neutral ``Conversation``.
+
+Owns ``to_conversation``: the model looked up in the table (unknown -> 404 listing them all),
+messages to turns (text parts joined, images and ``n`` > 1 refused with a 400 naming the
+field), ``reasoning_effort`` to thinking, and tools: ``tools``/``tool_choice``/
+``parallel_tool_calls`` and the legacy ``functions``/``function_call``, with assistant
+``tool_calls`` and ``tool``/``function`` results kept as history. With ``TOOL_SUPPORT`` off
+the tools are dropped (the handler says so in a header and the log).
+"""
+
+from server.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.errors import GatewayError
+from server.models import MODELS, find_model
+from server.openai_wire import ChatRequest, ImagePart, Message
+from server.tool_parse import new_call_id
+
+__all__ = ["to_conversation"]
+
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
+
+
+def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True) -> Conversation:
+    model = find_model(req.model)
+    if model is None:
+        names = ", ".join(m.id for m in MODELS.values())
+        raise GatewayError(
+            "model_not_found",
+            f"the model '{req.model}' does not exist; available models: {names}",
+            param="model",
+        )
+    if req.n is not None and req.n > 1:
+        raise GatewayError("invalid_request", "only n=1 is supported", param="n")
+    turns = _turns(req.messages)
+    thinking = None
+    if req.reasoning_effort is not None:
+        thinking = req.reasoning_effort not in ("none", "minimal")
+    conv = Conversation(
+        model=model,
+        turns=turns,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_completion_tokens or req.max_tokens,
+        thinking=thinking,
+        request_id=request_id,
+    )
+    if tool_support:
+        _tools(req, conv)
+    return conv
+
+
+def _tools(req: ChatRequest, conv: Conversation) -> None:
+    legacy = req.tools is None and req.functions is not None
+    functions = [t.function for t in req.tools or []] if not legacy else req.functions or []
+    conv.tools = [ToolSpec(f.name, f.description, f.parameters) for f in functions]
+    choice = req.function_call if legacy else req.tool_choice
+    param = "function_call" if legacy else "tool_choice"
+    if choice is None or isinstance(choice, str):
+        conv.tool_choice = choice or "auto"
+    else:
+        name = choice.name if legacy else choice.function.name  # type: ignore[union-attr]
+        if name not in {t.name for t in conv.tools}:
+            raise GatewayError(
+                "invalid_request",
+                f"{param} names '{name}', which is not among the tools",
+                param=param,
+            )
+        conv.tool_choice = f"function:{name}"
+    if conv.tool_choice != "none" and not conv.tools and choice is not None:
+        raise GatewayError(
+            "invalid_request", f"{param} is set but no tools were given", param=param
+        )
+    conv.parallel_tool_calls = req.parallel_tool_calls is not False and not legacy
+    conv.extra["legacy_functions"] = legacy
+
+
+def _turns(messages: list[Message]) -> list[Turn]:
+    turns: list[Turn] = []
+    names: dict[str, str] = {}  # tool call id -> function name, for the results
+    for index, msg in enumerate(messages):
+        role = _ROLES[msg.role]
+        text = _text(index, msg)
+        if role == "user" and not text:
+            raise GatewayError(
+                "invalid_request",
+                f"messages[{index}]: a user message needs non-empty content",
+                param=f"messages[{index}].content",
+            )
+        turn = Turn(role, text)
+        if msg.tool_calls:
+            turn.tool_calls = [
+                ToolCall(call.id or new_call_id(), call.function.name, call.function.arguments)
+                for call in msg.tool_calls
+            ]
+        elif msg.function_call is not None:
+            call = msg.function_call
+            turn.tool_calls = [ToolCall(new_call_id(), call.name, call.arguments)]
+        names.update((call.id, call.name) for call in turn.tool_calls)
+        if role == "tool":
+            turn.tool_call_id = msg.tool_call_id or ""
+            turn.name = msg.name or names.get(turn.tool_call_id, "")
+            if msg.role == "tool" and not msg.tool_call_id:
+                raise GatewayError(
+                    "invalid_request",
+                    f"messages[{index}]: a tool message needs tool_call_id",
+                    param=f"messages[{index}].tool_call_id",
+                )
+        if text or turn.tool_calls or role in ("user", "tool"):
+            turns.append(turn)
+    return turns
+
+
+def _text(index: int, msg: Message) -> str:
+    content = msg.content
+    if not isinstance(content, list):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, ImagePart):
+            raise GatewayError(
+                "invalid_request",
+                f"messages[{index}].content[{j}]: image input is not supported",
+                param=f"messages[{index}].content[{j}]",
+            )
+        parts.append(part.text)
+    return "".join(parts)
