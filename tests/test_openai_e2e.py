@@ -125,12 +125,20 @@ async def test_each_request_gets_a_fresh_guest_and_chat(gateway):
     assert len([r for r in gw.fake.requests if r.path == "/"]) == 1
 
 
-async def test_search_model_turns_on_web_search(gateway):
-    gw = await gateway(*BASE, "stream_search_glmblock_2025")
+@pytest.mark.parametrize(("name", "model", "link"), [
+    ("stream_search_glmblock_2025", "GLM-4.5-Search",
+     "[On parallel processing benchmarks](https://www.govinfo.gov/"),
+    ("stream_v2_toolcall_search_2026", "GLM-5.3-Flash-Search",
+     "[Starship test flight update](https://space.example.org/starship-update)"),
+])
+async def test_search_models_turn_on_web_search_and_link_citations(gateway, name, model, link):
+    gw = await gateway(*BASE, name)
     async with gw.openai() as client:
         reply = await client.chat.completions.create(
-            model="GLM-4.5-Search", messages=[{"role": "user", "content": "news?"}]
+            model=model, messages=[{"role": "user", "content": "news?"}]
         )
     body = msgspec.json.decode(gw.completions_seen()[0].body)
     assert body["features"]["web_search"] is True
-    assert "glm_block" not in reply.choices[0].message.content
+    content = reply.choices[0].message.content
+    assert link in content
+    assert "glm_block" not in content and "【" not in content and "ref_id" not in content

@@ -80,11 +80,11 @@ class AnswerStream:
                 "the upstream closed the stream before it said done",
                 model=self.model,
             )
-        return self.text.advance() if changed else ("", "")
+        return self.text.advance(final=True)
 
     def final(self) -> tuple[str, str]:
         """The whole (reasoning, answer) as the last frame left them."""
-        return self.text.text.derive()
+        return self.text.text.derive(final=True)
 
     def _apply(self, payload: bytes) -> bool:
         try:

@@ -19,6 +19,8 @@ that to emit deltas that are never taken back.
 import bisect
 import re
 
+from server.zai.citations import linkify, references
+
 __all__ = ["KIND_ANSWER", "KIND_THINK", "KIND_TOOL", "AnswerText", "StreamingText"]
 
 KIND_THINK, KIND_ANSWER, KIND_TOOL = 0, 1, 2
@@ -75,16 +77,18 @@ class AnswerText:
         del self._starts[cut:], self._kinds[cut:]
         self.append(chunk, phase)
 
-    def derive(self) -> tuple[str, str]:
-        """Return (reasoning, answer) as the client should see them now."""
+    def derive(self, final: bool = False) -> tuple[str, str]:
+        """Return (reasoning, answer) as the client should see them now (``final``: the
+        text is complete, hold nothing back)."""
         reasoning: list[str | None] = []
         answer: list[str | None] = []
+        tools: list[str] = []  # site-tool output: where 2026 citation ids are resolved
         text, pos, end = self.text, 0, len(self.text)
         while pos < end:
             match = _BLOCK_OPEN.search(text, pos)
             start = match.start() if match else end
             plain_end = start if match else _held_tail(text, pos, end)
-            self._split_plain(pos, plain_end, reasoning, answer)
+            self._split_plain(pos, plain_end, reasoning, answer, tools)
             if not match:
                 break
             close = _BLOCK_CLOSE[match[1]]
@@ -94,11 +98,22 @@ class AnswerText:
             answer.append(None)
             if match[1] == "details":
                 reasoning += (self._thinking_of(match.end(), body_end, closed=stop >= 0), None)
+            elif stop >= 0:
+                tools.append(text[match.end() : stop])
             pos = end if stop < 0 else stop + len(close)
-        return _join(reasoning), _join(answer)
+        thinking, said = _join(reasoning), _join(answer)
+        if "【" in said or "【" in thinking:
+            refs = references("\n".join(tools))
+            thinking, said = linkify(thinking, refs, final), linkify(said, refs, final)
+        return thinking.strip(), said.strip()
 
     def _split_plain(
-        self, pos: int, end: int, reasoning: list[str | None], answer: list[str | None]
+        self,
+        pos: int,
+        end: int,
+        reasoning: list[str | None],
+        answer: list[str | None],
+        tools: list[str],
     ) -> None:
         if pos >= end:
             return
@@ -116,6 +131,7 @@ class AnswerText:
                 reasoning.append(None)
             else:
                 # Site-tool output separates what is around it, like a block.
+                tools.append(self.text[pos:piece_end])
                 reasoning.append(None)
                 answer.append(None)
             pos, i = piece_end, i + 1
@@ -194,8 +210,8 @@ class StreamingText:
             f"rewrites={self.rewrites} {self.text!r}>"
         )
 
-    def advance(self) -> tuple[str, str]:
-        reasoning, answer = self.text.derive()
+    def advance(self, final: bool = False) -> tuple[str, str]:
+        reasoning, answer = self.text.derive(final)
         r_delta = self._grown(self.sent_reasoning, reasoning)
         a_delta = self._grown(self.sent_answer, answer)
         if r_delta:
