@@ -20,6 +20,7 @@ from server.app import make_app
 from server.logs import setup_logging
 from server.services import make_services
 from server.settings import Settings, SettingsError, load_settings
+from server.uniqueness import InstanceLockError, claim_instance_lock
 
 
 async def serve(settings: Settings) -> None:
@@ -47,9 +48,18 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    logger.info(
+        "stopping: no new connections; draining {} request(s) for up to {:g} s",
+        len(services.active),
+        settings.drain_timeout,
+    )
     server.stop()
+    ended = await services.drain(settings.drain_timeout)
+    if ended:
+        logger.warning("drain deadline passed: {} request(s) ended with an error", ended)
     await server.close_all_connections()
     await services.stop()
+    logger.info("stopped")
 
 
 def _run_workers(settings: Settings) -> None:
@@ -79,16 +89,25 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.debug_logging)
+    try:
+        lock = claim_instance_lock(settings)
+    except InstanceLockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     if settings.workers > 1 and not settings.redis_url:
         logger.warning(
             "WORKERS={} needs a shared Redis (REDIS_URL); running one worker on the embedded store",
             settings.workers,
         )
         settings = settings.model_copy(update={"workers": 1})
-    if settings.workers > 1:
-        _run_workers(settings)
-    else:
-        asyncio.run(serve(settings))
+    try:
+        if settings.workers > 1:
+            _run_workers(settings)
+        else:
+            asyncio.run(serve(settings))
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 if __name__ == "__main__":

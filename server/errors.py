@@ -39,6 +39,12 @@ RULES: dict[str, Rule] = {
     "payload_too_large": Rule(413, "invalid_request_error", message="{detail}"),
     # The gateway cannot serve the request
     "pool_exhausted": Rule(503, "server_error", message="{detail}"),
+    "shutting_down": Rule(
+        503,
+        "server_error",
+        message="this gateway instance is shutting down and its drain deadline passed: "
+        "retry the request (another instance will take it)",
+    ),
     "state_unavailable": Rule(
         503,
         "server_error",

@@ -19,6 +19,10 @@ class Alive(RequestHandler):
 
 class Ready(Alive):
     async def get(self) -> None:
+        if self.services.draining:  # type: ignore[attr-defined]
+            self.set_status(503)
+            self.write({"status": "draining"})
+            return
         try:
             await self.services.redis.ping()  # type: ignore[attr-defined]
         except (RedisError, OSError) as exc:

@@ -39,15 +39,12 @@ class ChatCompletions(ApiHandler):
             sink = OpenAIResult(self, completion_id, conv.model.id, legacy)
         services = self.services
         self.attempts = Attempts()
-        services.inflight += 1
-        try:
-            await self.run_until_done_or_gone(
-                complete(
-                    conv, sink, services.tokens, services.client, services.settings, self.attempts
-                )
-            )
-        finally:
-            services.inflight -= 1
+        await self.run_until_done_or_gone(
+            complete(
+                conv, sink, services.tokens, services.client, services.settings, self.attempts
+            ),
+            sink,
+        )
 
 
 def _model_object(model: Model) -> dict:

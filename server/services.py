@@ -17,6 +17,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.errors import GatewayError
 from server.pool_health import check_tokens, configured_tokens
 from server.settings import Settings
 from server.tokens import GuestTokens, NoTokens, PooledTokens, TokenSource
@@ -43,11 +44,12 @@ class Services:
     guests: GuestTokens | None
     instances: Instances
     tokens: TokenSource
-    inflight: int = 0
+    draining: bool = False
+    active: set = field(default_factory=set)  # handlers with a completion in flight
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        return f"<Services {self.instances.id} inflight={self.inflight} {self.tokens!r}>"
+        return f"<Services {self.instances.id} inflight={len(self.active)} {self.tokens!r}>"
 
     async def start(self) -> None:
         settings = self.settings
@@ -58,6 +60,22 @@ class Services:
         if self.guests is not None and self.guests.reserve is not None:
             self.guests.refill_soon()
         self._tasks.append(asyncio.ensure_future(self._upkeep()))
+
+    async def drain(self, deadline: float) -> int:
+        """Stop taking work (readiness goes false) and wait up to ``deadline`` seconds for
+        requests in flight; then end the rest with an error. Returns how many were ended."""
+        self.draining = True
+        await self._safely("deregister", self.instances.deregister())
+        until = time.monotonic() + deadline
+        while self.active and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        late = list(self.active)
+        for handler in late:
+            handler.abort(GatewayError("shutting_down"))
+        until = time.monotonic() + 5
+        while self.active and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        return len(late)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -85,7 +103,8 @@ class Services:
         next_check = time.monotonic() + settings.pool_health_interval
         while True:
             await asyncio.sleep(beat)
-            await self._safely("heartbeat", self.instances.heartbeat(self.inflight))
+            if not self.draining:
+                await self._safely("heartbeat", self.instances.heartbeat(len(self.active)))
             await self._safely("lease renewal", self.pool.renew())
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval

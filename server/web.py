@@ -7,6 +7,7 @@ method, path, model, status, latency and time to first byte, upstream attempts.
 """
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import math
@@ -58,6 +59,7 @@ class ApiHandler(RequestHandler):
         self.first_byte: float | None = None
         self.started_at = time.monotonic()
         self._task: asyncio.Future[None] | None = None
+        self._aborted: GatewayError | None = None
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
@@ -86,13 +88,28 @@ class ApiHandler(RequestHandler):
         if not check_api_key(presented, settings.api_keys):
             raise GatewayError("invalid_api_key", "the API key is not valid for this gateway")
 
-    async def run_until_done_or_gone(self, work: Awaitable[None]) -> None:
-        """Run the completion; if the client hangs up, cancel it (closing the upstream)."""
+    async def run_until_done_or_gone(self, work: Awaitable[None], sink: Any) -> None:
+        """Run the completion; if the client hangs up, cancel it (closing the upstream).
+        If the instance stops before it ends, ``abort`` cancels it and the sink says why."""
         self._task = asyncio.ensure_future(work)
+        active = self.services.active
+        active.add(self)
         try:
             await self._task
         except (asyncio.CancelledError, StreamClosedError):
-            logger.info("{} client went away; upstream closed", self.request_id)
+            if self._aborted is None:
+                logger.info("{} client went away; upstream closed", self.request_id)
+                return
+            with contextlib.suppress(StreamClosedError):
+                await sink.fail(self._aborted)
+        finally:
+            active.discard(self)
+
+    def abort(self, err: GatewayError) -> None:
+        """End this request now with ``err`` (the drain deadline passed)."""
+        if self._task is not None and not self._task.done():
+            self._aborted = err
+            self._task.cancel()
 
     def on_connection_close(self) -> None:
         if self._task is not None and not self._task.done():

@@ -6,7 +6,6 @@ SIGTERM exits 0.
 """
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -17,14 +16,7 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "ZAI_", "LISTEN_"))}
-    env.update(values)
-    return env
+from tests.processes import gateway_env
 
 
 def _free_port() -> int:
@@ -42,7 +34,7 @@ def test_invalid_settings_stop_startup_with_one_line():
         ({"AUTH_TOKEN": "k", "AUTH_TOKENS_FILE": "/nonexistent/tokens.txt"}, "AUTH_TOKENS_FILE"),
     ]
     for values, name in cases:
-        done = subprocess.run([sys.executable, "-m", "server"], env=_env(**values), cwd="/",
+        done = subprocess.run([sys.executable, "-m", "server"], env=gateway_env(**values), cwd="/",
                               capture_output=True, text=True, timeout=30,
                               check=False)
         lines = done.stderr.strip().splitlines()
@@ -59,8 +51,8 @@ async def test_run_serve_and_sigterm(tmp_path, workers, request):
     log = open(tmp_path / "server.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        env=_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
-                 LISTEN_HOST="127.0.0.1", PYTHONPATH=ROOT, WORKERS=workers,
+        env=gateway_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
+                 LISTEN_HOST="127.0.0.1", WORKERS=workers,
                  REDIS_URL=redis_url),
     )
     try:

@@ -46,9 +46,6 @@ ALLOWED_SKIPS = {
 # The Secret is a template: secret.example.yaml is what the repository holds, secret.yaml
 # (git-ignored) is the filled copy that kustomization.yaml lists.
 SECRET_TEMPLATE, SECRET_FILLED = "secret.example.yaml", "secret.yaml"
-# Settings the ConfigMap may set beyond those .env.example documents: DRAIN_TIMEOUT arrives
-# with the graceful-shutdown work; drop it from here once .env.example lists it.
-PENDING_SETTINGS = {"DRAIN_TIMEOUT"}
 
 
 def run(*cmd: str | Path, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess:
@@ -155,7 +152,7 @@ def test_secret_template_and_configmap_are_the_gateways_settings():
     assert secret["kind"] == "Secret" and secret["type"] == "Opaque"
     assert set(secret["stringData"]) == {"AUTH_TOKENS", "ADMIN_TOKEN", "ZAI_TOKENS", "REDIS_URL"}
     # A misspelt key is silently ignored by the gateway (extra="ignore"), so check the names.
-    known = env_example() | PENDING_SETTINGS
+    known = env_example()
     assert set(config) <= known, f"not a setting: {sorted(set(config) - known)}"
     assert set(secret["stringData"]) <= known
     assert not set(config) & set(secret["stringData"]), "a setting is in both"
@@ -385,6 +382,7 @@ def test_image_entrypoint_serves_and_stops_on_sigterm():
         "LISTEN_HOST": "127.0.0.1",
         "LISTEN_PORT": str(port),
         "GUEST_RESERVE": "0",
+        "SINGLE_INSTANCE": "off",
         "ZAI_FE_VERSION": "prod-fe-1.1.95",
         "ZAI_BASE_URL": "http://127.0.0.1:9",  # nothing listens: no upstream is reached
     }

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
+from tests.processes import ROOT, gateway_env
 from tests.redis_server import RedisServer, free_port
 from tests.test_pool_gateway import ADMIN, TOKENS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 1.5
 
 
@@ -34,14 +33,11 @@ class Replica:
     def __init__(self, redis_url: str, upstream: str, log_dir) -> None:
         self.port = free_port()
         self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AUTH_", "ZAI_", "LISTEN_", "REDIS_", "POOL_"))}
-        env.update(
+        env = gateway_env(
             AUTH_TOKEN=API_KEY, ADMIN_TOKEN=ADMIN, ZAI_BASE_URL=upstream,
             LISTEN_HOST="127.0.0.1", LISTEN_PORT=str(self.port), REDIS_URL=redis_url,
             ZAI_TOKENS=",".join(TOKENS), ANONYMOUS_MODE="false", INSTANCE_TTL=str(TTL),
             LEASE_TTL=str(TTL), POOL_COOLDOWN_BASE="60", POOL_MAX_CONCURRENCY="0",
-            PYTHONPATH=ROOT,
         )
         self.proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT)

@@ -1,0 +1,161 @@
+"""A gateway process's life: draining on SIGTERM, and one per service name per machine."""
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream
+from tests.processes import ROOT, gateway_env
+from tests.redis_server import free_port
+
+
+class Process:
+    def __init__(self, tmp_path: Path, **values: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"gateway-{self.port}.log"
+        env = gateway_env(AUTH_TOKEN=API_KEY, LISTEN_HOST="127.0.0.1",
+                          LISTEN_PORT=str(self.port), GUEST_RESERVE="0", **values)
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        for _ in range(300):
+            assert self.proc.poll() is None, self.log.read_text()
+            with contextlib.suppress(OSError):
+                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
+                if reply.code == 200:
+                    return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(self.log.read_text())
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0,
+                                  timeout=30)
+
+    async def wait(self, timeout: float = 30) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.proc.wait, timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def processes():
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+async def open_streams(gateway: Process, n: int) -> list:
+    streams = []
+    for _ in range(n):
+        client = gateway.client()
+        stream = await client.chat.completions.create(
+            model="GLM-4.5", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        first = await stream.__anext__()
+        assert first.choices[0].delta.role == "assistant"
+        streams.append((client, stream))
+    return streams
+
+
+async def read_rest(client, stream) -> tuple[str, object]:
+    text, error = "", None
+    try:
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                if chunk.choices[0].finish_reason:
+                    text += f"|{chunk.choices[0].finish_reason}"
+    except openai.APIError as exc:
+        error = exc
+    await client.close()
+    return text, error
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_redis_server):
+    fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking", pace=0.05)
+    prefix = f"drain-{uuid.uuid4().hex[:6]}:"
+    gateway = Process(tmp_path, ZAI_BASE_URL=await fake.start(), DRAIN_TIMEOUT="20",
+                      REDIS_URL=real_redis_server.url, REDIS_PREFIX=prefix)
+    processes.append(gateway)
+    try:
+        await gateway.ready()
+        assert real_redis_server.cli("ZCARD", f"{prefix}instances").strip() == "1"
+        streams = await open_streams(gateway, 3)
+        gateway.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(OSError):  # no new connections once it is stopping
+            await AsyncHTTPClient().fetch(gateway.url + "/readyz")
+        results = await asyncio.gather(*(read_rest(c, s) for c, s in streams))
+        assert await gateway.wait() == 0
+    finally:
+        await fake.close()
+    for text, error in results:
+        assert error is None and text.endswith("discuss?|stop")
+    assert fake.streams_completed == 3
+    assert real_redis_server.cli("ZCARD", f"{prefix}instances").strip() == "0"
+    assert real_redis_server.cli("KEYS", f"{prefix}instance:*").split() == []
+    assert "drain deadline passed" not in gateway.log.read_text()
+
+
+@pytest.mark.timeout(60)
+async def test_stream_longer_than_the_deadline_ends_with_an_error_event(tmp_path, processes):
+    fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking", pace=0.3)
+    gateway = Process(tmp_path, ZAI_BASE_URL=await fake.start(), DRAIN_TIMEOUT="1")
+    processes.append(gateway)
+    try:
+        await gateway.ready()
+        (client, stream), = await open_streams(gateway, 1)
+        started = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        text, error = await read_rest(client, stream)
+        assert await gateway.wait() == 0
+        assert time.monotonic() - started < 8
+    finally:
+        await fake.close()
+    assert isinstance(error, openai.APIError) and "shutting down" in error.message
+    assert "|stop" not in text
+    assert "drain deadline passed: 1 request(s)" in gateway.log.read_text()
+
+
+async def test_a_second_start_with_the_same_service_name_refuses(tmp_path, processes):
+    name = f"zai-test-{uuid.uuid4().hex[:8]}"
+    lock = Path(tempfile.gettempdir()) / f"{name}.lock"
+    lock.write_text("999999")  # a crashed run's leftover: stale, to be taken over
+    first = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on",
+                    ZAI_BASE_URL="http://127.0.0.1:9")
+    processes.append(first)
+    await first.ready()
+    assert "stale lock" in first.log.read_text() and lock.read_text() == str(first.proc.pid)
+    second = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on",
+                     ZAI_BASE_URL="http://127.0.0.1:9")
+    processes.append(second)
+    assert await second.wait() == 1
+    message = second.log.read_text().strip().splitlines()[-1]
+    assert "already running" in message and str(first.proc.pid) in message
+    third = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="auto",
+                    KUBERNETES_SERVICE_HOST="10.0.0.1", ZAI_BASE_URL="http://127.0.0.1:9")
+    processes.append(third)
+    await third.ready()  # inside a container the check is off by default
+    first.proc.send_signal(signal.SIGTERM)
+    assert await first.wait() == 0
+    lock.unlink(missing_ok=True)
