@@ -30,6 +30,8 @@ class PoolChange(msgspec.Struct):
 
 
 class AdminHandler(ApiHandler):
+    route = "admin"
+
     def authenticate(self) -> None:
         admin = self.services.settings.admin_token
         if not admin:

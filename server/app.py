@@ -8,6 +8,7 @@ from tornado.web import Application
 
 from server.admin_api import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
 from server.health_api import Alive, Ready
+from server.metrics import Metrics
 from server.openai_api import ChatCompletions, ModelList, OneModel
 from server.services import Services
 from server.web import NotFound
@@ -24,6 +25,7 @@ ROUTES = [
     (r"/v1/instances", InstanceList),
     (r"/healthz", Alive),
     (r"/readyz", Ready),
+    (r"/metrics", Metrics),
 ]
 
 

@@ -14,6 +14,7 @@ from loguru import logger
 
 from server.chat import Conversation, Sink
 from server.errors import GatewayError
+from server.metrics import ATTEMPT_ERRORS, RETRIES
 from server.settings import Settings
 from server.tokens import TokenSource
 from server.tool_parse import ToolCallScanner
@@ -57,6 +58,7 @@ async def complete(
             return
         except GatewayError as err:
             attempts.last_error = err.kind
+            ATTEMPT_ERRORS.labels(err.kind).inc()
             retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
             logger.info(
                 "{} upstream attempt {} failed: {} ({}){}",
@@ -69,6 +71,7 @@ async def complete(
             if not retry:
                 await sink.fail(err)
                 return
+            RETRIES.inc()
             if err.rule.refresh_version:
                 await client.refresh_fe_version(stale=await client.fe_version())
 

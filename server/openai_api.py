@@ -20,6 +20,8 @@ __all__ = ["ChatCompletions", "ModelList", "OneModel"]
 
 
 class ChatCompletions(ApiHandler):
+    route = "chat_completions"
+
     @api
     async def post(self) -> None:
         self.authenticate()
@@ -52,6 +54,8 @@ def _model_object(model: Model) -> dict:
 
 
 class ModelList(ApiHandler):
+    route = "models"
+
     @api
     async def get(self) -> None:
         self.authenticate()
@@ -59,6 +63,8 @@ class ModelList(ApiHandler):
 
 
 class OneModel(ApiHandler):
+    route = "models"
+
     @api
     async def get(self, name: str) -> None:
         self.authenticate()

@@ -21,6 +21,8 @@ from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
 from server.errors import GatewayError
+from server.metrics import observe_request
+from server.models import find_model
 from server.openai_render import error_body
 
 __all__ = ["ApiHandler", "NotFound", "api", "check_api_key"]
@@ -50,6 +52,7 @@ class ApiHandler(RequestHandler):
     """Base of every API route. Subclasses set ``render_error`` for their API's error shape."""
 
     render_error: Callable[[GatewayError], bytes] = staticmethod(error_body)
+    route = "other"  # the label requests of this route are counted under
 
     def initialize(self, services: Any) -> None:
         self.services = services
@@ -153,6 +156,9 @@ class ApiHandler(RequestHandler):
         elapsed = (now - self.started_at) * 1000
         ttfb = ((self.first_byte or now) - self.started_at) * 1000
         attempts = getattr(self.attempts, "count", 0)
+        # Only table names become labels: clients' typos must not grow the series forever.
+        model = found.id if (found := find_model(self.model_name)) else "-"
+        observe_request(self.route, model, self.get_status(), elapsed / 1000, ttfb / 1000)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
@@ -167,6 +173,8 @@ class ApiHandler(RequestHandler):
 
 
 class NotFound(ApiHandler):
+    route = "not_found"
+
     @api
     async def get(self, *args: str) -> None:
         raise GatewayError("not_found", f"no route {self.request.method} {self.request.path}")

@@ -1,0 +1,109 @@
+"""Prometheus metrics of this worker process, and the ``/metrics`` route.
+
+Owns the metric objects and ``Metrics`` (the route). Counters and histograms are updated on
+the request path (the access line in ``server.web``, the attempts in ``server.completion``);
+gauges that describe shared state (pool tokens by state, live instances, Redis reachable)
+are read from Redis when scraped. Each worker process has its own registry: run one worker
+per pod (as ``k8s/`` does) or scrape each process.
+"""
+
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+from tornado.web import RequestHandler
+
+__all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_request"]
+
+REGISTRY = CollectorRegistry()
+_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+
+REQUESTS = Counter(
+    "zai_gateway_requests",
+    "Requests answered, by route, model and status.",
+    ["route", "model", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "zai_gateway_request_duration_seconds",
+    "Whole request time, by route.",
+    ["route"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+TTFB = Histogram(
+    "zai_gateway_time_to_first_byte_seconds",
+    "Time until the first byte of the answer was sent, by route.",
+    ["route"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+ATTEMPT_ERRORS = Counter(
+    "zai_gateway_upstream_errors", "Failed upstream attempts, by kind.", ["kind"], registry=REGISTRY
+)
+RETRIES = Counter("zai_gateway_upstream_retries", "Upstream attempts retried.", registry=REGISTRY)
+INFLIGHT = Gauge(
+    "zai_gateway_inflight_requests", "Completions in flight in this process.", registry=REGISTRY
+)
+POOL = Gauge(
+    "zai_gateway_pool_tokens",
+    "Pooled upstream tokens, by state (shared).",
+    ["state"],
+    registry=REGISTRY,
+)
+COOLDOWN = Gauge(
+    "zai_gateway_pool_cooldown_seconds_max",
+    "Longest cooldown left among pooled tokens (shared).",
+    registry=REGISTRY,
+)
+INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
+REDIS_UP = Gauge(
+    "zai_gateway_redis_up", "1 when the shared state store answers.", registry=REGISTRY
+)
+
+
+def observe_request(route: str, model: str, status: int, seconds: float, ttfb: float) -> None:
+    REQUESTS.labels(route, model, str(status)).inc()
+    LATENCY.labels(route).observe(seconds)
+    TTFB.labels(route).observe(ttfb)
+
+
+class Metrics(RequestHandler):
+    def initialize(self, services: object) -> None:
+        self.services = services
+
+    async def get(self) -> None:
+        services = self.services
+        INFLIGHT.set(len(services.active))  # type: ignore[attr-defined]
+        try:
+            rows = await services.pool.status()  # type: ignore[attr-defined]
+            live = await services.instances.live()  # type: ignore[attr-defined]
+        except (RedisError, OSError) as exc:
+            logger.debug("metrics: shared state unreachable: {}", exc)
+            REDIS_UP.set(0)
+        else:
+            REDIS_UP.set(1)
+            for state in ("active", "cooling", "dead", "pending"):
+                POOL.labels(state).set(sum(1 for row in rows if row.state == state))
+            COOLDOWN.set(max((row.cooldown_left for row in rows), default=0))
+            INSTANCES.set(len(live))
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(generate_latest(REGISTRY))
