@@ -4,9 +4,10 @@ Owns ``ROUTES`` and ``make_app``. The services the handlers share are built per 
 process (``server.services``), after any fork, and passed to every route.
 """
 
-from tornado.web import Application
+from tornado.web import Application, StaticFileHandler
 
 from server.admin_api import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.docs_api import SWAGGER_STATIC, Docs, OpenAPI
 from server.health_api import Alive, Ready
 from server.metrics import Metrics
 from server.openai_api import ChatCompletions, ModelList, OneModel
@@ -26,11 +27,14 @@ ROUTES = [
     (r"/healthz", Alive),
     (r"/readyz", Ready),
     (r"/metrics", Metrics),
+    (r"/openapi.json", OpenAPI),
+    (r"/docs", Docs),
 ]
 
 
 def make_app(services: Services) -> Application:
     routes = [(path, handler, {"services": services}) for path, handler in ROUTES]
+    routes.append((r"/docs/static/(.*)", StaticFileHandler, {"path": SWAGGER_STATIC}))
     return Application(
         routes,
         default_handler_class=NotFound,

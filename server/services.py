@@ -82,7 +82,7 @@ class Services:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._safely("deregister", self.instances.deregister())
-        await self.redis.aclose()
+        await self._safely("closing the Redis client", self.redis.aclose())
 
     async def health_check(self, ids: list[str] | None = None) -> list:
         return await check_tokens(self.pool, self.client, ids)

@@ -70,9 +70,7 @@ class Replica:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(20)
-        self.log.close()
-        return code
+        return self.proc.wait(20)
 
 
 @pytest.fixture
@@ -83,9 +81,13 @@ def cluster(io_loop, tmp_path):
     replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
     yield redis, fake, replicas
     codes = [replica.stop() for replica in replicas]
+    logs = [replica.text() for replica in replicas]
+    for replica in replicas:
+        replica.log.close()
     io_loop.run_sync(fake.close)
     redis.stop()
-    assert all(code in (0, -signal.SIGKILL) for code in codes), codes
+    for code, log in zip(codes, logs, strict=True):
+        assert code in (0, -signal.SIGKILL), f"exit {code}:\n{log[-3000:]}"
 
 
 def used(fake: FakeUpstream) -> collections.Counter:

@@ -1,0 +1,172 @@
+"""The API described: ``/openapi.json`` generated from the msgspec schemas, and ``/docs``.
+
+Owns ``openapi_document`` and the two routes. Request and response bodies are the Structs the
+gateway decodes requests with (``server.openai_wire``) and describes its answers with
+(``server.openapi_schema``), turned into JSON Schema by msgspec. ``/docs`` is Swagger UI,
+served from the ``swagger-ui-py`` package's files (no CDN: it works offline).
+"""
+
+import importlib.resources
+from functools import cache
+
+import msgspec
+from tornado.web import RequestHandler
+
+from server.openai_wire import ChatRequest
+from server.openapi_schema import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ErrorBody,
+    ModelList,
+    ModelObject,
+)
+
+__all__ = ["SWAGGER_STATIC", "Docs", "OpenAPI", "openapi_document"]
+
+SWAGGER_STATIC = str(importlib.resources.files("swagger_ui") / "static")
+_REF = "#/components/schemas/{name}"
+
+
+def _json(ref: str) -> dict:
+    return {"application/json": {"schema": {"$ref": _REF.format(name=ref)}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {
+        str(code): {"description": "an OpenAI-shaped error", "content": _json("ErrorBody")}
+        for code in codes
+    }
+
+
+@cache
+def openapi_document() -> dict:
+    _, components = msgspec.json.schema_components(
+        [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, ModelObject, ErrorBody],
+        ref_template=_REF,
+    )
+    bearer = [{"apiKey": []}]
+    chat = {
+        "summary": "Create a chat completion (OpenAI Chat Completions)",
+        "security": bearer,
+        "requestBody": {"required": True, "content": _json("ChatRequest")},
+        "responses": {
+            "200": {
+                "description": "a completion, or with stream=true an SSE stream of "
+                "ChatCompletionChunk events ending with data: [DONE]",
+                "content": {
+                    **_json("ChatCompletion"),
+                    "text/event-stream": {
+                        "schema": {"$ref": _REF.format(name="ChatCompletionChunk")}
+                    },
+                },
+            },
+            **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
+        },
+    }
+    admin = {
+        "security": [{"adminToken": []}],
+        "responses": {
+            "200": {"description": "see the README, section 'The pool in Redis'"},
+            **_errors(401, 404),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "zai-gateway",
+            "version": "0.1.0",
+            "description": "OpenAI-compatible gateway to Z.AI's GLM models.",
+        },
+        "paths": {
+            "/v1/chat/completions": {"post": chat},
+            "/v1/models": {
+                "get": {
+                    "summary": "List models",
+                    "security": bearer,
+                    "responses": {
+                        "200": {"description": "the model table", "content": _json("ModelList")},
+                        **_errors(401),
+                    },
+                }
+            },
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One model",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "model",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "the model", "content": _json("ModelObject")},
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/token-pool/status": {"get": {"summary": "Pool status (admin)", **admin}},
+            "/v1/token-pool/health-check": {
+                "post": {"summary": "Check pool tokens (admin)", **admin}
+            },
+            "/v1/token-pool/update": {
+                "post": {"summary": "Add, remove or replace pool tokens (admin)", **admin}
+            },
+            "/v1/instances": {"get": {"summary": "Live gateway processes (admin)", **admin}},
+            "/healthz": {
+                "get": {
+                    "summary": "The process answers",
+                    "responses": {"200": {"description": "alive"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready to serve (Redis answers, not draining)",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text format"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer"},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+class OpenAPI(RequestHandler):
+    def initialize(self, services: object) -> None:
+        self.services = services
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.write(msgspec.json.encode(openapi_document()))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>zai-gateway API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
+
+
+class Docs(OpenAPI):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(_PAGE)

@@ -1,0 +1,67 @@
+"""``/openapi.json`` is generated from the msgspec schemas and matches what is served;
+``/docs`` serves Swagger UI from local files."""
+
+import json
+import re
+
+import msgspec
+from tornado.httpclient import AsyncHTTPClient
+
+from server.openapi_schema import ChatCompletion, ChatCompletionChunk, ErrorBody, ModelList
+from tests.conftest import API_KEY
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+async def fetch(url: str, **kwargs):
+    return await AsyncHTTPClient().fetch(url, raise_error=False, **kwargs)
+
+
+def refs(node) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if "$ref" in node else set()
+        return found.union(*(refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(refs(v) for v in node))
+    return set()
+
+
+async def test_openapi_document_is_complete(gateway):
+    gw = await gateway("home", "guest_auth", "stream_glm5_plain_thinking")
+    doc = json.loads((await fetch(gw.url + "/openapi.json")).body)
+    assert doc["openapi"] == "3.1.0"
+    schemas = doc["components"]["schemas"]
+    for ref in refs(doc):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    request = schemas["ChatRequest"]
+    assert {"model", "messages"} <= set(request["required"])
+    assert "tools" in request["properties"] and "stream_options" in request["properties"]
+    assert {"/v1/chat/completions", "/v1/models", "/metrics"} <= set(doc["paths"])
+
+
+async def test_served_bodies_match_the_documented_schemas(gateway):
+    gw = await gateway("home", "guest_auth", "stream_glm5_plain_thinking")
+    body = b'{"model": "GLM-4.5-Thinking", "messages": [{"role": "user", "content": "hi"}]'
+    reply = await fetch(gw.url + "/v1/chat/completions", method="POST", headers=AUTH,
+                        body=body + b"}")
+    msgspec.json.decode(reply.body, type=ChatCompletion, strict=True)
+    stream = await fetch(gw.url + "/v1/chat/completions", method="POST", headers=AUTH,
+                         body=body + b', "stream": true, "stream_options": '
+                                     b'{"include_usage": true}}')
+    events = re.findall(rb"data: (.*)\n\n", stream.body)
+    assert events[-1] == b"[DONE]"
+    for event in events[:-1]:
+        msgspec.json.decode(event, type=ChatCompletionChunk, strict=True)
+    models = await fetch(gw.url + "/v1/models", headers=AUTH)
+    msgspec.json.decode(models.body, type=ModelList, strict=True)
+    error = await fetch(gw.url + "/v1/models/nope", headers=AUTH)
+    msgspec.json.decode(error.body, type=ErrorBody, strict=True)
+
+
+async def test_docs_page_and_its_files_are_served_locally(gateway):
+    gw = await gateway("home", "guest_auth", "stream_glm5_plain_thinking")
+    page = await fetch(gw.url + "/docs")
+    assert page.code == 200 and b"SwaggerUIBundle" in page.body
+    for src in re.findall(rb'(?:src|href)="(/docs/static/[^"]+)"', page.body):
+        asset = await fetch(gw.url + src.decode())
+        assert asset.code == 200 and len(asset.body) > 1000, src
