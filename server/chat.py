@@ -50,6 +50,7 @@ class Conversation:
     request_id: str = ""
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: str = "auto"  # "auto" | "none" | "required" | "function:<name>"
+    stop: list[str] = field(default_factory=list)  # stop sequences
     parallel_tool_calls: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -85,7 +86,16 @@ class Sink(Protocol):
 
     async def tool_call(self, call: ToolCall) -> None: ...
 
-    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
-        """The end. ``reasoning``/``content`` are the whole final texts (authoritative)."""
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        """The end. ``reasoning``/``content`` are the whole final texts (authoritative);
+        ``reason`` is stop, length, tool_calls, content_filter or stop_sequence (then
+        ``stop_sequence`` says which)."""
 
     async def fail(self, error: GatewayError) -> None: ...

@@ -16,6 +16,7 @@ from server.chat import Conversation, Sink
 from server.errors import GatewayError
 from server.metrics import ATTEMPT_ERRORS, RETRIES
 from server.settings import Settings
+from server.stop_sink import StopSequenceReached, StopSequenceSink
 from server.tokens import TokenSource
 from server.tool_parse import ToolCallScanner
 from server.tool_prompt import render_for_upstream
@@ -53,6 +54,8 @@ async def complete(
         # A fresh scanner per attempt: a retry never sees text held back by the failed one.
         scanner = ToolCallScanner(known, settings.scan_limit, conv.parallel_tool_calls)
         attempt_sink = ToolCallSink(sink, scanner) if calls else sink
+        if conv.stop:
+            attempt_sink = StopSequenceSink(attempt_sink, conv.stop)
         try:
             await _attempt(upstream_conv, attempt_sink, tokens, client)
             return
@@ -84,13 +87,16 @@ async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: 
         exchange = await client.open_completion(cred, conv)
         try:
             stream = AnswerStream(conv.model.id)
-            async for chunk in exchange:
-                reasoning, answer = stream.feed(chunk)
-                if reasoning or answer:
-                    await sink.delta(reasoning, answer)
-                if stream.done:
-                    break
-            reasoning, answer = stream.end()
+            try:
+                async for chunk in exchange:
+                    reasoning, answer = stream.feed(chunk)
+                    if reasoning or answer:
+                        await sink.delta(reasoning, answer)
+                    if stream.done:
+                        break
+                reasoning, answer = stream.end()
+            except StopSequenceReached:
+                reasoning = answer = ""  # the answer ends here; the upstream is closed below
         except TransportError as exc:
             raise GatewayError(
                 "timeout" if exc.timeout else "unavailable", str(exc), model=conv.model.id

@@ -5,7 +5,8 @@ is one row); ``VARIANTS`` turns each row into the exposed names: the plain name,
 (upstream ``enable_thinking``) and ``-Search`` (upstream web search). Thinking and search are
 feature flags upstream, not separate model ids (PROTOCOL.md section 2). ``guest`` says whether
 guest (anonymous) tokens may use it: since 2026-05 the GLM-5 family needs a user token.
-Names are matched case-insensitively, as users type them every which way.
+Names are matched case-insensitively, as users type them every which way; the Anthropic
+face also maps Claude model names to rows chosen by settings (``CLAUDE_*_MODEL``).
 """
 
 from dataclasses import dataclass, replace
@@ -59,5 +60,14 @@ def _expand() -> dict[str, Model]:
 MODELS: dict[str, Model] = _expand()
 
 
-def find_model(name: str) -> Model | None:
-    return MODELS.get(name.lower())
+CLAUDE_FAMILIES = ("opus", "sonnet", "haiku")
+
+
+def find_model(name: str, claude: dict[str, str] | None = None) -> Model | None:
+    """The row for ``name``; with ``claude`` (family -> row name, from settings), Claude
+    names (``claude-sonnet-4-5``, ``claude-3-5-haiku-latest``...) map to their family's row."""
+    found = MODELS.get(name.lower())
+    if found is not None or claude is None or not name.lower().startswith("claude"):
+        return found
+    family = next((f for f in CLAUDE_FAMILIES if f in name.lower()), "sonnet")
+    return MODELS.get(claude[family].lower())

@@ -49,6 +49,7 @@ def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True
         max_tokens=req.max_completion_tokens or req.max_tokens,
         thinking=thinking,
         request_id=request_id,
+        stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
     )
     if tool_support:
         _tools(req, conv)

@@ -21,6 +21,7 @@ __all__ = ["OpenAIResult", "OpenAIStream", "Writer", "error_body"]
 
 _encode = msgspec.json.encode
 _LEGACY_REASON = {"tool_calls": "function_call"}
+_REASON = {"stop_sequence": "stop"}  # OpenAI says "stop" for a stop sequence too
 
 
 class Writer(Protocol):
@@ -132,7 +133,15 @@ class OpenAIStream:
         self.calls += 1
         await self.out.flush()
 
-    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        reason = _REASON.get(reason, reason)
         if not self.started:
             self._begin()
         if self.legacy:
@@ -186,7 +195,15 @@ class OpenAIResult:
     async def tool_call(self, call: ToolCall) -> None:
         self.calls.append(call)
 
-    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        reason = _REASON.get(reason, reason)
         message: dict = {"role": "assistant", "content": content or None, "refusal": None}
         if not self.calls:
             message["content"] = content

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.models import find_model
 from server.zai.signature import DEFAULT_KEY
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -52,6 +53,11 @@ class Settings(BaseSettings):
     guest_reserve: int = Field(4, ge=0, le=1000)
     admin_token: str = ""
 
+    # Claude model names (claude-opus-*, claude-sonnet-*, claude-haiku-*) map to these rows
+    claude_opus_model: str = "GLM-4.7-Thinking"
+    claude_sonnet_model: str = "GLM-4.7"
+    claude_haiku_model: str = "GLM-4.5-Air"
+
     # Features
     tool_support: bool = True
     scan_limit: int = Field(200_000, ge=1)
@@ -84,6 +90,13 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("claude_opus_model", "claude_sonnet_model", "claude_haiku_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if find_model(value) is None:
+            raise ValueError("is not a model of the table (see GET /v1/models)")
         return value
 
     @field_validator("redis_url")

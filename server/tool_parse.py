@@ -16,6 +16,7 @@ import uuid
 import msgspec
 
 from server.chat import ToolCall
+from server.holdback import partial_suffix
 from server.tool_prompt import CALL_CLOSE, CALL_OPEN
 
 __all__ = ["ToolCallScanner", "parse_call"]
@@ -106,7 +107,7 @@ class ToolCallScanner:
             pending = self._pending
             start = pending.find(CALL_OPEN)
             if start < 0:
-                keep = _partial_suffix(pending, CALL_OPEN)
+                keep = partial_suffix(pending, CALL_OPEN)
                 _emit(out, pending[: len(pending) - keep])
                 self._pending = pending[len(pending) - keep :]
                 break
@@ -146,11 +147,3 @@ class ToolCallScanner:
 def _emit(out: list[str | ToolCall], text: str) -> None:
     if text:
         out.append(text)
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``tag``."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0

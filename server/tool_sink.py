@@ -35,11 +35,20 @@ class ToolCallSink:
         self.calls.append(call)
         await self.inner.tool_call(call)
 
-    async def finish(self, reason: str, usage: Usage | None, reasoning: str, content: str) -> None:
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
         await self._send("", self.scanner.close())
         if self.calls:
             reason = "tool_calls"
-        await self.inner.finish(reason, usage, reasoning, "".join(self.text).strip())
+        await self.inner.finish(
+            reason, usage, reasoning, "".join(self.text).strip(), stop_sequence=stop_sequence
+        )
 
     async def fail(self, error: GatewayError) -> None:
         await self.inner.fail(error)
