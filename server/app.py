@@ -7,6 +7,7 @@ process (``server.services``), after any fork, and passed to every route.
 from tornado.web import Application, StaticFileHandler
 
 from server.admin_api import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.anthropic_api import CountTokens, Messages
 from server.docs_api import SWAGGER_STATIC, Docs, OpenAPI
 from server.health_api import Alive, Ready
 from server.metrics import Metrics
@@ -20,6 +21,8 @@ ROUTES = [
     (r"/v1/chat/completions", ChatCompletions),
     (r"/v1/models", ModelList),
     (r"/v1/models/(.+)", OneModel),
+    (r"/v1/messages", Messages),
+    (r"/v1/messages/count_tokens", CountTokens),
     (r"/v1/token-pool/status", PoolStatus),
     (r"/v1/token-pool/health-check", PoolHealthCheck),
     (r"/v1/token-pool/update", PoolUpdate),

@@ -83,7 +83,6 @@ def _tools(req: ChatRequest, conv: Conversation) -> None:
 
 def _turns(messages: list[Message]) -> list[Turn]:
     turns: list[Turn] = []
-    names: dict[str, str] = {}  # tool call id -> function name, for the results
     for index, msg in enumerate(messages):
         role = _ROLES[msg.role]
         text = _text(index, msg)
@@ -102,10 +101,9 @@ def _turns(messages: list[Message]) -> list[Turn]:
         elif msg.function_call is not None:
             call = msg.function_call
             turn.tool_calls = [ToolCall(new_call_id(), call.name, call.arguments)]
-        names.update((call.id, call.name) for call in turn.tool_calls)
         if role == "tool":
             turn.tool_call_id = msg.tool_call_id or ""
-            turn.name = msg.name or names.get(turn.tool_call_id, "")
+            turn.name = msg.name or ""  # else named from the call it answers
             if msg.role == "tool" and not msg.tool_call_id:
                 raise GatewayError(
                     "invalid_request",

@@ -76,10 +76,11 @@ def _protocol(conv: Conversation) -> str:
     return _PROTOCOL.format(tools="\n".join(specs), extra=extra)
 
 
-def _text_of(turn: Turn) -> tuple[str, str]:
-    """(upstream role, text) of one turn."""
+def _text_of(turn: Turn, names: dict[str, str]) -> tuple[str, str]:
+    """(upstream role, text) of one turn; ``names``: call id -> function name so far."""
     if turn.role == "tool":
-        head = f'<tool_result name="{turn.name}" id="{turn.tool_call_id}">'
+        name = turn.name or names.get(turn.tool_call_id, "")
+        head = f'<tool_result name="{name}" id="{turn.tool_call_id}">'
         return "user", f"{head}\n{turn.text}\n</tool_result>"
     if turn.role == "assistant" and turn.tool_calls:
         calls = "\n".join(render_call(call) for call in turn.tool_calls)
@@ -95,13 +96,15 @@ def render_for_upstream(conv: Conversation) -> Conversation:
     if not uses_tools and not has_history:
         return conv
     turns: list[Turn] = []
+    names: dict[str, str] = {}
     if uses_tools:
         system = [t.text for t in conv.turns if t.role == "system"]
         turns.append(Turn("system", "\n\n".join([*system, _protocol(conv)])))
     for turn in conv.turns:
         if uses_tools and turn.role == "system":
             continue
-        role, text = _text_of(turn)
+        names.update((call.id, call.name) for call in turn.tool_calls)
+        role, text = _text_of(turn, names)
         if turns and turns[-1].role == role and role != "system":
             turns[-1] = Turn(role, f"{turns[-1].text}\n\n{text}")
         else:

@@ -19,6 +19,7 @@ class ToolCallSink:
         self.scanner = scanner
         self.text: list[str] = []
         self.calls: list[ToolCall] = []
+        self._blank = ""  # whitespace held back
 
     def __repr__(self) -> str:
         return f"<ToolCallSink {self.scanner!r} -> {self.inner!r}>"
@@ -47,7 +48,7 @@ class ToolCallSink:
         if self.calls:
             reason = "tool_calls"
         await self.inner.finish(
-            reason, usage, reasoning, "".join(self.text).strip(), stop_sequence=stop_sequence
+            reason, usage, reasoning, "".join(self.text), stop_sequence=stop_sequence
         )
 
     async def fail(self, error: GatewayError) -> None:
@@ -62,14 +63,20 @@ class ToolCallSink:
             if reasoning or text:
                 await self._text(reasoning, text)
                 reasoning = text = ""
+            self._blank = ""
             await self.tool_call(piece)
         if reasoning or text:
             await self._text(reasoning, text)
 
     async def _text(self, reasoning: str, text: str) -> None:
-        if self.calls and not text.strip():
-            text = ""  # the blank lines between and after calls are the protocol's, not text
-        if text:
-            self.text.append(text)
-        if reasoning or text:
-            await self.inner.delta(reasoning, text)
+        # Trailing whitespace waits for more text: before a call or at the end it is the
+        # protocol's layout, not the answer's (so streamed text equals the final text).
+        text = self._blank + text
+        body = text.rstrip()
+        self._blank = text[len(body) :]
+        if not self.text:
+            body = body.lstrip()
+        if body:
+            self.text.append(body)
+        if reasoning or body:
+            await self.inner.delta(reasoning, body)

@@ -107,6 +107,9 @@ class ApiHandler(RequestHandler):
                 await sink.fail(self._aborted)
         finally:
             active.discard(self)
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
 
     def abort(self, err: GatewayError) -> None:
         """End this request now with ``err`` (the drain deadline passed)."""

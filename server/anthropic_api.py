@@ -1,0 +1,72 @@
+"""The Anthropic face: ``/v1/messages`` and ``/v1/messages/count_tokens``.
+
+Owns the route handlers, read top to bottom like the OpenAI face's: authenticate
+(``x-api-key`` or ``Authorization: Bearer``, the same keys) -> decode -> neutral
+``Conversation`` -> ``complete()`` into an Anthropic sink. ``anthropic-version`` and
+``anthropic-beta`` headers are accepted; errors are Anthropic-shaped.
+"""
+
+import uuid
+
+from loguru import logger
+
+from server.anthropic_convert import to_conversation
+from server.anthropic_render import AnthropicResult, AnthropicStream, error_body
+from server.anthropic_wire import decode_messages_request
+from server.completion import Attempts, complete
+from server.token_estimate import estimate_conversation
+from server.web import ApiHandler, api
+
+__all__ = ["CountTokens", "Messages"]
+
+
+class AnthropicHandler(ApiHandler):
+    render_error = staticmethod(error_body)
+
+    def claude_targets(self) -> dict[str, str]:
+        settings = self.services.settings
+        return {
+            "opus": settings.claude_opus_model,
+            "sonnet": settings.claude_sonnet_model,
+            "haiku": settings.claude_haiku_model,
+        }
+
+
+class Messages(AnthropicHandler):
+    route = "messages"
+
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        req = decode_messages_request(self.request.body)
+        self.model_name = req.model
+        tool_support = self.services.settings.tool_support
+        conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support)
+        if not tool_support and req.tools:
+            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
+            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
+        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        if req.stream:
+            sink = AnthropicStream(self, message_id, req.model)
+        else:
+            sink = AnthropicResult(self, message_id, req.model)
+        services = self.services
+        self.attempts = Attempts()
+        await self.run_until_done_or_gone(
+            complete(
+                conv, sink, services.tokens, services.client, services.settings, self.attempts
+            ),
+            sink,
+        )
+
+
+class CountTokens(AnthropicHandler):
+    route = "count_tokens"
+
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        req = decode_messages_request(self.request.body, count_only=True)
+        self.model_name = req.model
+        conv = to_conversation(req, self.request_id, self.claude_targets())
+        self.write({"input_tokens": estimate_conversation(conv)})

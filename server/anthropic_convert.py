@@ -1,0 +1,145 @@
+"""From a decoded Anthropic Messages request to the neutral ``Conversation``.
+
+Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MODEL`` choose),
+``system`` and messages to turns (``tool_use`` blocks become the assistant's tool calls,
+``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
+tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``,
+``stop_sequences``. Images and documents are refused with a 400 naming the block.
+"""
+
+import msgspec
+
+from server.anthropic_wire import (
+    DocumentBlock,
+    ImageBlock,
+    MessagesRequest,
+    RedactedThinkingBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from server.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.errors import GatewayError
+from server.models import MODELS, find_model
+
+__all__ = ["to_conversation"]
+
+_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def to_conversation(
+    req: MessagesRequest, request_id: str, claude: dict[str, str], tool_support: bool = True
+) -> Conversation:
+    model = find_model(req.model, claude)
+    if model is None:
+        names = ", ".join(m.id for m in MODELS.values())
+        raise GatewayError(
+            "model_not_found",
+            f"the model '{req.model}' does not exist; use a Claude model name "
+            f"(claude-opus-*, claude-sonnet-*, claude-haiku-*) or one of: {names}",
+            param="model",
+        )
+    turns: list[Turn] = []
+    if req.system:
+        system = (
+            req.system
+            if isinstance(req.system, str)
+            else "\n\n".join(block.text for block in req.system)
+        )
+        turns.append(Turn("system", system))
+    for index, message in enumerate(req.messages):
+        turns += _turns(index, message.role, message.content)
+    thinking = None
+    if req.thinking is not None:
+        thinking = req.thinking.type != "disabled"
+    conv = Conversation(
+        model=model,
+        turns=turns,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
+        thinking=thinking,
+        request_id=request_id,
+        stop=list(req.stop_sequences or []),
+    )
+    if tool_support and req.tools:
+        _tools(req, conv)
+    return conv
+
+
+def _tools(req: MessagesRequest, conv: Conversation) -> None:
+    conv.tools = [
+        ToolSpec(t.name, t.description, t.input_schema)
+        for t in req.tools or []
+        if t.type in (None, "custom")
+    ]
+    choice = req.tool_choice
+    if choice is None:
+        return
+    if choice.type == "tool":
+        if choice.name not in {t.name for t in conv.tools}:
+            raise GatewayError(
+                "invalid_request",
+                f"tool_choice names '{choice.name}', which is not among the tools",
+                param="tool_choice.name",
+            )
+        conv.tool_choice = f"function:{choice.name}"
+    else:
+        conv.tool_choice = _CHOICE[choice.type]
+    conv.parallel_tool_calls = not choice.disable_parallel_tool_use
+
+
+def _turns(index: int, role: str, content: object) -> list[Turn]:
+    if isinstance(content, str):
+        if role == "user" and not content:
+            raise GatewayError(
+                "invalid_request",
+                f"messages.{index}.content: empty user text",
+                param=f"messages.{index}.content",
+            )
+        return [Turn(role, content)]
+    turns: list[Turn] = []
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for j, block in enumerate(content):  # type: ignore[attr-defined]
+        where = f"messages.{index}.content.{j}"
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            calls.append(ToolCall(block.id, block.name, msgspec.json.encode(block.input).decode()))
+        elif isinstance(block, ToolResultBlock):
+            turns.append(Turn("tool", _result_text(block, where), tool_call_id=block.tool_use_id))
+        elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
+            continue  # the upstream keeps no thinking of earlier turns
+        elif isinstance(block, ImageBlock | DocumentBlock):
+            raise GatewayError(
+                "invalid_request",
+                f"{where}: {block.__struct_config__.tag} input is not supported by this gateway",
+                param=where,
+            )
+    text = "\n\n".join(t for t in texts if t)
+    if text or calls:
+        turns.append(Turn(role, text, tool_calls=calls))
+    elif role == "user" and not turns:
+        raise GatewayError(
+            "invalid_request",
+            f"messages.{index}.content: no text",
+            param=f"messages.{index}.content",
+        )
+    return turns
+
+
+def _result_text(block: ToolResultBlock, where: str) -> str:
+    if isinstance(block.content, str):
+        text = block.content
+    else:
+        parts = []
+        for part in block.content:
+            if not isinstance(part, TextBlock):
+                raise GatewayError(
+                    "invalid_request", f"{where}: only text tool results are supported", param=where
+                )
+            parts.append(part.text)
+        text = "\n".join(parts)
+    return f"[error] {text}" if block.is_error else text

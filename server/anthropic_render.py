@@ -1,0 +1,269 @@
+"""The Anthropic face's output: neutral sink calls rendered as Messages API bytes.
+
+Owns ``AnthropicStream`` (the exact event sequence: ``message_start``, then per block
+``content_block_start`` / ``content_block_delta`` (``thinking_delta`` + ``signature_delta``,
+``text_delta``, ``input_json_delta``) / ``content_block_stop``, then ``message_delta`` with
+``stop_reason`` and usage, ``message_stop``; ``ping`` while the upstream is silent; an
+``error`` event if it fails after it began), ``AnthropicResult`` (one ``message`` object) and
+``error_body`` (``{"type": "error", "error": {...}}``, its type chosen by status).
+Thinking blocks carry a signature the gateway makes (the upstream has none): an opaque
+digest of the thinking, so clients that require the field are satisfied.
+"""
+
+import asyncio
+import base64
+import hashlib
+
+import msgspec
+from tornado.iostream import StreamClosedError
+
+from server.chat import ToolCall, Usage
+from server.errors import GatewayError
+from server.openai_render import Writer
+
+__all__ = ["AnthropicResult", "AnthropicStream", "error_body"]
+
+_encode = msgspec.json.encode
+_STOP = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+    "stop_sequence": "stop_sequence",
+}
+_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+PING_EVERY = 10.0  # seconds of upstream silence before a ping keeps proxies and clients calm
+
+
+def error_body(err: GatewayError) -> bytes:
+    kind = _ERROR_TYPE.get(err.status, "api_error")
+    return _encode({"type": "error", "error": {"type": kind, "message": err.message}})
+
+
+def signature_of(thinking: str) -> str:
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
+
+
+def _usage(usage: Usage | None) -> dict:
+    usage = usage or Usage()
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def _message(
+    message_id: str,
+    model: str,
+    content: list,
+    usage: Usage | None,
+    stop_reason: str | None,
+    stop_sequence: str | None,
+) -> dict:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": _usage(usage),
+    }
+
+
+class AnthropicStream:
+    """Streams one completion as Messages API server-sent events."""
+
+    def __init__(self, out: Writer, message_id: str, model: str) -> None:
+        self.out = out
+        self.message_id = message_id
+        self.model = model
+        self.started = False
+        self.index = -1
+        self.block: str | None = None  # type of the open block
+        self.thinking: list[str] = []
+        self._pinger: asyncio.Task | None = None
+        self._quiet = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<AnthropicStream {self.message_id} block={self.index}:{self.block}>"
+
+    def _event(self, kind: str, data: dict) -> None:
+        self.out.write(b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n")
+
+    def _begin(self) -> None:
+        self.started = True
+        out = self.out
+        out.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        out.set_header("Cache-Control", "no-cache")
+        out.set_header("X-Accel-Buffering", "no")
+        message = _message(self.message_id, self.model, [], None, None, None)
+        self._event("message_start", {"type": "message_start", "message": message})
+        self._event("ping", {"type": "ping"})
+        self._pinger = asyncio.ensure_future(self._ping())
+
+    async def _ping(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._quiet.wait(), PING_EVERY)
+            except TimeoutError:
+                try:
+                    self._event("ping", {"type": "ping"})
+                    await self.out.flush()
+                except StreamClosedError:
+                    return
+            self._quiet.clear()
+
+    def close(self) -> None:
+        """The request is over, however it ended: no more pings."""
+        self._stop_pinging()
+
+    def _open(self, block: dict) -> None:
+        self._close()
+        self.index += 1
+        self.block = block["type"]
+        self._event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self.index, "content_block": block},
+        )
+
+    def _close(self) -> None:
+        if self.block is None:
+            return
+        if self.block == "thinking":
+            delta = {"type": "signature_delta", "signature": signature_of("".join(self.thinking))}
+            self._delta(delta)
+        self._event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        self.block = None
+
+    def _delta(self, delta: dict) -> None:
+        self._event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self.index, "delta": delta},
+        )
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        if not self.started:
+            self._begin()
+        if reasoning:
+            if self.block != "thinking":
+                self._open({"type": "thinking", "thinking": "", "signature": ""})
+            self.thinking.append(reasoning)
+            self._delta({"type": "thinking_delta", "thinking": reasoning})
+        if content:
+            if self.block != "text":
+                self._open({"type": "text", "text": ""})
+            self._delta({"type": "text_delta", "text": content})
+        self._quiet.set()
+        await self.out.flush()
+
+    async def tool_call(self, call: ToolCall) -> None:
+        if not self.started:
+            self._begin()
+        self._open({"type": "tool_use", "id": _tool_id(call.id), "name": call.name, "input": {}})
+        self._delta({"type": "input_json_delta", "partial_json": call.arguments})
+        self._close()
+        self._quiet.set()
+        await self.out.flush()
+
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        if not self.started:
+            self._begin()
+        self._stop_pinging()
+        self._close()
+        delta = {"stop_reason": _STOP.get(reason, "end_turn"), "stop_sequence": stop_sequence}
+        self._event(
+            "message_delta", {"type": "message_delta", "delta": delta, "usage": _usage(usage)}
+        )
+        self._event("message_stop", {"type": "message_stop"})
+        await self.out.flush()
+
+    async def fail(self, error: GatewayError) -> None:
+        self._stop_pinging()
+        if not self.started:
+            self.out.send_gateway_error(error)
+            return
+        self._event("error", msgspec.json.decode(error_body(error)))
+        await self.out.flush()
+
+    def _stop_pinging(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
+
+
+class AnthropicResult:
+    """Collects one completion and writes a ``message`` object at the end."""
+
+    started = False
+
+    def __init__(self, out: Writer, message_id: str, model: str) -> None:
+        self.out = out
+        self.message_id = message_id
+        self.model = model
+        self.calls: list[ToolCall] = []
+
+    def __repr__(self) -> str:
+        return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        return None
+
+    async def tool_call(self, call: ToolCall) -> None:
+        self.calls.append(call)
+
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        blocks: list[dict] = []
+        if reasoning:
+            blocks.append(
+                {"type": "thinking", "thinking": reasoning, "signature": signature_of(reasoning)}
+            )
+        if content:
+            blocks.append({"type": "text", "text": content})
+        blocks += [
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.id),
+                "name": call.name,
+                "input": msgspec.json.decode(call.arguments),
+            }
+            for call in self.calls
+        ]
+        message = _message(
+            self.message_id, self.model, blocks, usage, _STOP.get(reason, "end_turn"), stop_sequence
+        )
+        self.out.set_header("Content-Type", "application/json")
+        self.out.write(_encode(message))
+
+    async def fail(self, error: GatewayError) -> None:
+        self.out.send_gateway_error(error)
+
+
+def _tool_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")

@@ -1,0 +1,131 @@
+"""Anthropic Messages request shapes, decoded once at the edge with msgspec.
+
+Owns the request Structs and ``decode_messages_request`` (errors name the field, like the
+OpenAI face's). Content blocks are a tagged union on ``type``: ``text``, ``image`` (refused
+later with a clear error), ``tool_use``, ``tool_result``, ``thinking``, ``redacted_thinking``
+and ``document``. Fields the gateway does not use (``cache_control``, ``citations``,
+``metadata``, ``top_k``, ``service_tier``...) are accepted and ignored.
+"""
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from server.errors import GatewayError
+from server.openai_wire import validation_error
+
+__all__ = ["MessagesRequest", "decode_messages_request"]
+
+
+class TextBlock(Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageBlock(Struct, tag_field="type", tag="image"):
+    source: Any = None
+
+
+class DocumentBlock(Struct, tag_field="type", tag="document"):
+    source: Any = None
+
+
+class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any] = {}
+
+
+class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock | DocumentBlock] = ""
+    is_error: bool = False
+
+
+class ThinkingBlock(Struct, tag_field="type", tag="thinking"):
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(Struct, tag_field="type", tag="redacted_thinking"):
+    data: str = ""
+
+
+Block = (
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+)
+
+
+class InputMessage(Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(Struct):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    description: str = ""
+    input_schema: dict[str, Any] = {}
+    type: str | None = None  # server tools (web_search_...) carry a type and are not emulated
+
+
+class ToolChoice(Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+
+class Thinking(Struct):
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
+    budget_tokens: int | None = None
+
+
+class MessagesRequest(Struct, kw_only=True):
+    model: str
+    messages: list[InputMessage]
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_k: int | None = None
+    thinking: Thinking | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CountTokensRequest(Struct, kw_only=True):
+    model: str
+    messages: list[InputMessage]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+
+
+def decode_messages_request(body: bytes, count_only: bool = False) -> MessagesRequest:
+    """Decode (``count_only``: a count_tokens request, which needs no ``max_tokens``)."""
+    try:
+        if count_only:
+            count = msgspec.json.decode(body, type=CountTokensRequest)
+            req = MessagesRequest(**{f: getattr(count, f) for f in count.__struct_fields__})
+        else:
+            req = msgspec.json.decode(body, type=MessagesRequest)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError("invalid_json", str(exc).removeprefix("JSON is malformed: ")) from None
+    if req.max_tokens is None and not count_only:
+        raise GatewayError("invalid_request", "max_tokens: field required", param="max_tokens")
+    if not req.messages:
+        raise GatewayError(
+            "invalid_request", "messages: at least one message is required", param="messages"
+        )
+    return req
