@@ -13,6 +13,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from tornado.web import RequestHandler
 
+from server.transport import open_exchanges
+
 __all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_request"]
 
 REGISTRY = CollectorRegistry()
@@ -75,6 +77,11 @@ COOLDOWN = Gauge(
     registry=REGISTRY,
 )
 INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
+UPSTREAM_OPEN = Gauge(
+    "zai_gateway_upstream_connections",
+    "Upstream connections open in this process.",
+    registry=REGISTRY,
+)
 REDIS_UP = Gauge(
     "zai_gateway_redis_up", "1 when the shared state store answers.", registry=REGISTRY
 )
@@ -93,6 +100,7 @@ class Metrics(RequestHandler):
     async def get(self) -> None:
         services = self.services
         INFLIGHT.set(len(services.active))  # type: ignore[attr-defined]
+        UPSTREAM_OPEN.set(open_exchanges())
         try:
             rows = await services.pool.status()  # type: ignore[attr-defined]
             live = await services.instances.live()  # type: ignore[attr-defined]

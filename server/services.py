@@ -45,6 +45,7 @@ class Services:
     instances: Instances
     tokens: TokenSource
     draining: bool = False
+    configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -54,9 +55,9 @@ class Services:
     async def start(self) -> None:
         settings = self.settings
         await self._safely("register", self.instances.heartbeat(0))
-        configured = configured_tokens(settings)
-        if configured:
-            await self._safely("load tokens", self._load(configured))
+        self.configured = configured_tokens(settings)
+        if self.configured:
+            await self._safely("load tokens", self._load(self.configured))
         if self.guests is not None and self.guests.reserve is not None:
             self.guests.refill_soon()
         self._tasks.append(asyncio.ensure_future(self._upkeep()))
@@ -106,9 +107,16 @@ class Services:
             if not self.draining:
                 await self._safely("heartbeat", self.instances.heartbeat(len(self.active)))
             await self._safely("lease renewal", self.pool.renew())
+            await self._safely("pool check", self._reload_if_lost())
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval
                 await self._safely("health check", self._recheck_dead())
+
+    async def _reload_if_lost(self) -> None:
+        """A Redis that restarted empty lost the pool: put the configured tokens back."""
+        if self.configured and not await self.redis.exists(self.keys.tokens):
+            logger.warning("the token pool is gone from Redis (restarted?): reloading it")
+            await self._load(self.configured)
 
     async def _recheck_dead(self) -> None:
         if not await self._lock("health-check", max(1.0, self.settings.pool_health_interval)):

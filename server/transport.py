@@ -19,7 +19,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
-__all__ = ["Exchange", "Timeouts", "TransportError", "open_stream"]
+__all__ = ["Exchange", "Timeouts", "TransportError", "open_exchanges", "open_stream"]
 
 
 class TransportError(Exception):
@@ -40,6 +40,13 @@ class Timeouts:
 _END = object()
 _QUEUE_DEPTH = 4
 _tcp_client = TCPClient()
+_open = 0  # exchanges whose socket is open: a leak shows here (and in /metrics)
+
+
+def open_exchanges() -> int:
+    return _open
+
+
 _ssl_context: ssl.SSLContext | None = None
 
 
@@ -153,6 +160,8 @@ class Exchange(httputil.HTTPMessageDelegate):
     def close(self) -> None:
         """Close the upstream socket now; safe to call more than once."""
         if not self.closed:
+            global _open
+            _open -= 1
             self.closed = True
             self._stream.close()
             self._push(_END)
@@ -188,6 +197,8 @@ async def open_stream(
         ) from None
     stream.set_nodelay(True)
     exchange = Exchange(stream, timeouts)
+    global _open
+    _open += 1
     conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
     target = parts.path + ("?" + parts.query if parts.query else "")
     head = httputil.HTTPHeaders(headers)

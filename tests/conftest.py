@@ -43,8 +43,10 @@ def gateway(io_loop):
     started: list[Gateway] = []
 
     async def start(*cassettes: str, pace: float = 0.0, split: str = "event",
-                    cut_after: int | None = None, **overrides: object) -> Gateway:
-        fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after)
+                    cut_after: int | None = None, stall_after: int | None = None,
+                    stall_headers: bool = False, **overrides: object) -> Gateway:
+        fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after,
+                            stall_after=stall_after, stall_headers=stall_headers)
         base = await fake.start()
         values = {"auth_token": API_KEY, "skip_auth_token": False, "anonymous_mode": True,
                   "zai_base_url": base, "zai_fe_version": "", "guest_reserve": 0,

@@ -65,11 +65,14 @@ class Seen:
 
 class FakeUpstream:
     def __init__(self, *cassettes: str, pace: float = 0.0, split: str = "event",
-                 verify: bool = True, seed: int = 0, cut_after: int | None = None) -> None:
+                 verify: bool = True, seed: int = 0, cut_after: int | None = None,
+                 stall_after: int | None = None, stall_headers: bool = False) -> None:
         if split not in ("event", "random"):
             raise ValueError(f"split must be 'event' or 'random', not {split!r}")
         self.pace, self.split, self.verify = pace, split, verify
         self.cut_after = cut_after  # drop the connection after this many SSE pieces
+        self.stall_after = stall_after  # go silent (connection open) after this many pieces
+        self.stall_headers = stall_headers  # completions: never answer at all
         self.fail_tokens: dict[str, int] = {}  # token -> HTTP status its completions get
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
@@ -187,6 +190,10 @@ class _Handler(RequestHandler):
         seen = Seen(req.method, req.path, dict(parse_qsl(req.query, keep_blank_values=True)),
                     HTTPHeaders(req.headers), req.body)
         self.fake.requests.append(seen)
+        if self.fake.stall_headers and seen.path == COMPLETIONS:
+            while not self.gone:
+                await asyncio.sleep(0.05)
+            return
         rejected = self.fake._reject(seen)
         response = None if rejected else self.fake._pick(
             Request(req.method, req.full_url(), req.body, dict(req.headers)))
@@ -217,6 +224,8 @@ class _Handler(RequestHandler):
                     await asyncio.sleep(self.fake.pace)
                 if self.gone:
                     raise StreamClosedError()
+                while index == self.fake.stall_after and not self.gone:
+                    await asyncio.sleep(0.05)
                 if index == self.fake.cut_after:
                     await asyncio.sleep(CUT_DELAY)
                     self.request.connection.stream.close()

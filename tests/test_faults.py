@@ -1,0 +1,153 @@
+"""Upstream faults, client hang-ups and a Redis that dies under load: what the client sees,
+and that nothing hangs or leaks."""
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+
+import openai
+import pytest
+
+from server.transport import open_exchanges
+from tests.conftest import API_KEY
+from tests.recorded import expected
+from tests.redis_server import RedisServer
+from tests.test_pool_gateway import TOKENS
+
+BASE = ("home", "guest_auth")
+OK = "stream_glm5_plain_thinking"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway):
+    gw = await gateway(*BASE, OK, stall_headers=True, upstream_header_timeout=0.3,
+                       upstream_retries=1)
+    started = time.monotonic()
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.status_code == 504 and info.value.code == "timeout"
+    assert "no response headers within 0.3 s" in info.value.message
+    assert time.monotonic() - started < 3
+    assert len(gw.completions_seen()) == 2
+    assert open_exchanges() == 0
+
+
+async def test_timeout_between_frames(gateway):
+    gw = await gateway(*BASE, OK, stall_after=10, upstream_idle_timeout=0.3,
+                       upstream_retries=1)
+    async with gw.openai() as client:
+        stream = await client.chat.completions.create(model="GLM-4.5", messages=HELLO,
+                                                      stream=True)
+        with pytest.raises(openai.APIError) as info:
+            async for _ in stream:
+                pass
+        assert "sent nothing for 0.3 s" in info.value.message
+        with pytest.raises(openai.APIStatusError) as info:  # nothing sent yet: retried, 504
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.status_code == 504
+    assert len(gw.completions_seen()) == 3
+    await asyncio.sleep(0.1)
+    assert open_exchanges() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_malformed_frames_are_skipped_and_the_answer_is_whole(gateway, stream):
+    gw = await gateway(*BASE, "stream_malformed_frames")
+    want = expected(OK)
+    async with gw.openai() as client:
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO,
+                                                     stream=stream)
+        if stream:
+            chunks = [c async for c in reply]
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            content = reply.choices[0].message.content
+    assert content == want["content"]
+
+
+async def raw_request(port: int, hang_up_after: int) -> None:
+    """A client that sends a streaming request and hangs up after some bytes (0: at once)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"model": "GLM-4.5", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    got = b""
+    while len(got) < hang_up_after and b"[DONE]" not in got:
+        data = await asyncio.wait_for(reader.read(512), 10)
+        if not data:
+            break
+        got += data
+    writer.transport.abort()
+
+
+@pytest.mark.timeout(60)
+async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, pace=0.02,
+                       zai_tokens=",".join(TOKENS), anonymous_mode=False,
+                       pool_max_concurrency=0)
+    port = int(gw.url.rsplit(":", 1)[1])
+    await asyncio.sleep(0.2)
+    baseline = len(asyncio.all_tasks())
+    rng = random.Random(7)
+    await asyncio.gather(*(raw_request(port, rng.choice([0, 1, 300, 900, 2500]))
+                           for _ in range(24)))
+    deadline = time.monotonic() + 10
+    while (gw.services.active or open_exchanges()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not gw.services.active and open_exchanges() == 0
+    assert sum(row.leases for row in await gw.services.pool.status()) == 0
+    assert gw.fake.streams_completed + gw.fake.streams_aborted == len(gw.completions_seen())
+    await asyncio.sleep(0.2)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
+@pytest.mark.timeout(90)
+async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
+    redis = RedisServer().start()
+    try:
+        gw = await gateway("home", "guest_auth_user_role", OK, redis_url=redis.url,
+                           zai_tokens=",".join(TOKENS), anonymous_mode=False,
+                           instance_ttl=0.6, redis_timeout=0.5, pool_max_concurrency=0)
+        outcomes: list[tuple[float, int, float]] = []  # (start, status, seconds)
+        stop_at = time.monotonic() + 5
+
+        async def worker() -> None:
+            async with gw.openai() as client:
+                while time.monotonic() < stop_at:
+                    start = time.monotonic()
+                    try:
+                        await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+                        status = 200
+                    except openai.APIStatusError as exc:
+                        status = exc.status_code
+                        assert exc.code in ("state_unavailable", "pool_exhausted"), exc.message
+                    outcomes.append((start, status, time.monotonic() - start))
+                    await asyncio.sleep(0.01)
+
+        async def chaos() -> None:
+            await asyncio.sleep(1)
+            redis.proc.send_signal(signal.SIGKILL)
+            redis.proc.wait(5)
+            await asyncio.sleep(1)
+            redis.proc = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(redis.port), "--save", "",
+                 "--appendonly", "no", "--dir", redis.dir],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(6)), chaos())
+        assert max(seconds for _, _, seconds in outcomes) < 3  # nothing hangs
+        statuses = {status for _, status, _ in outcomes}
+        assert statuses <= {200, 503} and 503 in statuses
+        late = [status for start, status, _ in outcomes if start - began > 3.5]
+        assert late and set(late) == {200}  # recovered by itself, pool reloaded
+        rows = await gw.services.pool.status()
+        assert sum(row.leases for row in rows) == 0 and {r.state for r in rows} == {"active"}
+    finally:
+        redis.stop()
