@@ -5,11 +5,14 @@ and a gateway whose ``ZAI_BASE_URL`` points at it, both on 127.0.0.1 in the test
 stops both after the test. Under ``CI=true`` a skipped test fails the run.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
+import msgspec
 import openai
 import pytest
+from loguru import logger
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -67,6 +70,33 @@ def gateway(io_loop):
         io_loop.run_sync(gw.server.close_all_connections)
         io_loop.run_sync(gw.services.stop)
         io_loop.run_sync(gw.fake.close)
+
+
+def _secrets() -> set[str]:
+    """Every credential the suite uses: client keys, admin tokens, upstream tokens."""
+    from tests import test_fuzz, test_pool_gateway
+    from tests.recorded import interactions
+
+    found = {API_KEY, test_pool_gateway.ADMIN, test_fuzz.ADMIN, *test_pool_gateway.TOKENS}
+    for name in ("guest_auth", "guest_auth_user_role", "guest_auth_fallback"):
+        body = interactions(name)[0]["response"]["body"]["string"]
+        found.add(msgspec.json.decode(body)["token"])
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line():
+    """Every log line of the whole in-process suite is kept and scanned at the end."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    yield
+    logger.remove(sink)
+    logging.getLogger().removeHandler(handler)
+    leaks = [(secret[:8], line) for line in lines for secret in _secrets() if secret in line]
+    assert not leaks, f"secrets in log lines: {leaks[:3]}"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -215,3 +215,22 @@ async def test_guest_sign_in_falls_back_to_the_guest_route(gateway):
     assert reply.choices[0].message.content.startswith("Hi there!")
     paths = [r.path for r in gw.fake.requests]
     assert paths.index("/api/v1/auths/") < paths.index("/api/v1/auths/guest")
+
+
+def test_every_key_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    from server import web
+
+    calls = []
+    compare = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(web.hmac, "compare_digest", counting)
+    keys = ("sk-first", "sk-second", "sk-third")
+    assert web.check_api_key("sk-first", keys) is True
+    assert len(calls) == 3  # no early exit on a match: timing says nothing about position
+    assert web.check_api_key("sk-nope", keys) is False and len(calls) == 6

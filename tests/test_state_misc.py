@@ -40,7 +40,7 @@ async def test_guest_reserve_refills_and_each_guest_is_used_once(redis):
     taken = await asyncio.gather(*(r.take() for r in [reserve, other] * 3))
     tokens = [guest.token for guest, _ in taken]
     assert sorted(tokens) == sorted(f"token-{i}" for i in range(1, 7))
-    assert taken[-1][1] is True  # empty now: low
+    assert await reserve.take() == (None, True)  # empty now, and low
 
 
 async def test_refill_is_done_by_one_replica_at_a_time(redis):

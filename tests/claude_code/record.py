@@ -1,8 +1,9 @@
 """Record what the real Claude Code CLI sends, against the stand-in API in ``recorder.py``.
 
 Runs the pinned CLI (installed if missing) offline in print mode for the two scenarios the test
-plays (a plain prompt; a prompt that makes it run ``echo hello`` with Bash), with the recorder
-as both ``ANTHROPIC_BASE_URL`` and the HTTPS proxy, then writes every request it saw to
+plays (a plain prompt; a prompt that makes it run ``echo hello $((6*7)) | tee greeting.txt``
+with Bash, pre-authorised by ``--allowedTools``), with the recorder as both
+``ANTHROPIC_BASE_URL`` and the HTTPS proxy, then writes every request it saw to
 ``wire.jsonl`` (secrets masked) and the Messages bodies as fixtures: ``plain.request.json``,
 ``tool_use.request.json`` (the request answered with a tool_use) and
 ``tool_result.request.json`` (the follow-up carrying the tool_result). The throwaway home
@@ -25,8 +26,11 @@ from tests.claude_code.recorder import Recorder
 HERE = Path(__file__).resolve().parent
 HOME = "/tmp/claude-code-home"
 PLAIN = "Reply with a one-line greeting."
-TOOL = "Run `echo hello` with the Bash tool and tell me what it printed."
-ALLOW = ("--allowedTools", "Bash(echo hello)")
+# "hello 42" exists only if the command really ran; tee writes a file, so it needs the rules
+# (echo alone is read-only and Claude Code would run it unasked)
+COMMAND = "echo hello $((6*7)) | tee greeting.txt"
+TOOL = f"Run `{COMMAND}` with the Bash tool and tell me what it printed."
+ALLOW = ("--allowedTools", "Bash(echo hello $((6*7)))", "Bash(tee greeting.txt)")
 
 
 def run(exe: Path, log: Path, prompt: str, *extra: str, bearer: bool = False) -> list[dict]:

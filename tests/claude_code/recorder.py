@@ -3,18 +3,20 @@
 Every request is appended as one JSON line (method, path, query, headers with secrets masked,
 body) to the log file. ``POST /v1/messages`` answers a minimal valid Messages response, streamed
 (message_start, ping, content_block_start/delta/stop, message_delta, message_stop) when the body
-asks for ``stream``: a ``tool_use`` of the first offered tool named ``Bash`` when the last user
-turn asks to run ``echo`` and carries no ``tool_result`` yet, else one text block. ``POST
-/v1/messages/count_tokens`` answers ``{"input_tokens": n}``; anything else is a 404 in the
-Anthropic error shape. ``CONNECT`` (when used as ``HTTPS_PROXY``) is logged and refused, so the
-log also names every host a client tries to reach through the proxy.
+asks for ``stream``: a ``tool_use`` of the offered tool ``Bash`` running the first backquoted
+command of the last user turn when that turn carries no ``tool_result`` yet, else one text
+block. ``POST /v1/messages/count_tokens`` answers ``{"input_tokens": n}``; anything else is a
+404 in the Anthropic error shape. ``CONNECT`` (when used as ``HTTPS_PROXY``) is logged and
+refused, so the log also names every host a client tries to reach through the proxy.
 Run: ``python tests/claude_code/recorder.py --port 8765 --log /tmp/wire.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -44,12 +46,13 @@ def answer(body: dict) -> tuple[list[dict], str]:
     """(content blocks, stop_reason) for a Messages request."""
     text, has_result = _last_user_text(body)
     tools = {t.get("name") for t in body.get("tools") or []}
-    if "Bash" in tools and "echo hello" in text and not has_result:
+    command = re.search(r"`([^`]+)`", text)
+    if "Bash" in tools and command and not has_result:
         return [{"type": "tool_use", "id": "toolu_01RecorderBash0000000000",
-                 "name": "Bash", "input": {"command": "echo hello",
-                                           "description": "Print hello"}}], "tool_use"
+                 "name": "Bash", "input": {"command": command.group(1),
+                                           "description": "Print a greeting"}}], "tool_use"
     if has_result:
-        return [{"type": "text", "text": "The command printed: hello"}], "end_turn"
+        return [{"type": "text", "text": "The command ran."}], "end_turn"
     return [{"type": "text", "text": "Hello from the recorder."}], "end_turn"
 
 
@@ -92,10 +95,8 @@ class Recorder(BaseHTTPRequestHandler):
 
     def _record(self, body: bytes) -> dict | None:
         parsed = None
-        try:
+        with contextlib.suppress(ValueError):
             parsed = json.loads(body) if body else None
-        except ValueError:
-            pass
         url = urlsplit(self.path)
         entry = {"method": self.command, "path": url.path or self.path, "query": url.query,
                  "headers": {k: _mask(k, v) for k, v in self.headers.items()},
@@ -113,11 +114,11 @@ class Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
-    def do_CONNECT(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_CONNECT(self) -> None:
         self._record(b"")
         self._send_json(403, {"error": "the recorder does not tunnel"})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._record(b"")
         self._not_found()
 
@@ -125,7 +126,7 @@ class Recorder(BaseHTTPRequestHandler):
         self._send_json(404, {"type": "error", "error": {
             "type": "not_found_error", "message": f"recorder: no {self.path}"}})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self._record(self.rfile.read(length)) or {}
         path = urlsplit(self.path).path
