@@ -4,15 +4,19 @@ Owns ``open_stream()`` and ``Exchange``. Tornado's ``AsyncHTTPClient`` cannot gi
 socket of a fetch in flight, so a client that hangs up would leave the upstream fetch running
 until its next chunk; here every exchange holds its own ``IOStream`` and ``close()`` shuts it at
 once. The body is read with backpressure (at most a few chunks are queued) and with explicit
-timeouts: connect, time to response headers, and idle time between chunks.
+timeouts: connect, time to response headers, and idle time between chunks. Connections whose
+response was read to its end are kept alive for the next request (no new TCP and TLS
+handshake per request); a kept connection the upstream closed meanwhile is replaced once,
+transparently, when it answers nothing at all.
 """
 
 import asyncio
 import collections
 import ssl
 import time
+import weakref
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
@@ -25,9 +29,10 @@ __all__ = ["Exchange", "Timeouts", "TransportError", "open_exchanges", "open_str
 class TransportError(Exception):
     """The upstream could not be reached, timed out, or closed the connection early."""
 
-    def __init__(self, reason: str, timeout: bool = False) -> None:
+    def __init__(self, reason: str, timeout: bool = False, unanswered: bool = False) -> None:
         super().__init__(reason)
         self.timeout = timeout
+        self.unanswered = unanswered  # not a byte came back: safe to try a fresh connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,33 @@ _END = object()
 _QUEUE_DEPTH = 4
 _tcp_client = TCPClient()
 _open = 0  # exchanges whose socket is open: a leak shows here (and in /metrics)
+_IDLE_FOR = 30.0  # seconds an idle upstream connection is kept
+_IDLE_MAX = 64  # idle connections kept per upstream host
+# Per event loop: a stream belongs to the loop that made it (tests run many loops).
+_idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
+def _pool() -> dict[tuple[str, str, int], list[tuple[IOStream, float]]]:
+    return _idle.setdefault(asyncio.get_running_loop(), {})
+
+
+def _take_idle(key: tuple[str, str, int]) -> IOStream | None:
+    streams = _pool().get(key)
+    now = time.monotonic()
+    while streams:
+        stream, since = streams.pop()
+        if not stream.closed() and now - since < _IDLE_FOR:
+            return stream
+        stream.close()
+    return None
+
+
+def _give_idle(key: tuple[str, str, int], stream: IOStream) -> None:
+    streams = _pool().setdefault(key, [])
+    if stream.closed() or len(streams) >= _IDLE_MAX:
+        stream.close()
+    else:
+        streams.append((stream, time.monotonic()))
 
 
 def open_exchanges() -> int:
@@ -66,7 +98,7 @@ class Exchange(httputil.HTTPMessageDelegate):
     >>> exchange.close()   # at any time: the socket is closed at once
     """
 
-    def __init__(self, stream: IOStream, timeouts: Timeouts) -> None:
+    def __init__(self, stream: IOStream, timeouts: Timeouts, key: tuple[str, str, int]) -> None:
         self.status = 0
         self.reason = ""
         self.headers = httputil.HTTPHeaders()
@@ -79,6 +111,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         self._wake: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._error: TransportError | None = None
+        self._key = key
+        self._complete = False  # the response was read to its end
         self.reader: asyncio.Future[bool] | None = None
 
     def __repr__(self) -> str:
@@ -106,11 +140,13 @@ class Exchange(httputil.HTTPMessageDelegate):
         return self._room
 
     def finish(self) -> None:
+        self._complete = True
         self._push(_END)
 
     def on_connection_close(self) -> None:
         if not self.closed and self._error is None:
-            self._error = TransportError("the upstream closed the connection mid-response")
+            when = "mid-response" if self.status else "before answering"
+            self._error = TransportError(f"the upstream closed the connection {when}")
         self._push(_END)
         self._release_head()
 
@@ -163,9 +199,34 @@ class Exchange(httputil.HTTPMessageDelegate):
             global _open
             _open -= 1
             self.closed = True
-            self._stream.close()
+            if self._reusable():
+                self.reader.add_done_callback(self._hand_back)  # type: ignore[union-attr]
+            else:
+                self._stream.close()
             self._push(_END)
             self._release_head()
+
+    def reader_done(self, reader: "asyncio.Future[bool]") -> None:
+        """However tornado's reading ended (it may raise without telling the delegate),
+        the consumer must learn it: an end that was not ``finish()`` is an error."""
+        if not reader.cancelled():
+            reader.exception()  # retrieved: tornado already logged what matters
+        if not self._complete:
+            self.on_connection_close()
+
+    def _reusable(self) -> bool:
+        return (
+            self._complete
+            and self._error is None
+            and self.reader is not None
+            and self.headers.get("Connection", "").lower() != "close"
+        )
+
+    def _hand_back(self, reader: "asyncio.Future[bool]") -> None:
+        if not reader.cancelled() and reader.exception() is None and reader.result():
+            _give_idle(self._key, self._stream)
+        else:
+            self._stream.close()
 
     def _release_head(self) -> None:
         if not self._head.done():
@@ -183,12 +244,27 @@ async def open_stream(
     """Send a request and return once the response headers arrived."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    host = parts.hostname or ""
+    key = (parts.scheme, parts.hostname or "", parts.port or (443 if https else 80))
+    stream = _take_idle(key)
+    if stream is not None:
+        try:
+            return await _exchange(stream, key, method, parts, headers, body, timeouts)
+        except TransportError as exc:
+            if not exc.unanswered:
+                raise  # a kept connection that answered something: a real failure
+    stream = await _connect(key, timeouts)
+    return await _exchange(stream, key, method, parts, headers, body, timeouts)
+
+
+async def _connect(key: tuple[str, str, int], timeouts: Timeouts) -> IOStream:
+    scheme, host, port = key
     started = time.monotonic()
     try:
         stream = await _tcp_client.connect(
-            host, port, ssl_options=_tls() if https else None, timeout=timeouts.connect
+            host,
+            port,
+            ssl_options=_tls() if scheme == "https" else None,
+            timeout=timeouts.connect,
         )
     except (OSError, StreamClosedError, TimeoutError) as exc:
         timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
@@ -196,14 +272,25 @@ async def open_stream(
             f"cannot connect to {host}:{port}: {exc or 'timeout'}", timeout=timed_out
         ) from None
     stream.set_nodelay(True)
-    exchange = Exchange(stream, timeouts)
+    return stream
+
+
+async def _exchange(
+    stream: IOStream,
+    key: tuple[str, str, int],
+    method: str,
+    parts: SplitResult,
+    headers: dict[str, str],
+    body: bytes | None,
+    timeouts: Timeouts,
+) -> Exchange:
+    exchange = Exchange(stream, timeouts, key)
     global _open
     _open += 1
     conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
     target = parts.path + ("?" + parts.query if parts.query else "")
     head = httputil.HTTPHeaders(headers)
     head["Host"] = parts.netloc
-    head["Connection"] = "close"
     head.setdefault("Accept-Encoding", "gzip")
     if body is not None:
         head["Content-Length"] = str(len(body))
@@ -212,9 +299,11 @@ async def open_stream(
         conn.finish()
     except StreamClosedError:
         exchange.close()
-        raise TransportError(f"the connection to {host}:{port} closed while sending") from None
+        raise TransportError(
+            f"the connection to {key[1]}:{key[2]} closed while sending", unanswered=True
+        ) from None
     exchange.reader = asyncio.ensure_future(conn.read_response(exchange))
-    exchange.reader.add_done_callback(_quiet)
+    exchange.reader.add_done_callback(exchange.reader_done)
     try:
         await exchange.wait_head()
     except asyncio.CancelledError:
@@ -222,10 +311,7 @@ async def open_stream(
         raise
     if exchange.status == 0:
         exchange.close()
-        raise exchange._error or TransportError("the upstream closed before answering")
+        error = exchange._error or TransportError("the upstream closed before answering")
+        error.unanswered = exchange.bytes_read == 0 and not error.timeout
+        raise error
     return exchange
-
-
-def _quiet(task: "asyncio.Future[bool]") -> None:
-    if not task.cancelled():
-        task.exception()

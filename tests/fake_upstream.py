@@ -61,6 +61,7 @@ class Seen:
     query: dict[str, str]
     headers: HTTPHeaders
     body: bytes
+    connection: int = 0  # which client connection it came on (id of its stream)
 
 
 class FakeUpstream:
@@ -188,7 +189,7 @@ class _Handler(RequestHandler):
     async def _serve(self, *_: str) -> None:
         req = self.request
         seen = Seen(req.method, req.path, dict(parse_qsl(req.query, keep_blank_values=True)),
-                    HTTPHeaders(req.headers), req.body)
+                    HTTPHeaders(req.headers), req.body, id(req.connection.stream))
         self.fake.requests.append(seen)
         if self.fake.stall_headers and seen.path == COMPLETIONS:
             while not self.gone:
