@@ -8,12 +8,9 @@ Owns the route handlers, read top to bottom like the OpenAI face's: authenticate
 
 import uuid
 
-from loguru import logger
-
 from server.anthropic_convert import to_conversation
 from server.anthropic_render import AnthropicResult, AnthropicStream, error_body
 from server.anthropic_wire import decode_messages_request
-from server.completion import Attempts, complete
 from server.token_estimate import estimate_conversation
 from server.web import ApiHandler, api
 
@@ -40,24 +37,14 @@ class Messages(AnthropicHandler):
         self.authenticate()
         req = decode_messages_request(self.request.body)
         self.model_name = req.model
-        tool_support = self.services.settings.tool_support
+        tool_support = self.tool_support(asked=bool(req.tools))
         conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support)
-        if not tool_support and req.tools:
-            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
-            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         if req.stream:
             sink = AnthropicStream(self, message_id, req.model)
         else:
             sink = AnthropicResult(self, message_id, req.model)
-        services = self.services
-        self.attempts = Attempts()
-        await self.run_until_done_or_gone(
-            complete(
-                conv, sink, services.tokens, services.client, services.settings, self.attempts
-            ),
-            sink,
-        )
+        await self.complete(conv, sink)
 
 
 class CountTokens(AnthropicHandler):

@@ -17,9 +17,8 @@ import hashlib
 import msgspec
 from tornado.iostream import StreamClosedError
 
-from server.chat import ToolCall, Usage
+from server.chat import CollectingSink, ToolCall, Usage, Writer
 from server.errors import GatewayError
-from server.openai_render import Writer
 
 __all__ = ["AnthropicResult", "AnthropicStream", "error_body"]
 
@@ -211,25 +210,16 @@ class AnthropicStream:
             self._pinger = None
 
 
-class AnthropicResult:
+class AnthropicResult(CollectingSink):
     """Collects one completion and writes a ``message`` object at the end."""
 
-    started = False
-
     def __init__(self, out: Writer, message_id: str, model: str) -> None:
-        self.out = out
+        super().__init__(out)
         self.message_id = message_id
         self.model = model
-        self.calls: list[ToolCall] = []
 
     def __repr__(self) -> str:
         return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
-
-    async def delta(self, reasoning: str, content: str) -> None:
-        return None
-
-    async def tool_call(self, call: ToolCall) -> None:
-        self.calls.append(call)
 
     async def finish(
         self,
@@ -260,9 +250,6 @@ class AnthropicResult:
         )
         self.out.set_header("Content-Type", "application/json")
         self.out.write(_encode(message))
-
-    async def fail(self, error: GatewayError) -> None:
-        self.out.send_gateway_error(error)
 
 
 def _tool_id(call_id: str) -> str:

@@ -13,7 +13,16 @@ from typing import Protocol
 from server.errors import GatewayError
 from server.models import Model
 
-__all__ = ["Conversation", "Sink", "ToolCall", "ToolSpec", "Turn", "Usage"]
+__all__ = [
+    "CollectingSink",
+    "Conversation",
+    "Sink",
+    "ToolCall",
+    "ToolSpec",
+    "Turn",
+    "Usage",
+    "Writer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +108,36 @@ class Sink(Protocol):
         ``stop_sequence`` says which)."""
 
     async def fail(self, error: GatewayError) -> None: ...
+
+
+class Writer(Protocol):
+    """What a face's sink needs from the HTTP response (a tornado RequestHandler is one)."""
+
+    def set_header(self, name: str, value: str) -> None: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def flush(self) -> object: ...
+
+    def send_gateway_error(self, err: GatewayError) -> None:
+        """An error answer (status, headers, body) before anything else was written."""
+
+
+class CollectingSink:
+    """The shared half of a face's non-streamed sink: text arrives whole at ``finish``,
+    tool calls are collected on the way, a failure is an HTTP error answer."""
+
+    started = False
+
+    def __init__(self, out: Writer) -> None:
+        self.out = out
+        self.calls: list[ToolCall] = []
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        return None
+
+    async def tool_call(self, call: ToolCall) -> None:
+        self.calls.append(call)
+
+    async def fail(self, error: GatewayError) -> None:
+        self.out.send_gateway_error(error)

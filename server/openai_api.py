@@ -6,9 +6,6 @@ neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or coll
 
 import uuid
 
-from loguru import logger
-
-from server.completion import Attempts, complete
 from server.errors import GatewayError
 from server.models import MODELS, Model, find_model
 from server.openai_convert import to_conversation
@@ -27,11 +24,8 @@ class ChatCompletions(ApiHandler):
         self.authenticate()
         req = decode_chat_request(self.request.body)
         self.model_name = req.model
-        tool_support = self.services.settings.tool_support
+        tool_support = self.tool_support(asked=bool(req.tools or req.functions))
         conv = to_conversation(req, self.request_id, tool_support)
-        if not tool_support and (req.tools or req.functions):
-            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
-            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         legacy = bool(conv.extra.get("legacy_functions"))
         if req.stream:
@@ -39,14 +33,7 @@ class ChatCompletions(ApiHandler):
             sink = OpenAIStream(self, completion_id, conv.model.id, include_usage, legacy)
         else:
             sink = OpenAIResult(self, completion_id, conv.model.id, legacy)
-        services = self.services
-        self.attempts = Attempts()
-        await self.run_until_done_or_gone(
-            complete(
-                conv, sink, services.tokens, services.client, services.settings, self.attempts
-            ),
-            sink,
-        )
+        await self.complete(conv, sink)
 
 
 def _model_object(model: Model) -> dict:

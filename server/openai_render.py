@@ -10,31 +10,17 @@ string encode; all deltas of one upstream read go out in one write.
 """
 
 import time
-from typing import Protocol
 
 import msgspec
 
-from server.chat import ToolCall, Usage
+from server.chat import CollectingSink, ToolCall, Usage, Writer
 from server.errors import GatewayError
 
-__all__ = ["OpenAIResult", "OpenAIStream", "Writer", "error_body"]
+__all__ = ["OpenAIResult", "OpenAIStream", "error_body"]
 
 _encode = msgspec.json.encode
 _LEGACY_REASON = {"tool_calls": "function_call"}
 _REASON = {"stop_sequence": "stop"}  # OpenAI says "stop" for a stop sequence too
-
-
-class Writer(Protocol):
-    """What a sink needs from the HTTP response (a tornado RequestHandler is one)."""
-
-    def set_header(self, name: str, value: str) -> None: ...
-
-    def write(self, chunk: bytes) -> None: ...
-
-    def flush(self) -> object: ...
-
-    def send_gateway_error(self, err: GatewayError) -> None:
-        """An error answer (status, headers, body) before anything else was written."""
 
 
 def error_body(err: GatewayError) -> bytes:
@@ -172,28 +158,19 @@ class OpenAIStream:
         await self.out.flush()
 
 
-class OpenAIResult:
+class OpenAIResult(CollectingSink):
     """Collects one completion and writes a ``chat.completion`` object at the end."""
-
-    started = False
 
     def __init__(
         self, out: Writer, completion_id: str, model: str, legacy_functions: bool = False
     ) -> None:
-        self.out = out
+        super().__init__(out)
         self.completion_id = completion_id
         self.model = model
         self.legacy = legacy_functions
-        self.calls: list[ToolCall] = []
 
     def __repr__(self) -> str:
         return f"<OpenAIResult {self.completion_id} calls={len(self.calls)}>"
-
-    async def delta(self, reasoning: str, content: str) -> None:
-        return None
-
-    async def tool_call(self, call: ToolCall) -> None:
-        self.calls.append(call)
 
     async def finish(
         self,
@@ -228,6 +205,3 @@ class OpenAIResult:
         }
         self.out.set_header("Content-Type", "application/json")
         self.out.write(_encode(body))
-
-    async def fail(self, error: GatewayError) -> None:
-        self.out.send_gateway_error(error)

@@ -20,6 +20,8 @@ from loguru import logger
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
+from server.chat import Conversation, Sink
+from server.completion import Attempts, complete
 from server.errors import GatewayError
 from server.metrics import observe_request
 from server.models import find_model
@@ -90,6 +92,23 @@ class ApiHandler(RequestHandler):
             )
         if not check_api_key(presented, settings.api_keys):
             raise GatewayError("invalid_api_key", "the API key is not valid for this gateway")
+
+    def tool_support(self, asked: bool) -> bool:
+        """Whether tools are emulated; when the client sent some in vain, say so."""
+        supported = self.services.settings.tool_support
+        if asked and not supported:
+            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
+            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
+        return supported
+
+    async def complete(self, conv: Conversation, sink: Sink) -> None:
+        """Run one completion into ``sink`` until it ends or the client leaves."""
+        services = self.services
+        self.attempts = Attempts()
+        work = complete(
+            conv, sink, services.tokens, services.client, services.settings, self.attempts
+        )
+        await self.run_until_done_or_gone(work, sink)
 
     async def run_until_done_or_gone(self, work: Awaitable[None], sink: Any) -> None:
         """Run the completion; if the client hangs up, cancel it (closing the upstream).
