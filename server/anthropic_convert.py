@@ -5,6 +5,9 @@ Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MOD
 ``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
 tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``,
 ``stop_sequences``. Images and documents are refused with a 400 naming the block.
+``system`` messages among the messages (Claude Code sends one) join the system turn.
+``max_tokens`` is not passed upstream: the API requires it, so clients send their ceiling
+(Claude Code: 128000), not a wish, and the web upstream has its own limits.
 """
 
 import msgspec
@@ -40,16 +43,15 @@ def to_conversation(
             f"(claude-opus-*, claude-sonnet-*, claude-haiku-*) or one of: {names}",
             param="model",
         )
+    system = [_system_text(req.system)] if req.system else []
     turns: list[Turn] = []
-    if req.system:
-        system = (
-            req.system
-            if isinstance(req.system, str)
-            else "\n\n".join(block.text for block in req.system)
-        )
-        turns.append(Turn("system", system))
     for index, message in enumerate(req.messages):
+        if message.role == "system":  # folded into the one system turn, in order
+            system.append(_system_text(message.content))
+            continue
         turns += _turns(index, message.role, message.content)
+    if any(system):
+        turns.insert(0, Turn("system", "\n\n".join(text for text in system if text)))
     thinking = None
     if req.thinking is not None:
         thinking = req.thinking.type != "disabled"
@@ -58,7 +60,6 @@ def to_conversation(
         turns=turns,
         temperature=req.temperature,
         top_p=req.top_p,
-        max_tokens=req.max_tokens,
         thinking=thinking,
         request_id=request_id,
         stop=list(req.stop_sequences or []),
@@ -72,7 +73,7 @@ def _tools(req: MessagesRequest, conv: Conversation) -> None:
     conv.tools = [
         ToolSpec(t.name, t.description, t.input_schema)
         for t in req.tools or []
-        if t.type in (None, "custom")
+        if t.type in (None, "custom") and not t.defer_loading
     ]
     choice = req.tool_choice
     if choice is None:
@@ -128,6 +129,12 @@ def _turns(index: int, role: str, content: object) -> list[Turn]:
             param=f"messages.{index}.content",
         )
     return turns
+
+
+def _system_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
 
 
 def _result_text(block: ToolResultBlock, where: str) -> str:

@@ -94,7 +94,8 @@ class AnthropicStream:
         self.block: str | None = None  # type of the open block
         self.thinking: list[str] = []
         self._pinger: asyncio.Task | None = None
-        self._quiet = asyncio.Event()
+        self._writes = 0  # content written so far (pings only fill silences)
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<AnthropicStream {self.message_id} block={self.index}:{self.block}>"
@@ -114,16 +115,19 @@ class AnthropicStream:
         self._pinger = asyncio.ensure_future(self._ping())
 
     async def _ping(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._quiet.wait(), PING_EVERY)
-            except TimeoutError:
+        # A plain sleep loop with a flag: wait_for() on 3.11 can swallow the cancel that
+        # arrives as its inner wait completes, and a ping after the end must never happen.
+        while not self._ended:
+            writes = self._writes
+            await asyncio.sleep(PING_EVERY)
+            if self._ended:
+                return
+            if writes == self._writes:
                 try:
                     self._event("ping", {"type": "ping"})
                     await self.out.flush()
                 except StreamClosedError:
                     return
-            self._quiet.clear()
 
     def close(self) -> None:
         """The request is over, however it ended: no more pings."""
@@ -165,7 +169,7 @@ class AnthropicStream:
             if self.block != "text":
                 self._open({"type": "text", "text": ""})
             self._delta({"type": "text_delta", "text": content})
-        self._quiet.set()
+        self._writes += 1
         await self.out.flush()
 
     async def tool_call(self, call: ToolCall) -> None:
@@ -174,7 +178,7 @@ class AnthropicStream:
         self._open({"type": "tool_use", "id": _tool_id(call.id), "name": call.name, "input": {}})
         self._delta({"type": "input_json_delta", "partial_json": call.arguments})
         self._close()
-        self._quiet.set()
+        self._writes += 1
         await self.out.flush()
 
     async def finish(
@@ -205,6 +209,7 @@ class AnthropicStream:
         await self.out.flush()
 
     def _stop_pinging(self) -> None:
+        self._ended = True
         if self._pinger is not None:
             self._pinger.cancel()
             self._pinger = None

@@ -63,7 +63,8 @@ Block = (
 
 
 class InputMessage(Struct):
-    role: Literal["user", "assistant"]
+    # Claude Code puts a "system" message (environment facts) among the messages too.
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
@@ -72,6 +73,7 @@ class ToolDef(Struct):
     description: str = ""
     input_schema: dict[str, Any] = {}
     type: str | None = None  # server tools (web_search_...) carry a type and are not emulated
+    defer_loading: bool = False  # a placeholder for tools loaded later: not offered
 
 
 class ToolChoice(Struct):

@@ -4,6 +4,9 @@ Plain and thinking answers, a tool_use -> tool_result -> answer round trip, stre
 the exact event sequence, stop sequences, count_tokens and Anthropic-shaped errors.
 """
 
+import asyncio
+import re
+
 import anthropic
 import msgspec
 import pytest
@@ -206,3 +209,31 @@ async def test_failure_midway_is_an_error_event(gateway):
             async for _ in stream:
                 pass
     assert "closed" in str(info.value)
+
+
+async def test_pings_fill_upstream_silences_and_stop_with_the_message(gateway, monkeypatch):
+    from server import anthropic_render
+
+    monkeypatch.setattr(anthropic_render, "PING_EVERY", 0.05)
+    gw = await gateway(*BASE, "stream_glm5_plain_thinking", pace=0.02, stall_after=5)
+    gw.fake.stall_after = 5  # silent for a while after 5 frames ...
+
+    async def resume() -> None:
+        await asyncio.sleep(0.4)
+        gw.fake.stall_after = None  # ... then the rest
+
+    body = (b'{"model": "claude-sonnet-5-5", "max_tokens": 50, "stream": true, '
+            b'"messages": [{"role": "user", "content": "hi"}]}')
+    resumed = asyncio.ensure_future(resume())
+    reply = await AsyncHTTPClient().fetch(gw.url + "/v1/messages", method="POST", body=body,
+                                          headers={"x-api-key": API_KEY}, request_timeout=20)
+    await resumed
+    events = re.findall(rb"event: (\w+)", reply.body)
+    first_delta = events.index(b"content_block_delta")
+    assert events.count(b"ping") >= 4 and b"ping" in events[first_delta:]
+    assert events[-1] == b"message_stop"
+    ended = len(gw.services.active)
+    await asyncio.sleep(0.3)  # no ping may follow the end (it would fail to write)
+    pingers = [t for t in asyncio.all_tasks()
+               if t.get_coro().__qualname__ == "AnthropicStream._ping"]
+    assert ended == 0 and not pingers

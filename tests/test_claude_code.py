@@ -86,11 +86,13 @@ async def run_claude(exe: Path, home: Path, base_url: str, prompt: str, *extra: 
     finally:
         await tripwire.close()
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {stdout}\nstderr: {stderr}"
     try:
         result = json.loads(stdout)
     except ValueError:
-        pytest.fail(f"not JSON on stdout: {stdout!r}\nstderr: {stderr}")
+        pytest.fail(f"exit {proc.returncode}, not JSON on stdout: {stdout!r}\nstderr: {stderr}")
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}: {result.get('result')!r} "
+        f"(api_error_status {result.get('api_error_status')})\nstderr: {stderr}")
     return result, stderr, tripwire.seen
 
 
@@ -120,6 +122,9 @@ async def test_cli_plain_prompt(gateway, claude_cli, tmp_path):
     assert proxied == []  # it tried to reach nothing but the gateway
     (sent,) = [json.loads(seen.body) for seen in gw.completions_seen()]
     assert PLAIN_PROMPT in sent["signature_prompt"]
+    # the environment Claude Code sends as a mid-conversation role "system" message
+    environment = f"Primary working directory: {tmp_path / 'work'}"
+    assert any(environment in m["content"] for m in sent["messages"])
 
 
 async def test_cli_runs_a_tool(gateway, claude_cli, tmp_path):
