@@ -53,13 +53,28 @@ async def serve(settings: Settings) -> None:
         len(services.active),
         settings.drain_timeout,
     )
+    # Whatever hangs below (a peer that never reads, a frozen Redis), the process ends.
+    loop.call_later(settings.drain_timeout + _STOP_GRACE, _give_up)
     server.stop()
     ended = await services.drain(settings.drain_timeout)
     if ended:
         logger.warning("drain deadline passed: {} request(s) ended with an error", ended)
-    await server.close_all_connections()
-    await services.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), _STOP_GRACE / 2)
+    except TimeoutError:
+        logger.warning("some client connections would not close; leaving them")
+    await asyncio.wait_for(services.stop(), _STOP_GRACE / 2)
     logger.info("stopped")
+
+
+_STOP_GRACE = 10.0  # seconds after the drain deadline before the process gives up
+
+
+def _give_up() -> None:
+    logger.error(
+        "shutdown did not finish {:g} s after the drain deadline: exiting now", _STOP_GRACE
+    )
+    os._exit(1)
 
 
 def _run_workers(settings: Settings) -> None:
