@@ -1,0 +1,272 @@
+"""A fast fake chat.z.ai for the benchmark: raw asyncio, no per-request matching.
+
+Owns ``serve`` (and ``python -m scripts.bench.fake``). It answers what the gateway asks on its
+hot path from the same cassettes the tests replay: ``GET /`` (home page: the front-end
+version), ``GET /api/v1/auths/`` and ``POST /api/v1/auths/guest`` (a guest), ``POST
+/api/v2/chat/completions`` (the recorded SSE stream, chunked). Each listener has a pace:
+0 writes the whole answer in one piece (so the fake is never the bottleneck), > 0 writes one
+event at a time with that many seconds between events, as the real upstream streams.
+Keep-alive is honoured unless the request says ``Connection: close``. ``GET /__stats``
+answers this listener's counters as JSON (``?reset`` zeroes ``max_open`` after reading),
+with the arrival times of the last completion requests (to split a time to first byte into
+before and after the upstream request). Nothing is verified (the test suite's fake does
+that): this one only has to be cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["Answers", "Stats", "load_answers", "serve"]
+
+ROOT = Path(__file__).resolve().parents[2]
+CASSETTES = ROOT / "cassettes"
+COMPLETIONS = b"/api/v2/chat/completions"
+AUTHS = (b"/api/v1/auths/", b"/api/v1/auths/guest")
+_ARRIVALS = 64  # completion arrival times kept (same clock as the benchmark's: CLOCK_MONOTONIC)
+
+
+@dataclass(slots=True)
+class Stats:
+    """One listener's counters; ``open``/``max_open`` count streams being written."""
+
+    connections: int = 0
+    requests: int = 0
+    completions: int = 0
+    auths: int = 0
+    home: int = 0
+    completed: int = 0
+    aborted: int = 0
+    open: int = 0
+    max_open: int = 0
+    arrivals: list[float] = field(default_factory=list)  # last completions' time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    home: bytes
+    guest: bytes
+    events: tuple[bytes, ...]  # the SSE body cut at blank lines, each piece ends with "\n\n"
+
+
+def _interaction(name: str, method: str, path: str) -> dict:
+    data = yaml.safe_load((CASSETTES / f"{name}.yaml").read_text())
+    for item in data["interactions"]:
+        request = item["request"]
+        target = request["uri"].split("://", 1)[-1].partition("/")[2].split("?")[0]
+        if request["method"] == method and "/" + target == path:
+            return item["response"]
+    raise LookupError(f"cassette {name} has no {method} {path}")
+
+
+def _body(response: dict) -> bytes:
+    body = response["body"]["string"] or b""
+    return body.encode() if isinstance(body, str) else body
+
+
+def _split_events(body: bytes) -> tuple[bytes, ...]:
+    pieces, start = [], 0
+    while start < len(body):
+        end = body.find(b"\n\n", start)
+        end = len(body) if end < 0 else end + 2
+        pieces.append(body[start:end])
+        start = end
+    return tuple(pieces)
+
+
+def load_answers(stream: str) -> Answers:
+    """The bodies the fake serves, read once from ``cassettes/``."""
+    home = _body(_interaction("home", "GET", "/"))
+    guest = _body(_interaction("guest_auth", "GET", "/api/v1/auths/"))
+    events = _split_events(_body(_interaction(stream, "POST", COMPLETIONS.decode())))
+    return Answers(home, guest, events)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _head(status: str, content_type: bytes, close: bool, length: int | None) -> bytes:
+    lines = [b"HTTP/1.1 " + status.encode(), b"Content-Type: " + content_type]
+    if length is None:
+        lines += [b"Cache-Control: no-cache", b"Transfer-Encoding: chunked"]
+    else:
+        lines.append(b"Content-Length: %d" % length)
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Listener:
+    """One port: its pace, its counters, and its pre-built answers."""
+
+    def __init__(self, answers: Answers, pace: float) -> None:
+        self.pace = pace
+        self.stats = Stats()
+        self.events = answers.events
+        sse = b"text/event-stream; charset=utf-8"
+        self.sse_head = {close: _head("200 OK", sse, close, None) for close in (False, True)}
+        body = b"".join(answers.events)
+        self.fast = {
+            close: self.sse_head[close] + _chunk(body) + b"0\r\n\r\n" for close in (False, True)
+        }
+        self.json = {}
+        for name, payload, kind in (
+            ("home", answers.home, b"text/html; charset=utf-8"),
+            ("guest", answers.guest, b"application/json"),
+            ("missing", b'{"detail":"Not Found"}', b"application/json"),
+        ):
+            status = "404 Not Found" if name == "missing" else "200 OK"
+            self.json[name] = {
+                close: _head(status, kind, close, len(payload)) + payload for close in (False, True)
+            }
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, listener: _Listener) -> None:
+        self.listener = listener
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.listener.stats.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.task is None:
+            self._next()
+
+    def _next(self) -> None:
+        while self.task is None and not self.lost:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).split(b"\r\n")
+            length, close = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection":
+                    close = value.strip().lower() == b"close"
+            if len(self.buf) < end + 4 + length:
+                return
+            del self.buf[: end + 4 + length]
+            method, target = lines[0].split(b" ", 2)[:2]
+            self._answer(method, target, close)
+
+    def _answer(self, method: bytes, target: bytes, close: bool) -> None:
+        listener, stats = self.listener, self.listener.stats
+        path, _, query = target.partition(b"?")
+        stats.requests += 1
+        assert self.transport is not None
+        if method == b"POST" and path == COMPLETIONS:
+            stats.completions += 1
+            stats.arrivals.append(time.monotonic())
+            del stats.arrivals[:-_ARRIVALS]
+            if listener.pace > 0:
+                self.task = asyncio.ensure_future(self._paced(close))
+                return
+            self.transport.write(listener.fast[close])
+            stats.completed += 1
+        elif path in AUTHS:
+            stats.auths += 1
+            self.transport.write(listener.json["guest"][close])
+        elif path == b"/":
+            stats.home += 1
+            self.transport.write(listener.json["home"][close])
+        elif path == b"/__stats":
+            body = json.dumps(asdict(stats)).encode()
+            if query.startswith(b"reset"):
+                stats.max_open = stats.open
+            self.transport.write(_head("200 OK", b"application/json", close, len(body)) + body)
+        else:
+            self.transport.write(listener.json["missing"][close])
+        if close:
+            self.transport.close()
+
+    async def _paced(self, close: bool) -> None:
+        listener, stats = self.listener, self.listener.stats
+        transport = self.transport
+        assert transport is not None
+        stats.open += 1
+        stats.max_open = max(stats.max_open, stats.open)
+        try:
+            first, *rest = listener.events
+            transport.write(listener.sse_head[close] + _chunk(first))
+            for event in rest:
+                await asyncio.sleep(listener.pace)
+                transport.write(_chunk(event))
+            transport.write(b"0\r\n\r\n")
+            stats.completed += 1
+        except asyncio.CancelledError:
+            stats.aborted += 1
+            return
+        finally:
+            stats.open -= 1
+        self.task = None
+        if close:
+            transport.close()
+        else:
+            self._next()
+
+
+async def serve(answers: Answers, paces: list[float], host: str = "127.0.0.1") -> list[int]:
+    """Listen once per pace on a free port of ``host``; returns the ports, in order."""
+    loop = asyncio.get_running_loop()
+    ports = []
+    for pace in paces:
+        listener = _Listener(answers, pace)
+        server = await loop.create_server(
+            lambda listener=listener: _Conn(listener), host, 0, backlog=4096
+        )
+        ports.append(server.sockets[0].getsockname()[1])
+    return ports
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The benchmark's fake chat.z.ai.")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        action="append",
+        default=[],
+        help="seconds between SSE events; once per listener (default: 0)",
+    )
+    parser.add_argument(
+        "--stream",
+        default="stream_glm5_plain_thinking",
+        help="cassette whose completion stream is served",
+    )
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        ports = await serve(load_answers(args.stream), args.pace or [0.0])
+        print("READY " + json.dumps(ports), flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
