@@ -87,11 +87,14 @@ class PooledTokens:
     def __init__(self, pool: TokenPool, guests: GuestTokens | None) -> None:
         self.pool = pool
         self.guests = guests
+        self._empty_until = 0.0  # an empty pool is remembered briefly: one round trip saved
 
     def __repr__(self) -> str:
         return f"<PooledTokens {self.pool!r} guest_fallback={self.guests is not None}>"
 
     async def acquire(self, model: Model) -> Credential:
+        if self.guests is not None and model.guest and time.monotonic() < self._empty_until:
+            return await self.guests.acquire(model)
         try:
             pick = await self.pool.acquire()
         except RedisError as exc:
@@ -106,6 +109,8 @@ class PooledTokens:
                 pick.name or "User",
                 lease=pick.lease,
             )
+        if pick.reason == "empty":
+            self._empty_until = time.monotonic() + _EMPTY_FOR
         if self.guests is not None and model.guest:
             return await self.guests.acquire(model)
         why = {
@@ -125,6 +130,9 @@ class PooledTokens:
         except RedisError as exc:
             # The lease has a deadline: it lapses by itself.
             logger.warning("could not release lease on {}: {}", cred.masked, exc)
+
+
+_EMPTY_FOR = 1.0  # seconds; a token added meanwhile is used at most this much later
 
 
 class NoTokens:

@@ -7,9 +7,8 @@ used deliberately: Lua replies read the same on Redis 7, newer servers and faker
 the client inside each worker process, after any fork.
 """
 
-import fakeredis
 from loguru import logger
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 __all__ = ["connect"]
 
@@ -20,9 +19,15 @@ def connect(url: str, timeout: float) -> Redis:
             "REDIS_URL is not set: shared state lives in an embedded fakeredis, in this one "
             "process (set REDIS_URL to share a pool between processes and replicas)"
         )
+        import fakeredis  # only when embedded: it costs memory a real deployment need not pay
+
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    return Redis.from_url(
+    # A bounded pool that waits (up to the timeout) for a free connection: under a burst a
+    # command queues briefly instead of failing with "Too many connections".
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=_CONNECTIONS,
+        timeout=timeout,
         decode_responses=True,
         protocol=2,
         socket_timeout=timeout,
@@ -31,3 +36,7 @@ def connect(url: str, timeout: float) -> Redis:
         health_check_interval=0,
         client_name="zai-gateway",
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+_CONNECTIONS = 64  # per worker process: commands are short, a few dozen connections suffice

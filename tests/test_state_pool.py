@@ -161,3 +161,21 @@ async def test_two_replicas_share_one_rotation(redis):
         counts[pick.token] += 1
         await pool.release(pick.lease, "ok")
     assert sorted(counts.values()) == [10, 10, 10]
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(real_redis_server):
+    from state.connection import connect
+
+    redis = connect(real_redis_server.url, 2.0)  # the real client's bounded pool
+    await redis.flushall()
+    pool = make_pool(redis)
+    await alive(pool)
+
+    async def one() -> None:
+        pick = await pool.acquire()
+        assert isinstance(pick, Pick)
+        await pool.release(pick.lease, "ok")
+
+    await asyncio.gather(*(one() for _ in range(300)))  # > 64 connections' worth at once
+    assert sum(row.uses for row in await pool.status()) == 300
+    await redis.aclose()
