@@ -12,12 +12,13 @@ with a wrong token, 401. Tokens only ever appear masked.
 """
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from server.errors import GatewayError
 from server.openai_wire import validation_error
+from server.pool_health import TOKEN_PATTERN
 from server.web import ApiHandler, api, check_api_key
 from state.keys import token_id
 
@@ -25,7 +26,7 @@ __all__ = ["InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]
 
 
 class PoolChange(msgspec.Struct):
-    tokens: list[str]
+    tokens: list[Annotated[str, msgspec.Meta(pattern=TOKEN_PATTERN)]]
     action: Literal["add", "remove", "replace"] = "add"
 
 

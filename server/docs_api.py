@@ -6,8 +6,9 @@ gateway decodes requests with (``server.openai_wire``) and describes its answers
 served from the ``swagger-ui-py`` package's files (no CDN: it works offline).
 """
 
-import importlib.resources
+import importlib.util
 from functools import cache
+from pathlib import Path
 
 import msgspec
 from tornado.web import RequestHandler
@@ -23,7 +24,10 @@ from server.openapi_schema import (
 
 __all__ = ["SWAGGER_STATIC", "Docs", "OpenAPI", "openapi_document"]
 
-SWAGGER_STATIC = str(importlib.resources.files("swagger_ui") / "static")
+# Located without importing the package (its import costs memory the server never uses).
+SWAGGER_STATIC = str(
+    Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
+)
 _REF = "#/components/schemas/{name}"
 
 

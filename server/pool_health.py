@@ -8,7 +8,10 @@ the token as it was.
 """
 
 import asyncio
+import re
 from dataclasses import dataclass
+
+from loguru import logger
 
 from server.errors import GatewayError
 from server.settings import Settings
@@ -19,11 +22,22 @@ from state.pool import TokenPool
 __all__ = ["CheckResult", "check_tokens", "configured_tokens", "parse_tokens"]
 
 
+TOKEN_PATTERN = r"^[!-~]{1,8192}$"  # printable ASCII, no spaces: what a header can carry
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+
 def parse_tokens(text: str) -> list[str]:
     tokens = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]
-        tokens += [part.strip() for part in line.split(",") if part.strip()]
+        for part in (part.strip() for part in line.split(",")):
+            if not part:
+                continue
+            if _TOKEN.match(part):
+                tokens.append(part)
+            else:
+                logger.warning("ignored a configured token that is not printable ASCII: {}",
+                               mask(part))
     return list(dict.fromkeys(tokens))
 
 

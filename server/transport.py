@@ -113,6 +113,8 @@ class Exchange(httputil.HTTPMessageDelegate):
         self._error: TransportError | None = None
         self._key = key
         self._complete = False  # the response was read to its end
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_data = asyncio.get_running_loop().time()
         self.reader: asyncio.Future[bool] | None = None
 
     def __repr__(self) -> str:
@@ -131,7 +133,21 @@ class Exchange(httputil.HTTPMessageDelegate):
         if not self._head.done():
             self._head.set_result(None)
 
+    def _check_idle(self) -> None:
+        """One timer per silence, not one per chunk: re-armed for what is left of it."""
+        self._watchdog = None
+        if self.closed or self._complete:
+            return
+        quiet = asyncio.get_running_loop().time() - self._last_data
+        idle = self._timeouts.idle
+        if quiet < idle:
+            self._watchdog = asyncio.get_running_loop().call_later(idle - quiet, self._check_idle)
+            return
+        self._error = TransportError(f"the upstream sent nothing for {idle:g} s", timeout=True)
+        self.close()
+
     def data_received(self, chunk: bytes) -> "asyncio.Future[None] | None":
+        self._last_data = asyncio.get_running_loop().time()
         self.bytes_read += len(chunk)
         self._push(chunk)
         if len(self._chunks) < _QUEUE_DEPTH:
@@ -166,14 +182,11 @@ class Exchange(httputil.HTTPMessageDelegate):
 
     async def __anext__(self) -> bytes:
         while not self._chunks:
-            self._wake = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._wake, self._timeouts.idle)
-            except TimeoutError:
-                self.close()
-                raise TransportError(
-                    f"the upstream sent nothing for {self._timeouts.idle:g} s", timeout=True
-                ) from None
+            loop = asyncio.get_running_loop()
+            self._wake = loop.create_future()
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(self._timeouts.idle, self._check_idle)
+            await self._wake
         item = self._chunks.popleft()
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
@@ -199,6 +212,8 @@ class Exchange(httputil.HTTPMessageDelegate):
             global _open
             _open -= 1
             self.closed = True
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             if self._reusable():
                 self.reader.add_done_callback(self._hand_back)  # type: ignore[union-attr]
             else:

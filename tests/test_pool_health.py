@@ -16,3 +16,7 @@ def test_file_and_env_together(tmp_path, monkeypatch):
     settings = load_settings(_env_file=None, auth_token="k", auth_tokens_file=file,
                              zai_tokens="tok-c, tok-z")
     assert configured_tokens(settings) == ["tok-a", "tok-b", "tok-c", "tok-z"]
+
+
+def test_tokens_a_header_cannot_carry_are_ignored():
+    assert parse_tokens("tok-a\ntök-b, tok c\n\x00x,tok-d") == ["tok-a", "tok-d"]
