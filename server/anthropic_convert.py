@@ -24,7 +24,7 @@ from server.anthropic_wire import (
 )
 from server.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.errors import GatewayError
-from server.models import MODELS, find_model
+from server.models import require_model
 
 __all__ = ["to_conversation"]
 
@@ -34,15 +34,7 @@ _CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 def to_conversation(
     req: MessagesRequest, request_id: str, claude: dict[str, str], tool_support: bool = True
 ) -> Conversation:
-    model = find_model(req.model, claude)
-    if model is None:
-        names = ", ".join(m.id for m in MODELS.values())
-        raise GatewayError(
-            "model_not_found",
-            f"the model '{req.model}' does not exist; use a Claude model name "
-            f"(claude-opus-*, claude-sonnet-*, claude-haiku-*) or one of: {names}",
-            param="model",
-        )
+    model = require_model(req.model, claude)
     system = [_system_text(req.system)] if req.system else []
     turns: list[Turn] = []
     for index, message in enumerate(req.messages):

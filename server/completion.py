@@ -33,7 +33,6 @@ class Attempts:
     """What happened upstream for one request, for the request log line."""
 
     count: int = 0
-    last_error: str = ""
 
 
 async def complete(
@@ -52,15 +51,16 @@ async def complete(
     while True:
         attempts.count += 1
         # A fresh scanner per attempt: a retry never sees text held back by the failed one.
-        scanner = ToolCallScanner(known, settings.scan_limit, conv.parallel_tool_calls)
-        attempt_sink = ToolCallSink(sink, scanner) if calls else sink
+        attempt_sink: Sink = sink
+        if calls:
+            scanner = ToolCallScanner(known, settings.scan_limit, conv.parallel_tool_calls)
+            attempt_sink = ToolCallSink(sink, scanner)
         if conv.stop:
             attempt_sink = StopSequenceSink(attempt_sink, conv.stop)
         try:
             await _attempt(upstream_conv, attempt_sink, tokens, client)
             return
         except GatewayError as err:
-            attempts.last_error = err.kind
             ATTEMPT_ERRORS.labels(err.kind).inc()
             retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
             logger.info(

@@ -11,7 +11,9 @@ face also maps Claude model names to rows chosen by settings (``CLAUDE_*_MODEL``
 
 from dataclasses import dataclass, replace
 
-__all__ = ["MODELS", "Model", "find_model"]
+from server.errors import GatewayError
+
+__all__ = ["MODELS", "Model", "find_model", "require_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +73,17 @@ def find_model(name: str, claude: dict[str, str] | None = None) -> Model | None:
         return found
     family = next((f for f in CLAUDE_FAMILIES if f in name.lower()), "sonnet")
     return MODELS.get(claude[family].lower())
+
+
+def require_model(name: str, claude: dict[str, str] | None = None) -> Model:
+    """The row for ``name``, or a 404 that lists what exists (and, for the Anthropic face,
+    says Claude names work)."""
+    found = find_model(name, claude)
+    if found is not None:
+        return found
+    names = ", ".join(m.id for m in MODELS.values())
+    hint = "use a Claude model name (claude-opus-*, claude-sonnet-*, claude-haiku-*) or one of"
+    listing = f"{hint}: {names}" if claude is not None else f"available models: {names}"
+    raise GatewayError(
+        "model_not_found", f"the model '{name}' does not exist; {listing}", param="model"
+    )

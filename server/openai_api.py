@@ -6,8 +6,7 @@ neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or coll
 
 import uuid
 
-from server.errors import GatewayError
-from server.models import MODELS, Model, find_model
+from server.models import MODELS, Model, require_model
 from server.openai_convert import to_conversation
 from server.openai_render import OpenAIResult, OpenAIStream
 from server.openai_wire import decode_chat_request
@@ -55,9 +54,4 @@ class OneModel(ApiHandler):
     @api
     async def get(self, name: str) -> None:
         self.authenticate()
-        model = find_model(name)
-        if model is None:
-            raise GatewayError(
-                "model_not_found", f"the model '{name}' does not exist", param="model"
-            )
-        self.write(_model_object(model))
+        self.write(_model_object(require_model(name)))

@@ -10,7 +10,7 @@ the tools are dropped (the handler says so in a header and the log).
 
 from server.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.errors import GatewayError
-from server.models import MODELS, find_model
+from server.models import require_model
 from server.openai_wire import ChatRequest, ImagePart, Message
 from server.tool_parse import new_call_id
 
@@ -27,14 +27,7 @@ _ROLES = {
 
 
 def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True) -> Conversation:
-    model = find_model(req.model)
-    if model is None:
-        names = ", ".join(m.id for m in MODELS.values())
-        raise GatewayError(
-            "model_not_found",
-            f"the model '{req.model}' does not exist; available models: {names}",
-            param="model",
-        )
+    model = require_model(req.model)
     if req.n is not None and req.n > 1:
         raise GatewayError("invalid_request", "only n=1 is supported", param="n")
     turns = _turns(req.messages)

@@ -36,8 +36,9 @@ def parse_tokens(text: str) -> list[str]:
             if _TOKEN.match(part):
                 tokens.append(part)
             else:
-                logger.warning("ignored a configured token that is not printable ASCII: {}",
-                               mask(part))
+                logger.warning(
+                    "ignored a configured token that is not printable ASCII: {}", mask(part)
+                )
     return list(dict.fromkeys(tokens))
 
 
