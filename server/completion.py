@@ -85,8 +85,8 @@ async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: 
     outcome, reason = "ok", ""
     try:
         exchange = await client.open_completion(cred, conv)
+        stream = AnswerStream(conv.model.id)
         try:
-            stream = AnswerStream(conv.model.id)
             try:
                 async for chunk in exchange:
                     reasoning, answer = stream.feed(chunk)
@@ -102,7 +102,7 @@ async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: 
                 "timeout" if exc.timeout else "unavailable", str(exc), model=conv.model.id
             ) from None
         finally:
-            exchange.close()
+            exchange.close(drain=stream.done)  # the connection is kept once the answer ends
         if reasoning or answer:
             await sink.delta(reasoning, answer)
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)

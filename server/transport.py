@@ -1,13 +1,16 @@
-"""A small streaming HTTP/1.1 client for the upstream, built on tornado's own connection code.
+"""A small streaming HTTP/1.1 client for the upstream, written on ``asyncio.Protocol``.
 
-Owns ``open_stream()`` and ``Exchange``. Tornado's ``AsyncHTTPClient`` cannot give a caller the
-socket of a fetch in flight, so a client that hangs up would leave the upstream fetch running
-until its next chunk; here every exchange holds its own ``IOStream`` and ``close()`` shuts it at
-once. The body is read with backpressure (at most a few chunks are queued) and with explicit
-timeouts: connect, time to response headers, and idle time between chunks. Connections whose
-response was read to its end are kept alive for the next request (no new TCP and TLS
-handshake per request); a kept connection the upstream closed meanwhile is replaced once,
-transparently, when it answers nothing at all.
+Owns ``open_stream()`` and ``Exchange``. A general client (tornado's ``AsyncHTTPClient``,
+even its ``HTTP1Connection``) costs several hundred microseconds of CPU per streamed event
+and cannot hand a caller the socket of a fetch in flight; this one parses the response
+straight out of ``data_received`` (status line, headers, chunked or sized body, gzip), hands
+the consumer every body byte of one socket read as one chunk, and ``close()`` shuts the
+socket at once. The body is read with backpressure (reading pauses while a few chunks wait)
+and with explicit timeouts: connect, time to response headers, and idle time between chunks.
+Connections whose response was read to its end are kept alive for the next request; an answer
+the caller stops reading after its last event is drained in the background so its connection
+is kept too; a kept connection the upstream closed meanwhile is replaced once, transparently,
+when it answers nothing at all.
 """
 
 import asyncio
@@ -15,13 +18,9 @@ import collections
 import ssl
 import time
 import weakref
+import zlib
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
-
-from tornado import httputil
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
+from urllib.parse import urlsplit
 
 __all__ = ["Exchange", "Timeouts", "TransportError", "open_exchanges", "open_stream"]
 
@@ -42,154 +41,277 @@ class Timeouts:
     idle: float = 120.0
 
 
+Key = tuple[str, str, int]  # scheme, host, port
+
 _END = object()
-_QUEUE_DEPTH = 4
-_tcp_client = TCPClient()
-_open = 0  # exchanges whose socket is open: a leak shows here (and in /metrics)
+_QUEUE_DEPTH = 4  # chunks waiting for the consumer before reading pauses
+_HEAD_LIMIT = 64 << 10  # bytes of status line and headers
 _IDLE_FOR = 30.0  # seconds an idle upstream connection is kept
 _IDLE_MAX = 64  # idle connections kept per upstream host
-# Per event loop: a stream belongs to the loop that made it (tests run many loops).
-_idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+_DRAIN_FOR = 2.0  # seconds an abandoned, finished answer may take to reach its end
+_open = 0  # exchanges not yet closed: a leak shows here (and in /metrics)
+# Per event loop: a connection belongs to the loop that made it (tests run many loops).
+_idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, list]]" = (
+    weakref.WeakKeyDictionary()
+)
 
-
-def _pool() -> dict[tuple[str, str, int], list[tuple[IOStream, float]]]:
-    return _idle.setdefault(asyncio.get_running_loop(), {})
-
-
-def _take_idle(key: tuple[str, str, int]) -> IOStream | None:
-    streams = _pool().get(key)
-    now = time.monotonic()
-    while streams:
-        stream, since = streams.pop()
-        if not stream.closed() and now - since < _IDLE_FOR:
-            return stream
-        stream.close()
-    return None
-
-
-def _give_idle(key: tuple[str, str, int], stream: IOStream) -> None:
-    streams = _pool().setdefault(key, [])
-    if stream.closed() or len(streams) >= _IDLE_MAX:
-        stream.close()
-    else:
-        streams.append((stream, time.monotonic()))
+# Where the response parser is: a table of states, each a method of _Connection.
+_HEAD, _SIZED, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
 
 def open_exchanges() -> int:
     return _open
 
 
-_ssl_context: ssl.SSLContext | None = None
+class _Malformed(Exception):
+    pass
 
 
-def _tls() -> ssl.SSLContext:
-    global _ssl_context
-    if _ssl_context is None:
-        _ssl_context = ssl.create_default_context()
-    return _ssl_context
+class _Connection(asyncio.Protocol):
+    """One upstream socket and the parser of the response now arriving on it."""
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.reusable = False
+        self.exchange: Exchange | None = None
+        self._draining: asyncio.TimerHandle | None = None
+        self._buf = bytearray()
+        self._state = _DONE
+        self._left = 0
+        self._inflate: zlib._Decompress | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, exchange: "Exchange", raw: bytes) -> None:
+        self.exchange, self.reusable = exchange, False
+        self._state, self._inflate = _HEAD, None
+        self.transport.write(raw)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.exchange = None
+        self.transport.close()  # type: ignore[union-attr]
+
+    def drain(self) -> None:
+        """The caller is done with an answer that is not at its end yet: read it out quietly,
+        then keep the connection; give up after a moment."""
+        self.exchange = None
+        self._draining = asyncio.get_running_loop().call_later(_DRAIN_FOR, self.close)
+
+    # asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None and self._draining is None:
+            self.close()  # an idle connection has nothing to say
+            return
+        if exchange is not None:
+            exchange.bytes_read += len(data)
+        self._buf += data
+        try:
+            body = self._parse()
+        except (_Malformed, ValueError, zlib.error) as exc:
+            self._fail(f"the upstream sent a malformed HTTP response ({exc})")
+            return
+        if exchange is not None:
+            if body:
+                exchange._push(body)
+            if self._state == _DONE:
+                exchange._finish()
+        elif self._state == _DONE:
+            self._draining.cancel()  # type: ignore[union-attr]
+            self._draining = None
+            _give_idle(self) if self.reusable else self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._draining is not None:
+            self._draining.cancel()
+        exchange = self.exchange
+        if exchange is None or exchange._complete:
+            return
+        if self._state == _UNTIL_CLOSE:
+            exchange._finish()
+            return
+        when = "mid-response" if exchange.status else "before answering"
+        exchange._lost(TransportError(f"the upstream closed the connection {when}"))
+
+    def pause_writing(self) -> None:  # request bodies are small: the kernel buffer takes them
+        pass
+
+    # The response parser
+
+    def _parse(self) -> bytes:
+        """Consume what can be parsed; return the body bytes it held (decompressed)."""
+        buf, pos, out = self._buf, 0, []
+        while True:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if len(buf) - pos > _HEAD_LIMIT:
+                        raise _Malformed("headers too large")
+                    break
+                self._head(bytes(buf[pos:end]))
+                pos = end + 4
+            elif state in (_SIZED, _CHUNK_DATA):
+                take = min(self._left, len(buf) - pos)
+                if take:
+                    out.append(bytes(buf[pos : pos + take]))
+                    pos += take
+                    self._left -= take
+                if self._left:
+                    break
+                self._state = _DONE if state == _SIZED else _CHUNK_END
+            elif state == _CHUNK_SIZE:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    if len(buf) - pos > 1024:
+                        raise _Malformed("chunk size line too long")
+                    break
+                size = int(bytes(buf[pos:end]).split(b";", 1)[0], 16)
+                pos = end + 2
+                self._left = size
+                self._state = _CHUNK_DATA if size else _TRAILER
+            elif state == _CHUNK_END:
+                if len(buf) - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise _Malformed("no CRLF after a chunk")
+                pos += 2
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                if end == pos:  # the blank line after the trailers (usually none)
+                    self._state = _DONE
+                pos = end + 2
+            elif state == _UNTIL_CLOSE:
+                if len(buf) > pos:
+                    out.append(bytes(buf[pos:]))
+                    pos = len(buf)
+                break
+            else:  # _DONE: anything more is not a response to anything
+                if len(buf) > pos:
+                    self.reusable = False
+                    pos = len(buf)
+                break
+        del buf[:pos]
+        body = b"".join(out)
+        if self._inflate is not None:
+            body = self._inflate.decompress(body)
+            if self._state == _DONE:
+                body += self._inflate.flush()
+        return body
+
+    def _head(self, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise _Malformed(f"status line {lines[0][:80]!r}")
+        status = int(code)
+        if 100 <= status < 200:
+            return  # an interim answer: the real one follows
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise _Malformed(f"header line {line[:80]!r}")
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.status, exchange.reason, exchange.headers = status, reason, headers
+            exchange._answered()
+        self.reusable = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        encoding = headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "deflate"):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
+        if status in (204, 304) or (exchange is not None and exchange.method == "HEAD"):
+            self._state = _DONE
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._state = _CHUNK_SIZE
+        elif "content-length" in headers:
+            self._left = int(headers["content-length"])
+            self._state = _SIZED if self._left else _DONE
+        else:
+            self._state, self.reusable = _UNTIL_CLOSE, False
+
+    def _fail(self, reason: str) -> None:
+        exchange = self.exchange
+        self.close()
+        if exchange is not None:
+            exchange._lost(TransportError(reason))
 
 
-class Exchange(httputil.HTTPMessageDelegate):
+class Exchange:
     """One upstream request and its streamed response.
 
     >>> exchange = await open_stream("POST", url, headers, body, Timeouts())
-    >>> exchange.status, exchange.headers["Content-Type"]
+    >>> exchange.status, exchange.headers["content-type"]   # header names in lower case
     >>> async for chunk in exchange: ...
     >>> exchange.close()   # at any time: the socket is closed at once
     """
 
-    def __init__(self, stream: IOStream, timeouts: Timeouts, key: tuple[str, str, int]) -> None:
+    def __init__(self, conn: _Connection, method: str, timeouts: Timeouts) -> None:
+        loop = asyncio.get_running_loop()
+        self.method = method
         self.status = 0
         self.reason = ""
-        self.headers = httputil.HTTPHeaders()
+        self.headers: dict[str, str] = {}
         self.bytes_read = 0
         self.closed = False
-        self._stream = stream
+        self._loop = loop
+        self._conn = conn
         self._timeouts = timeouts
-        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head: asyncio.Future[None] = loop.create_future()
         self._chunks: collections.deque[object] = collections.deque()
         self._wake: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
+        self._paused = False
         self._error: TransportError | None = None
-        self._key = key
         self._complete = False  # the response was read to its end
         self._watchdog: asyncio.TimerHandle | None = None
-        self._last_data = asyncio.get_running_loop().time()
-        self.reader: asyncio.Future[bool] | None = None
+        self._last_data = loop.time()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"status={self.status or 'pending'}"
         return f"<Exchange {state} read={self.bytes_read}B queued={len(self._chunks)}>"
 
-    # HTTPMessageDelegate: called by tornado's HTTP1Connection
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        assert isinstance(start_line, httputil.ResponseStartLine)
-        self.status, self.reason, self.headers = start_line.code, start_line.reason, headers
-        if not self._head.done():
-            self._head.set_result(None)
-
-    def _check_idle(self) -> None:
-        """One timer per silence, not one per chunk: re-armed for what is left of it."""
-        self._watchdog = None
-        if self.closed or self._complete:
-            return
-        quiet = asyncio.get_running_loop().time() - self._last_data
-        idle = self._timeouts.idle
-        if quiet < idle:
-            self._watchdog = asyncio.get_running_loop().call_later(idle - quiet, self._check_idle)
-            return
-        self._error = TransportError(f"the upstream sent nothing for {idle:g} s", timeout=True)
-        self.close()
-
-    def data_received(self, chunk: bytes) -> "asyncio.Future[None] | None":
-        self._last_data = asyncio.get_running_loop().time()
-        self.bytes_read += len(chunk)
-        self._push(chunk)
-        if len(self._chunks) < _QUEUE_DEPTH:
-            return None
-        self._room = asyncio.get_running_loop().create_future()
-        return self._room
-
-    def finish(self) -> None:
-        self._complete = True
-        self._push(_END)
-
-    def on_connection_close(self) -> None:
-        if not self.closed and self._error is None:
-            when = "mid-response" if self.status else "before answering"
-            self._error = TransportError(f"the upstream closed the connection {when}")
-        self._push(_END)
-        self._release_head()
-
     # Consumer side
 
     async def wait_head(self) -> None:
+        timer = self._loop.call_later(self._timeouts.headers, self._headers_late)
         try:
-            await asyncio.wait_for(asyncio.shield(self._head), self._timeouts.headers)
-        except TimeoutError:
+            await self._head
+        except asyncio.CancelledError:
             self.close()
-            raise TransportError(
-                f"no response headers within {self._timeouts.headers:g} s", timeout=True
-            ) from None
+            raise
+        finally:
+            timer.cancel()
+        if self.status == 0:
+            self.close()
+            error = self._error or TransportError("the upstream closed before answering")
+            error.unanswered = self.bytes_read == 0 and not error.timeout
+            raise error
 
     def __aiter__(self) -> "Exchange":
         return self
 
     async def __anext__(self) -> bytes:
         while not self._chunks:
-            loop = asyncio.get_running_loop()
-            self._wake = loop.create_future()
+            self._wake = self._loop.create_future()
             if self._watchdog is None:
-                self._watchdog = loop.call_later(self._timeouts.idle, self._check_idle)
+                self._watchdog = self._loop.call_later(self._timeouts.idle, self._check_idle)
             await self._wake
         item = self._chunks.popleft()
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
+        if self._paused and len(self._chunks) < _QUEUE_DEPTH:
+            self._paused = False
+            if not self.closed:
+                self._conn.transport.resume_reading()  # type: ignore[union-attr]
         if item is _END:
             self._chunks.appendleft(_END)
             if self._error is not None:
@@ -206,51 +328,112 @@ class Exchange(httputil.HTTPMessageDelegate):
                 break
         return b"".join(parts)[:limit]
 
-    def close(self) -> None:
-        """Close the upstream socket now; safe to call more than once."""
-        if not self.closed:
-            global _open
-            _open -= 1
-            self.closed = True
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            if self._reusable():
-                self.reader.add_done_callback(self._hand_back)  # type: ignore[union-attr]
+    def close(self, drain: bool = False) -> None:
+        """Close the upstream socket now (safe to call more than once). A finished response
+        keeps its connection; with ``drain`` (the caller saw the answer's last event) one not
+        at its end yet is read out in the background and kept too."""
+        if self.closed:
+            return
+        global _open
+        _open -= 1
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        conn = self._conn
+        if conn.exchange is self:
+            if self._error is not None or conn.lost or not conn.reusable:
+                conn.close()
+            elif self._complete:
+                conn.exchange = None
+                _give_idle(conn)
+            elif drain and not self._paused and self.status:
+                conn.drain()
             else:
-                self._stream.close()
-            self._push(_END)
-            self._release_head()
+                conn.close()
+        self._push(_END)
+        self._answered()
 
-    def reader_done(self, reader: "asyncio.Future[bool]") -> None:
-        """However tornado's reading ended (it may raise without telling the delegate),
-        the consumer must learn it: an end that was not ``finish()`` is an error."""
-        if not reader.cancelled():
-            reader.exception()  # retrieved: tornado already logged what matters
-        if not self._complete:
-            self.on_connection_close()
-
-    def _reusable(self) -> bool:
-        return (
-            self._complete
-            and self._error is None
-            and self.reader is not None
-            and self.headers.get("Connection", "").lower() != "close"
-        )
-
-    def _hand_back(self, reader: "asyncio.Future[bool]") -> None:
-        if not reader.cancelled() and reader.exception() is None and reader.result():
-            _give_idle(self._key, self._stream)
-        else:
-            self._stream.close()
-
-    def _release_head(self) -> None:
-        if not self._head.done():
-            self._head.set_result(None)
+    # Producer side: called by the connection
 
     def _push(self, item: object) -> None:
         self._chunks.append(item)
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+        self._last_data = self._loop.time()
+        if len(self._chunks) >= _QUEUE_DEPTH and not self._paused and not self.closed:
+            self._paused = True
+            self._conn.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._push(_END)
+
+    def _lost(self, error: TransportError) -> None:
+        if not self.closed and self._error is None:
+            self._error = error
+        self._push(_END)
+        self._answered()
+
+    def _answered(self) -> None:
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _headers_late(self) -> None:
+        if not self._head.done():
+            self._error = TransportError(
+                f"no response headers within {self._timeouts.headers:g} s", timeout=True
+            )
+            self._conn.close()
+            self._answered()
+
+    def _check_idle(self) -> None:
+        """One timer per silence, not one per chunk: re-armed for what is left of it."""
+        self._watchdog = None
+        if self.closed or self._complete:
+            return
+        quiet = self._loop.time() - self._last_data
+        idle = self._timeouts.idle
+        if quiet < idle:
+            self._watchdog = self._loop.call_later(idle - quiet, self._check_idle)
+            return
+        self._lost(TransportError(f"the upstream sent nothing for {idle:g} s", timeout=True))
+        self._conn.close()
+
+
+# The pool of idle connections
+
+
+def _pool() -> dict[Key, list[tuple[_Connection, float]]]:
+    return _idle.setdefault(asyncio.get_running_loop(), {})
+
+
+def _take_idle(key: Key) -> _Connection | None:
+    conns = _pool().get(key)
+    now = time.monotonic()
+    while conns:
+        conn, since = conns.pop()
+        if not conn.lost and now - since < _IDLE_FOR:
+            return conn
+        conn.close()
+    return None
+
+
+def _give_idle(conn: _Connection) -> None:
+    conns = _pool().setdefault(conn.key, [])
+    if conn.lost or len(conns) >= _IDLE_MAX:
+        conn.close()
+    else:
+        conns.append((conn, time.monotonic()))
+
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context
 
 
 async def open_stream(
@@ -260,73 +443,59 @@ async def open_stream(
     parts = urlsplit(url)
     https = parts.scheme == "https"
     key = (parts.scheme, parts.hostname or "", parts.port or (443 if https else 80))
-    stream = _take_idle(key)
-    if stream is not None:
+    raw = _request_bytes(method, parts.path or "/", parts.query, parts.netloc, headers, body)
+    conn = _take_idle(key)
+    if conn is not None:
         try:
-            return await _exchange(stream, key, method, parts, headers, body, timeouts)
+            return await _exchange(conn, method, raw, timeouts)
         except TransportError as exc:
             if not exc.unanswered:
                 raise  # a kept connection that answered something: a real failure
-    stream = await _connect(key, timeouts)
-    return await _exchange(stream, key, method, parts, headers, body, timeouts)
+    return await _exchange(await _connect(key, timeouts), method, raw, timeouts)
 
 
-async def _connect(key: tuple[str, str, int], timeouts: Timeouts) -> IOStream:
+def _request_bytes(
+    method: str, path: str, query: str, host: str, headers: dict[str, str], body: bytes | None
+) -> bytes:
+    lines = [f"{method} {path}{'?' + query if query else ''} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if "Accept-Encoding" not in headers:
+        lines.append("Accept-Encoding: gzip")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    head = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if head.count("\n") != breaks or head.count("\r") != breaks:  # no header of its own
+        raise ValueError("a request header holds a line break")
+    return head.encode("latin-1") + b"\r\n\r\n" + (body or b"")
+
+
+async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
     scheme, host, port = key
+    tls = _tls() if scheme == "https" else None
     started = time.monotonic()
     try:
-        stream = await _tcp_client.connect(
-            host,
-            port,
-            ssl_options=_tls() if scheme == "https" else None,
-            timeout=timeouts.connect,
+        _, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                lambda: _Connection(key), host, port, ssl=tls, server_hostname=host if tls else None
+            ),
+            timeouts.connect,
         )
-    except (OSError, StreamClosedError, TimeoutError) as exc:
+    except (OSError, TimeoutError) as exc:
         timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
         raise TransportError(
             f"cannot connect to {host}:{port}: {exc or 'timeout'}", timeout=timed_out
         ) from None
-    stream.set_nodelay(True)
-    return stream
+    return conn
 
 
-async def _exchange(
-    stream: IOStream,
-    key: tuple[str, str, int],
-    method: str,
-    parts: SplitResult,
-    headers: dict[str, str],
-    body: bytes | None,
-    timeouts: Timeouts,
-) -> Exchange:
-    exchange = Exchange(stream, timeouts, key)
+async def _exchange(conn: _Connection, method: str, raw: bytes, timeouts: Timeouts) -> Exchange:
     global _open
+    exchange = Exchange(conn, method, timeouts)
     _open += 1
-    conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
-    target = parts.path + ("?" + parts.query if parts.query else "")
-    head = httputil.HTTPHeaders(headers)
-    head["Host"] = parts.netloc
-    head.setdefault("Accept-Encoding", "gzip")
-    if body is not None:
-        head["Content-Length"] = str(len(body))
-    try:
-        conn.write_headers(httputil.RequestStartLine(method, target, "HTTP/1.1"), head, body)
-        conn.finish()
-    except StreamClosedError:
+    if conn.lost or conn.transport is None or conn.transport.is_closing():
         exchange.close()
-        raise TransportError(
-            f"the connection to {key[1]}:{key[2]} closed while sending", unanswered=True
-        ) from None
-    exchange.reader = asyncio.ensure_future(conn.read_response(exchange))
-    exchange.reader.add_done_callback(exchange.reader_done)
-    try:
-        await exchange.wait_head()
-    except asyncio.CancelledError:
-        exchange.close()
-        raise
-    if exchange.status == 0:
-        exchange.close()
-        error = exchange._error or TransportError("the upstream closed before answering")
-        error.unanswered = exchange.bytes_read == 0 and not error.timeout
-        raise error
+        raise TransportError("the upstream connection closed before sending", unanswered=True)
+    conn.send(exchange, raw)
+    await exchange.wait_head()
     return exchange
