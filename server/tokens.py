@@ -14,6 +14,7 @@ before each upstream attempt and reports back with ``release(cred, outcome, reas
 """
 
 import asyncio
+import collections
 import time
 from typing import Protocol
 
@@ -43,20 +44,37 @@ class GuestTokens:
         self.client = client
         self.reserve = reserve
         self._refill: asyncio.Task | None = None
+        # Guests this process popped ahead: a batch per round trip when nothing else is
+        # popping (a burst takes one each, so at most a batch is ever held here).
+        self._held: collections.deque[StoredGuest] = collections.deque()
+        self._batch = max(1, min(8, reserve.size // 4)) if reserve is not None else 1
+        self._taking = False
 
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
 
     async def acquire(self, model: Model) -> Credential:
-        if self.reserve is not None and self.reserve.size:
+        reserve = self.reserve
+        if reserve is not None and reserve.size:
+            while self._held:
+                guest = self._held.popleft()
+                if reserve.fresh(guest):
+                    return Credential(guest.token, guest.user_id, "guest", guest.name)
+            batch = not self._taking
+            self._taking = True
             try:
-                guest, low = await self.reserve.take()
+                guests, low = await reserve.take(self._batch if batch else 1)
             except RedisError as exc:
                 logger.warning("guest reserve unreachable, signing in directly: {}", exc)
-                guest, low = None, False
+                guests, low = [], False
+            finally:
+                if batch:
+                    self._taking = False
             if low:
                 self.refill_soon()
-            if guest is not None:
+            if guests:
+                self._held.extend(guests[1:])
+                guest = guests[0]
                 return Credential(guest.token, guest.user_id, "guest", guest.name)
         return await self.client.guest_credential()
 

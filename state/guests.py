@@ -1,8 +1,10 @@
 """A reserve of pre-fetched guest credentials, shared by all replicas.
 
-Owns ``GuestReserve``. Anonymous requests pop a guest from ``<p>guests`` (each used exactly
-once: LPOP is atomic) so they pay no extra upstream round trip. Whichever replica notices the
-reserve below half of ``GUEST_RESERVE`` takes a short lock and refills it in the background.
+Owns ``GuestReserve``. Anonymous requests pop guests from ``<p>guests`` (each used exactly
+once: LPOP is atomic) so they pay no extra upstream round trip; a replica may pop a few at once
+and keep them for its next requests, so most requests pay no Redis round trip either.
+Whichever replica notices the reserve below half of ``GUEST_RESERVE`` takes a short lock and
+refills it in the background.
 Entries older than ``max_age`` are discarded rather than trusted.
 """
 
@@ -26,11 +28,11 @@ class StoredGuest(msgspec.Struct):
 
 
 class GuestReserve:
-    # KEYS[1] the reserve list
-    # Returns {entry or false, length left}
+    # KEYS[1] the reserve list; ARGV[1] how many to pop
+    # Returns {entries, length left}
     TAKE = """
-    local entry = redis.call('LPOP', KEYS[1])
-    return {entry, redis.call('LLEN', KEYS[1])}
+    local entries = redis.call('LPOP', KEYS[1], ARGV[1]) or {}
+    return {entries, redis.call('LLEN', KEYS[1])}
     """
 
     def __init__(self, redis: Redis, keys: Keys, size: int, max_age: float = 3600.0) -> None:
@@ -43,16 +45,16 @@ class GuestReserve:
     def __repr__(self) -> str:
         return f"<GuestReserve size={self.size}>"
 
-    async def take(self) -> tuple[StoredGuest | None, bool]:
-        """Pop one guest; the flag says the reserve is low and should be refilled."""
-        entry, left = await self._take(keys=[self.keys.guests])
+    async def take(self, count: int = 1) -> tuple[list[StoredGuest], bool]:
+        """Pop up to ``count`` guests still young enough to use; the flag says the reserve is
+        low and should be refilled."""
+        entries, left = await self._take(keys=[self.keys.guests], args=[count])
         low = int(left) < max(1, self.size // 2)
-        if not entry:
-            return None, low
-        guest = msgspec.json.decode(entry, type=StoredGuest)
-        if time.time() - guest.at > self.max_age:
-            return None, low
-        return guest, low
+        guests = [msgspec.json.decode(entry, type=StoredGuest) for entry in entries]
+        return [guest for guest in guests if self.fresh(guest)], low
+
+    def fresh(self, guest: StoredGuest) -> bool:
+        return time.time() - guest.at <= self.max_age
 
     async def refill(self, fetch: Callable[[], Awaitable[StoredGuest]]) -> int:
         """Top the reserve up to its size, if no other replica is doing it; returns added."""

@@ -175,6 +175,23 @@ async def test_guest_reserve_serves_anonymous_requests(gateway):
     assert len(tokens) == 2
 
 
+async def test_anonymous_requests_take_guests_a_few_per_round_trip(gateway):
+    gw = await gateway("home", "guest_auth", OK, guest_reserve=16)
+    services = gw.services
+    await services.guests._refill
+    reserve = services.keys.guests
+    assert await services.redis.llen(reserve) == 16
+    async with gw.openai() as client:
+        for _ in range(6):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        # two round trips took four guests each: six used, two kept for the next requests
+        assert await services.redis.llen(reserve) == 8
+        for _ in range(2):
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        assert await services.redis.llen(reserve) == 8  # served by the two kept
+    assert len(gw.completions_seen()) == 8
+
+
 async def test_redis_unreachable_fails_fast_and_guests_keep_working(gateway):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     gw = await gateway("home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=False,

@@ -34,13 +34,14 @@ async def test_guest_reserve_refills_and_each_guest_is_used_once(redis):
         made += 1
         return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
 
-    assert await reserve.take() == (None, True)
+    assert await reserve.take() == ([], True)
     assert await reserve.refill(fetch) == 6
     other = GuestReserve(redis, KEYS, size=6)
-    taken = await asyncio.gather(*(r.take() for r in [reserve, other] * 3))
-    tokens = [guest.token for guest, _ in taken]
+    taken = await asyncio.gather(*(r.take(n) for r, n in [(reserve, 1), (other, 3), (reserve, 2)]))
+    tokens = [guest.token for guests, _ in taken for guest in guests]
+    assert [len(guests) for guests, _ in taken] == [1, 3, 2]
     assert sorted(tokens) == sorted(f"token-{i}" for i in range(1, 7))
-    assert await reserve.take() == (None, True)  # empty now, and low
+    assert await reserve.take(4) == ([], True)  # empty now, and low
 
 
 async def test_refill_is_done_by_one_replica_at_a_time(redis):
@@ -61,7 +62,7 @@ async def test_stale_guest_is_not_used(redis):
         return StoredGuest("t", "u", "Guest", time.time() - 60)
 
     await reserve.refill(old)
-    assert (await reserve.take())[0] is None
+    assert (await reserve.take(2))[0] == []
 
 
 async def test_facts_are_shared_with_an_age(redis):
