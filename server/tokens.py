@@ -44,39 +44,47 @@ class GuestTokens:
         self.client = client
         self.reserve = reserve
         self._refill: asyncio.Task | None = None
-        # Guests this process popped ahead: a batch per round trip when nothing else is
-        # popping (a burst takes one each, so at most a batch is ever held here).
+        # Guests this process popped ahead, and the one round trip popping more: every
+        # request waiting when it starts is served by it (a batch at least, so the next few
+        # requests need no round trip; at most a batch is left over here).
         self._held: collections.deque[StoredGuest] = collections.deque()
         self._batch = max(1, min(8, reserve.size // 4)) if reserve is not None else 1
-        self._taking = False
+        self._taking: asyncio.Future[bool] | None = None
+        self._waiting = 0
 
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
 
     async def acquire(self, model: Model) -> Credential:
         reserve = self.reserve
-        if reserve is not None and reserve.size:
+        while reserve is not None and reserve.size:
             while self._held:
                 guest = self._held.popleft()
                 if reserve.fresh(guest):
                     return Credential(guest.token, guest.user_id, "guest", guest.name)
-            batch = not self._taking
-            self._taking = True
+            self._waiting += 1
             try:
-                guests, low = await reserve.take(self._batch if batch else 1)
-            except RedisError as exc:
-                logger.warning("guest reserve unreachable, signing in directly: {}", exc)
-                guests, low = [], False
+                if self._taking is None:
+                    self._taking = asyncio.ensure_future(self._take(reserve))
+                got = await asyncio.shield(self._taking)
             finally:
-                if batch:
-                    self._taking = False
-            if low:
-                self.refill_soon()
-            if guests:
-                self._held.extend(guests[1:])
-                guest = guests[0]
-                return Credential(guest.token, guest.user_id, "guest", guest.name)
+                self._waiting -= 1
+            if not got:
+                break  # the reserve is empty or unreachable: sign in directly
         return await self.client.guest_credential()
+
+    async def _take(self, reserve: GuestReserve) -> bool:
+        try:
+            guests, low = await reserve.take(self._batch + self._waiting - 1)
+        except RedisError as exc:
+            logger.warning("guest reserve unreachable, signing in directly: {}", exc)
+            guests, low = [], False
+        finally:
+            self._taking = None
+        if low:
+            self.refill_soon()
+        self._held.extend(guests)
+        return bool(guests)
 
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
         return None
