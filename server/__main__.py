@@ -3,7 +3,8 @@ processes.
 
 Owns start-up and shutdown. With ``WORKERS`` > 1 each worker is an independent process that
 binds the port with ``SO_REUSEPORT`` (the kernel spreads connections), builds its own
-services after the fork, and the parent forwards SIGTERM/SIGINT to them.
+services after the fork, and the parent forwards SIGTERM/SIGINT to them. ``EVENT_LOOP``
+picks uvloop or the standard asyncio loop.
 """
 
 import asyncio
@@ -11,6 +12,8 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from loguru import logger
 from tornado.httpserver import HTTPServer
@@ -36,15 +39,16 @@ async def serve(settings: Settings) -> None:
         idle_connection_timeout=75,
     )
     server.add_sockets(sockets)
+    loop = asyncio.get_running_loop()
     logger.info(
-        "listening on http://{}:{} (upstream {}, {} mode)",
+        "listening on http://{}:{} (upstream {}, {} mode, {} loop)",
         settings.listen_host,
         settings.listen_port,
         settings.zai_base_url,
         "anonymous" if settings.anonymous_mode else "token",
+        type(loop).__module__.split(".")[0],
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -77,12 +81,28 @@ def _give_up() -> None:
     os._exit(1)
 
 
-def _run_workers(settings: Settings) -> None:
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+
+
+def _event_loop(settings: Settings) -> Runner:
+    """What runs ``serve``: uvloop runs the same code with a third less CPU per request."""
+    if settings.event_loop == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            raise SettingsError("EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        return asyncio.run
+    return uvloop.run
+
+
+def _run_workers(settings: Settings, run: Runner) -> None:
     children = []
     for _ in range(settings.workers):
         pid = os.fork()
         if pid == 0:
-            asyncio.run(serve(settings))
+            run(serve(settings))
             os._exit(0)
         children.append(pid)
 
@@ -100,6 +120,7 @@ def _run_workers(settings: Settings) -> None:
 def main() -> None:
     try:
         settings = load_settings()
+        run = _event_loop(settings)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -117,9 +138,9 @@ def main() -> None:
         settings = settings.model_copy(update={"workers": 1})
     try:
         if settings.workers > 1:
-            _run_workers(settings)
+            _run_workers(settings, run)
         else:
-            asyncio.run(serve(settings))
+            run(serve(settings))
     finally:
         if lock is not None:
             lock.close()

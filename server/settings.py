@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     drain_timeout: float = Field(30.0, ge=0)
     service_name: str = "zai-gateway"
     single_instance: Literal["auto", "on", "off"] = "auto"

@@ -31,6 +31,7 @@ def test_invalid_settings_stop_startup_with_one_line():
         ({"AUTH_TOKEN": "k", "LISTEN_PORT": "eighty"}, "LISTEN_PORT"),
         ({"AUTH_TOKEN": "k", "ZAI_BASE_URL": "chat.z.ai"}, "ZAI_BASE_URL"),
         ({"AUTH_TOKEN": "k", "WORKERS": "0"}, "WORKERS"),
+        ({"AUTH_TOKEN": "k", "EVENT_LOOP": "trio"}, "EVENT_LOOP"),
         ({"AUTH_TOKEN": "k", "AUTH_TOKENS_FILE": "/nonexistent/tokens.txt"}, "AUTH_TOKENS_FILE"),
     ]
     for values, name in cases:
@@ -42,8 +43,8 @@ def test_invalid_settings_stop_startup_with_one_line():
         assert len(lines) == 1 and name in lines[0], lines
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_run_serve_and_sigterm(tmp_path, workers, request):
+@pytest.mark.parametrize(("workers", "loop"), [("1", "auto"), ("1", "asyncio"), ("2", "uvloop")])
+async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     redis_url = request.getfixturevalue("real_redis_server").url if workers == "2" else ""
     fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking")
     base = await fake.start()
@@ -52,7 +53,7 @@ async def test_run_serve_and_sigterm(tmp_path, workers, request):
     proc = subprocess.Popen(
         [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env=gateway_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
-                 LISTEN_HOST="127.0.0.1", WORKERS=workers,
+                 LISTEN_HOST="127.0.0.1", WORKERS=workers, EVENT_LOOP=loop,
                  REDIS_URL=redis_url),
     )
     try:
@@ -79,6 +80,8 @@ async def test_run_serve_and_sigterm(tmp_path, workers, request):
     log.close()
     assert code == 0, text
     assert ("embedded fakeredis" in text) == (not redis_url)
+    expected_loop = "asyncio" if loop == "asyncio" else "uvloop"
+    assert text.count(f"{expected_loop} loop)") == int(workers), text
     access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
     assert len(access) == 4 and "status=200" in access[0] and "ttfb=" in access[0]
     assert "model=GLM-4.5" in access[0]
