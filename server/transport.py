@@ -138,9 +138,6 @@ class _Connection(asyncio.Protocol):
         when = "mid-response" if exchange.status else "before answering"
         exchange._lost(TransportError(f"the upstream closed the connection {when}"))
 
-    def pause_writing(self) -> None:  # request bodies are small: the kernel buffer takes them
-        pass
-
     # The response parser
 
     def _parse(self) -> bytes:
