@@ -132,8 +132,8 @@ class _Connection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None or exchange._complete:
             return
-        if self._state == _UNTIL_CLOSE:
-            exchange._finish()
+        if self._state == _UNTIL_CLOSE and exc is None:
+            exchange._finish()  # such a body ends where the connection does (unless reset)
             return
         when = "mid-response" if exchange.status else "before answering"
         exchange._lost(TransportError(f"the upstream closed the connection {when}"))
@@ -307,7 +307,7 @@ class Exchange:
         item = self._chunks.popleft()
         if self._paused and len(self._chunks) < _QUEUE_DEPTH:
             self._paused = False
-            if not self.closed:
+            if not self.closed and not self._conn.lost:
                 self._conn.transport.resume_reading()  # type: ignore[union-attr]
         if item is _END:
             self._chunks.appendleft(_END)

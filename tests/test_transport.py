@@ -177,3 +177,18 @@ async def test_an_answer_left_after_its_last_event_is_drained_and_its_connection
         assert server.connections == 1
     finally:
         await server.close()
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing():
+    big = bytes(range(256)) * 4096  # 1 MiB
+    server = RawServer(head("Transfer-Encoding: chunked") + chunked(big, 4096), split=65536)
+    base = await server.start()
+    try:
+        exchange = await open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 5))
+        await asyncio.sleep(0.3)  # the caller is busy: the upstream's bytes wait in the kernel
+        assert exchange.bytes_read < len(big) // 2
+        got = await exchange.read_all(2 << 20)
+        exchange.close()
+    finally:
+        await server.close()
+    assert got == big

@@ -217,8 +217,8 @@ def tables(results: dict) -> str:
     transport = results.get("transport")
     if transport:
         out.append(
-            "\nupstream connection cost (same request on CPU 0, c=50; CPU us/request, "
-            "completions/s):"
+            "\nupstream client cost (same request on CPU 0, c=50; CPU us/request, "
+            "completions/s; gateway = server/transport.py, the others tornado's connection):"
         )
         for way, row in transport.items():
             out.append(
