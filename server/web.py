@@ -141,9 +141,17 @@ class ApiHandler(RequestHandler):
             self._task.cancel()
 
     def flush(self, include_footers: bool = False) -> "asyncio.Future[None]":
+        """Send what was written. The future is worth waiting for only while the client is
+        behind (bytes still queued after the send): that is the backpressure. Otherwise the
+        caller goes on at once, without two loop turns per streamed event."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
-        return super().flush(include_footers)
+        sent = super().flush(include_footers)
+        if sent.done() or self.request.connection.stream.writing():  # type: ignore[union-attr]
+            return sent
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def send_gateway_error(self, err: GatewayError) -> None:
         if self._headers_written:
