@@ -55,7 +55,7 @@ _idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, list]]" =
     weakref.WeakKeyDictionary()
 )
 
-# Where the response parser is: a table of states, each a method of _Connection.
+# Where the response parser is (``_Connection._parse`` moves between them).
 _HEAD, _SIZED, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
 
@@ -123,7 +123,10 @@ class _Connection(asyncio.Protocol):
         elif self._state == _DONE:
             self._draining.cancel()  # type: ignore[union-attr]
             self._draining = None
-            _give_idle(self) if self.reusable else self.close()
+            if self.reusable:
+                _give_idle(self)
+            else:
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

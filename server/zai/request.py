@@ -130,7 +130,6 @@ def build_completion(
     return UpstreamRequest(url, headers, msgspec.json.encode(body), chat_id)
 
 
-_SAFE_IN_QUERY = frozenset(string.ascii_letters + string.digits + "_.-~")
 _PER_REQUEST = "\x00"  # marks a query value that changes with every request
 
 
@@ -188,12 +187,12 @@ def _query_template(base: str, user_agent: str) -> tuple[tuple[str, ...], tuple[
     return tuple(urlencode(fields).split(quote_plus(_PER_REQUEST))), names
 
 
-# What urlencode makes of each ASCII character, as one str.translate table.
+# What urlencode leaves as it is; what it makes of every other ASCII character, as one
+# str.translate table; and a quick test for a value that needs the table at all.
+_SAFE_IN_QUERY = string.ascii_letters + string.digits + "_.-~"
 _ENCODED = {c: f"%{c:02X}" for c in range(128) if chr(c) not in _SAFE_IN_QUERY}
 _ENCODED[ord(" ")] = "+"
-
-
-_NEEDS_ENCODING = re.compile(r"[^A-Za-z0-9_.~-]")
+_NEEDS_ENCODING = re.compile(f"[^{re.escape(_SAFE_IN_QUERY)}]")
 
 
 def _quote(value: str) -> str:
