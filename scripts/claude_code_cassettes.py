@@ -15,29 +15,65 @@ from scripts.captures_to_cassettes import completion_request, sse, write
 from scripts.tool_cassettes import block, stream
 
 PLAIN_ANSWER = "Hello! How can I help you today?"
-BASH_INPUT = {"command": "echo hello $((6*7)) | tee greeting.txt",
-              "description": "Print a greeting and save it to greeting.txt"}
+BASH_INPUT = {
+    "command": "echo hello $((6*7)) | tee greeting.txt",
+    "description": "Print a greeting and save it to greeting.txt",
+}
 FINAL_ANSWER = "The command printed `hello 42` and saved it to greeting.txt."
-HEADER = ("source: synthetic, 2026 shape modelled on captures/01 (plain thinking, usage\n"
-          "before the last answer delta, done), answering what Claude Code 2.1.331 sends in\n"
-          "print mode (tests/claude_code/*.request.json).\n")
+HEADER = (
+    "source: synthetic, 2026 shape modelled on captures/01 (plain thinking, usage\n"
+    "before the last answer delta, done), answering what Claude Code 2.1.331 sends in\n"
+    "print mode (tests/claude_code/*.request.json).\n"
+)
 
 
 def main() -> None:
-    write("claude_code_plain", HEADER + "One interaction: a plain one-line greeting (no tools).",
-          [(completion_request("glm-4.7", "Reply with a one-line greeting."),
-            sse(stream("The user wants a short greeting. Reply in one line.", PLAIN_ANSWER,
-                       (9120, 18), size=5)))])
-    write("claude_code_tool", HEADER + "Two interactions: 1. a sentence, then the gateway's tool"
-          " protocol calling Bash\n(echo hello $((6*7)) | tee greeting.txt); 2. after the"
-          " tool_result, the final answer.",
-          [(completion_request("glm-4.7", "Run the echo command with the Bash tool."),
-            sse(stream("The user wants me to run the echo command with the Bash tool and"
-                       " report the output. I'll call Bash.",
-                       "I'll run it.\n" + block("Bash", BASH_INPUT), (9240, 41)))),
-           (completion_request("glm-4.7", "hello 42"),
-            sse(stream("The command ran and printed hello 42. Report that to the user.",
-                       FINAL_ANSWER, (9310, 12))))])
+    write(
+        "claude_code_plain",
+        HEADER + "One interaction: a plain one-line greeting (no tools).",
+        [
+            (
+                completion_request("glm-4.7", "Reply with a one-line greeting."),
+                sse(
+                    stream(
+                        "The user wants a short greeting. Reply in one line.",
+                        PLAIN_ANSWER,
+                        (9120, 18),
+                        size=5,
+                    )
+                ),
+            )
+        ],
+    )
+    write(
+        "claude_code_tool",
+        HEADER + "Two interactions: 1. a sentence, then the gateway's tool"
+        " protocol calling Bash\n(echo hello $((6*7)) | tee greeting.txt); 2. after the"
+        " tool_result, the final answer.",
+        [
+            (
+                completion_request("glm-4.7", "Run the echo command with the Bash tool."),
+                sse(
+                    stream(
+                        "The user wants me to run the echo command with the Bash tool and"
+                        " report the output. I'll call Bash.",
+                        "I'll run it.\n" + block("Bash", BASH_INPUT),
+                        (9240, 41),
+                    )
+                ),
+            ),
+            (
+                completion_request("glm-4.7", "hello 42"),
+                sse(
+                    stream(
+                        "The command ran and printed hello 42. Report that to the user.",
+                        FINAL_ANSWER,
+                        (9310, 12),
+                    )
+                ),
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from scripts.captures_to_cassettes import (
 JUNK = [
     "data: {not json at all",
     "data: [1, 2, 3]",
-    ': keep-alive comment',
+    ": keep-alive comment",
     'event: ping\ndata: {"type": "ping"}',
     'data: {"type": "chat:completion", "data": {"phase": "answer", "delta_content": 5}}',
 ]
@@ -28,12 +28,18 @@ def main() -> None:
     for offset, junk in enumerate(JUNK):
         events.insert(5 + offset * 9, junk)
     body = "".join(f"{event}\n\n" for event in events)
-    write("stream_malformed_frames",
-          "source: captures/01 verbatim, with five junk events inserted (not JSON, JSON that\n"
-          "is not a frame, a wrong field type, an SSE comment, a ping event).",
-          [(completion_request("glm-5", "hi"),
-            response(200, "OK", "text/event-stream; charset=utf-8", body))],
-          check_frames=False)  # the junk is the point
+    write(
+        "stream_malformed_frames",
+        "source: captures/01 verbatim, with five junk events inserted (not JSON, JSON that\n"
+        "is not a frame, a wrong field type, an SSE comment, a ping event).",
+        [
+            (
+                completion_request("glm-5", "hi"),
+                response(200, "OK", "text/event-stream; charset=utf-8", body),
+            )
+        ],
+        check_frames=False,
+    )  # the junk is the point
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from pathlib import Path
 import vcr
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from server.chat import Conversation, Turn
-from server.models import find_model
+from server.core.chat import Conversation, Turn
+from server.core.models import find_model
+from server.services import zai_client
 from server.settings import load_settings
-from server.zai.client import ZaiClient
 from server.zai.identity import credential_from_auth, user_id_of
 from server.zai.request import build_completion
 
@@ -59,11 +59,14 @@ def _before_response(response):
 
 async def record(out: Path, prompt: str, model_name: str, token: str | None) -> None:
     settings = load_settings(skip_auth_token=True)
-    client = ZaiClient(settings)
+    client = zai_client(settings)
     http = AsyncHTTPClient()
-    recorder = vcr.VCR(filter_headers=["authorization", "cookie", "set-cookie"],
-                       before_record_request=_before_request,
-                       before_record_response=_before_response, record_mode="all")
+    recorder = vcr.VCR(
+        filter_headers=["authorization", "cookie", "set-cookie"],
+        before_record_request=_before_request,
+        before_record_response=_before_response,
+        record_mode="all",
+    )
     base = settings.zai_base_url
     out.mkdir(parents=True, exist_ok=True)
     with recorder.use_cassette(str(out / "home.yaml")):
@@ -71,8 +74,11 @@ async def record(out: Path, prompt: str, model_name: str, token: str | None) -> 
     version = re.search(rb"prod-fe-\d+(?:\.\d+)+", home.body)
     fe_version = version[0].decode() if version else settings.zai_fe_version_fallback
     with recorder.use_cassette(str(out / "guest_auth.yaml")):
-        auth = await http.fetch(base + "/api/v1/auths/", raise_error=False,
-                                headers={"Authorization": f"Bearer {token}"} if token else {})
+        auth = await http.fetch(
+            base + "/api/v1/auths/",
+            raise_error=False,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
     cred = credential_from_auth(auth.body)
     assert cred.user_id or user_id_of(cred.token)
     model = find_model(model_name)
@@ -81,10 +87,11 @@ async def record(out: Path, prompt: str, model_name: str, token: str | None) -> 
     conv = Conversation(model=model, turns=[Turn("user", prompt)])
     req = build_completion(client.dialect, cred, conv, fe_version)
     with recorder.use_cassette(str(out / "stream_recorded.yaml")):
-        answer = await http.fetch(HTTPRequest(req.url, "POST", req.headers, req.body,
-                                              request_timeout=300), raise_error=False)
-    print(f"recorded into {out}: completion answered HTTP {answer.code}, "
-          f"{len(answer.body)} bytes")
+        answer = await http.fetch(
+            HTTPRequest(req.url, "POST", req.headers, req.body, request_timeout=300),
+            raise_error=False,
+        )
+    print(f"recorded into {out}: completion answered HTTP {answer.code}, {len(answer.body)} bytes")
 
 
 def main() -> None:

@@ -17,16 +17,29 @@ def block(name: str, arguments: dict, raw: str | None = None) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
-def stream(thinking: str, answer: str, usage: tuple[int, int], size: int = 3,
-           answer_pieces: list[str] | None = None) -> list[str]:
+def stream(
+    thinking: str,
+    answer: str,
+    usage: tuple[int, int],
+    size: int = 3,
+    answer_pieces: list[str] | None = None,
+) -> list[str]:
     events = [js_frame(delta_content=d, phase="thinking") for d in chunks(thinking)]
-    pieces = answer_pieces or [answer[i:i + size] for i in range(0, len(answer), size)]
+    pieces = answer_pieces or [answer[i : i + size] for i in range(0, len(answer), size)]
     assert "".join(pieces) == answer
     events += [js_frame(delta_content=d, phase="answer") for d in pieces[:-1]]
     prompt, completion = usage
-    events.append(js_frame(phase="other", usage={
-        "prompt_tokens": prompt, "completion_tokens": completion,
-        "total_tokens": prompt + completion, "prompt_tokens_details": {}}))
+    events.append(
+        js_frame(
+            phase="other",
+            usage={
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {},
+            },
+        )
+    )
     events.append(js_frame(delta_content=pieces[-1], phase="answer"))
     events.append(js_frame(phase="done", done=True))
     return events
@@ -47,7 +60,8 @@ CASES = {
     "tools_mixed_text": (
         "I can answer part of this directly, then check the time.",
         "Paris is the capital of France. Let me check the local time there.\n"
-        + block("get_time", {"timezone": "Europe/Paris"}) + "\n",
+        + block("get_time", {"timezone": "Europe/Paris"})
+        + "\n",
         "text before the call, a newline after it",
     ),
     "tools_native_glm": (
@@ -88,17 +102,26 @@ CASES = {
 
 def main() -> None:
     for name, (thinking, answer, what) in CASES.items():
-        write(name, f"source: synthetic, 2026 shape modelled on captures/01 (plain thinking,\n"
-              f"usage before the last answer delta, done); the answer uses the gateway's tool\n"
-              f"protocol: {what}.",
-              [(completion_request("glm-4.7", "weather?"), sse(stream(thinking, answer,
-                                                                       (812, 64))))])
+        write(
+            name,
+            f"source: synthetic, 2026 shape modelled on captures/01 (plain thinking,\n"
+            f"usage before the last answer delta, done); the answer uses the gateway's tool\n"
+            f"protocol: {what}.",
+            [(completion_request("glm-4.7", "weather?"), sse(stream(thinking, answer, (812, 64))))],
+        )
     # every character its own frame, tags split everywhere
     thinking, answer, _ = CASES["tools_single"]
-    write("tools_split_frames", "source: synthetic like tools_single, but every character of\n"
-          "the answer is its own frame, so the <tool_call> tags are split at every offset.",
-          [(completion_request("glm-4.7", "weather?"),
-            sse(stream(thinking, answer, (812, 64), size=1)))])
+    write(
+        "tools_split_frames",
+        "source: synthetic like tools_single, but every character of\n"
+        "the answer is its own frame, so the <tool_call> tags are split at every offset.",
+        [
+            (
+                completion_request("glm-4.7", "weather?"),
+                sse(stream(thinking, answer, (812, 64), size=1)),
+            )
+        ],
+    )
 
 
 if __name__ == "__main__":

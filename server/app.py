@@ -6,14 +6,14 @@ process (``server.services``), after any fork, and passed to every route.
 
 from tornado.web import Application, StaticFileHandler
 
-from server.admin_api import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
-from server.anthropic_api import CountTokens, Messages
-from server.docs_api import SWAGGER_STATIC, Docs, OpenAPI
-from server.health_api import Alive, Ready
-from server.metrics import Metrics
-from server.openai_api import ChatCompletions, ModelList, OneModel
+from server.faces.anthropic.api import CountTokens, Messages
+from server.faces.openai.api import ChatCompletions, ModelList, OneModel
+from server.ops.admin import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
+from server.ops.health import Alive, Ready
+from server.ops.metrics import Metrics
 from server.services import Services
-from server.web import NotFound
+from server.web.handler import NotFound
 
 __all__ = ["ROUTES", "make_app"]
 

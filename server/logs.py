@@ -33,5 +33,5 @@ def setup_logging(debug: bool) -> None:
     logging.basicConfig(
         handlers=[_ToLoguru()], level=logging.DEBUG if debug else logging.INFO, force=True
     )
-    # The access line is written by the gateway itself (server.web), with more in it.
+    # The access line is written by the gateway itself (server.web.handler), with more in it.
     logging.getLogger("tornado.access").setLevel(logging.CRITICAL)

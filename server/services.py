@@ -17,11 +17,13 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.errors import GatewayError
-from server.pool_health import check_tokens, configured_tokens
+from server.core.errors import GatewayError
+from server.credentials.checks import check_tokens, configured_tokens
+from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.settings import Settings
-from server.tokens import GuestTokens, NoTokens, PooledTokens, TokenSource
-from server.zai.client import ZaiClient
+from server.transport import Timeouts
+from server.zai.client import VersionPolicy, ZaiClient
+from server.zai.request import Dialect
 from state.connection import connect
 from state.facts import Facts
 from state.guests import GuestReserve
@@ -144,7 +146,7 @@ def make_services(settings: Settings) -> Services:
     redis = connect(settings.redis_url, settings.redis_timeout)
     keys = Keys(settings.redis_prefix)
     instance_id = new_instance_id()
-    client = ZaiClient(settings, Facts(redis, keys))
+    client = zai_client(settings, Facts(redis, keys))
     pool = TokenPool(
         redis,
         keys,
@@ -169,3 +171,24 @@ def make_services(settings: Settings) -> Services:
         tokens = NoTokens()
     instances = Instances(redis, keys, instance_id, settings.instance_ttl, VERSION)
     return Services(settings, redis, keys, client, pool, guests, instances, tokens)
+
+
+def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:
+    """The dialect's client, given the plain values it needs from the settings."""
+    dialect = Dialect(
+        base_url=settings.zai_base_url,
+        signature_key=settings.zai_signature_key,
+        user_agent=settings.zai_user_agent,
+        history=settings.zai_history,
+    )
+    timeouts = Timeouts(
+        connect=settings.upstream_connect_timeout,
+        headers=settings.upstream_header_timeout,
+        idle=settings.upstream_idle_timeout,
+    )
+    versions = VersionPolicy(
+        pinned=settings.zai_fe_version,
+        fallback=settings.zai_fe_version_fallback,
+        ttl=settings.zai_fe_version_ttl,
+    )
+    return ZaiClient(dialect, timeouts, versions, facts)

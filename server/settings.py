@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.models import find_model
+from server.core.models import find_model
 from server.zai.signature import DEFAULT_KEY
 
 __all__ = ["Settings", "SettingsError", "load_settings"]

@@ -34,8 +34,9 @@ class Gateway:
     services: Services
 
     def openai(self, api_key: str = API_KEY) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0,
-                                  timeout=20)
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20
+        )
 
     def completions_seen(self) -> list:
         return [r for r in self.fake.requests if r.path.endswith("/chat/completions")]
@@ -45,15 +46,33 @@ class Gateway:
 def gateway(io_loop):
     started: list[Gateway] = []
 
-    async def start(*cassettes: str, pace: float = 0.0, split: str = "event",
-                    cut_after: int | None = None, stall_after: int | None = None,
-                    stall_headers: bool = False, **overrides: object) -> Gateway:
-        fake = FakeUpstream(*cassettes, pace=pace, split=split, cut_after=cut_after,
-                            stall_after=stall_after, stall_headers=stall_headers)
+    async def start(
+        *cassettes: str,
+        pace: float = 0.0,
+        split: str = "event",
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        stall_headers: bool = False,
+        **overrides: object,
+    ) -> Gateway:
+        fake = FakeUpstream(
+            *cassettes,
+            pace=pace,
+            split=split,
+            cut_after=cut_after,
+            stall_after=stall_after,
+            stall_headers=stall_headers,
+        )
         base = await fake.start()
-        values = {"auth_token": API_KEY, "skip_auth_token": False, "anonymous_mode": True,
-                  "zai_base_url": base, "zai_fe_version": "", "guest_reserve": 0,
-                  **overrides}
+        values = {
+            "auth_token": API_KEY,
+            "skip_auth_token": False,
+            "anonymous_mode": True,
+            "zai_base_url": base,
+            "zai_fe_version": "",
+            "guest_reserve": 0,
+            **overrides,
+        }
         settings = load_settings(_env_file=None, **values)
         services = make_services(settings)
         await services.start()

@@ -42,8 +42,15 @@ from server.zai.signature import DEFAULT_KEY, sign
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 COMPLETIONS = "/api/v2/chat/completions"
-REQUIRED = ("timestamp", "requestId", "user_id", "token", "signature_timestamp", "version",
-            "platform")
+REQUIRED = (
+    "timestamp",
+    "requestId",
+    "user_id",
+    "token",
+    "signature_timestamp",
+    "version",
+    "platform",
+)
 DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
 BAD_SIGNATURE = {"detail": "403: Signature validation failed: 签名验证失败"}
 # How long a cut connection stays open after its last piece: the upstream dies a moment after
@@ -65,9 +72,17 @@ class Seen:
 
 
 class FakeUpstream:
-    def __init__(self, *cassettes: str, pace: float = 0.0, split: str = "event",
-                 verify: bool = True, seed: int = 0, cut_after: int | None = None,
-                 stall_after: int | None = None, stall_headers: bool = False) -> None:
+    def __init__(
+        self,
+        *cassettes: str,
+        pace: float = 0.0,
+        split: str = "event",
+        verify: bool = True,
+        seed: int = 0,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        stall_headers: bool = False,
+    ) -> None:
         if split not in ("event", "random"):
             raise ValueError(f"split must be 'event' or 'random', not {split!r}")
         self.pace, self.split, self.verify = pace, split, verify
@@ -117,13 +132,20 @@ class FakeUpstream:
             return 401, BAD_TOKEN
         sent = seen.headers.get("X-FE-Version")
         if self.fe_version and sent != self.fe_version:
-            return 426, {"detail": f"Your client version ({sent or 'unknown'}) is outdated."
-                         f" Minimum required: {self.fe_version.removeprefix('prod-fe-')}."
-                         " Please refresh the page"}
+            return 426, {
+                "detail": f"Your client version ({sent or 'unknown'}) is outdated."
+                f" Minimum required: {self.fe_version.removeprefix('prod-fe-')}."
+                " Please refresh the page"
+            }
         try:
             prompt = json.loads(seen.body)["signature_prompt"]
-            expected = sign(DEFAULT_KEY, seen.query["requestId"], int(seen.query["timestamp"]),
-                            seen.query["user_id"], prompt)
+            expected = sign(
+                DEFAULT_KEY,
+                seen.query["requestId"],
+                int(seen.query["timestamp"]),
+                seen.query["user_id"],
+                prompt,
+            )
         except (ValueError, KeyError, TypeError):
             return 400, BAD_SIGNATURE
         if seen.headers.get("X-Signature") != expected:
@@ -139,14 +161,15 @@ class FakeUpstream:
         pieces, start = [], 0
         while start < len(body):
             size = self._random.randint(1, 64)
-            pieces.append(body[start:start + size])
+            pieces.append(body[start : start + size])
             start += size
         return pieces
 
     async def start(self, port: int = 0) -> str:
         sockets = bind_sockets(port, "127.0.0.1")
-        self._server = HTTPServer(Application([(r".*", _Handler, {"fake": self})],
-                                              log_function=lambda handler: None))
+        self._server = HTTPServer(
+            Application([(r".*", _Handler, {"fake": self})], log_function=lambda handler: None)
+        )
         self._server.add_sockets(sockets)
         self.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
         return self.base_url
@@ -174,8 +197,12 @@ def _load(name: str) -> Cassette:
     file = CASSETTES / f"{name}.yaml"
     if not file.is_file():  # Cassette.load would silently give an empty cassette
         raise FileNotFoundError(file)
-    return Cassette.load(path=str(file), match_on=[method, path], record_mode=RecordMode.NONE,
-                         allow_playback_repeats=True)
+    return Cassette.load(
+        path=str(file),
+        match_on=[method, path],
+        record_mode=RecordMode.NONE,
+        allow_playback_repeats=True,
+    )
 
 
 class _Handler(RequestHandler):
@@ -188,16 +215,25 @@ class _Handler(RequestHandler):
 
     async def _serve(self, *_: str) -> None:
         req = self.request
-        seen = Seen(req.method, req.path, dict(parse_qsl(req.query, keep_blank_values=True)),
-                    HTTPHeaders(req.headers), req.body, id(req.connection.stream))
+        seen = Seen(
+            req.method,
+            req.path,
+            dict(parse_qsl(req.query, keep_blank_values=True)),
+            HTTPHeaders(req.headers),
+            req.body,
+            id(req.connection.stream),
+        )
         self.fake.requests.append(seen)
         if self.fake.stall_headers and seen.path == COMPLETIONS:
             while not self.gone:
                 await asyncio.sleep(0.05)
             return
         rejected = self.fake._reject(seen)
-        response = None if rejected else self.fake._pick(
-            Request(req.method, req.full_url(), req.body, dict(req.headers)))
+        response = (
+            None
+            if rejected
+            else self.fake._pick(Request(req.method, req.full_url(), req.body, dict(req.headers)))
+        )
         if rejected or response is None:
             code, detail = rejected or (404, {"detail": "Not Found"})
             self.set_status(code)
@@ -254,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("vcr").setLevel(logging.WARNING)
 
     async def serve() -> None:
-        fake = FakeUpstream(*args.cassettes, pace=args.pace, split=args.split,
-                            verify=not args.no_verify)
+        fake = FakeUpstream(
+            *args.cassettes, pace=args.pace, split=args.split, verify=not args.no_verify
+        )
         url = await fake.start(args.port)
         logging.info("fake upstream on %s playing %s", url, ", ".join(args.cassettes))
         await asyncio.Event().wait()
@@ -266,4 +303,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -33,9 +33,23 @@ class RedisServer:
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -49,8 +63,13 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
-                              text=True, timeout=10, check=True)
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return done.stdout
 
     def stop(self) -> None:

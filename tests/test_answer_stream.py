@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from server.chat import Usage
-from server.errors import GatewayError
+from server.core.chat import Usage
+from server.core.errors import GatewayError
 from server.zai.stream import AnswerStream
 from server.zai.text import AnswerText
 from tests.recorded import STREAMS, expected, sse_body

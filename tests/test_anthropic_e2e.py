@@ -18,9 +18,13 @@ from tests.recorded import expected
 BASE = ("home", "guest_auth")
 HI = [{"role": "user", "content": "hi"}]
 WEATHER_TOOL = {
-    "name": "get_weather", "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {
-        "city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]},
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+        "required": ["city"],
+    },
 }
 
 
@@ -34,7 +38,9 @@ async def test_thinking_and_text_non_stream(gateway, name):
     want = expected(name)
     async with client_for(gw) as client:
         message = await client.messages.create(
-            model="claude-sonnet-5-5", max_tokens=1024, messages=HI,
+            model="claude-sonnet-5-5",
+            max_tokens=1024,
+            messages=HI,
             thinking={"type": "enabled", "budget_tokens": 2048},
         )
     assert message.type == "message" and message.role == "assistant"
@@ -57,7 +63,10 @@ async def test_stream_event_sequence(gateway):
     want = expected(name)
     async with client_for(gw) as client:
         stream = await client.messages.create(
-            model="claude-opus-5-5", max_tokens=1024, messages=HI, stream=True,
+            model="claude-opus-5-5",
+            max_tokens=1024,
+            messages=HI,
+            stream=True,
             system=[{"type": "text", "text": "Be kind."}],
         )
         events = [event async for event in stream]
@@ -84,8 +93,10 @@ async def test_stream_event_sequence(gateway):
 async def test_sdk_stream_helper_accumulates_the_message(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
     client = client_for(gw)
-    async with client, client.messages.stream(model="claude-haiku-5-5", max_tokens=100,
-                                              messages=HI) as stream:
+    async with (
+        client,
+        client.messages.stream(model="claude-haiku-5-5", max_tokens=100, messages=HI) as stream,
+    ):
         text = "".join([t async for t in stream.text_stream])
         message = await stream.get_final_message()
     assert text == expected("stream_glm5_plain_thinking")["content"]
@@ -100,40 +111,58 @@ async def test_tool_use_round_trip(gateway, stream):
     messages = [{"role": "user", "content": "What's the weather in Paris?"}]
     async with client_for(gw) as client:
         if stream:
-            async with client.messages.stream(model="claude-sonnet-5-5", max_tokens=500,
-                                              messages=messages, tools=[WEATHER_TOOL]) as s:
+            async with client.messages.stream(
+                model="claude-sonnet-5-5", max_tokens=500, messages=messages, tools=[WEATHER_TOOL]
+            ) as s:
                 first = await s.get_final_message()
         else:
-            first = await client.messages.create(model="claude-sonnet-5-5", max_tokens=500,
-                                                 messages=messages, tools=[WEATHER_TOOL])
+            first = await client.messages.create(
+                model="claude-sonnet-5-5", max_tokens=500, messages=messages, tools=[WEATHER_TOOL]
+            )
         assert first.stop_reason == "tool_use"
         text, call = first.content[-2], first.content[-1]
         assert text.type == "text" and text.text == "I'll look up the current weather in Paris."
         assert call.type == "tool_use" and call.id.startswith("toolu_")
         assert (call.name, call.input) == ("get_weather", {"city": "Paris", "unit": "celsius"})
         messages += [
-            {"role": "assistant", "content": [b.model_dump(exclude_none=True)
-                                              for b in first.content]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
-                                          "content": "18 C, clear"}]},
+            {
+                "role": "assistant",
+                "content": [b.model_dump(exclude_none=True) for b in first.content],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "18 C, clear"}
+                ],
+            },
         ]
-        final = await client.messages.create(model="claude-sonnet-5-5", max_tokens=500,
-                                             messages=messages, tools=[WEATHER_TOOL])
+        final = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=500, messages=messages, tools=[WEATHER_TOOL]
+        )
     assert final.stop_reason == "end_turn"
     assert final.content[-1].text == "It is 18 °C (64.4 °F) in Paris right now."
     second = msgspec.json.decode(gw.completions_seen()[1].body)["messages"]
-    assert f'<tool_result name="get_weather" id="{call.id}">\n18 C, clear' in second[-1][
-        "content"]
+    assert f'<tool_result name="get_weather" id="{call.id}">\n18 C, clear' in second[-1]["content"]
     assert '"name":"get_weather"' in second[0]["content"]
 
 
 async def test_tool_choice_any_and_none(gateway):
     gw = await gateway(*BASE, "tools_single")
     async with client_for(gw) as client:
-        await client.messages.create(model="claude-sonnet-5-5", max_tokens=50, messages=HI,
-                                     tools=[WEATHER_TOOL], tool_choice={"type": "any"})
-        await client.messages.create(model="claude-sonnet-5-5", max_tokens=50, messages=HI,
-                                     tools=[WEATHER_TOOL], tool_choice={"type": "none"})
+        await client.messages.create(
+            model="claude-sonnet-5-5",
+            max_tokens=50,
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "any"},
+        )
+        await client.messages.create(
+            model="claude-sonnet-5-5",
+            max_tokens=50,
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "none"},
+        )
     first, second = (msgspec.json.decode(r.body) for r in gw.completions_seen())
     assert "You must call at least one function" in first["messages"][0]["content"]
     assert all("<tools>" not in m["content"] for m in second["messages"])
@@ -144,13 +173,20 @@ async def test_stop_sequences(gateway, stream):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
     async with client_for(gw) as client:
         if stream:
-            async with client.messages.stream(model="claude-sonnet-5-5", max_tokens=50,
-                                              messages=HI, stop_sequences=["language model"]) as s:
+            async with client.messages.stream(
+                model="claude-sonnet-5-5",
+                max_tokens=50,
+                messages=HI,
+                stop_sequences=["language model"],
+            ) as s:
                 message = await s.get_final_message()
         else:
-            message = await client.messages.create(model="claude-sonnet-5-5", max_tokens=50,
-                                                   messages=HI,
-                                                   stop_sequences=["language model"])
+            message = await client.messages.create(
+                model="claude-sonnet-5-5",
+                max_tokens=50,
+                messages=HI,
+                stop_sequences=["language model"],
+            )
     assert message.stop_reason == "stop_sequence"
     assert message.stop_sequence == "language model"
     assert message.content[-1].text == "Hi there! I'm GLM, a large "  # up to the sequence
@@ -162,8 +198,9 @@ async def test_count_tokens_is_an_honest_estimate(gateway):
         small = await client.messages.count_tokens(model="claude-sonnet-5-5", messages=HI)
         words = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 50}]
         big = await client.messages.count_tokens(model="claude-sonnet-5-5", messages=words)
-        tools = await client.messages.count_tokens(model="claude-sonnet-5-5", messages=words,
-                                                   tools=[WEATHER_TOOL])
+        tools = await client.messages.count_tokens(
+            model="claude-sonnet-5-5", messages=words, tools=[WEATHER_TOOL]
+        )
     assert 1 <= small.input_tokens < 20
     assert 450 <= big.input_tokens <= 520  # 450 common words: about one token each
     assert tools.input_tokens > big.input_tokens + 100  # the tool protocol is counted too
@@ -185,26 +222,35 @@ async def test_errors_are_anthropic_shaped(gateway):
             await client.messages.create(model="GLM-5.1", max_tokens=5, messages=HI)
         assert "user token" in info.value.body["error"]["message"]
     reply = await AsyncHTTPClient().fetch(
-        gw.url + "/v1/messages", method="POST", raise_error=False,
+        gw.url + "/v1/messages",
+        method="POST",
+        raise_error=False,
         headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
         body=b'{"model": "claude-sonnet-5-5", "messages": [{"role": "user", "content": "x"}]}',
     )
     error = msgspec.json.decode(reply.body)
     assert reply.code == 400 and error["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in error["error"]["message"]
-    image = (b'{"model": "claude-sonnet-5-5", "max_tokens": 5, "messages": [{"role": "user", '
-             b'"content": [{"type": "image", "source": {"type": "base64", "data": "x"}}]}]}')
-    reply = await AsyncHTTPClient().fetch(gw.url + "/v1/messages", method="POST",
-                                          raise_error=False, headers={"x-api-key": API_KEY},
-                                          body=image)
+    image = (
+        b'{"model": "claude-sonnet-5-5", "max_tokens": 5, "messages": [{"role": "user", '
+        b'"content": [{"type": "image", "source": {"type": "base64", "data": "x"}}]}]}'
+    )
+    reply = await AsyncHTTPClient().fetch(
+        gw.url + "/v1/messages",
+        method="POST",
+        raise_error=False,
+        headers={"x-api-key": API_KEY},
+        body=image,
+    )
     assert reply.code == 400 and b"messages.0.content.0" in reply.body
 
 
 async def test_failure_midway_is_an_error_event(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking", cut_after=10)
     async with client_for(gw) as client:
-        stream = await client.messages.create(model="claude-sonnet-5-5", max_tokens=50,
-                                              messages=HI, stream=True)
+        stream = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=50, messages=HI, stream=True
+        )
         with pytest.raises(anthropic.APIStatusError) as info:
             async for _ in stream:
                 pass
@@ -212,7 +258,7 @@ async def test_failure_midway_is_an_error_event(gateway):
 
 
 async def test_pings_fill_upstream_silences_and_stop_with_the_message(gateway, monkeypatch):
-    from server import anthropic_render
+    from server.faces.anthropic import render as anthropic_render
 
     monkeypatch.setattr(anthropic_render, "PING_EVERY", 0.05)
     gw = await gateway(*BASE, "stream_glm5_plain_thinking", pace=0.02, stall_after=5)
@@ -222,11 +268,18 @@ async def test_pings_fill_upstream_silences_and_stop_with_the_message(gateway, m
         await asyncio.sleep(0.4)
         gw.fake.stall_after = None  # ... then the rest
 
-    body = (b'{"model": "claude-sonnet-5-5", "max_tokens": 50, "stream": true, '
-            b'"messages": [{"role": "user", "content": "hi"}]}')
+    body = (
+        b'{"model": "claude-sonnet-5-5", "max_tokens": 50, "stream": true, '
+        b'"messages": [{"role": "user", "content": "hi"}]}'
+    )
     resumed = asyncio.ensure_future(resume())
-    reply = await AsyncHTTPClient().fetch(gw.url + "/v1/messages", method="POST", body=body,
-                                          headers={"x-api-key": API_KEY}, request_timeout=20)
+    reply = await AsyncHTTPClient().fetch(
+        gw.url + "/v1/messages",
+        method="POST",
+        body=body,
+        headers={"x-api-key": API_KEY},
+        request_timeout=20,
+    )
     await resumed
     events = re.findall(rb"event: (\w+)", reply.body)
     first_delta = events.index(b"content_block_delta")
@@ -234,6 +287,7 @@ async def test_pings_fill_upstream_silences_and_stop_with_the_message(gateway, m
     assert events[-1] == b"message_stop"
     ended = len(gw.services.active)
     await asyncio.sleep(0.3)  # no ping may follow the end (it would fail to write)
-    pingers = [t for t in asyncio.all_tasks()
-               if t.get_coro().__qualname__ == "AnthropicStream._ping"]
+    pingers = [
+        t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "AnthropicStream._ping"
+    ]
     assert ended == 0 and not pingers

@@ -52,8 +52,9 @@ class Tripwire:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             self.seen.append(line.decode("latin-1").strip())
-            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
-                         b"Connection: close\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
@@ -66,17 +67,22 @@ class Tripwire:
             await self.server.wait_closed()
 
 
-async def run_claude(exe: Path, home: Path, base_url: str, prompt: str, *extra: str,
-                     **auth: str) -> tuple[dict, str, list[str]]:
+async def run_claude(
+    exe: Path, home: Path, base_url: str, prompt: str, *extra: str, **auth: str
+) -> tuple[dict, str, list[str]]:
     """Run the CLI once: (its JSON result, its stderr, what the tripwire proxy saw)."""
     tripwire = Tripwire()
     proxy = await tripwire.start()
     work = home / "work"
     work.mkdir(parents=True)
     proc = await asyncio.create_subprocess_exec(
-        *argv(exe, prompt, *extra), cwd=work, env=cli_env(home, base_url, proxy, **auth),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        *argv(exe, prompt, *extra),
+        cwd=work,
+        env=cli_env(home, base_url, proxy, **auth),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT)
     except TimeoutError:
@@ -92,7 +98,8 @@ async def run_claude(exe: Path, home: Path, base_url: str, prompt: str, *extra: 
         pytest.fail(f"exit {proc.returncode}, not JSON on stdout: {stdout!r}\nstderr: {stderr}")
     assert proc.returncode == 0, (
         f"exit {proc.returncode}: {result.get('result')!r} "
-        f"(api_error_status {result.get('api_error_status')})\nstderr: {stderr}")
+        f"(api_error_status {result.get('api_error_status')})\nstderr: {stderr}"
+    )
     return result, stderr, tripwire.seen
 
 
@@ -114,8 +121,9 @@ def assert_tool_turn_upstream(first: list[dict], second: list[dict]) -> None:
 
 async def test_cli_plain_prompt(gateway, claude_cli, tmp_path):
     gw = await gateway(*BASE, "claude_code_plain")
-    result, stderr, proxied = await run_claude(claude_cli, tmp_path, gw.url, PLAIN_PROMPT,
-                                               api_key=API_KEY)
+    result, stderr, proxied = await run_claude(
+        claude_cli, tmp_path, gw.url, PLAIN_PROMPT, api_key=API_KEY
+    )
     assert result["is_error"] is False, (result, stderr)
     assert result["subtype"] == "success" and result["num_turns"] == 1
     assert result["result"] == PLAIN_ANSWER
@@ -129,8 +137,9 @@ async def test_cli_plain_prompt(gateway, claude_cli, tmp_path):
 
 async def test_cli_runs_a_tool(gateway, claude_cli, tmp_path):
     gw = await gateway(*BASE, "claude_code_tool")
-    result, stderr, proxied = await run_claude(claude_cli, tmp_path, gw.url, TOOL_PROMPT, *ALLOW,
-                                               auth_token=API_KEY)
+    result, stderr, proxied = await run_claude(
+        claude_cli, tmp_path, gw.url, TOOL_PROMPT, *ALLOW, auth_token=API_KEY
+    )
     assert result["is_error"] is False, (result, stderr)
     assert result["subtype"] == "success"
     assert result["num_turns"] == 2 and result["permission_denials"] == []
@@ -147,15 +156,25 @@ def _fixture(name: str, **changes: object) -> bytes:
 
 
 async def _post(gw, body: bytes, key_header: str = "x-api-key") -> tuple[str, str]:
-    auth = {"x-api-key": API_KEY} if key_header == "x-api-key" else {
-        "Authorization": f"Bearer {API_KEY}"}
-    headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01",
-               "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
-               **auth}
+    auth = (
+        {"x-api-key": API_KEY}
+        if key_header == "x-api-key"
+        else {"Authorization": f"Bearer {API_KEY}"}
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+        **auth,
+    }
     try:
-        response = await AsyncHTTPClient().fetch(gw.url + "/v1/messages?beta=true",
-                                                 method="POST", body=body, headers=headers,
-                                                 request_timeout=20)
+        response = await AsyncHTTPClient().fetch(
+            gw.url + "/v1/messages?beta=true",
+            method="POST",
+            body=body,
+            headers=headers,
+            request_timeout=20,
+        )
     except HTTPClientError as exc:
         detail = exc.response.body.decode() if exc.response else ""
         pytest.fail(f"{exc.code} from the gateway: {detail}")
@@ -210,8 +229,11 @@ async def test_recorded_requests_replayed(gateway, stream):
     (streamed) and non-streamed, against the same cassettes."""
     gw = await gateway(*BASE, "claude_code_plain", "claude_code_tool")
     answers = []
-    for name, key_header in (("plain", "x-api-key"), ("tool_use", "authorization"),
-                             ("tool_result", "authorization")):
+    for name, key_header in (
+        ("plain", "x-api-key"),
+        ("tool_use", "authorization"),
+        ("tool_result", "authorization"),
+    ):
         content_type, text = await _post(gw, _fixture(name, stream=stream), key_header)
         if stream:
             assert content_type.startswith("text/event-stream")

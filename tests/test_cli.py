@@ -35,9 +35,15 @@ def test_invalid_settings_stop_startup_with_one_line():
         ({"AUTH_TOKEN": "k", "AUTH_TOKENS_FILE": "/nonexistent/tokens.txt"}, "AUTH_TOKENS_FILE"),
     ]
     for values, name in cases:
-        done = subprocess.run([sys.executable, "-m", "server"], env=gateway_env(**values), cwd="/",
-                              capture_output=True, text=True, timeout=30,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "server"],
+            env=gateway_env(**values),
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, done.stderr
         assert len(lines) == 1 and name in lines[0], lines
@@ -51,14 +57,24 @@ async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     port = _free_port()
     log = open(tmp_path / "server.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        env=gateway_env(AUTH_TOKEN=API_KEY, ZAI_BASE_URL=base, LISTEN_PORT=str(port),
-                 LISTEN_HOST="127.0.0.1", WORKERS=workers, EVENT_LOOP=loop,
-                 REDIS_URL=redis_url),
+        [sys.executable, "-m", "server"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=gateway_env(
+            AUTH_TOKEN=API_KEY,
+            ZAI_BASE_URL=base,
+            LISTEN_PORT=str(port),
+            LISTEN_HOST="127.0.0.1",
+            WORKERS=workers,
+            EVENT_LOOP=loop,
+            REDIS_URL=redis_url,
+        ),
     )
     try:
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
-                                    max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0
+        )
         for _ in range(100):
             try:
                 await client.models.list()

@@ -7,7 +7,7 @@ import re
 import msgspec
 from tornado.httpclient import AsyncHTTPClient
 
-from server.openapi_schema import ChatCompletion, ChatCompletionChunk, ErrorBody, ModelList
+from server.ops.openapi_schema import ChatCompletion, ChatCompletionChunk, ErrorBody, ModelList
 from tests.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -42,12 +42,16 @@ async def test_openapi_document_is_complete(gateway):
 async def test_served_bodies_match_the_documented_schemas(gateway):
     gw = await gateway("home", "guest_auth", "stream_glm5_plain_thinking")
     body = b'{"model": "GLM-4.5-Thinking", "messages": [{"role": "user", "content": "hi"}]'
-    reply = await fetch(gw.url + "/v1/chat/completions", method="POST", headers=AUTH,
-                        body=body + b"}")
+    reply = await fetch(
+        gw.url + "/v1/chat/completions", method="POST", headers=AUTH, body=body + b"}"
+    )
     msgspec.json.decode(reply.body, type=ChatCompletion, strict=True)
-    stream = await fetch(gw.url + "/v1/chat/completions", method="POST", headers=AUTH,
-                         body=body + b', "stream": true, "stream_options": '
-                                     b'{"include_usage": true}}')
+    stream = await fetch(
+        gw.url + "/v1/chat/completions",
+        method="POST",
+        headers=AUTH,
+        body=body + b', "stream": true, "stream_options": {"include_usage": true}}',
+    )
     events = re.findall(rb"data: (.*)\n\n", stream.body)
     assert events[-1] == b"[DONE]"
     for event in events[:-1]:

@@ -41,15 +41,35 @@ def recorded_body(name: str) -> bytes:
 def completion(base: str, prompt: str = "hi", signature: str | None = None, **fetch) -> dict:
     """fetch() arguments for a completion request signed like the web app signs it."""
     ts, request_id = int(time.time() * 1000), str(uuid.uuid4())
-    query = {"timestamp": ts, "requestId": request_id, "user_id": "u-1", "version": "0.0.1",
-             "platform": "web", "token": TOKEN, "signature_timestamp": ts}
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-FE-Version": "prod-fe-1.1.95",
-               "Content-Type": "application/json",
-               "X-Signature": signature or sign(DEFAULT_KEY, request_id, ts, "u-1", prompt)}
-    body = json.dumps({"stream": True, "signature_prompt": prompt,
-                       "messages": [{"role": "user", "content": prompt}]})
-    return {"request": f"{base}{COMPLETIONS}?{urlencode(query)}", "method": "POST",
-            "headers": headers, "body": body, **fetch}
+    query = {
+        "timestamp": ts,
+        "requestId": request_id,
+        "user_id": "u-1",
+        "version": "0.0.1",
+        "platform": "web",
+        "token": TOKEN,
+        "signature_timestamp": ts,
+    }
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-FE-Version": "prod-fe-1.1.95",
+        "Content-Type": "application/json",
+        "X-Signature": signature or sign(DEFAULT_KEY, request_id, ts, "u-1", prompt),
+    }
+    body = json.dumps(
+        {
+            "stream": True,
+            "signature_prompt": prompt,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+    )
+    return {
+        "request": f"{base}{COMPLETIONS}?{urlencode(query)}",
+        "method": "POST",
+        "headers": headers,
+        "body": body,
+        **fetch,
+    }
 
 
 async def test_events_arrive_one_at_a_time(io_loop):
@@ -78,8 +98,9 @@ async def test_random_split_delivers_the_same_bytes(io_loop):
 
 async def test_play_order_then_last_one_repeats(io_loop):
     client = AsyncHTTPClient()
-    async with serving("home", "guest_auth", "error_http_426", "stream_glm5_plain_thinking",
-                       verify=False) as (fake, base):
+    async with serving(
+        "home", "guest_auth", "error_http_426", "stream_glm5_plain_thinking", verify=False
+    ) as (fake, base):
         codes = []
         for _ in range(3):
             response = await client.fetch(**completion(base, raise_error=False))
@@ -102,7 +123,8 @@ async def test_verify_checks_the_signature(io_loop):
         except HTTPClientError as error:
             assert error.code == 400
             assert json.loads(error.response.body) == {
-                "detail": "403: Signature validation failed: 签名验证失败"}
+                "detail": "403: Signature validation failed: 签名验证失败"
+            }
         else:
             raise AssertionError("a bad signature was accepted")
         stale = completion(base)
@@ -110,8 +132,7 @@ async def test_verify_checks_the_signature(io_loop):
         assert (await client.fetch(**stale, raise_error=False)).code == 426
         good = await client.fetch(**completion(base, prompt="Reply with exactly: ok"))
         assert good.code == 200 and good.body.endswith(b'"done":true}}\n\n')
-        assert fake.requests[-1].headers["x-signature"] == fake.requests[-1].headers[
-            "X-Signature"]
+        assert fake.requests[-1].headers["x-signature"] == fake.requests[-1].headers["X-Signature"]
 
 
 async def test_client_hanging_up_mid_stream_is_counted(io_loop, caplog):
@@ -119,8 +140,9 @@ async def test_client_hanging_up_mid_stream_is_counted(io_loop, caplog):
     async with serving("stream_glm46_details_thinking", pace=0.01, verify=False) as (fake, base):
         port = int(base.rsplit(":", 1)[1])
         stream = await TCPClient().connect("127.0.0.1", port)
-        await stream.write(f"POST {COMPLETIONS} HTTP/1.1\r\nHost: x\r\n"
-                           "Content-Length: 0\r\n\r\n".encode())
+        await stream.write(
+            f"POST {COMPLETIONS} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+        )
         await stream.read_until(b"\n\n")
         await stream.read_until(b"\n\n")
         stream.close()

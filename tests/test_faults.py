@@ -22,8 +22,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway):
-    gw = await gateway(*BASE, OK, stall_headers=True, upstream_header_timeout=0.3,
-                       upstream_retries=1)
+    gw = await gateway(
+        *BASE, OK, stall_headers=True, upstream_header_timeout=0.3, upstream_retries=1
+    )
     started = time.monotonic()
     async with gw.openai() as client:
         with pytest.raises(openai.APIStatusError) as info:
@@ -36,11 +37,9 @@ async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway):
 
 
 async def test_timeout_between_frames(gateway):
-    gw = await gateway(*BASE, OK, stall_after=10, upstream_idle_timeout=0.3,
-                       upstream_retries=1)
+    gw = await gateway(*BASE, OK, stall_after=10, upstream_idle_timeout=0.3, upstream_retries=1)
     async with gw.openai() as client:
-        stream = await client.chat.completions.create(model="GLM-4.5", messages=HELLO,
-                                                      stream=True)
+        stream = await client.chat.completions.create(model="GLM-4.5", messages=HELLO, stream=True)
         with pytest.raises(openai.APIError) as info:
             async for _ in stream:
                 pass
@@ -58,8 +57,7 @@ async def test_malformed_frames_are_skipped_and_the_answer_is_whole(gateway, str
     gw = await gateway(*BASE, "stream_malformed_frames")
     want = expected(OK)
     async with gw.openai() as client:
-        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO,
-                                                     stream=stream)
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO, stream=stream)
         if stream:
             chunks = [c async for c in reply]
             content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -72,10 +70,14 @@ async def raw_request(port: int, hang_up_after: int) -> None:
     """A client that sends a streaming request and hangs up after some bytes (0: at once)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = b'{"model": "GLM-4.5", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     await writer.drain()
     got = b""
     while len(got) < hang_up_after and b"[DONE]" not in got:
@@ -88,15 +90,22 @@ async def raw_request(port: int, hang_up_after: int) -> None:
 
 @pytest.mark.timeout(60)
 async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, pace=0.02,
-                       zai_tokens=",".join(TOKENS), anonymous_mode=False,
-                       pool_max_concurrency=0)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        pace=0.02,
+        zai_tokens=",".join(TOKENS),
+        anonymous_mode=False,
+        pool_max_concurrency=0,
+    )
     port = int(gw.url.rsplit(":", 1)[1])
     await asyncio.sleep(0.2)
     baseline = len(asyncio.all_tasks())
     rng = random.Random(7)
-    await asyncio.gather(*(raw_request(port, rng.choice([0, 1, 300, 900, 2500]))
-                           for _ in range(24)))
+    await asyncio.gather(
+        *(raw_request(port, rng.choice([0, 1, 300, 900, 2500])) for _ in range(24))
+    )
     deadline = time.monotonic() + 10
     while (gw.services.active or open_exchanges()) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -111,9 +120,17 @@ async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
 async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
     redis = RedisServer().start()
     try:
-        gw = await gateway("home", "guest_auth_user_role", OK, redis_url=redis.url,
-                           zai_tokens=",".join(TOKENS), anonymous_mode=False,
-                           instance_ttl=0.6, redis_timeout=0.5, pool_max_concurrency=0)
+        gw = await gateway(
+            "home",
+            "guest_auth_user_role",
+            OK,
+            redis_url=redis.url,
+            zai_tokens=",".join(TOKENS),
+            anonymous_mode=False,
+            instance_ttl=0.6,
+            redis_timeout=0.5,
+            pool_max_concurrency=0,
+        )
         outcomes: list[tuple[float, int, float]] = []  # (start, status, seconds)
         stop_at = time.monotonic() + 5
 
@@ -136,9 +153,22 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
             redis.proc.wait(5)
             await asyncio.sleep(1)
             redis.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(redis.port), "--save", "",
-                 "--appendonly", "no", "--dir", redis.dir],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(redis.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    redis.dir,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
         began = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(6)), chaos())

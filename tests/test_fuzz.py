@@ -21,30 +21,57 @@ from tests.fake_upstream import FakeUpstream
 
 ADMIN = "admin-fuzz-0123456789"
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False,
-                                                                       allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
-                                                                      children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 roles = st.sampled_from(["system", "user", "assistant", "tool", "developer", "function", "x"])
-content = st.one_of(st.text(max_size=30), json_values, st.lists(st.fixed_dictionaries(
-    {"type": st.sampled_from(["text", "image_url", "tool_use", "tool_result", "x"]),
-     "text": st.text(max_size=10)}), max_size=2))
-message = st.fixed_dictionaries({"role": roles, "content": content},
-                                optional={"tool_calls": json_values, "name": st.text(max_size=5),
-                                          "tool_call_id": json_values})
+content = st.one_of(
+    st.text(max_size=30),
+    json_values,
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.sampled_from(["text", "image_url", "tool_use", "tool_result", "x"]),
+                "text": st.text(max_size=10),
+            }
+        ),
+        max_size=2,
+    ),
+)
+message = st.fixed_dictionaries(
+    {"role": roles, "content": content},
+    optional={"tool_calls": json_values, "name": st.text(max_size=5), "tool_call_id": json_values},
+)
 models = st.sampled_from(["GLM-4.5", "glm-4.7-thinking", "claude-sonnet-5-5", "nope", "", 7])
 chatty = st.fixed_dictionaries(
     {"model": models, "messages": st.lists(message, max_size=3)},
-    optional={"stream": st.booleans(), "temperature": json_values, "max_tokens": json_values,
-              "tools": json_values, "tool_choice": json_values, "stop": json_values,
-              "n": json_values, "stream_options": json_values, "system": json_values,
-              "thinking": json_values, "stop_sequences": json_values, "extra": json_values},
+    optional={
+        "stream": st.booleans(),
+        "temperature": json_values,
+        "max_tokens": json_values,
+        "tools": json_values,
+        "tool_choice": json_values,
+        "stop": json_values,
+        "n": json_values,
+        "stream_options": json_values,
+        "system": json_values,
+        "thinking": json_values,
+        "stop_sequences": json_values,
+        "extra": json_values,
+    },
 )
-bodies = st.one_of(st.binary(max_size=64), json_values.map(lambda v: json.dumps(v).encode()),
-                   chatty.map(lambda v: json.dumps(v).encode()))
+bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    chatty.map(lambda v: json.dumps(v).encode()),
+)
 
 
 class Served:
@@ -71,8 +98,14 @@ class Served:
 
         self.fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking")
         base = await self.fake.start()
-        settings_ = load_settings(_env_file=None, auth_token=API_KEY, zai_base_url=base,
-                                  admin_token=ADMIN, guest_reserve=0, max_body_bytes=4096)
+        settings_ = load_settings(
+            _env_file=None,
+            auth_token=API_KEY,
+            zai_base_url=base,
+            admin_token=ADMIN,
+            guest_reserve=0,
+            max_body_bytes=4096,
+        )
         self.services = make_services(settings_)
         await self.services.start()
         sockets = bind_sockets(0, "127.0.0.1")
@@ -120,9 +153,11 @@ def check(status: int, content_type: str, body: bytes) -> None:
         assert body.rstrip().endswith((b"data: [DONE]", b'"type":"message_stop"}'))
 
 
-FUZZ = settings(max_examples=120, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
 
@@ -145,16 +180,17 @@ def test_count_tokens(served, body):
 
 
 @FUZZ
-@given(body=bodies, path=st.sampled_from(["/v1/token-pool/update",
-                                          "/v1/token-pool/health-check"]))
+@given(body=bodies, path=st.sampled_from(["/v1/token-pool/update", "/v1/token-pool/health-check"]))
 def test_admin_routes(served, body, path):
     check(*served.request("POST", path, body, {"Authorization": f"Bearer {ADMIN}"}))
 
 
 @FUZZ
-@given(path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_./%", max_size=30),
-       method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
-       key=st.sampled_from(["", API_KEY, "wrong"]))
+@given(
+    path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_./%", max_size=30),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    key=st.sampled_from(["", API_KEY, "wrong"]),
+)
 def test_any_route_and_method(served, path, method, key):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     status, content_type, body = served.request(method, "/" + path, b"{}", headers)
@@ -162,11 +198,16 @@ def test_any_route_and_method(served, path, method, key):
 
 
 def test_state_changing_routes_need_their_key(served):
-    for path in ("/v1/chat/completions", "/v1/messages", "/v1/token-pool/update",
-                 "/v1/token-pool/health-check"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/token-pool/update",
+        "/v1/token-pool/health-check",
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
             status, _, _ = served.request("POST", path, b"[]", headers)
             assert status == 401, (path, headers)
-    status, _, _ = served.request("POST", "/v1/token-pool/update", b"[]",
-                                  {"Authorization": f"Bearer {API_KEY}"})
+    status, _, _ = served.request(
+        "POST", "/v1/token-pool/update", b"[]", {"Authorization": f"Bearer {API_KEY}"}
+    )
     assert status == 401  # a client key is not the admin token

@@ -25,11 +25,21 @@ class Process:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"gateway-{self.port}.log"
-        env = gateway_env(AUTH_TOKEN=API_KEY, LISTEN_HOST="127.0.0.1",
-                          LISTEN_PORT=str(self.port), GUEST_RESERVE="0", **values)
+        env = gateway_env(
+            AUTH_TOKEN=API_KEY,
+            LISTEN_HOST="127.0.0.1",
+            LISTEN_PORT=str(self.port),
+            GUEST_RESERVE="0",
+            **values,
+        )
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     async def ready(self) -> None:
         for _ in range(300):
@@ -42,8 +52,9 @@ class Process:
         raise TimeoutError(self.log.read_text())
 
     def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0,
-                                  timeout=30)
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30
+        )
 
     async def wait(self, timeout: float = 30) -> int:
         loop = asyncio.get_running_loop()
@@ -94,8 +105,13 @@ async def read_rest(client, stream) -> tuple[str, object]:
 async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_redis_server):
     fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking", pace=0.05)
     prefix = f"drain-{uuid.uuid4().hex[:6]}:"
-    gateway = Process(tmp_path, ZAI_BASE_URL=await fake.start(), DRAIN_TIMEOUT="20",
-                      REDIS_URL=real_redis_server.url, REDIS_PREFIX=prefix)
+    gateway = Process(
+        tmp_path,
+        ZAI_BASE_URL=await fake.start(),
+        DRAIN_TIMEOUT="20",
+        REDIS_URL=real_redis_server.url,
+        REDIS_PREFIX=prefix,
+    )
     processes.append(gateway)
     try:
         await gateway.ready()
@@ -124,7 +140,7 @@ async def test_stream_longer_than_the_deadline_ends_with_an_error_event(tmp_path
     processes.append(gateway)
     try:
         await gateway.ready()
-        (client, stream), = await open_streams(gateway, 1)
+        ((client, stream),) = await open_streams(gateway, 1)
         started = time.monotonic()
         gateway.proc.send_signal(signal.SIGTERM)
         text, error = await read_rest(client, stream)
@@ -141,19 +157,26 @@ async def test_a_second_start_with_the_same_service_name_refuses(tmp_path, proce
     name = f"zai-test-{uuid.uuid4().hex[:8]}"
     lock = Path(tempfile.gettempdir()) / f"{name}.lock"
     lock.write_text("999999")  # a crashed run's leftover: stale, to be taken over
-    first = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on",
-                    ZAI_BASE_URL="http://127.0.0.1:9")
+    first = Process(
+        tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on", ZAI_BASE_URL="http://127.0.0.1:9"
+    )
     processes.append(first)
     await first.ready()
     assert "stale lock" in first.log.read_text() and lock.read_text() == str(first.proc.pid)
-    second = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on",
-                     ZAI_BASE_URL="http://127.0.0.1:9")
+    second = Process(
+        tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on", ZAI_BASE_URL="http://127.0.0.1:9"
+    )
     processes.append(second)
     assert await second.wait() == 1
     message = second.log.read_text().strip().splitlines()[-1]
     assert "already running" in message and str(first.proc.pid) in message
-    third = Process(tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="auto",
-                    KUBERNETES_SERVICE_HOST="10.0.0.1", ZAI_BASE_URL="http://127.0.0.1:9")
+    third = Process(
+        tmp_path,
+        SERVICE_NAME=name,
+        SINGLE_INSTANCE="auto",
+        KUBERNETES_SERVICE_HOST="10.0.0.1",
+        ZAI_BASE_URL="http://127.0.0.1:9",
+    )
     processes.append(third)
     await third.ready()  # inside a container the check is off by default
     first.proc.send_signal(signal.SIGTERM)

@@ -17,29 +17,43 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 async def test_metrics_count_what_happened(gateway):
-    gw = await gateway("home", "guest_auth_user_role", "error_http_500",
-                       "stream_glm5_plain_thinking", zai_tokens=",".join(TOKENS[:2]))
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        "error_http_500",
+        "stream_glm5_plain_thinking",
+        zai_tokens=",".join(TOKENS[:2]),
+    )
     async with gw.openai() as client:
-        await client.chat.completions.create(model="GLM-4.5",
-                                             messages=[{"role": "user", "content": "hi"}])
+        await client.chat.completions.create(
+            model="GLM-4.5", messages=[{"role": "user", "content": "hi"}]
+        )
         with pytest.raises(openai.NotFoundError):
-            await client.chat.completions.create(model="no-such-model",
-                                                 messages=[{"role": "user", "content": "hi"}])
+            await client.chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+            )
     reply = await AsyncHTTPClient().fetch(gw.url + "/metrics")
     assert reply.headers["Content-Type"].startswith("text/plain")
     got = samples(reply.body.decode())
-    ok = ("zai_gateway_requests_total",
-          (("model", "GLM-4.5"), ("route", "chat_completions"), ("status", "200")))
+    ok = (
+        "zai_gateway_requests_total",
+        (("model", "GLM-4.5"), ("route", "chat_completions"), ("status", "200")),
+    )
     assert got[ok] >= 1
-    missing = ("zai_gateway_requests_total",
-               (("model", "-"), ("route", "chat_completions"), ("status", "404")))
+    missing = (
+        "zai_gateway_requests_total",
+        (("model", "-"), ("route", "chat_completions"), ("status", "404")),
+    )
     assert got[missing] >= 1
     assert got[("zai_gateway_upstream_errors_total", (("kind", "unavailable"),))] >= 1
     assert got[("zai_gateway_upstream_retries_total", ())] >= 1
-    assert got[("zai_gateway_request_duration_seconds_count",
-                (("route", "chat_completions"),))] >= 2
-    assert ("zai_gateway_time_to_first_byte_seconds_bucket",
-            (("le", "+Inf"), ("route", "chat_completions"))) in got
+    assert (
+        got[("zai_gateway_request_duration_seconds_count", (("route", "chat_completions"),))] >= 2
+    )
+    assert (
+        "zai_gateway_time_to_first_byte_seconds_bucket",
+        (("le", "+Inf"), ("route", "chat_completions")),
+    ) in got
     assert got[("zai_gateway_pool_tokens", (("state", "cooling"),))] == 1
     assert got[("zai_gateway_pool_tokens", (("state", "active"),))] == 1
     assert got[("zai_gateway_instances", ())] == 1

@@ -34,9 +34,7 @@ async def test_non_stream_gives_the_capture_text(gateway, name):
     assert reply.id.startswith("chatcmpl-")
     assert choice.message.role == "assistant"
     assert (choice.message.content or "") == want["content"]
-    assert (getattr(choice.message, "reasoning_content", None) or "") == want[
-        "reasoning_content"
-    ]
+    assert (getattr(choice.message, "reasoning_content", None) or "") == want["reasoning_content"]
     assert choice.finish_reason == want["finish_reason"]
     usage = reply.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
     assert usage == want["usage"]
@@ -49,8 +47,10 @@ async def test_stream_gives_the_capture_text(gateway, name, split):
     want = expected(name)
     async with gw.openai() as client:
         stream = await client.chat.completions.create(
-            model=MODEL_FOR[name], messages=[{"role": "user", "content": "hello there"}],
-            stream=True, stream_options={"include_usage": True},
+            model=MODEL_FOR[name],
+            messages=[{"role": "user", "content": "hello there"}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
         chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -66,8 +66,9 @@ async def test_stream_gives_the_capture_text(gateway, name, split):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == want["finish_reason"] and not any(finishes[:-1])
     assert chunks[-1].choices == []
-    usage = chunks[-1].usage.model_dump(include={"prompt_tokens", "completion_tokens",
-                                                  "total_tokens"})
+    usage = chunks[-1].usage.model_dump(
+        include={"prompt_tokens", "completion_tokens", "total_tokens"}
+    )
     assert usage == want["usage"]
 
 
@@ -93,7 +94,9 @@ async def test_upstream_request_is_what_the_web_page_sends(gateway):
                 {"role": "assistant", "content": "ok"},
                 {"role": "user", "content": "What is 2+2?"},
             ],
-            temperature=0.3, top_p=0.9, max_tokens=50,
+            temperature=0.3,
+            top_p=0.9,
+            max_tokens=50,
         )
     (seen,) = gw.completions_seen()
     body = msgspec.json.decode(seen.body)
@@ -125,12 +128,21 @@ async def test_each_request_gets_a_fresh_guest_and_chat(gateway):
     assert len([r for r in gw.fake.requests if r.path == "/"]) == 1
 
 
-@pytest.mark.parametrize(("name", "model", "link"), [
-    ("stream_search_glmblock_2025", "GLM-4.5-Search",
-     "[On parallel processing benchmarks](https://www.govinfo.gov/"),
-    ("stream_v2_toolcall_search_2026", "GLM-5.3-Flash-Search",
-     "[Starship test flight update](https://space.example.org/starship-update)"),
-])
+@pytest.mark.parametrize(
+    ("name", "model", "link"),
+    [
+        (
+            "stream_search_glmblock_2025",
+            "GLM-4.5-Search",
+            "[On parallel processing benchmarks](https://www.govinfo.gov/",
+        ),
+        (
+            "stream_v2_toolcall_search_2026",
+            "GLM-5.3-Flash-Search",
+            "[Starship test flight update](https://space.example.org/starship-update)",
+        ),
+    ],
+)
 async def test_search_models_turn_on_web_search_and_link_citations(gateway, name, model, link):
     gw = await gateway(*BASE, name)
     async with gw.openai() as client:

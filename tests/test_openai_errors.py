@@ -25,12 +25,24 @@ FAILURES = [
     ("error_http_405_waf", openai.APIStatusError, 502, "waf_blocked", "WAF", 2),
     ("error_http_426", openai.APIStatusError, 502, "version_outdated", "ZAI_FE_VERSION", 2),
     ("error_inband_426", openai.APIStatusError, 502, "version_outdated", "outdated", 2),
-    ("error_http_400_signature", openai.APIStatusError, 502, "signature_rejected",
-     "ZAI_SIGNATURE_KEY", 2),
+    (
+        "error_http_400_signature",
+        openai.APIStatusError,
+        502,
+        "signature_rejected",
+        "ZAI_SIGNATURE_KEY",
+        2,
+    ),
     ("error_http_429", openai.RateLimitError, 429, "rate_limited", "rate limiting", 3),
     ("error_inband_concurrency", openai.RateLimitError, 429, "rate_limited", "busy", 3),
-    ("error_inband_model_403", openai.PermissionDeniedError, 403, "model_forbidden",
-     "user token", 1),
+    (
+        "error_inband_model_403",
+        openai.PermissionDeniedError,
+        403,
+        "model_forbidden",
+        "user token",
+        1,
+    ),
     ("error_inband_captcha", openai.APIStatusError, 503, "captcha_required", "captcha", 1),
 ]
 
@@ -79,9 +91,7 @@ async def test_stale_pinned_version_is_refused_by_upstream_checks(gateway):
 async def test_failure_midway_ends_stream_with_error_event(gateway):
     gw = await gateway(*BASE, OK, cut_after=10)
     async with gw.openai() as client:
-        stream = await client.chat.completions.create(
-            model="GLM-4.5", messages=HELLO, stream=True
-        )
+        stream = await client.chat.completions.create(model="GLM-4.5", messages=HELLO, stream=True)
         got = []
         with pytest.raises(openai.APIError) as info:
             async for chunk in stream:
@@ -102,9 +112,7 @@ async def test_upstream_unreachable_is_a_clean_502(gateway):
 async def test_client_hanging_up_stops_the_upstream_fetch(gateway):
     gw = await gateway(*BASE, "stream_glm46_details_thinking", pace=0.02)  # ~11 s if read whole
     async with gw.openai() as client:
-        stream = await client.chat.completions.create(
-            model="GLM-4.6", messages=HELLO, stream=True
-        )
+        stream = await client.chat.completions.create(model="GLM-4.6", messages=HELLO, stream=True)
         async for _ in stream:
             break
         await stream.close()
@@ -141,8 +149,11 @@ async def test_unknown_model_lists_the_available_ones(gateway):
 async def raw_post(gw, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
     head = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     response = await AsyncHTTPClient().fetch(
-        gw.url + "/v1/chat/completions", method="POST", body=body,
-        headers={**head, **(headers or {})}, raise_error=False,
+        gw.url + "/v1/chat/completions",
+        method="POST",
+        body=body,
+        headers={**head, **(headers or {})},
+        raise_error=False,
     )
     return response.code, msgspec.json.decode(response.body)
 
@@ -153,16 +164,32 @@ BAD_BODIES = [
     (b'{"model": "GLM-4.5"}', "invalid_request", "messages"),
     (b'{"model": "GLM-4.5", "messages": []}', "invalid_request", "messages"),
     (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "invalid_request", "model"),
-    (b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": 5}]}', "invalid_request",
-     "messages[0].content"),
-    (b'{"model": "GLM-4.5", "messages": [{"role": "wizard", "content": "x"}]}',
-     "invalid_request", "messages[0].role"),
-    (b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
-     "invalid_request", "temperature"),
-    (b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": "x"}], "n": 2}',
-     "invalid_request", "n"),
-    (b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": [{"type": "image_url", '
-     b'"image_url": {"url": "http://x/y.png"}}]}]}', "invalid_request", "messages[0].content[0]"),
+    (
+        b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": 5}]}',
+        "invalid_request",
+        "messages[0].content",
+    ),
+    (
+        b'{"model": "GLM-4.5", "messages": [{"role": "wizard", "content": "x"}]}',
+        "invalid_request",
+        "messages[0].role",
+    ),
+    (
+        b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+        "invalid_request",
+        "temperature",
+    ),
+    (
+        b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": "x"}], "n": 2}',
+        "invalid_request",
+        "n",
+    ),
+    (
+        b'{"model": "GLM-4.5", "messages": [{"role": "user", "content": [{"type": "image_url", '
+        b'"image_url": {"url": "http://x/y.png"}}]}]}',
+        "invalid_request",
+        "messages[0].content[0]",
+    ),
 ]
 
 
@@ -220,7 +247,7 @@ async def test_guest_sign_in_falls_back_to_the_guest_route(gateway):
 def test_every_key_is_compared_in_constant_time(monkeypatch):
     import hmac
 
-    from server import web
+    from server.web import handler as web
 
     calls = []
     compare = hmac.compare_digest

@@ -18,9 +18,13 @@ ADMIN = "admin-secret-0123456789"
 
 
 def jwt(n: int) -> str:
-    payload = base64.urlsafe_b64encode(
-        json.dumps({"id": f"user-{n}", "email": f"u{n}@example.com"}).encode()
-    ).decode().rstrip("=")
+    payload = (
+        base64.urlsafe_b64encode(
+            json.dumps({"id": f"user-{n}", "email": f"u{n}@example.com"}).encode()
+        )
+        .decode()
+        .rstrip("=")
+    )
     return f"eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.sig-{n:04d}-abcdefgh"
 
 
@@ -30,7 +34,10 @@ TOKENS = [jwt(i) for i in range(3)]
 async def admin(gw, method: str, path: str, body: object = None, token: str | None = ADMIN):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = await AsyncHTTPClient().fetch(
-        gw.url + path, method=method, headers=headers, raise_error=False,
+        gw.url + path,
+        method=method,
+        headers=headers,
+        raise_error=False,
         body=None if body is None else json.dumps(body),
         allow_nonstandard_methods=True,
     )
@@ -42,8 +49,14 @@ def tokens_used(gw) -> collections.Counter:
 
 
 async def test_configured_tokens_are_validated_and_rotated(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS),
-                       anonymous_mode=False, admin_token=ADMIN)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=",".join(TOKENS),
+        anonymous_mode=False,
+        admin_token=ADMIN,
+    )
     async with gw.openai() as client:
         for _ in range(9):
             await client.chat.completions.create(model="GLM-5.1", messages=HELLO)
@@ -56,8 +69,15 @@ async def test_configured_tokens_are_validated_and_rotated(gateway):
 
 
 async def test_failing_token_cools_down_and_others_serve(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS),
-                       anonymous_mode=False, admin_token=ADMIN, pool_cooldown_base=60)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=",".join(TOKENS),
+        anonymous_mode=False,
+        admin_token=ADMIN,
+        pool_cooldown_base=60,
+    )
     gw.fake.fail_tokens[TOKENS[0]] = 500
     async with gw.openai() as client:
         for _ in range(6):
@@ -72,8 +92,15 @@ async def test_failing_token_cools_down_and_others_serve(gateway):
 
 
 async def test_all_cooling_without_guests_is_503_with_retry_after(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=TOKENS[0],
-                       anonymous_mode=False, pool_cooldown_base=42, upstream_retries=0)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=TOKENS[0],
+        anonymous_mode=False,
+        pool_cooldown_base=42,
+        upstream_retries=0,
+    )
     gw.fake.fail_tokens[TOKENS[0]] = 500
     async with gw.openai() as client:
         with pytest.raises(openai.InternalServerError):
@@ -86,8 +113,14 @@ async def test_all_cooling_without_guests_is_503_with_retry_after(gateway):
 
 
 async def test_all_cooling_with_anonymous_mode_falls_back_to_a_guest(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=TOKENS[0],
-                       anonymous_mode=True, upstream_retries=0)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=TOKENS[0],
+        anonymous_mode=True,
+        upstream_retries=0,
+    )
     gw.fake.fail_tokens[TOKENS[0]] = 500
     async with gw.openai() as client:
         with pytest.raises(openai.InternalServerError):
@@ -98,13 +131,15 @@ async def test_all_cooling_with_anonymous_mode_falls_back_to_a_guest(gateway):
 
 
 async def test_guest_and_dead_tokens_are_refused_with_reasons(gateway):
-    gw = await gateway("home", "guest_auth", OK, zai_tokens=TOKENS[0], anonymous_mode=False,
-                       admin_token=ADMIN)
+    gw = await gateway(
+        "home", "guest_auth", OK, zai_tokens=TOKENS[0], anonymous_mode=False, admin_token=ADMIN
+    )
     _, status = await admin(gw, "GET", "/v1/token-pool/status")
     (row,) = status["tokens"]
     assert row["state"] == "dead" and "guest token" in row["reason"]
-    gw2 = await gateway("home", "auth_401", OK, zai_tokens=TOKENS[1], anonymous_mode=False,
-                        admin_token=ADMIN)
+    gw2 = await gateway(
+        "home", "auth_401", OK, zai_tokens=TOKENS[1], anonymous_mode=False, admin_token=ADMIN
+    )
     _, status = await admin(gw2, "GET", "/v1/token-pool/status")
     assert status["tokens"][0]["state"] == "dead" and "401" in status["tokens"][0]["reason"]
     async with gw2.openai() as client:
@@ -114,8 +149,14 @@ async def test_guest_and_dead_tokens_are_refused_with_reasons(gateway):
 
 
 async def test_token_rejected_midway_leaves_rotation(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS[:2]),
-                       anonymous_mode=False, admin_token=ADMIN)
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=",".join(TOKENS[:2]),
+        anonymous_mode=False,
+        admin_token=ADMIN,
+    )
     gw.fake.fail_tokens[TOKENS[0]] = 401
     async with gw.openai() as client:
         for _ in range(4):
@@ -141,16 +182,17 @@ async def test_admin_routes_need_the_admin_token(gateway):
 
 
 async def test_admin_update_add_remove_replace_and_health_check(gateway):
-    gw = await gateway("home", "guest_auth_user_role", OK, admin_token=ADMIN,
-                       anonymous_mode=False)
+    gw = await gateway("home", "guest_auth_user_role", OK, admin_token=ADMIN, anonymous_mode=False)
     code, status = await admin(gw, "POST", "/v1/token-pool/update", TOKENS[:2])
     assert code == 200 and status["summary"]["active"] == 2
     ids = [r["id"] for r in status["tokens"]]
-    _, status = await admin(gw, "POST", "/v1/token-pool/update",
-                            {"action": "remove", "tokens": [ids[0]]})
+    _, status = await admin(
+        gw, "POST", "/v1/token-pool/update", {"action": "remove", "tokens": [ids[0]]}
+    )
     assert [r["id"] for r in status["tokens"]] == ids[1:]
-    _, status = await admin(gw, "POST", "/v1/token-pool/update",
-                            {"action": "replace", "tokens": [TOKENS[2], TOKENS[2]]})
+    _, status = await admin(
+        gw, "POST", "/v1/token-pool/update", {"action": "replace", "tokens": [TOKENS[2], TOKENS[2]]}
+    )
     assert len(status["tokens"]) == 1 and status["tokens"][0]["masked"].endswith(TOKENS[2][-4:])
     code, checked = await admin(gw, "POST", "/v1/token-pool/health-check", {})
     assert code == 200 and [r["verdict"] for r in checked["checked"]] == ["alive"]
@@ -194,16 +236,24 @@ async def test_anonymous_requests_take_guests_a_few_per_round_trip(gateway):
 
 async def test_redis_unreachable_fails_fast_and_guests_keep_working(gateway):
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    gw = await gateway("home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=False,
-                       zai_tokens=TOKENS[0])
+    gw = await gateway(
+        "home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=False, zai_tokens=TOKENS[0]
+    )
     async with gw.openai() as client:
         with pytest.raises(openai.APIStatusError) as info:
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert info.value.status_code == 503 and info.value.code == "state_unavailable"
     code = (await AsyncHTTPClient().fetch(gw.url + "/readyz", raise_error=False)).code
     assert code == 503
-    gw = await gateway("home", "guest_auth", OK, redis_url=dead_redis, anonymous_mode=True,
-                       zai_tokens=TOKENS[0], guest_reserve=2)
+    gw = await gateway(
+        "home",
+        "guest_auth",
+        OK,
+        redis_url=dead_redis,
+        anonymous_mode=True,
+        zai_tokens=TOKENS[0],
+        guest_reserve=2,
+    )
     async with gw.openai() as client:
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].finish_reason == "stop"

@@ -1,6 +1,6 @@
 """Reading configured upstream tokens: files with lines, commas, comments; env lists."""
 
-from server.pool_health import configured_tokens, parse_tokens
+from server.credentials.checks import configured_tokens, parse_tokens
 from server.settings import load_settings
 
 
@@ -13,8 +13,9 @@ def test_file_and_env_together(tmp_path, monkeypatch):
     monkeypatch.delenv("ZAI_TOKENS", raising=False)
     file = tmp_path / "tokens.txt"
     file.write_text("tok-a\ntok-b,tok-c\n")
-    settings = load_settings(_env_file=None, auth_token="k", auth_tokens_file=file,
-                             zai_tokens="tok-c, tok-z")
+    settings = load_settings(
+        _env_file=None, auth_token="k", auth_tokens_file=file, zai_tokens="tok-c, tok-z"
+    )
     assert configured_tokens(settings) == ["tok-a", "tok-b", "tok-c", "tok-z"]
 
 

@@ -34,18 +34,32 @@ class Replica:
         self.port = free_port()
         self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
         env = gateway_env(
-            AUTH_TOKEN=API_KEY, ADMIN_TOKEN=ADMIN, ZAI_BASE_URL=upstream,
-            LISTEN_HOST="127.0.0.1", LISTEN_PORT=str(self.port), REDIS_URL=redis_url,
-            ZAI_TOKENS=",".join(TOKENS), ANONYMOUS_MODE="false", INSTANCE_TTL=str(TTL),
-            LEASE_TTL=str(TTL), POOL_COOLDOWN_BASE="60", POOL_MAX_CONCURRENCY="0",
+            AUTH_TOKEN=API_KEY,
+            ADMIN_TOKEN=ADMIN,
+            ZAI_BASE_URL=upstream,
+            LISTEN_HOST="127.0.0.1",
+            LISTEN_PORT=str(self.port),
+            REDIS_URL=redis_url,
+            ZAI_TOKENS=",".join(TOKENS),
+            ANONYMOUS_MODE="false",
+            INSTANCE_TTL=str(TTL),
+            LEASE_TTL=str(TTL),
+            POOL_COOLDOWN_BASE="60",
+            POOL_MAX_CONCURRENCY="0",
         )
-        self.proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0,
-                                  timeout=20)
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20
+        )
 
     async def ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -58,8 +72,9 @@ class Replica:
         raise TimeoutError(f"replica on {self.port} never became ready: {self.text()}")
 
     async def admin(self, path: str) -> dict:
-        reply = await AsyncHTTPClient().fetch(self.url + path,
-                                              headers={"Authorization": f"Bearer {ADMIN}"})
+        reply = await AsyncHTTPClient().fetch(
+            self.url + path, headers={"Authorization": f"Bearer {ADMIN}"}
+        )
         return json.loads(reply.body)
 
     def text(self) -> str:
@@ -148,8 +163,10 @@ async def test_three_replicas_share_one_pool(cluster):
         )
         async for _ in stream:
             break
-        assert any(redis.cli("ZCARD", f"zai:leases:{tid}").strip() != "0"
-                   for tid in redis.cli("HKEYS", "zai:tokens").split())
+        assert any(
+            redis.cli("ZCARD", f"zai:leases:{tid}").strip() != "0"
+            for tid in redis.cli("HKEYS", "zai:tokens").split()
+        )
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(10)
         with contextlib.suppress(openai.APIError, OSError):

@@ -6,13 +6,17 @@ from server.zai.signature import DEFAULT_KEY, sign
 
 VECTORS = [
     (
-        "123e4567-e89b-12d3-a456-426614174000", 1774500300000, "user-42",
+        "123e4567-e89b-12d3-a456-426614174000",
+        1774500300000,
+        "user-42",
         "Reply with exactly: hi-clean",
         "1fe0f2184a7b73b49fa475d9bcad3740109976f7e23959ec1e1d5635eda17591",
     ),
     (
-        "d9fb3ca8-676f-46c3-90c7-ddc70a74e46d", 1771762969397,
-        "d0d30815-b85a-4270-af63-b5346a9f3b13", "Reply with exactly: ok",
+        "d9fb3ca8-676f-46c3-90c7-ddc70a74e46d",
+        1771762969397,
+        "d0d30815-b85a-4270-af63-b5346a9f3b13",
+        "Reply with exactly: ok",
         "26be53ded6069ead38e6d4d596e54b020aaa2e17f75a4fa29325ead00484b214",
     ),
 ]
@@ -38,8 +42,8 @@ def test_completion_request_carries_the_page_fingerprint_and_a_valid_signature()
     still be every field the web page sends, in its order, with this request's values."""
     from urllib.parse import parse_qsl, urlencode, urlsplit
 
-    from server.chat import Conversation, Turn
-    from server.models import require_model
+    from server.core.chat import Conversation, Turn
+    from server.core.models import require_model
     from server.zai.identity import Credential
     from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
 

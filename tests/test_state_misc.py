@@ -5,8 +5,8 @@ import time
 
 import msgspec
 
-from server.models import require_model
-from server.tokens import GuestTokens
+from server.core.models import require_model
+from server.credentials.sources import GuestTokens
 from state.facts import Facts
 from state.guests import GuestReserve, StoredGuest
 from state.instances import Instances

@@ -12,8 +12,13 @@ TOKENS = [f"eyJhbGciOiJFUzI1NiJ9.payload-{i}.signature-{i}" for i in range(3)]
 
 
 def make_pool(redis, **overrides) -> TokenPool:
-    options = {"cooldown_base": 0.2, "cooldown_cap": 0.5, "max_concurrency": 0,
-               "lease_ttl": 30.0, "owner": "test"}
+    options = {
+        "cooldown_base": 0.2,
+        "cooldown_cap": 0.5,
+        "max_concurrency": 0,
+        "lease_ttl": 30.0,
+        "owner": "test",
+    }
     options.update(overrides)
     return TokenPool(redis, Keys("t:"), **options)
 

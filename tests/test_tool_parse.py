@@ -4,12 +4,14 @@ import json
 
 import pytest
 
-from server.chat import ToolCall
-from server.tool_parse import ToolCallScanner, parse_call
+from server.core.chat import ToolCall
+from server.emulation.tool_parse import ToolCallScanner, parse_call
 
 KNOWN = {"get_weather", "get_time"}
-TEXT = ('Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-        '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>')
+TEXT = (
+    'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    '</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+)
 
 
 def scan(text: str, cuts: list[int], limit: int = 1000) -> list:
@@ -50,24 +52,30 @@ def test_block_longer_than_the_limit_is_text():
     assert scan(TEXT, list(range(1, len(TEXT))), limit=10)[0].startswith("Sure. <tool_call>")
 
 
-@pytest.mark.parametrize("body", [
-    '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
-    '{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}',
-    '{"name": "get_weather", "parameters": {"city": "Paris"}}',
-    "```json\n{'name': 'get_weather', 'arguments': {'city': 'Paris'}}\n```",
-    '{"name": "get_weather", "arguments": {"city": "Paris",},}',
-    "get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
+        '{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}',
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        "```json\n{'name': 'get_weather', 'arguments': {'city': 'Paris'}}\n```",
+        '{"name": "get_weather", "arguments": {"city": "Paris",},}',
+        "get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>",
+    ],
+)
 def test_shapes_and_repairs(body):
     call = parse_call(body, KNOWN)
     assert isinstance(call, ToolCall) and json.loads(call.arguments) == {"city": "Paris"}
 
 
-@pytest.mark.parametrize("body", [
-    '{"name": "rm_rf", "arguments": {}}',
-    '{"name": "get_weather", "arguments": [1, 2]}',
-    '{"name": "get_weather", "arguments": {"city": ',
-    "just some words",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "rm_rf", "arguments": {}}',
+        '{"name": "get_weather", "arguments": [1, 2]}',
+        '{"name": "get_weather", "arguments": {"city": ',
+        "just some words",
+    ],
+)
 def test_never_invents_a_call(body):
     assert parse_call(body, KNOWN) is None

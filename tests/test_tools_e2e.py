@@ -13,17 +13,38 @@ import pytest
 
 BASE = ("home", "guest_auth")
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"}, "unit": {"type": "string"}, "days": {"type": "integer"}},
-            "required": ["city"]}}},
-    {"type": "function", "function": {
-        "name": "get_time", "description": "Local time in a timezone",
-        "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}}}},
-    {"type": "function", "function": {
-        "name": "convert_temperature", "description": "Celsius to Fahrenheit",
-        "parameters": {"type": "object", "properties": {"celsius": {"type": "number"}}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string"},
+                    "days": {"type": "integer"},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "Local time in a timezone",
+            "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "convert_temperature",
+            "description": "Celsius to Fahrenheit",
+            "parameters": {"type": "object", "properties": {"celsius": {"type": "number"}}},
+        },
+    },
 ]
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 WEATHER = {"city": "Paris", "unit": "celsius"}
@@ -31,20 +52,26 @@ WEATHER = {"city": "Paris", "unit": "celsius"}
 # cassette -> (content, [(name, arguments)])
 CASES = {
     "tools_single": ("I'll look up the current weather in Paris.", [("get_weather", WEATHER)]),
-    "tools_split_frames": ("I'll look up the current weather in Paris.",
-                           [("get_weather", WEATHER)]),
-    "tools_parallel": ("", [("get_weather", {"city": "Paris"}),
-                            ("get_weather", {"city": "Tokyo"})]),
-    "tools_mixed_text": ("Paris is the capital of France. Let me check the local time there.",
-                         [("get_time", {"timezone": "Europe/Paris"})]),
+    "tools_split_frames": (
+        "I'll look up the current weather in Paris.",
+        [("get_weather", WEATHER)],
+    ),
+    "tools_parallel": (
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Tokyo"})],
+    ),
+    "tools_mixed_text": (
+        "Paris is the capital of France. Let me check the local time there.",
+        [("get_time", {"timezone": "Europe/Paris"})],
+    ),
     "tools_native_glm": ("", [("get_weather", {"city": "Paris", "days": 3})]),
     "tools_repairable": ("", [("get_weather", WEATHER)]),
 }
 AS_TEXT = {  # blocks that must come back as the text they were, not as invented calls
     "tools_beyond_repair": 'Checking now.\n<tool_call>\n{"name": "get_weather", "arguments": '
-                           '{"city": "Paris"\n</tool_call>',
+    '{"city": "Paris"\n</tool_call>',
     "tools_unknown_function": '<tool_call>\n{"name": "launch_rockets", "arguments": '
-                              '{"count": 3}}\n</tool_call>',
+    '{"count": 3}}\n</tool_call>',
 }
 
 
@@ -122,8 +149,10 @@ async def test_parallel_tool_calls_false_keeps_one_call(gateway):
 async def test_a_three_step_agent_loop(gateway):
     gw = await gateway(*BASE, "tools_single", "tools_step2", "tools_final_answer")
     messages = [{"role": "system", "content": "You are terse."}, *ASK]
-    results = {"get_weather": '{"temp_c": 18, "sky": "clear"}',
-               "convert_temperature": '{"fahrenheit": 64.4}'}
+    results = {
+        "get_weather": '{"temp_c": 18, "sky": "clear"}',
+        "convert_temperature": '{"fahrenheit": 64.4}',
+    }
     async with gw.openai() as client:
         for _ in range(3):
             reply = await client.chat.completions.create(
@@ -134,8 +163,13 @@ async def test_a_three_step_agent_loop(gateway):
                 break
             messages.append(message.model_dump(exclude_none=True))
             for call in message.tool_calls:
-                messages.append({"role": "tool", "tool_call_id": call.id,
-                                 "content": results[call.function.name]})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call.id,
+                        "content": results[call.function.name],
+                    }
+                )
     assert reply.choices[0].finish_reason == "stop"
     assert message.content == "It is 18 °C (64.4 °F) in Paris right now."
     bodies = [msgspec.json.decode(r.body) for r in gw.completions_seen()]
@@ -144,10 +178,10 @@ async def test_a_three_step_agent_loop(gateway):
     assert system["role"] == "system" and system["content"].startswith("You are terse.")
     assert '"name":"get_weather"' in system["content"] and "<tool_call>" in system["content"]
     last = bodies[2]["messages"]
-    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant",
-                                         "user"]
-    assert '"name":"get_weather","arguments":{"city":"Paris","unit":"celsius"}' in last[2][
-        "content"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert (
+        '"name":"get_weather","arguments":{"city":"Paris","unit":"celsius"}' in last[2]["content"]
+    )
     first_call = messages[2]["tool_calls"][0]["id"]
     assert f'<tool_result name="get_weather" id="{first_call}">' in last[3]["content"]
     assert results["convert_temperature"] in last[5]["content"]
@@ -165,16 +199,22 @@ async def test_tool_choice_none_sends_no_tools(gateway):
     assert all("<tools>" not in m["content"] for m in body["messages"])
 
 
-@pytest.mark.parametrize(("choice", "rule"), [
-    ("required", "You must call at least one function"),
-    ({"type": "function", "function": {"name": "get_time"}}, "You must call the function "
-                                                              "`get_time`"),
-])
+@pytest.mark.parametrize(
+    ("choice", "rule"),
+    [
+        ("required", "You must call at least one function"),
+        (
+            {"type": "function", "function": {"name": "get_time"}},
+            "You must call the function `get_time`",
+        ),
+    ],
+)
 async def test_tool_choice_rules_reach_the_prompt(gateway, choice, rule):
     gw = await gateway(*BASE, "tools_single")
     async with gw.openai() as client:
-        await client.chat.completions.create(model="GLM-4.7", messages=ASK, tools=TOOLS,
-                                             tool_choice=choice)
+        await client.chat.completions.create(
+            model="GLM-4.7", messages=ASK, tools=TOOLS, tool_choice=choice
+        )
     body = msgspec.json.decode(gw.completions_seen()[0].body)
     assert rule in body["messages"][0]["content"]
 
@@ -184,7 +224,9 @@ async def test_named_tool_choice_must_be_a_given_tool(gateway):
     async with gw.openai() as client:
         with pytest.raises(openai.BadRequestError) as info:
             await client.chat.completions.create(
-                model="GLM-4.7", messages=ASK, tools=TOOLS,
+                model="GLM-4.7",
+                messages=ASK,
+                tools=TOOLS,
                 tool_choice={"type": "function", "function": {"name": "nope"}},
             )
     assert info.value.body["param"] == "tool_choice"
@@ -196,13 +238,19 @@ async def test_legacy_functions(gateway, stream):
     functions = [t["function"] for t in TOOLS]
     async with gw.openai() as client:
         reply = await client.chat.completions.create(
-            model="GLM-4.7", messages=ASK, functions=functions, function_call="auto",
+            model="GLM-4.7",
+            messages=ASK,
+            functions=functions,
+            function_call="auto",
             stream=stream,
         )
         if stream:
             chunks = [c async for c in reply]
-            parts = [c.choices[0].delta.function_call for c in chunks
-                     if c.choices and c.choices[0].delta.function_call]
+            parts = [
+                c.choices[0].delta.function_call
+                for c in chunks
+                if c.choices and c.choices[0].delta.function_call
+            ]
             name = parts[0].name
             arguments = "".join(p.arguments or "" for p in parts)
             finish = chunks[-1].choices[0].finish_reason

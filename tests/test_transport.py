@@ -45,8 +45,14 @@ class RawServer:
         try:
             while True:
                 request = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in request.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in request.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 self.requests.append(request + await reader.readexactly(length))
                 if not self.responses:
                     continue  # nothing more to say: no answer
@@ -70,8 +76,9 @@ class RawServer:
 
 
 async def fetch(base: str, path: str = "/x", body: bytes | None = b"{}") -> tuple[int, dict, bytes]:
-    exchange = await open_stream("POST", base + path, {"Content-Type": "application/json"},
-                                 body, Timeouts(1, 1, 1))
+    exchange = await open_stream(
+        "POST", base + path, {"Content-Type": "application/json"}, body, Timeouts(1, 1, 1)
+    )
     try:
         return exchange.status, exchange.headers, await exchange.read_all()
     finally:
@@ -87,7 +94,8 @@ FRAMINGS = {
     + chunked(gzip.compress(BODY), 16),
     "until close": head("Connection: close") + BODY,
     "after 100 Continue": b"HTTP/1.1 100 Continue\r\n\r\n"
-    + head(f"Content-Length: {len(BODY)}") + BODY,
+    + head(f"Content-Length: {len(BODY)}")
+    + BODY,
 }
 
 
@@ -110,14 +118,17 @@ async def test_every_framing_gives_the_same_body(framing, split):
     assert f"Host: {base[7:]}".encode() in request and b"Content-Length: 2" in request
 
 
-@pytest.mark.parametrize(("answer", "words"), [
-    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "malformed"),
-    (head("Transfer-Encoding: chunked") + b"zz\r\nhello\r\n", "malformed"),
-    (head("Transfer-Encoding: chunked") + b"5\r\nhelloXX0\r\n\r\n", "malformed"),
-    (head("Content-Encoding: gzip", "Content-Length: 9") + b"not gzip!", "malformed"),
-    (head("Content-Length: 100") + b"short", "closed the connection mid-response"),
-    (b"", "closed the connection before answering"),
-])
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "malformed"),
+        (head("Transfer-Encoding: chunked") + b"zz\r\nhello\r\n", "malformed"),
+        (head("Transfer-Encoding: chunked") + b"5\r\nhelloXX0\r\n\r\n", "malformed"),
+        (head("Content-Encoding: gzip", "Content-Length: 9") + b"not gzip!", "malformed"),
+        (head("Content-Length: 100") + b"short", "closed the connection mid-response"),
+        (b"", "closed the connection before answering"),
+    ],
+)
 async def test_what_is_not_http_fails_cleanly(answer, words):
     server = RawServer(answer, close_after=True)
     base = await server.start()

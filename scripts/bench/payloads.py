@@ -44,8 +44,8 @@ def chat_request(port: int, stream: bool) -> bytes:
 def upstream_request(base_url: str) -> tuple[str, dict[str, str], bytes]:
     """URL, headers and body of the completion request the gateway builds for
     ``chat_request``, signed as a guest of the ``guest_auth`` cassette."""
-    from server.openai_convert import to_conversation
-    from server.openai_wire import decode_chat_request
+    from server.faces.openai.convert import to_conversation
+    from server.faces.openai.wire import decode_chat_request
     from server.zai.identity import credential_from_auth
     from server.zai.request import Dialect, build_completion
 

@@ -8,6 +8,7 @@ and timeouts as ``unavailable``/``timeout``. ``ZAI_BASE_URL`` moves every URL at
 """
 
 import asyncio
+import dataclasses
 import re
 import time
 
@@ -15,16 +16,15 @@ import msgspec
 from loguru import logger
 from redis.exceptions import RedisError
 
-from server.chat import Conversation
-from server.errors import GatewayError
-from server.settings import Settings
+from server.core.chat import Conversation
+from server.core.errors import GatewayError
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.request import Dialect, build_completion
 from state.facts import Facts
 
-__all__ = ["ZaiClient"]
+__all__ = ["VersionPolicy", "ZaiClient"]
 
 _FE_VERSION = re.compile(rb"prod-fe-\d+(?:\.\d+)+")
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -32,30 +32,35 @@ _RETRY_VERSION_AFTER = 30.0  # seconds, when the home page did not tell the vers
 _LOCAL_VERSION_TTL = 60.0  # seconds a process trusts its copy before asking the shared one
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """How the front-end version is chosen: pinned, else learned and kept ``ttl`` seconds."""
+
+    pinned: str = ""
+    fallback: str = ""
+    ttl: float = 3600.0
+
+
 class ZaiClient:
     """Speaks the chat.z.ai web dialect for the rest of the gateway.
 
-    >>> client = ZaiClient(settings)
-    >>> cred = await client.guest_credential()
-    >>> exchange = await client.open_completion(cred, conversation)
+    It takes plain values (the dialect's moving values, timeouts, the version policy), never
+    the application's settings, so the dialect can be swapped or tested on its own.
     """
 
-    def __init__(self, settings: Settings, facts: Facts | None = None) -> None:
-        self.base_url = settings.zai_base_url
-        self.dialect = Dialect(
-            base_url=settings.zai_base_url,
-            signature_key=settings.zai_signature_key,
-            user_agent=settings.zai_user_agent,
-            history=settings.zai_history,
-        )
-        self.timeouts = Timeouts(
-            connect=settings.upstream_connect_timeout,
-            headers=settings.upstream_header_timeout,
-            idle=settings.upstream_idle_timeout,
-        )
-        self._pinned_version = settings.zai_fe_version
-        self._fallback_version = settings.zai_fe_version_fallback
-        self._version_ttl = settings.zai_fe_version_ttl
+    def __init__(
+        self,
+        dialect: Dialect,
+        timeouts: Timeouts,
+        versions: VersionPolicy,
+        facts: Facts | None = None,
+    ) -> None:
+        self.base_url = dialect.base_url
+        self.dialect = dialect
+        self.timeouts = timeouts
+        self._pinned_version = versions.pinned
+        self._fallback_version = versions.fallback
+        self._version_ttl = versions.ttl
         self._version = ""
         self._version_at = 0.0
         self._version_fetch: asyncio.Future[str] | None = None

@@ -1,14 +1,14 @@
 """Which failure kind an upstream answer is (PROTOCOL.md section 4), as tables.
 
 Owns ``http_failure`` (an HTTP status and body) and ``inband_failure`` (an ``error`` object in
-a 200 stream). The kinds are rows of ``server.errors.RULES``, which says what each means for
+a 200 stream). The kinds are rows of ``server.core.errors.RULES``, which says what each means for
 the client. A content-security stop is not a failure: ``is_content_filter`` tells it apart,
 and the stream ends with ``finish_reason: content_filter``.
 """
 
 import msgspec
 
-from server.errors import GatewayError
+from server.core.errors import GatewayError
 from server.zai.frames import UpstreamError
 
 __all__ = ["http_failure", "inband_failure", "is_content_filter"]

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 import msgspec
 
-from server.chat import Conversation
+from server.core.chat import Conversation
 from server.zai.identity import Credential
 from server.zai.signature import sign
 

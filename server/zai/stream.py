@@ -10,8 +10,8 @@ content-security stop, and in-band errors (classified by ``failures``). ``feed()
 import msgspec
 from loguru import logger
 
-from server.chat import Usage
-from server.errors import GatewayError
+from server.core.chat import Usage
+from server.core.errors import GatewayError
 from server.zai.failures import inband_failure, is_content_filter
 from server.zai.frames import FrameData, UpstreamUsage, decode_frame
 from server.zai.sse import SSEReader

@@ -38,7 +38,8 @@ def installed_version() -> str | None:
 def binary() -> Path | None:
     """The native executable from the platform package npm picked (no postinstall needed)."""
     machine = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower(), platform.machine().lower())
+        platform.machine().lower(), platform.machine().lower()
+    )
     for pkg in sorted(MODULES.glob(f"claude-code-linux-{machine}*")):
         exe = pkg / "claude"
         if exe.is_file() and os.access(exe, os.X_OK):
@@ -55,12 +56,16 @@ def _npm() -> str:
     if os.environ.get("CI") == "true" and shutil.which("apt-get") and os.geteuid() == 0:
         quiet = {"stdout": subprocess.DEVNULL, "timeout": INSTALL_TIMEOUT, "check": True}
         subprocess.run(["apt-get", "update", "-qq"], **quiet)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "npm"], **quiet,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "npm"],
+            **quiet,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         npm = shutil.which("npm")
     if not npm:
-        raise FileNotFoundError("npm is needed to install the Claude Code CLI "
-                                "(Debian: apt-get install -y npm)")
+        raise FileNotFoundError(
+            "npm is needed to install the Claude Code CLI (Debian: apt-get install -y npm)"
+        )
     return npm
 
 
@@ -71,18 +76,38 @@ def ensure_cli() -> Path:
         return exe
     PREFIX.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [_npm(), "install", "--prefix", str(PREFIX), "--no-audit", "--no-fund",
-         "--no-save", "--loglevel=error", f"{PACKAGE}@{VERSION}"],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False)
+        [
+            _npm(),
+            "install",
+            "--prefix",
+            str(PREFIX),
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--loglevel=error",
+            f"{PACKAGE}@{VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+        check=False,
+    )
     exe = binary()
     if result.returncode != 0 or installed_version() != VERSION or exe is None:
-        raise RuntimeError(f"npm install {PACKAGE}@{VERSION} failed ({result.returncode}):\n"
-                           f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"npm install {PACKAGE}@{VERSION} failed ({result.returncode}):\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     return exe
 
 
-def cli_env(home: Path, base_url: str, proxy_url: str, api_key: str | None = None,
-            auth_token: str | None = None) -> dict[str, str]:
+def cli_env(
+    home: Path,
+    base_url: str,
+    proxy_url: str,
+    api_key: str | None = None,
+    auth_token: str | None = None,
+) -> dict[str, str]:
     """The CLI's whole environment; exactly one of api_key (x-api-key) / auth_token (Bearer)."""
     (home / ".claude").mkdir(parents=True, exist_ok=True)
     env = {
@@ -97,9 +122,12 @@ def cli_env(home: Path, base_url: str, proxy_url: str, api_key: str | None = Non
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         # anything that still goes out through a proxy lands on the caller's tripwire
-        "HTTPS_PROXY": proxy_url, "HTTP_PROXY": proxy_url,
-        "https_proxy": proxy_url, "http_proxy": proxy_url,
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        "HTTPS_PROXY": proxy_url,
+        "HTTP_PROXY": proxy_url,
+        "https_proxy": proxy_url,
+        "http_proxy": proxy_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
     }
     if api_key:
         env["ANTHROPIC_API_KEY"] = api_key
@@ -109,5 +137,14 @@ def cli_env(home: Path, base_url: str, proxy_url: str, api_key: str | None = Non
 
 
 def argv(exe: Path, prompt: str, *extra: str) -> list[str]:
-    return [str(exe), "-p", prompt, "--output-format", "json", "--max-turns", "3",
-            "--no-session-persistence", *extra]
+    return [
+        str(exe),
+        "-p",
+        prompt,
+        "--output-format",
+        "json",
+        "--max-turns",
+        "3",
+        "--no-session-persistence",
+        *extra,
+    ]

@@ -45,8 +45,15 @@ def run(exe: Path, log: Path, prompt: str, *extra: str, bearer: bool = False) ->
             (home / "work").mkdir()
             key = "sk-recorder-0123456789"
             env = cli_env(home, url, url, **({"auth_token": key} if bearer else {"api_key": key}))
-            done = subprocess.run(argv(exe, prompt, *extra), cwd=home / "work", env=env,
-                                  capture_output=True, text=True, timeout=180, check=False)
+            done = subprocess.run(
+                argv(exe, prompt, *extra),
+                cwd=home / "work",
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
             print(f"exit {done.returncode}; stderr: {done.stderr.strip()[:500]!r}")
             print("result:", json.loads(done.stdout).get("result") if done.stdout else None)
             text = log.read_text().replace(tmp, HOME)
@@ -67,15 +74,20 @@ def main() -> None:
             out.write(json.dumps({k: v for k, v in entry.items() if k != "body"}) + "\n")
     messages = [e for e in plain + tool if e["path"] == "/v1/messages"]
     others = [e for e in plain + tool if e["path"] != "/v1/messages"]
-    print(f"{len(messages)} Messages request(s); other requests: "
-          f"{[(e['method'], e['path'], e['headers'].get('Host')) for e in others]}")
+    print(
+        f"{len(messages)} Messages request(s); other requests: "
+        f"{[(e['method'], e['path'], e['headers'].get('Host')) for e in others]}"
+    )
     assert [len(plain), len(tool)] == [1, 2], (len(plain), len(tool))
     for name, entry in (("plain", plain[0]), ("tool_use", tool[0]), ("tool_result", tool[1])):
         target = HERE / f"{name}.request.json"
-        target.write_text(json.dumps(entry["body"], indent=1, ensure_ascii=False) + "\n",
-                          encoding="utf-8")
-        print(f"{target.relative_to(HERE.parent.parent)}: {entry['body']['model']}, "
-              f"{len(entry['body']['messages'])} message(s)")
+        target.write_text(
+            json.dumps(entry["body"], indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(
+            f"{target.relative_to(HERE.parent.parent)}: {entry['body']['model']}, "
+            f"{len(entry['body']['messages'])} message(s)"
+        )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,14 @@ def answer(body: dict) -> tuple[list[dict], str]:
     tools = {t.get("name") for t in body.get("tools") or []}
     command = re.search(r"`([^`]+)`", text)
     if "Bash" in tools and command and not has_result:
-        return [{"type": "tool_use", "id": "toolu_01RecorderBash0000000000",
-                 "name": "Bash", "input": {"command": command.group(1),
-                                           "description": "Print a greeting"}}], "tool_use"
+        return [
+            {
+                "type": "tool_use",
+                "id": "toolu_01RecorderBash0000000000",
+                "name": "Bash",
+                "input": {"command": command.group(1), "description": "Print a greeting"},
+            }
+        ], "tool_use"
     if has_result:
         return [{"type": "text", "text": "The command ran."}], "end_turn"
     return [{"type": "text", "text": "Hello from the recorder."}], "end_turn"
@@ -58,29 +63,66 @@ def answer(body: dict) -> tuple[list[dict], str]:
 
 def events(body: dict, blocks: list[dict], stop: str) -> list[tuple[str, dict]]:
     model = body.get("model", "unknown")
-    usage = {"input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 0,
-             "cache_read_input_tokens": 0}
-    out = [("message_start", {"type": "message_start", "message": {
-        "id": "msg_01Recorder", "type": "message", "role": "assistant", "content": [],
-        "model": model, "stop_reason": None, "stop_sequence": None, "usage": usage}}),
-        ("ping", {"type": "ping"})]
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+    out = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_01Recorder",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": model,
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+            },
+        ),
+        ("ping", {"type": "ping"}),
+    ]
     for index, block in enumerate(blocks):
         if block["type"] == "text":
             start = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": block["text"][i:i + 8]}
-                      for i in range(0, len(block["text"]), 8)]
+            deltas = [
+                {"type": "text_delta", "text": block["text"][i : i + 8]}
+                for i in range(0, len(block["text"]), 8)
+            ]
         else:
             start = {**block, "input": {}}
             raw = json.dumps(block["input"])
-            deltas = [{"type": "input_json_delta", "partial_json": raw[i:i + 10]}
-                      for i in range(0, len(raw), 10)]
-        out.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                            "content_block": start}))
-        out += [("content_block_delta", {"type": "content_block_delta", "index": index,
-                                         "delta": d}) for d in deltas]
+            deltas = [
+                {"type": "input_json_delta", "partial_json": raw[i : i + 10]}
+                for i in range(0, len(raw), 10)
+            ]
+        out.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+        )
+        out += [
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+            for d in deltas
+        ]
         out.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    out.append(("message_delta", {"type": "message_delta", "delta": {
-        "stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 12}}))
+    out.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": 12},
+            },
+        )
+    )
     out.append(("message_stop", {"type": "message_stop"}))
     return out
 
@@ -98,9 +140,13 @@ class Recorder(BaseHTTPRequestHandler):
         with contextlib.suppress(ValueError):
             parsed = json.loads(body) if body else None
         url = urlsplit(self.path)
-        entry = {"method": self.command, "path": url.path or self.path, "query": url.query,
-                 "headers": {k: _mask(k, v) for k, v in self.headers.items()},
-                 "body": parsed if parsed is not None else body.decode("latin-1")}
+        entry = {
+            "method": self.command,
+            "path": url.path or self.path,
+            "query": url.query,
+            "headers": {k: _mask(k, v) for k, v in self.headers.items()},
+            "body": parsed if parsed is not None else body.decode("latin-1"),
+        }
         with self.lock, open(self.log_path, "a", encoding="utf-8") as log:
             log.write(json.dumps(entry) + "\n")
         return parsed if isinstance(parsed, dict) else None
@@ -123,8 +169,13 @@ class Recorder(BaseHTTPRequestHandler):
         self._not_found()
 
     def _not_found(self) -> None:
-        self._send_json(404, {"type": "error", "error": {
-            "type": "not_found_error", "message": f"recorder: no {self.path}"}})
+        self._send_json(
+            404,
+            {
+                "type": "error",
+                "error": {"type": "not_found_error", "message": f"recorder: no {self.path}"},
+            },
+        )
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -138,10 +189,19 @@ class Recorder(BaseHTTPRequestHandler):
             return
         blocks, stop = answer(body)
         if not body.get("stream"):
-            self._send_json(200, {
-                "id": "msg_01Recorder", "type": "message", "role": "assistant",
-                "model": body.get("model", "unknown"), "content": blocks, "stop_reason": stop,
-                "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 12}})
+            self._send_json(
+                200,
+                {
+                    "id": "msg_01Recorder",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model", "unknown"),
+                    "content": blocks,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": 12},
+                },
+            )
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

@@ -13,8 +13,8 @@ scripts vary more.
 import math
 import re
 
-from server.chat import Conversation
-from server.tool_prompt import render_for_upstream
+from server.core.chat import Conversation
+from server.emulation.tool_prompt import render_for_upstream
 
 __all__ = ["estimate_conversation", "estimate_tokens"]
 

@@ -10,8 +10,8 @@ usage, or a failure). The OpenAI and Anthropic faces each turn their request int
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.errors import GatewayError
-from server.models import Model
+from server.core.errors import GatewayError
+from server.core.models import Model
 
 __all__ = [
     "CollectingSink",

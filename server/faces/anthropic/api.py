@@ -8,11 +8,11 @@ Owns the route handlers, read top to bottom like the OpenAI face's: authenticate
 
 import uuid
 
-from server.anthropic_convert import to_conversation
-from server.anthropic_render import AnthropicResult, AnthropicStream, error_body
-from server.anthropic_wire import decode_messages_request
-from server.token_estimate import estimate_conversation
-from server.web import ApiHandler, api
+from server.core.token_estimate import estimate_conversation
+from server.faces.anthropic.convert import to_conversation
+from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
+from server.faces.anthropic.wire import decode_messages_request
+from server.web.handler import ApiHandler, api
 
 __all__ = ["CountTokens", "Messages"]
 

@@ -16,10 +16,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from server.errors import GatewayError
-from server.openai_wire import validation_error
-from server.pool_health import TOKEN_PATTERN
-from server.web import ApiHandler, api, check_api_key
+from server.core.errors import GatewayError
+from server.credentials.checks import TOKEN_PATTERN
+from server.web.errors import validation_error
+from server.web.handler import ApiHandler, api, check_api_key
 from state.keys import token_id
 
 __all__ = ["InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]

@@ -6,11 +6,11 @@ neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or coll
 
 import uuid
 
-from server.models import MODELS, Model, require_model
-from server.openai_convert import to_conversation
-from server.openai_render import OpenAIResult, OpenAIStream
-from server.openai_wire import decode_chat_request
-from server.web import ApiHandler, api
+from server.core.models import MODELS, Model, require_model
+from server.faces.openai.convert import to_conversation
+from server.faces.openai.render import OpenAIResult, OpenAIStream
+from server.faces.openai.wire import decode_chat_request
+from server.web.handler import ApiHandler, api
 
 __all__ = ["ChatCompletions", "ModelList", "OneModel"]
 

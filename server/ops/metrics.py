@@ -1,7 +1,8 @@
 """Prometheus metrics of this worker process, and the ``/metrics`` route.
 
 Owns the metric objects and ``Metrics`` (the route). Counters and histograms are updated on
-the request path (the access line in ``server.web``, the attempts in ``server.completion``);
+the request path (the access line in ``server.web.handler``, the attempts in
+``server.core.completion``);
 gauges that describe shared state (pool tokens by state, live instances, Redis reachable)
 are read from Redis when scraped. Each worker process has its own registry: run one worker
 per pod (as ``k8s/`` does) or scrape each process.

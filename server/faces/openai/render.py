@@ -13,19 +13,15 @@ import time
 
 import msgspec
 
-from server.chat import CollectingSink, ToolCall, Usage, Writer
-from server.errors import GatewayError
+from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.errors import GatewayError
+from server.web.errors import error_body
 
 __all__ = ["OpenAIResult", "OpenAIStream", "error_body"]
 
 _encode = msgspec.json.encode
 _LEGACY_REASON = {"tool_calls": "function_call"}
 _REASON = {"stop_sequence": "stop"}  # OpenAI says "stop" for a stop sequence too
-
-
-def error_body(err: GatewayError) -> bytes:
-    error = {"message": err.message, "type": err.rule.type, "param": err.param, "code": err.kind}
-    return _encode({"error": error})
 
 
 def _usage(usage: Usage | None) -> dict:

@@ -11,7 +11,7 @@ face also maps Claude model names to rows chosen by settings (``CLAUDE_*_MODEL``
 
 from dataclasses import dataclass, replace
 
-from server.errors import GatewayError
+from server.core.errors import GatewayError
 
 __all__ = ["MODELS", "Model", "find_model", "require_model"]
 

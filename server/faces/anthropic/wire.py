@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from server.errors import GatewayError
-from server.openai_wire import validation_error
+from server.core.errors import GatewayError
+from server.web.errors import validation_error
 
 __all__ = ["MessagesRequest", "decode_messages_request"]
 

@@ -5,14 +5,14 @@ system/user/assistant turns the upstream accepts. The tools and the calling prot
 the system turn; earlier calls are written back in the same protocol (so the model sees it
 used), and tool results become user turns holding ``<tool_result>`` blocks. The protocol is
 one ``<tool_call>`` block per call holding ``{"name": ..., "arguments": {...}}``; the model's
-reply is read back by ``server.tool_parse``.
+reply is read back by ``server.emulation.tool_parse``.
 """
 
 import dataclasses
 
 import msgspec
 
-from server.chat import Conversation, ToolCall, Turn
+from server.core.chat import Conversation, ToolCall, Turn
 
 __all__ = ["CALL_CLOSE", "CALL_OPEN", "render_call", "render_for_upstream"]
 

@@ -17,8 +17,8 @@ import hashlib
 import msgspec
 from tornado.iostream import StreamClosedError
 
-from server.chat import CollectingSink, ToolCall, Usage, Writer
-from server.errors import GatewayError
+from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.errors import GatewayError
 
 __all__ = ["AnthropicResult", "AnthropicStream", "error_body"]
 

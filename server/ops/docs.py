@@ -1,8 +1,8 @@
 """The API described: ``/openapi.json`` generated from the msgspec schemas, and ``/docs``.
 
 Owns ``openapi_document`` and the two routes. Request and response bodies are the Structs the
-gateway decodes requests with (``server.openai_wire``) and describes its answers with
-(``server.openapi_schema``), turned into JSON Schema by msgspec. ``/docs`` is Swagger UI,
+gateway decodes requests with (``server.faces.openai.wire``) and describes its answers with
+(``server.ops.openapi_schema``), turned into JSON Schema by msgspec. ``/docs`` is Swagger UI,
 served from the ``swagger-ui-py`` package's files (no CDN: it works offline).
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import msgspec
 from tornado.web import RequestHandler
 
-from server.openai_wire import ChatRequest
-from server.openapi_schema import (
+from server.faces.openai.wire import ChatRequest
+from server.ops.openapi_schema import (
     ChatCompletion,
     ChatCompletionChunk,
     ErrorBody,

@@ -1,6 +1,6 @@
 """The response shapes of the OpenAI face, as msgspec Structs, for the API document.
 
-Owns the Structs that describe what ``server.openai_render`` writes (which builds bytes from
+Owns the Structs that describe what ``server.faces.openai.render`` writes (which builds bytes from
 templates on the hot path). Tests decode real responses with these types, so the document
 cannot drift from what is served.
 """

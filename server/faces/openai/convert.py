@@ -8,11 +8,11 @@ field), ``reasoning_effort`` to thinking, and tools: ``tools``/``tool_choice``/
 the tools are dropped (the handler says so in a header and the log).
 """
 
-from server.chat import Conversation, ToolCall, ToolSpec, Turn
-from server.errors import GatewayError
-from server.models import require_model
-from server.openai_wire import ChatRequest, ImagePart, Message
-from server.tool_parse import new_call_id
+from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.errors import GatewayError
+from server.core.models import require_model
+from server.emulation.tool_parse import new_call_id
+from server.faces.openai.wire import ChatRequest, ImagePart, Message
 
 __all__ = ["to_conversation"]
 

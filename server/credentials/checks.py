@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from server.errors import GatewayError
+from server.core.errors import GatewayError
 from server.settings import Settings
 from server.zai.client import ZaiClient
 from state.keys import mask

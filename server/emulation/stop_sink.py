@@ -7,9 +7,9 @@ follows are not, and the completion ends with reason ``stop_sequence`` (the face
 the start of a sequence is held back until it is decided.
 """
 
-from server.chat import Sink, ToolCall, Usage
-from server.errors import GatewayError
-from server.holdback import partial_suffix
+from server.core.chat import Sink, ToolCall, Usage
+from server.core.errors import GatewayError
+from server.emulation.holdback import partial_suffix
 
 __all__ = ["StopSequenceReached", "StopSequenceSink"]
 

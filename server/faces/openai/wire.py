@@ -2,17 +2,17 @@
 
 Owns the request Structs and ``decode_chat_request``, which turns msgspec's messages into a
 ``GatewayError`` naming the field (e.g. ``messages[0].content``). Harmless unknown fields are
-ignored, as OpenAI-compatible servers must; ``server.openai_convert`` turns the decoded
+ignored, as OpenAI-compatible servers must; ``server.faces.openai.convert`` turns the decoded
 request into the neutral ``Conversation``.
 """
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from server.errors import GatewayError
+from server.core.errors import GatewayError
+from server.web.errors import validation_error
 
 __all__ = ["ChatRequest", "decode_chat_request", "validation_error"]
 
@@ -91,7 +91,6 @@ class ChatRequest(Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)
-_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
@@ -101,16 +100,3 @@ def decode_chat_request(body: bytes) -> ChatRequest:
         raise validation_error(exc) from None
     except msgspec.DecodeError as exc:
         raise GatewayError("invalid_json", str(exc).removeprefix("JSON is malformed: ")) from None
-
-
-def validation_error(exc: msgspec.ValidationError) -> GatewayError:
-    """msgspec's message, with the JSON path turned into the field name clients know."""
-    text = str(exc)
-    found = _PATH.search(text)
-    param = found[1] if found else None
-    if param is None and "missing required field" in text:
-        param = text.split("`")[1] if "`" in text else None
-    message = _PATH.sub("", text)
-    if param:
-        message = f"invalid field '{param}': {message}"
-    return GatewayError("invalid_request", message, param=param)

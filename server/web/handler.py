@@ -20,12 +20,12 @@ from loguru import logger
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
-from server.chat import Conversation, Sink
-from server.completion import Attempts, complete
-from server.errors import GatewayError
-from server.metrics import observe_request
-from server.models import find_model
-from server.openai_render import error_body
+from server.core.chat import Conversation, Sink
+from server.core.completion import Attempts, complete
+from server.core.errors import GatewayError
+from server.core.models import find_model
+from server.ops.metrics import observe_request
+from server.web.errors import error_body
 
 __all__ = ["ApiHandler", "NotFound", "api", "check_api_key"]
 

@@ -2,7 +2,7 @@
 
 Owns the ``TokenSource`` protocol and its three sources. The core asks ``acquire(model)``
 before each upstream attempt and reports back with ``release(cred, outcome, reason)``
-(``ok``, ``cooldown`` or ``dead``: the ``token`` column of ``server.errors.RULES``).
+(``ok``, ``cooldown`` or ``dead``: the ``token`` column of ``server.core.errors.RULES``).
 
 - ``GuestTokens``: anonymous mode, a fresh guest per request (so no two clients share a
   server-side chat), taken from the shared reserve when there is one, else signed in on the
@@ -21,8 +21,8 @@ from typing import Protocol
 from loguru import logger
 from redis.exceptions import RedisError
 
-from server.errors import GatewayError
-from server.models import Model
+from server.core.errors import GatewayError
+from server.core.models import Model
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
 from state.guests import GuestReserve, StoredGuest

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from server.chat import Conversation, Sink
-from server.errors import GatewayError
-from server.metrics import ATTEMPT_ERRORS, RETRIES
+from server.core.chat import Conversation, Sink
+from server.core.errors import GatewayError
+from server.credentials.sources import TokenSource
+from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
+from server.emulation.tool_parse import ToolCallScanner
+from server.emulation.tool_prompt import render_for_upstream
+from server.emulation.tool_sink import ToolCallSink
+from server.ops.metrics import ATTEMPT_ERRORS, RETRIES
 from server.settings import Settings
-from server.stop_sink import StopSequenceReached, StopSequenceSink
-from server.tokens import TokenSource
-from server.tool_parse import ToolCallScanner
-from server.tool_prompt import render_for_upstream
-from server.tool_sink import ToolCallSink
 from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.stream import AnswerStream

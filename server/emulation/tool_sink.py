@@ -6,9 +6,9 @@ says ``tool_calls`` when any call was made. The final (non-streamed) content is 
 scanner let through, so no block's markup ever reaches a client.
 """
 
-from server.chat import Sink, ToolCall, Usage
-from server.errors import GatewayError
-from server.tool_parse import ToolCallScanner
+from server.core.chat import Sink, ToolCall, Usage
+from server.core.errors import GatewayError
+from server.emulation.tool_parse import ToolCallScanner
 
 __all__ = ["ToolCallSink"]
 

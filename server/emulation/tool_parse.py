@@ -15,9 +15,9 @@ import uuid
 
 import msgspec
 
-from server.chat import ToolCall
-from server.holdback import partial_suffix
-from server.tool_prompt import CALL_CLOSE, CALL_OPEN
+from server.core.chat import ToolCall
+from server.emulation.holdback import partial_suffix
+from server.emulation.tool_prompt import CALL_CLOSE, CALL_OPEN
 
 __all__ = ["ToolCallScanner", "parse_call"]
 

@@ -12,7 +12,10 @@ tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), `
 
 import msgspec
 
-from server.anthropic_wire import (
+from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.errors import GatewayError
+from server.core.models import require_model
+from server.faces.anthropic.wire import (
     DocumentBlock,
     ImageBlock,
     MessagesRequest,
@@ -22,9 +25,6 @@ from server.anthropic_wire import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from server.chat import Conversation, ToolCall, ToolSpec, Turn
-from server.errors import GatewayError
-from server.models import require_model
 
 __all__ = ["to_conversation"]
 
