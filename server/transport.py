@@ -249,12 +249,12 @@ class _Connection(asyncio.Protocol):
 
 
 class Exchange:
-    """One upstream request and its streamed response.
+    """One upstream request and its streamed response. Used as::
 
-    >>> exchange = await open_stream("POST", url, headers, body, Timeouts())
-    >>> exchange.status, exchange.headers["content-type"]   # header names in lower case
-    >>> async for chunk in exchange: ...
-    >>> exchange.close()   # at any time: the socket is closed at once
+    exchange = await open_stream("POST", url, headers, body, Timeouts())
+    exchange.status, exchange.headers["content-type"]   # header names in lower case
+    async for chunk in exchange: ...
+    exchange.close()   # at any time: the socket is closed at once
     """
 
     def __init__(self, conn: _Connection, method: str, timeouts: Timeouts) -> None:

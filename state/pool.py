@@ -62,12 +62,12 @@ def _ms(seconds: float) -> int:
 
 
 class TokenPool:
-    """One pool of upstream tokens shared through Redis.
+    """One pool of upstream tokens shared through Redis. Used as::
 
-    >>> pool = TokenPool(redis, Keys("zai:"), cooldown_base=30, cooldown_cap=900,
-    ...                  max_concurrency=4, lease_ttl=120, owner="host:pid")
-    >>> pick = await pool.acquire()          # Pick, or Unavailable with retry_after
-    >>> await pool.release(pick.lease, "ok")  # or "cooldown" / "dead"
+    pool = TokenPool(redis, Keys("zai:"), cooldown_base=30, cooldown_cap=900,
+                     max_concurrency=4, lease_ttl=120, owner="host:pid")
+    pick = await pool.acquire()          # Pick, or Unavailable with retry_after
+    await pool.release(pick.lease, "ok")  # or "cooldown" / "dead"
     """
 
     # KEYS[1] rotation zset (id -> pick sequence, lowest picked first)

@@ -129,7 +129,9 @@ RULES: dict[str, Rule] = {
 class GatewayError(Exception):
     """A failure the client must hear about; ``kind`` is a key of ``RULES``.
 
-    >>> raise GatewayError("model_not_found", "model 'x' does not exist", param="model")
+    >>> err = GatewayError("model_not_found", "model 'x' does not exist", param="model")
+    >>> err.rule.status, err.param
+    (404, 'model')
     """
 
     def __init__(

@@ -87,7 +87,7 @@ class ToolCallScanner:
     >>> scanner.feed('Let me check. <tool_call>{"name": "get_weather", "argum')
     ['Let me check. ']
     >>> scanner.feed('ents": {"city": "Paris"}}</tool_call>')
-    [ToolCall(id='call_…', name='get_weather', arguments='{"city":"Paris"}')]
+    [ToolCall(id='call_...', name='get_weather', arguments='{"city":"Paris"}')]
     """
 
     def __init__(self, known: set[str], scan_limit: int, parallel: bool = True) -> None:

@@ -21,12 +21,12 @@ __all__ = ["AnswerStream"]
 
 
 class AnswerStream:
-    """The state of one upstream answer.
+    """The state of one upstream answer. Used as::
 
-    >>> stream = AnswerStream(model="GLM-4.5")
-    >>> reasoning, answer = stream.feed(chunk)   # per socket read
-    >>> stream.end()                              # raises GatewayError if it ended badly
-    >>> stream.finish_reason, stream.usage
+    stream = AnswerStream(model="GLM-4.5")
+    reasoning, answer = stream.feed(chunk)   # per socket read
+    stream.end()                              # raises GatewayError if it ended badly
+    stream.finish_reason, stream.usage
     """
 
     __slots__ = (

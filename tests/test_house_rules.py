@@ -1,0 +1,40 @@
+"""House rules that are not style: every docstring example runs, and ``__all__`` is true.
+
+Every module of ``server/`` and ``state/`` is imported; its ``>>>`` examples run with
+doctest (an example that cannot run is written as a plain ``Usage::`` block instead), and
+every name its ``__all__`` lists exists, so ``from module import *`` and readers can trust it.
+"""
+
+import doctest
+import importlib
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts)
+    for p in [*ROOT.glob("server/**/*.py"), *ROOT.glob("state/**/*.py")]
+    if p.name not in {"__init__.py", "__main__.py"}
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_lists_only_real_names(name: str) -> None:
+    module = importlib.import_module(name)
+    listed = getattr(module, "__all__", [])
+    missing = [n for n in listed if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ lists names it does not define: {missing}"
+
+
+def test_examples_are_found() -> None:
+    """The check itself: the answer text's example is collected and run."""
+    module = importlib.import_module("server.zai.text")
+    assert doctest.testmod(module).attempted > 0
