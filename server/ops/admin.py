@@ -18,7 +18,7 @@ import msgspec
 
 from server.core.errors import GatewayError
 from server.credentials.checks import TOKEN_PATTERN
-from server.web.errors import validation_error
+from server.web.errors import decode_json, validation_error
 from server.web.handler import ApiHandler, api, check_api_key
 from state.keys import token_id
 
@@ -89,12 +89,10 @@ class InstanceList(AdminHandler):
 
 
 def _decode_change(body: bytes) -> PoolChange:
+    raw = decode_json(body, msgspec.json.decode)
+    if isinstance(raw, list):
+        raw = {"tokens": raw}
     try:
-        raw = msgspec.json.decode(body)
-        if isinstance(raw, list):
-            raw = {"tokens": raw}
         return msgspec.convert(raw, PoolChange)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise GatewayError("invalid_json", str(exc)) from None

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from server.core.errors import GatewayError
-from server.web.errors import validation_error
+from server.web.errors import decode_json
 
 __all__ = ["MessagesRequest", "decode_messages_request"]
 
@@ -112,18 +112,17 @@ class CountTokensRequest(Struct, kw_only=True):
     thinking: Thinking | None = None
 
 
+_decoder = msgspec.json.Decoder(MessagesRequest)
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
+
+
 def decode_messages_request(body: bytes, count_only: bool = False) -> MessagesRequest:
     """Decode (``count_only``: a count_tokens request, which needs no ``max_tokens``)."""
-    try:
-        if count_only:
-            count = msgspec.json.decode(body, type=CountTokensRequest)
-            req = MessagesRequest(**{f: getattr(count, f) for f in count.__struct_fields__})
-        else:
-            req = msgspec.json.decode(body, type=MessagesRequest)
-    except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise GatewayError("invalid_json", str(exc).removeprefix("JSON is malformed: ")) from None
+    if count_only:
+        count = decode_json(body, _count_decoder.decode)
+        req = MessagesRequest(**{f: getattr(count, f) for f in count.__struct_fields__})
+    else:
+        req = decode_json(body, _decoder.decode)
     if req.max_tokens is None and not count_only:
         raise GatewayError("invalid_request", "max_tokens: field required", param="max_tokens")
     if not req.messages:

@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from server.core.errors import GatewayError
-from server.web.errors import validation_error
+from server.web.errors import decode_json, validation_error
 
 __all__ = ["ChatRequest", "decode_chat_request", "validation_error"]
 
@@ -94,9 +93,4 @@ _decoder = msgspec.json.Decoder(ChatRequest)
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
-    try:
-        return _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise GatewayError("invalid_json", str(exc).removeprefix("JSON is malformed: ")) from None
+    return decode_json(body, _decoder.decode)

@@ -1,0 +1,101 @@
+"""Hostile input over real sockets: each is a 4xx shaped like the API called, naming the
+problem, never a 500, a hang or a log line the client wrote.
+
+Invalid UTF-8 and deep nesting in every free-form field of every route, body and header
+limits, the access log's model name, and client-sized work (stop sequences, count_tokens).
+"""
+
+import json
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import API_KEY
+
+ADMIN = "admin-hostile-0123456789"
+HELLO = [{"role": "user", "content": "hello"}]
+OPENAI = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+ANTHROPIC = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+
+
+def with_deep(make, depth: int) -> bytes:
+    """The request ``make`` builds, its free-form field nested ``depth`` levels deep (as text:
+    json.dumps itself gives up near 1,000)."""
+    value = '{"a":[' * (depth // 2) + "{}" + "]}" * (depth // 2)
+    return json.dumps(make("DEEP")).encode().replace(b'"DEEP"', value.encode())
+
+
+# route, headers, a request body holding ``value`` in one of its free-form fields
+ROUTES = {
+    "tools.parameters": (
+        "/v1/chat/completions",
+        OPENAI,
+        lambda v: {
+            "model": "GLM-4.5",
+            "messages": HELLO,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": v}}],
+        },
+    ),
+    "metadata": (
+        "/v1/messages",
+        ANTHROPIC,
+        lambda v: {"model": "GLM-4.5", "max_tokens": 5, "messages": HELLO, "metadata": v},
+    ),
+    "input_schema": (
+        "/v1/messages/count_tokens",
+        ANTHROPIC,
+        lambda v: {
+            "model": "GLM-4.5",
+            "messages": HELLO,
+            "tools": [{"name": "f", "input_schema": v}],
+        },
+    ),
+    "admin": ("/v1/token-pool/update", {"Authorization": f"Bearer {ADMIN}"}, lambda v: [v]),
+}
+
+
+async def post(gw, path: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    reply = await AsyncHTTPClient().fetch(
+        gw.url + path, method="POST", body=body, headers=headers, raise_error=False
+    )
+    return reply.code, json.loads(reply.body)
+
+
+def assert_shaped(path: str, error: dict) -> None:
+    """The error body of the API called: Anthropic's has a top-level ``type``."""
+    if path.startswith("/v1/messages"):
+        assert error["type"] == "error"
+        assert error["error"]["type"] == "invalid_request_error"
+    else:
+        assert "type" not in error
+        assert error["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("field", ROUTES)
+async def test_invalid_utf8_is_a_400_naming_it(gateway, field):
+    gw = await gateway("home", "guest_auth", admin_token=ADMIN)
+    path, headers, make = ROUTES[field]
+    body = json.dumps(make({"secretword": "MARK"})).encode().replace(b"MARK", b"\xff\xfeMARK")
+    status, error = await post(gw, path, body, headers)
+    assert status == 400
+    assert_shaped(path, error)
+    assert "UTF-8" in error["error"]["message"]
+    assert "secretword" not in error["error"]["message"]
+
+
+@pytest.mark.parametrize("field", ROUTES)
+async def test_deep_nesting_is_a_400_in_every_free_form_field(gateway, field):
+    gw = await gateway("home", "guest_auth", admin_token=ADMIN)
+    path, headers, make = ROUTES[field]
+    for depth in (100, 1000, 100_000):
+        status, error = await post(gw, path, with_deep(make, depth), headers)
+        assert status == 400, (depth, error)
+        assert_shaped(path, error)
+        assert "nests deeper than 64" in error["error"]["message"]
+
+
+async def test_ordinary_nesting_still_decodes(gateway):
+    gw = await gateway("home", "guest_auth")
+    path, headers, make = ROUTES["input_schema"]
+    status, reply = await post(gw, path, with_deep(make, 40), headers)
+    assert status == 200 and reply["input_tokens"] > 0
