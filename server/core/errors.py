@@ -11,7 +11,7 @@ their own error shape.
 
 from dataclasses import dataclass
 
-__all__ = ["RULES", "GatewayError", "Rule"]
+__all__ = ["RULES", "GatewayError", "Rule", "client_should_retry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,16 @@ RULES: dict[str, Rule] = {
         message="the upstream answered something unexpected: {detail}",
     ),
 }
+
+
+def client_should_retry(status: int) -> bool:
+    """Whether the client may retry an answer of this status (its ``x-should-retry``): a 4xx
+    other than 408/409/429 is the request's own fault, and sending it again cannot fix it.
+
+    >>> client_should_retry(401), client_should_retry(429), client_should_retry(503)
+    (False, True, True)
+    """
+    return status >= 500 or status in (408, 409, 429)
 
 
 class GatewayError(Exception):

@@ -22,7 +22,7 @@ from tornado.web import RequestHandler
 
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
-from server.core.errors import GatewayError
+from server.core.errors import GatewayError, client_should_retry
 from server.core.models import find_model
 from server.ops.metrics import observe_request
 from server.web.errors import error_body
@@ -160,9 +160,15 @@ class ApiHandler(RequestHandler):
         self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
         self.set_header("X-Request-Id", self.request_id)
+        self.set_retry_headers(err.status)
         if err.retry_after is not None:
             self.set_header("Retry-After", str(max(1, math.ceil(err.retry_after))))
         self.finish(self.render_error(err))
+
+    def set_retry_headers(self, status: int) -> None:
+        # The SDKs (and Claude Code) obey this header before their own status rules: without
+        # it a bad key is retried up to ten times with backoff.
+        self.set_header("x-should-retry", "true" if client_should_retry(status) else "false")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -174,6 +180,7 @@ class ApiHandler(RequestHandler):
         where = f"{self.request.method} {self.request.path}"
         detail = f"{where}: {self._reason}" if kind != "internal" else f"{where} failed"
         self.set_header("Content-Type", "application/json")
+        self.set_retry_headers(status_code)
         self.finish(self.render_error(GatewayError(kind, detail)))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

@@ -1,0 +1,91 @@
+"""What the official SDKs do with the gateway's answers, beyond the happy path.
+
+A 4xx no retry can fix says ``x-should-retry: false`` (the SDKs then send the request once,
+not three times; Claude Code not eleven), 429/5xx say ``true``.
+"""
+
+import anthropic
+import openai
+import pytest
+from loguru import logger
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import API_KEY
+
+BASE = ("home", "guest_auth")
+HI = [{"role": "user", "content": "hi"}]
+
+
+class AccessLines:
+    """The gateway's own access lines, one per request it answered."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.sink = logger.add(self.lines.append, level="INFO", format="{message}")
+
+    def for_path(self, path: str) -> list[str]:
+        return [line for line in self.lines if f" {path} " in line and "status=" in line]
+
+    def close(self) -> None:
+        logger.remove(self.sink)
+
+
+@pytest.fixture
+def access_lines():
+    lines = AccessLines()
+    yield lines
+    lines.close()
+
+
+async def test_bad_key_is_sent_once_by_the_anthropic_sdk(gateway, access_lines):
+    gw = await gateway(*BASE)
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-wrong", timeout=20) as c:
+        assert c.max_retries == 2  # the SDK's default: it would retry a 401 without the header
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await c.messages.create(model="claude-sonnet-5-5", max_tokens=64, messages=HI)
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert len(access_lines.for_path("/v1/messages")) == 1
+
+
+async def test_bad_key_is_sent_once_by_the_openai_sdk(gateway, access_lines):
+    gw = await gateway(*BASE)
+    client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-wrong", timeout=20)
+    async with client:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await client.chat.completions.create(model="glm-4.7", messages=HI)
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert len(access_lines.for_path("/v1/chat/completions")) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "retry"),
+    [
+        ("POST", "/v1/chat/completions", b"{", 400, "false"),
+        ("POST", "/v1/messages", b'{"model": 1}', 400, "false"),
+        ("GET", "/v1/nowhere", None, 404, "false"),
+        ("POST", "/v1/chat/completions", b"x" * 2048, 413, "false"),
+    ],
+)
+async def test_should_retry_header_on_client_errors(gateway, method, path, body, status, retry):
+    gw = await gateway(*BASE, max_body_bytes=1024)
+    answer = await AsyncHTTPClient().fetch(
+        gw.url + path,
+        method=method,
+        body=body,
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        raise_error=False,
+    )
+    assert answer.code == status
+    assert answer.headers["x-should-retry"] == retry
+
+
+async def test_should_retry_true_when_the_pool_is_empty(gateway):
+    # No guest tokens allowed and no user tokens: the gateway cannot serve, a retry may.
+    gw = await gateway(*BASE, anonymous_mode=False)
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as c:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await c.messages.create(model="claude-sonnet-5-5", max_tokens=64, messages=HI)
+    assert caught.value.status_code >= 500
+    assert caught.value.response.headers["x-should-retry"] == "true"
