@@ -16,10 +16,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from loguru import logger
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server.app import make_app
+from server.app import make_server
 from server.logs import setup_logging
 from server.services import make_services
 from server.settings import Settings, SettingsError, load_settings
@@ -32,12 +31,7 @@ async def serve(settings: Settings) -> None:
     )
     services = make_services(settings)
     await services.start()
-    server = HTTPServer(
-        make_app(services),
-        xheaders=True,
-        max_body_size=settings.max_body_bytes + 1024,
-        idle_connection_timeout=75,
-    )
+    server = make_server(services, xheaders=True)
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     logger.info(

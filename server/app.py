@@ -1,9 +1,11 @@
 """The tornado application: the route table.
 
-Owns ``ROUTES`` and ``make_app``. The services the handlers share are built per worker
+Owns ``ROUTES``, ``make_app`` and ``make_server`` (the HTTP server and its limits, the same
+in production and in tests). The services the handlers share are built per worker
 process (``server.services``), after any fork, and passed to every route.
 """
 
+from tornado.httpserver import HTTPServer
 from tornado.web import Application, StaticFileHandler
 
 from server.faces.anthropic.api import CountTokens, Messages
@@ -15,7 +17,7 @@ from server.ops.metrics import Metrics
 from server.services import Services
 from server.web.handler import NotFound
 
-__all__ = ["ROUTES", "make_app"]
+__all__ = ["ROUTES", "make_app", "make_server"]
 
 ROUTES = [
     (r"/v1/chat/completions", ChatCompletions),
@@ -43,3 +45,14 @@ def make_app(services: Services) -> Application:
         default_handler_class=NotFound,
         default_handler_args={"services": services},
     )
+
+
+def make_server(services: Services, **options: object) -> HTTPServer:
+    """The HTTP server for ``make_app(services)``; ``options`` are tornado's, over these."""
+    settings = services.settings
+    limits: dict[str, object] = {
+        "max_body_size": settings.max_body_bytes + 1024,
+        "body_timeout": settings.body_timeout,
+        "idle_connection_timeout": 75,
+    }
+    return HTTPServer(make_app(services), **{**limits, **options})

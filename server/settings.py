@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     single_instance: Literal["auto", "on", "off"] = "auto"
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
+    # Hostile input: how long a client may take to send its body once the headers are in
+    body_timeout: float = Field(60.0, gt=0)
+
     # Client API keys (what OpenAI/Anthropic clients send)
     auth_token: str = ""
     auth_tokens: CommaList = []

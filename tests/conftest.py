@@ -16,7 +16,7 @@ from loguru import logger
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server.app import make_app
+from server.app import make_server
 from server.services import Services, make_services
 from server.settings import load_settings
 from state.connection import connect
@@ -77,7 +77,7 @@ def gateway(io_loop):
         services = make_services(settings)
         await services.start()
         sockets = bind_sockets(0, "127.0.0.1")
-        server = HTTPServer(make_app(services))
+        server = make_server(services)
         server.add_sockets(sockets)
         gw = Gateway(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", fake, server, services)
         started.append(gw)

@@ -5,6 +5,7 @@ Invalid UTF-8 and deep nesting in every free-form field of every route, body and
 limits, the access log's model name, and client-sized work (stop sequences, count_tokens).
 """
 
+import asyncio
 import json
 
 import pytest
@@ -99,3 +100,28 @@ async def test_ordinary_nesting_still_decodes(gateway):
     path, headers, make = ROUTES["input_schema"]
     status, reply = await post(gw, path, with_deep(make, 40), headers)
     assert status == 200 and reply["input_tokens"] > 0
+
+
+def port_of(gw) -> int:
+    return int(gw.url.rsplit(":", 1)[1])
+
+
+async def raw_exchange(gw, data: bytes, wait: float = 10.0) -> bytes:
+    """Send ``data`` on a raw socket and read until the gateway closes it (or ``wait`` ends)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), wait)
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_never_comes_is_cut_off(gateway):
+    gw = await gateway("home", "guest_auth", body_timeout=0.3)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    # Without a body timeout the socket stays open: wait_for raises TimeoutError.
+    assert await raw_exchange(gw, head) == b""
