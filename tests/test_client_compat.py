@@ -5,6 +5,7 @@ not three times; Claude Code not eleven), 429/5xx say ``true``.
 """
 
 import anthropic
+import msgspec
 import openai
 import pytest
 from loguru import logger
@@ -89,3 +90,98 @@ async def test_should_retry_true_when_the_pool_is_empty(gateway):
             await c.messages.create(model="claude-sonnet-5-5", max_tokens=64, messages=HI)
     assert caught.value.status_code >= 500
     assert caught.value.response.headers["x-should-retry"] == "true"
+
+
+SEARCH_TOOL = {
+    "name": "ToolSearch",
+    "description": "Find deferred tools",
+    "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}},
+}
+DEFERRED = [
+    {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "defer_loading": True,
+    },
+    {
+        "name": "launch_rockets",
+        "description": "Never referenced",
+        "input_schema": {"type": "object", "properties": {}},
+        "defer_loading": True,
+    },
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_reference_in_a_tool_result_loads_the_deferred_tool(gateway, stream):
+    # Claude Code's deferred tools: ToolSearch answers with tool_reference blocks.
+    gw = await gateway(*BASE, "tools_final_answer")
+    messages = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "ToolSearch", "input": {"query": "w"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [
+                        {"type": "tool_reference", "tool_name": "get_weather"},
+                        {"type": "text", "text": "one match"},
+                        {"type": "search_result", "title": "Forecast", "source": "doc://a"},
+                    ],
+                }
+            ],
+        },
+    ]
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as client:
+        args = dict(
+            model="claude-sonnet-5-5",
+            max_tokens=500,
+            messages=messages,
+            tools=[SEARCH_TOOL, *DEFERRED],
+        )
+        if stream:
+            async with client.messages.stream(**args) as s:
+                final = await s.get_final_message()
+        else:
+            final = await client.messages.create(**args)
+    assert final.content[-1].text == "It is 18 °C (64.4 °F) in Paris right now."
+    sent = msgspec.json.decode(gw.completions_seen()[0].body)["messages"]
+    result = sent[-1]["content"]
+    assert "Tool get_weather is now loaded and can be called.\none match\n" in result
+    assert '[search_result] {"title":"Forecast","source":"doc://a"}' in result
+    assert '"name":"get_weather"' in sent[0]["content"]  # the referenced tool is offered
+    assert "launch_rockets" not in sent[0]["content"]  # a deferred one nobody loaded is not
+
+
+async def test_image_in_a_tool_result_is_still_refused_naming_the_field(gateway):
+    gw = await gateway(*BASE)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
+    messages = [
+        {"role": "user", "content": "look"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "shot", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [image]}],
+        },
+    ]
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as client:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await client.messages.create(
+                model="claude-sonnet-5-5", max_tokens=50, messages=messages
+            )
+    assert "messages.2.content.0.content.0" in caught.value.message

@@ -6,9 +6,13 @@ Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MOD
 tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``,
 ``stop_sequences``. Images and documents are refused with a 400 naming the block.
 ``system`` messages among the messages (Claude Code sends one) join the system turn.
+Inside a ``tool_result`` any block type is rendered as text: a ``tool_reference`` (what Claude
+Code's ToolSearch answers) names a deferred tool, which is then offered like the others.
 ``max_tokens`` is not passed upstream: the API requires it, so clients send their ceiling
 (Claude Code: 128000), not a wish, and the web upstream has its own limits.
 """
+
+from typing import Any
 
 import msgspec
 
@@ -37,11 +41,12 @@ def to_conversation(
     model = require_model(req.model, claude)
     system = [_system_text(req.system)] if req.system else []
     turns: list[Turn] = []
+    referenced: set[str] = set()  # deferred tools a tool_reference has loaded
     for index, message in enumerate(req.messages):
         if message.role == "system":  # folded into the one system turn, in order
             system.append(_system_text(message.content))
             continue
-        turns += _turns(index, message.role, message.content)
+        turns += _turns(index, message.role, message.content, referenced)
     if any(system):
         turns.insert(0, Turn("system", "\n\n".join(text for text in system if text)))
     thinking = None
@@ -57,15 +62,15 @@ def to_conversation(
         stop=list(req.stop_sequences or []),
     )
     if tool_support and req.tools:
-        _tools(req, conv)
+        _tools(req, conv, referenced)
     return conv
 
 
-def _tools(req: MessagesRequest, conv: Conversation) -> None:
+def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> None:
     conv.tools = [
         ToolSpec(t.name, t.description, t.input_schema)
         for t in req.tools or []
-        if t.type in (None, "custom") and not t.defer_loading
+        if t.type in (None, "custom") and (not t.defer_loading or t.name in referenced)
     ]
     choice = req.tool_choice
     if choice is None:
@@ -83,7 +88,7 @@ def _tools(req: MessagesRequest, conv: Conversation) -> None:
     conv.parallel_tool_calls = not choice.disable_parallel_tool_use
 
 
-def _turns(index: int, role: str, content: object) -> list[Turn]:
+def _turns(index: int, role: str, content: object, referenced: set[str]) -> list[Turn]:
     if isinstance(content, str):
         if role == "user" and not content:
             raise GatewayError(
@@ -102,7 +107,8 @@ def _turns(index: int, role: str, content: object) -> list[Turn]:
         elif isinstance(block, ToolUseBlock):
             calls.append(ToolCall(block.id, block.name, msgspec.json.encode(block.input).decode()))
         elif isinstance(block, ToolResultBlock):
-            turns.append(Turn("tool", _result_text(block, where), tool_call_id=block.tool_use_id))
+            text = _result_text(block, where, referenced)
+            turns.append(Turn("tool", text, tool_call_id=block.tool_use_id))
         elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             continue  # the upstream keeps no thinking of earlier turns
         elif isinstance(block, ImageBlock | DocumentBlock):
@@ -129,16 +135,37 @@ def _system_text(content: object) -> str:
     return "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
 
 
-def _result_text(block: ToolResultBlock, where: str) -> str:
+def _result_text(block: ToolResultBlock, where: str, referenced: set[str]) -> str:
     if isinstance(block.content, str):
         text = block.content
     else:
-        parts = []
-        for part in block.content:
-            if not isinstance(part, TextBlock):
-                raise GatewayError(
-                    "invalid_request", f"{where}: only text tool results are supported", param=where
-                )
-            parts.append(part.text)
-        text = "\n".join(parts)
+        text = "\n".join(
+            _result_part(part, f"{where}.content.{k}", referenced)
+            for k, part in enumerate(block.content)
+        )
     return f"[error] {text}" if block.is_error else text
+
+
+def _result_part(part: dict[str, Any], where: str, referenced: set[str]) -> str:
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise GatewayError("invalid_request", f"{where}.type: a string is required", param=where)
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise GatewayError(
+                "invalid_request", f"{where}.text: a string is required", param=f"{where}.text"
+            )
+        return text
+    if kind in ("image", "document"):
+        raise GatewayError(
+            "invalid_request",
+            f"{where}: {kind} input is not supported by this gateway",
+            param=where,
+        )
+    if kind == "tool_reference" and isinstance(name := part.get("tool_name"), str):
+        referenced.add(name)
+        return f"Tool {name} is now loaded and can be called."
+    # An unknown block: the model reads it as it came, minus the caching hint.
+    rest = {k: v for k, v in part.items() if k not in ("type", "cache_control")}
+    return f"[{kind}] {msgspec.json.encode(rest).decode()}"

@@ -3,8 +3,9 @@
 Owns the request Structs and ``decode_messages_request`` (errors name the field, like the
 OpenAI face's). Content blocks are a tagged union on ``type``: ``text``, ``image`` (refused
 later with a clear error), ``tool_use``, ``tool_result``, ``thinking``, ``redacted_thinking``
-and ``document``. Fields the gateway does not use (``cache_control``, ``citations``,
-``metadata``, ``top_k``, ``service_tier``...) are accepted and ignored.
+and ``document``; inside a ``tool_result`` any block type is taken (see convert). Fields the
+gateway does not use (``cache_control``, ``citations``, ``metadata``, ``top_k``,
+``service_tier``...) are accepted and ignored.
 """
 
 from typing import Annotated, Any, Literal
@@ -38,7 +39,9 @@ class ToolUseBlock(Struct, tag_field="type", tag="tool_use"):
 
 class ToolResultBlock(Struct, tag_field="type", tag="tool_result"):
     tool_use_id: str
-    content: str | list[TextBlock | ImageBlock | DocumentBlock] = ""
+    # Blocks of any type: Claude Code's deferred tools answer with ``tool_reference`` blocks,
+    # and newer block types keep coming; convert renders each as text (images refused).
+    content: str | list[dict[str, Any]] = ""
     is_error: bool = False
 
 
