@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Hostile input: how long a client may take to send its body once the headers are in
     body_timeout: float = Field(60.0, gt=0)
 
+    # Browsers (CORS): origins allowed to call the API from a page; empty = off, * = any
+    cors_origins: CommaList = []
+
     # Client API keys (what OpenAI/Anthropic clients send)
     auth_token: str = ""
     auth_tokens: CommaList = []
@@ -89,7 +92,7 @@ class Settings(BaseSettings):
     upstream_idle_timeout: float = Field(120.0, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
 
-    @field_validator("auth_tokens", "zai_tokens", mode="before")
+    @field_validator("auth_tokens", "zai_tokens", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -185,3 +185,63 @@ async def test_image_in_a_tool_result_is_still_refused_naming_the_field(gateway)
                 model="claude-sonnet-5-5", max_tokens=50, messages=messages
             )
     assert "messages.2.content.0.content.0" in caught.value.message
+
+
+PAGE = "http://127.0.0.1:9"  # a page's origin: another port than the gateway's
+SDK_HEADERS = "anthropic-version,x-api-key,content-type,x-stainless-os,x-stainless-retry-count"
+
+
+async def fetch(gw, path, method="GET", origin=PAGE, **headers):
+    body = headers.pop("body", None)
+    return await AsyncHTTPClient().fetch(
+        gw.url + path,
+        method=method,
+        body=body,
+        headers={"Origin": origin, **headers},
+        raise_error=False,
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions", "/v1/models"])
+async def test_cors_preflight_allows_what_the_sdks_send(gateway, path):
+    gw = await gateway(*BASE, cors_origins=f"https://ui.example,{PAGE}")
+    answer = await fetch(
+        gw,
+        path,
+        "OPTIONS",
+        **{
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": SDK_HEADERS,
+        },
+    )
+    assert answer.code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == PAGE
+    assert answer.headers["Vary"] == "Origin"
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert answer.headers["Access-Control-Allow-Headers"] == SDK_HEADERS
+    other = await fetch(gw, path, "OPTIONS", origin="https://evil.example")
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_cors_headers_on_answers_errors_and_streams(gateway):
+    gw = await gateway(*BASE, "stream_glm5_plain_thinking", cors_origins="*")
+    bad = await fetch(gw, "/v1/messages", "POST", body=b"{}", **{"x-api-key": "sk-wrong"})
+    assert bad.code == 401 and bad.headers["Access-Control-Allow-Origin"] == "*"
+    assert "x-should-retry" in bad.headers["Access-Control-Expose-Headers"]
+    models = await fetch(gw, "/v1/models", Authorization=f"Bearer {API_KEY}")
+    assert models.code == 200 and models.headers["Access-Control-Allow-Origin"] == "*"
+    body = msgspec.json.encode(
+        {"model": "claude-sonnet-5-5", "max_tokens": 64, "messages": HI, "stream": True}
+    )
+    stream = await fetch(gw, "/v1/messages", "POST", body=body, **{"x-api-key": API_KEY})
+    assert stream.code == 200 and stream.headers["Access-Control-Allow-Origin"] == "*"
+    assert b"event: message_stop" in stream.body
+
+
+async def test_cors_off_by_default(gateway):
+    gw = await gateway(*BASE)
+    answer = await fetch(gw, "/v1/messages", "OPTIONS", **{"Access-Control-Request-Method": "POST"})
+    assert answer.code == 405
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    models = await fetch(gw, "/v1/models", Authorization=f"Bearer {API_KEY}")
+    assert "Access-Control-Allow-Origin" not in models.headers

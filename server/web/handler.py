@@ -18,7 +18,7 @@ from typing import Any
 
 from loguru import logger
 from tornado.iostream import StreamClosedError
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler
 
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
@@ -27,7 +27,11 @@ from server.core.models import find_model
 from server.ops.metrics import observe_request
 from server.web.errors import error_body
 
-__all__ = ["ApiHandler", "NotFound", "api", "check_api_key"]
+__all__ = ["ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
+
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+# What a page may read of an answer beyond the safe few: the request id and the retry advice.
+CORS_EXPOSE = "X-Request-Id, Retry-After, x-should-retry, X-Gateway-Tools"
 
 
 def check_api_key(presented: str, keys: tuple[str, ...]) -> bool:
@@ -37,6 +41,22 @@ def check_api_key(presented: str, keys: tuple[str, ...]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(given, key.encode())
     return found
+
+
+def set_cors_headers(handler: RequestHandler) -> None:
+    """Allow the request's ``Origin`` when ``CORS_ORIGINS`` lists it (or is ``*``)."""
+    origins = handler.services.settings.cors_origins  # type: ignore[attr-defined]
+    origin = handler.request.headers.get("Origin")
+    if not origins or not origin:
+        return
+    if "*" in origins:
+        handler.set_header("Access-Control-Allow-Origin", "*")
+    elif origin in origins:
+        handler.set_header("Access-Control-Allow-Origin", origin)
+        handler.set_header("Vary", "Origin")
+    else:
+        return
+    handler.set_header("Access-Control-Expose-Headers", CORS_EXPOSE)
 
 
 def api(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -65,6 +85,28 @@ class ApiHandler(RequestHandler):
         self.started_at = time.monotonic()
         self._task: asyncio.Future[None] | None = None
         self._aborted: GatewayError | None = None
+        self.set_default_headers()
+
+    def set_default_headers(self) -> None:
+        # Also runs on every clear() (error answers), so CORS headers survive into errors;
+        # the first call, from tornado's __init__, comes before initialize gave us settings.
+        if hasattr(self, "services"):
+            set_cors_headers(self)
+
+    async def options(self, *args: str) -> None:
+        """A browser's CORS preflight: 204 with the allow headers when the origin may call."""
+        if not self.services.settings.cors_origins:
+            raise HTTPError(405)
+        if self._headers.get("Access-Control-Allow-Origin"):
+            asked = self.request.headers.get("Access-Control-Request-Headers", "")
+            self.set_header("Access-Control-Allow-Methods", CORS_METHODS)
+            # Every header asked for: the SDKs send anthropic-*, x-stainless-*, openai-* ones
+            # that change with each release; the key is checked on the real request anyway.
+            if asked:
+                self.set_header("Access-Control-Allow-Headers", asked)
+            self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+        self.finish()
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
