@@ -29,7 +29,14 @@ class _ToLoguru(logging.Handler):
 
 def setup_logging(debug: bool) -> None:
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if debug else "INFO", format=_FORMAT, colorize=None)
+    # diagnose=False: a traceback must not print variable values (request bodies, tokens).
+    logger.add(
+        sys.stderr,
+        level="DEBUG" if debug else "INFO",
+        format=_FORMAT,
+        colorize=None,
+        diagnose=False,
+    )
     logging.basicConfig(
         handlers=[_ToLoguru()], level=logging.DEBUG if debug else logging.INFO, force=True
     )

@@ -7,8 +7,13 @@ limits, the access log's model name, and client-sized work (stop sequences, coun
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from loguru import logger
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import API_KEY
@@ -125,3 +130,73 @@ async def test_a_body_that_never_comes_is_cut_off(gateway):
     )
     # Without a body timeout the socket stays open: wait_for raises TimeoutError.
     assert await raw_exchange(gw, head) == b""
+
+
+@pytest.fixture
+def access_lines():
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), format="{message}", level="INFO")
+    yield lines
+    logger.remove(sink)
+
+
+async def test_a_hostile_model_name_forges_no_log_line(gateway, access_lines):
+    gw = await gateway("home", "guest_auth")
+    name = "GLM\r\n2026-12-02 00:00:00 INFO forged\x1b[31m\u2028" + "x" * 1_000_000
+    body = json.dumps({"model": name, "messages": HELLO}).encode()
+    status, error = await post(gw, "/v1/chat/completions", body, OPENAI)
+    assert status == 404
+    message = error["error"]["message"]
+    assert len(message) < 2000 and "\x1b" not in message and "\r" not in message
+    assert f"({len(name)} characters)" in message
+    line = next(line for line in access_lines if "/v1/chat/completions" in line)
+    assert line.count("\n") == 1 and "\r" not in line and "\x1b" not in line
+    assert "\u2028" not in line and len(line) < 1000
+    assert "model=GLM\\r\\n2026" in line
+
+
+async def test_a_request_abandoned_before_its_answer_is_logged_499(gateway, access_lines):
+    gw = await gateway("home", "guest_auth", stall_headers=True)
+    body = json.dumps({"model": "GLM-4.5", "messages": HELLO}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+    writer.write(head + body)
+    await writer.drain()
+    while not gw.completions_seen():  # the upstream has the request: the gateway waits
+        await asyncio.sleep(0.02)
+    writer.close()
+    for _ in range(250):
+        done = [line for line in access_lines if "POST /v1/chat/completions" in line]
+        if done:
+            break
+        await asyncio.sleep(0.02)
+    assert done and " status=499 " in done[0], done
+
+
+def test_a_logged_traceback_prints_no_variable_value(tmp_path):
+    script = (
+        "from loguru import logger\n"
+        "from server.logs import setup_logging\n"
+        "setup_logging(False)\n"
+        "def fail(body):\n"
+        "    return body['missing']\n"
+        "try:\n"
+        "    fail({'prompt': '-'.join(['PRIVATE', 'WORDS'])})\n"
+        "except KeyError:\n"
+        "    logger.exception('request failed')\n"
+    )
+    (tmp_path / "fails.py").write_text(script)  # a file: loguru annotates only source lines
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "fails.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert "KeyError" in run.stderr and "request failed" in run.stderr
+    assert "PRIVATE-WORDS" not in run.stderr

@@ -1,17 +1,18 @@
 """What every failure means for the client, as one table.
 
-Owns ``GatewayError`` and the ``RULES`` table. A failure has a *kind* (a short code); its row
-says the HTTP status the client gets, the OpenAI error ``type``, whether a retry may help (only
-ever before a byte reached the client), what it says about the upstream token used (for the
-pool: ``ok``, ``cooldown`` or ``dead``), whether the front-end version must be re-read, and the
-plain-words message. The upstream dialect decides which kind an upstream answer is
-(PROTOCOL.md section 4); this table is section 5. The API faces render a ``GatewayError`` in
-their own error shape.
+Owns ``GatewayError``, the ``RULES`` table and ``shown`` (client text made safe to log or
+echo). A failure has a *kind* (a short code); its row says the HTTP status the client gets, the
+OpenAI error ``type``, whether a retry may help (only ever before a byte reached the client),
+what it says about the upstream token used (for the pool: ``ok``, ``cooldown`` or ``dead``),
+whether the front-end version must be re-read, and the plain-words message. The upstream
+dialect decides which kind an upstream answer is (PROTOCOL.md section 4); this table is section
+5. The API faces render a ``GatewayError`` in their own error shape.
 """
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["RULES", "GatewayError", "Rule", "client_should_retry"]
+__all__ = ["RULES", "GatewayError", "Rule", "client_should_retry", "shown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,22 @@ def client_should_retry(status: int) -> bool:
     (False, True, True)
     """
     return status >= 500 or status in (408, 409, 429)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(text: str, limit: int = 100) -> str:
+    """``text`` as a client wrote it, made safe for a log line or an error message: control
+    characters escaped (no forged log lines, no terminal escapes) and long text cut.
+
+    >>> shown("GLM\\r\\n1 INFO forged\\x1b[31m")
+    'GLM\\\\r\\\\n1 INFO forged\\\\x1b[31m'
+    >>> shown("x" * 500, limit=3)
+    'xxx... (500 characters)'
+    """
+    safe = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), text[:limit])
+    return safe if len(text) <= limit else f"{safe}... ({len(text)} characters)"
 
 
 class GatewayError(Exception):

@@ -11,7 +11,7 @@ face also maps Claude model names to rows chosen by settings (``CLAUDE_*_MODEL``
 
 from dataclasses import dataclass, replace
 
-from server.core.errors import GatewayError
+from server.core.errors import GatewayError, shown
 
 __all__ = ["MODELS", "Model", "find_model", "require_model"]
 
@@ -85,5 +85,5 @@ def require_model(name: str, claude: dict[str, str] | None = None) -> Model:
     hint = "use a Claude model name (claude-opus-*, claude-sonnet-*, claude-haiku-*) or one of"
     listing = f"{hint}: {names}" if claude is not None else f"available models: {names}"
     raise GatewayError(
-        "model_not_found", f"the model '{name}' does not exist; {listing}", param="model"
+        "model_not_found", f"the model '{shown(name)}' does not exist; {listing}", param="model"
     )

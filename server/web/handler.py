@@ -3,7 +3,9 @@
 Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
 a route into the error body of the API that route speaks), ``check_api_key`` (constant-time,
 ``Authorization: Bearer`` or ``x-api-key``), ``NotFound``, and the access line: request id,
-method, path, model, status, latency and time to first byte, upstream attempts.
+method, path, model, status, latency and time to first byte, upstream attempts. The client's
+path and model name are ``shown`` (control characters escaped, cut at 100 characters); a
+request the client abandoned before its answer began is logged with status 499.
 """
 
 import asyncio
@@ -22,16 +24,17 @@ from tornado.web import HTTPError, RequestHandler
 
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
-from server.core.errors import GatewayError, client_should_retry
+from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.models import find_model
 from server.ops.metrics import observe_request
 from server.web.errors import error_body
 
-__all__ = ["ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
+__all__ = ["CLIENT_CLOSED", "ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
 
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 # What a page may read of an answer beyond the safe few: the request id and the retry advice.
 CORS_EXPOSE = "X-Request-Id, Retry-After, x-should-retry, X-Gateway-Tools"
+CLIENT_CLOSED = 499  # the access status of a request abandoned before its answer began
 
 
 def check_api_key(presented: str, keys: tuple[str, ...]) -> bool:
@@ -85,6 +88,7 @@ class ApiHandler(RequestHandler):
         self.started_at = time.monotonic()
         self._task: asyncio.Future[None] | None = None
         self._aborted: GatewayError | None = None
+        self._left_unanswered = False
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -179,6 +183,8 @@ class ApiHandler(RequestHandler):
             self._task.cancel()
 
     def on_connection_close(self) -> None:
+        # The client left before a status line reached it: not a 200 (nginx's 499).
+        self._left_unanswered = not self._headers_written
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -237,14 +243,15 @@ class ApiHandler(RequestHandler):
         attempts = getattr(self.attempts, "count", 0)
         # Only table names become labels: clients' typos must not grow the series forever.
         model = found.id if (found := find_model(self.model_name)) else "-"
-        observe_request(self.route, model, self.get_status(), elapsed / 1000, ttfb / 1000)
+        status = CLIENT_CLOSED if self._left_unanswered else self.get_status()
+        observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
             self.request.method,
-            self.request.path,
-            self.model_name,
-            self.get_status(),
+            shown(self.request.path),
+            shown(self.model_name),
+            status,
             elapsed,
             ttfb,
             attempts,
