@@ -200,3 +200,29 @@ def test_a_logged_traceback_prints_no_variable_value(tmp_path):
     )
     assert "KeyError" in run.stderr and "request failed" in run.stderr
     assert "PRIVATE-WORDS" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "field", "cap"),
+    [
+        ("/v1/chat/completions", OPENAI, "stop", 4),
+        ("/v1/messages", ANTHROPIC, "stop_sequences", 16),
+    ],
+)
+async def test_stop_sequences_are_capped(gateway, path, headers, field, cap):
+    gw = await gateway("home", "guest_auth")
+    request = {"model": "GLM-4.5", "max_tokens": 5, "messages": HELLO}
+    body = json.dumps({**request, field: [f"s{i}" for i in range(300_000)]}).encode()
+    status, error = await post(gw, path, body, headers)
+    assert status == 400
+    assert field in error["error"]["message"] and f"<= {cap}" in error["error"]["message"]
+    assert not gw.completions_seen()
+
+
+async def test_count_tokens_refuses_more_than_any_context(gateway):
+    gw = await gateway("home", "guest_auth")
+    huge = [{"role": "user", "content": "word " * 500_000}]
+    body = json.dumps({"model": "GLM-4.5", "messages": huge}).encode()
+    status, error = await post(gw, "/v1/messages/count_tokens", body, ANTHROPIC)
+    assert status == 400 and error["type"] == "error"
+    assert error["error"]["message"].startswith("messages: count_tokens measures at most")

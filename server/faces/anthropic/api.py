@@ -8,13 +8,16 @@ Owns the route handlers, read top to bottom like the OpenAI face's: authenticate
 
 import uuid
 
+from server.core.errors import GatewayError
 from server.core.token_estimate import estimate_conversation
 from server.faces.anthropic.convert import to_conversation
 from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
 from server.faces.anthropic.wire import decode_messages_request
 from server.web.handler import ApiHandler, api
 
-__all__ = ["CountTokens", "Messages"]
+__all__ = ["COUNT_TOKENS_MAX_BYTES", "CountTokens", "Messages"]
+
+COUNT_TOKENS_MAX_BYTES = 2 * 1024 * 1024  # ~500 k tokens of text: over 2x a 200 k context
 
 
 class AnthropicHandler(ApiHandler):
@@ -53,6 +56,14 @@ class CountTokens(AnthropicHandler):
     @api
     async def post(self) -> None:
         self.authenticate()
+        if len(self.request.body) > COUNT_TOKENS_MAX_BYTES:
+            # Counting is CPU on the loop (1.4 s for 7.5 MB): beyond any context, refuse it.
+            raise GatewayError(
+                "invalid_request",
+                f"messages: count_tokens measures at most {COUNT_TOKENS_MAX_BYTES} bytes of"
+                " request, more than any model's context",
+                param="messages",
+            )
         req = decode_messages_request(self.request.body, count_only=True)
         self.model_name = req.model
         conv = to_conversation(req, self.request_id, self.claude_targets())

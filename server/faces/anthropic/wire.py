@@ -19,6 +19,11 @@ from server.web.errors import decode_json
 __all__ = ["MessagesRequest", "decode_messages_request"]
 
 
+# Anthropic documents no cap; each sequence is searched for in all the answer, so a
+# client-sized list is client-sized work. 16 is beyond what SDKs and agents send.
+MAX_STOP_SEQUENCES = 16
+
+
 class TextBlock(Struct, tag_field="type", tag="text"):
     text: str
 
@@ -97,7 +102,7 @@ class MessagesRequest(Struct, kw_only=True):
     system: str | list[TextBlock] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None = None
     stream: bool = False
     temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None

@@ -16,6 +16,9 @@ from server.web.errors import decode_json, validation_error
 __all__ = ["ChatRequest", "decode_chat_request", "validation_error"]
 
 
+MAX_STOP = 4  # OpenAI's own cap; each stop sequence is searched for in all the answer
+
+
 class TextPart(Struct, tag_field="type", tag="text"):
     text: str
 
@@ -79,7 +82,7 @@ class ChatRequest(Struct, kw_only=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     n: Annotated[int, Meta(ge=1)] | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=MAX_STOP)] | None = None
     user: str | None = None
     reasoning_effort: str | None = None
     tools: list[ToolDef] | None = None
