@@ -10,7 +10,7 @@ from tornado.web import Application, StaticFileHandler
 
 from server.faces.anthropic.api import CountTokens, Messages
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
-from server.ops.admin import InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
 from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
 from server.ops.health import Alive, Ready
 from server.ops.metrics import Metrics
@@ -29,6 +29,7 @@ ROUTES = [
     (r"/v1/token-pool/health-check", PoolHealthCheck),
     (r"/v1/token-pool/update", PoolUpdate),
     (r"/v1/instances", InstanceList),
+    (r"/v1/captcha", CaptchaPush),
     (r"/healthz", Alive),
     (r"/readyz", Ready),
     (r"/metrics", Metrics),

@@ -17,6 +17,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.core.completion import CaptchaSource
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
@@ -24,6 +25,7 @@ from server.settings import Settings
 from server.transport import Timeouts
 from server.zai.client import VersionPolicy, ZaiClient
 from server.zai.request import Dialect
+from state.captcha import CaptchaPool
 from state.connection import connect
 from state.facts import Facts
 from state.guests import GuestReserve
@@ -46,6 +48,7 @@ class Services:
     guests: GuestTokens | None
     instances: Instances
     tokens: TokenSource
+    captchas: CaptchaSource = field(default_factory=CaptchaSource)
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -170,7 +173,10 @@ def make_services(settings: Settings) -> Services:
     else:
         tokens = NoTokens()
     instances = Instances(redis, keys, instance_id, settings.instance_ttl, VERSION)
-    return Services(settings, redis, keys, client, pool, guests, instances, tokens)
+    captchas = CaptchaSource(
+        settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
+    )
+    return Services(settings, redis, keys, client, pool, guests, instances, tokens, captchas)
 
 
 def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:

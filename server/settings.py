@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     scan_limit: int = Field(200_000, ge=1)
     debug_logging: bool = False
 
+    # Captcha gate (issue 14): auto = when the upstream's /api/config says enable_captcha
+    zai_captcha: Literal["auto", "on", "off"] = "auto"
+    captcha_ttl_max: float = Field(600.0, gt=0)  # the longest ttl POST /v1/captcha accepts
+    captcha_retry_after: float = Field(10.0, gt=0)
+
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"

@@ -16,6 +16,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
+| ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 
 Token ids are the first 16 hex digits of the token's SHA-256: stable across replicas, and
 safe to show; ``mask`` is the only other form of a token that may be shown or logged.
@@ -82,6 +83,10 @@ class Keys:
     @property
     def facts(self) -> str:
         return f"{self.prefix}facts"
+
+    @property
+    def captcha(self) -> str:
+        return f"{self.prefix}captcha"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

@@ -90,6 +90,10 @@ class FakeUpstream:
         self.stall_after = stall_after  # go silent (connection open) after this many pieces
         self.stall_headers = stall_headers  # completions: never answer at all
         self.fail_tokens: dict[str, int] = {}  # token -> HTTP status its completions get
+        # Strict captcha mode (PROTOCOL.md section 6.2): when a set, /api/config says
+        # enable_captcha and a completion needs one of these params, each good once.
+        self.captcha_valid: set[str] | None = None
+        self.captcha_used: list[str] = []
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -154,6 +158,32 @@ class FakeUpstream:
         if failing:
             return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}
         return None
+
+    def _captcha_refusal(self, seen: Seen) -> bytes | None:
+        """The in-band SSE answer of the captcha gate, or None when the param is good."""
+        if self.captcha_valid is None or seen.method != "POST" or seen.path != COMPLETIONS:
+            return None
+        try:
+            param = json.loads(seen.body).get("captcha_verify_param")
+        except (ValueError, AttributeError):
+            param = None
+        if not param:
+            kind, code, detail = (
+                "missing_param",
+                "FRONTEND_CAPTCHA_REQUIRED",
+                "Please refresh the page to update the app, then try again.",
+            )
+        elif param in self.captcha_used:
+            kind, code, detail = "reused", "F018", "captcha verification failed"
+        elif param not in self.captcha_valid:
+            kind, code, detail = "invalid", "F019", "captcha verification failed"
+        else:
+            self.captcha_used.append(param)
+            return None
+        error = {"captcha_error_type": kind, "code": code, "detail": detail, "error_code": code}
+        frame = {"data": {"data": {"done": True, "error": error}, "done": True, "error": error}}
+        frame["type"] = "chat:completion"
+        return b"data: " + json.dumps(frame).encode() + b"\n\n"
 
     def _pieces(self, body: bytes) -> list[bytes]:
         if self.split == "event":
@@ -228,7 +258,16 @@ class _Handler(RequestHandler):
             while not self.gone:
                 await asyncio.sleep(0.05)
             return
+        if self.fake.captcha_valid is not None and seen.path == "/api/config":
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"features": {"enable_captcha": True}}))
+            return
         rejected = self.fake._reject(seen)
+        refusal = None if rejected else self.fake._captcha_refusal(seen)
+        if refusal is not None:
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            await self._stream(refusal)
+            return
         response = (
             None
             if rejected

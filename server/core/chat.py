@@ -62,6 +62,7 @@ class Conversation:
     stop: list[str] = field(default_factory=list)  # stop sequences
     parallel_tool_calls: bool = True
     extra: dict = field(default_factory=dict)
+    captcha: str = field(default="", repr=False)  # the caller's single-use param; never shown
 
     @property
     def prompt(self) -> str:

@@ -6,11 +6,15 @@ credential with what the attempt said about it. A failure before any byte reache
 is retried (bounded by ``UPSTREAM_RETRIES``, only for kinds whose rule allows it) with a new
 credential; after that the sink reports it (an HTTP error, or an error event mid-stream).
 Cancelling the task (the client hung up) closes the upstream socket at once.
+When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
+the caller's own first, then one from the shared pool; a rejected param is retried once only
+with another param in hand, and the token is never blamed.
 """
 
 from dataclasses import dataclass
 
 from loguru import logger
+from redis.exceptions import RedisError
 
 from server.core.chat import Conversation, Sink
 from server.core.errors import GatewayError
@@ -24,8 +28,32 @@ from server.settings import Settings
 from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.stream import AnswerStream
+from state.captcha import CaptchaPool
 
-__all__ = ["Attempts", "complete"]
+__all__ = ["Attempts", "CaptchaSource", "complete"]
+
+
+@dataclass(slots=True)
+class CaptchaSource:
+    """Where captcha params come from: ``mode`` is ZAI_CAPTCHA (auto|on|off)."""
+
+    mode: str = "auto"
+    pool: CaptchaPool | None = None
+    retry_after: float = 10.0
+
+    async def needed(self, client: ZaiClient) -> bool:
+        if self.mode == "off":
+            return False
+        return self.mode == "on" or await client.captcha_enabled()
+
+    async def take(self) -> str:
+        if self.pool is None:
+            return ""
+        try:
+            return await self.pool.take() or ""
+        except RedisError as exc:
+            logger.warning("captcha pool unreachable: {}", exc)
+            return ""
 
 
 @dataclass(slots=True)
@@ -42,8 +70,12 @@ async def complete(
     client: ZaiClient,
     settings: Settings,
     attempts: Attempts | None = None,
+    captchas: CaptchaSource | None = None,
 ) -> None:
     attempts = attempts or Attempts()
+    captchas = captchas or CaptchaSource("off")
+    caller = conv.captcha  # used once, on the first attempt that needs one
+    rejected: GatewayError | None = None
     retries = settings.upstream_retries
     calls = bool(conv.tools) and conv.tool_choice != "none"
     known = {t.name for t in conv.tools}
@@ -57,10 +89,21 @@ async def complete(
             attempt_sink = ToolCallSink(sink, scanner)
         if conv.stop:
             attempt_sink = StopSequenceSink(attempt_sink, conv.stop)
+        param = ""
+        if caller and captchas.mode != "off":
+            param, caller = caller, ""
+        elif await captchas.needed(client):
+            param = await captchas.take()
+        if rejected is not None and not param:
+            await sink.fail(rejected)  # no other param to try: the first answer stands
+            return
         try:
-            await _attempt(upstream_conv, attempt_sink, tokens, client)
+            await _attempt(upstream_conv, attempt_sink, tokens, client, param)
             return
         except GatewayError as err:
+            rejected = err if err.kind == "captcha_required" else None
+            if rejected is not None:
+                err.retry_after = captchas.retry_after
             ATTEMPT_ERRORS.labels(err.kind).inc()
             retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
             logger.info(
@@ -79,12 +122,14 @@ async def complete(
                 await client.refresh_fe_version(stale=await client.fe_version())
 
 
-async def _attempt(conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient) -> None:
+async def _attempt(
+    conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient, captcha: str
+) -> None:
     cred = await tokens.acquire(conv.model)
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason = "ok", ""
     try:
-        exchange = await client.open_completion(cred, conv)
+        exchange = await client.open_completion(cred, conv, captcha)
         stream = AnswerStream(conv.model.id)
         try:
             try:

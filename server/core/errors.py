@@ -108,8 +108,11 @@ RULES: dict[str, Rule] = {
     "captcha_required": Rule(
         503,
         _UPSTREAM,
-        message="the upstream demands a captcha for this request (FRONTEND_CAPTCHA_REQUIRED), "
-        "which a gateway cannot solve: retry later or use another upstream token",
+        retry=1,  # only with another param in hand; never the token's fault
+        message="the upstream demands a fresh single-use captcha_verify_param for this "
+        "completion ({detail}): send one in the X-Zai-Captcha header (or the body field "
+        "zai_captcha), or have the operator or a solver push params to the shared pool with "
+        "POST /v1/captcha; retry once one is there",
     ),
     "rate_limited": Rule(
         429,

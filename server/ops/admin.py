@@ -9,6 +9,8 @@ with a wrong token, 401. Tokens only ever appear masked.
   (or a bare JSON list, meaning add); new tokens are checked before the answer.
   ``remove`` accepts tokens or their ids.
 - ``GET /v1/instances``: the gateway processes alive now.
+- ``POST /v1/captcha``: ``{"params": [...], "ttl": 75}`` adds single-use captcha params to the
+  shared pool; answers the live depth. Params are never echoed or logged.
 """
 
 import dataclasses
@@ -22,12 +24,20 @@ from server.web.errors import decode_json, validation_error
 from server.web.handler import ApiHandler, api, check_api_key
 from state.keys import token_id
 
-__all__ = ["InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]
+__all__ = ["CaptchaPush", "InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]
 
 
 class PoolChange(msgspec.Struct):
     tokens: list[Annotated[str, msgspec.Meta(pattern=TOKEN_PATTERN)]]
     action: Literal["add", "remove", "replace"] = "add"
+
+
+class CaptchaParams(msgspec.Struct):
+    params: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]],
+        msgspec.Meta(max_length=1000),
+    ]
+    ttl: Annotated[float, msgspec.Meta(gt=0)] = 75.0
 
 
 class AdminHandler(ApiHandler):
@@ -45,7 +55,9 @@ class AdminHandler(ApiHandler):
         summary = {state: 0 for state in ("active", "cooling", "dead", "pending")}
         for row in rows:
             summary[row["state"]] += 1
-        self.write({"tokens": rows, "summary": summary})
+        pool = self.services.captchas.pool
+        depth = await pool.depth() if pool is not None else 0
+        self.write({"tokens": rows, "summary": summary, "captcha": {"depth": depth}})
 
 
 class PoolStatus(AdminHandler):
@@ -86,6 +98,27 @@ class InstanceList(AdminHandler):
     async def get(self) -> None:
         self.authenticate()
         self.write({"instances": await self.services.instances.live()})
+
+
+class CaptchaPush(AdminHandler):
+    @api
+    async def post(self) -> None:
+        self.authenticate()
+        raw = decode_json(self.request.body, msgspec.json.decode)
+        try:
+            push = msgspec.convert(raw, CaptchaParams)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        limit = self.services.settings.captcha_ttl_max
+        if push.ttl > limit:
+            raise GatewayError(
+                "invalid_request", f"ttl must be at most {limit:g} seconds", param="ttl"
+            )
+        pool = self.services.captchas.pool
+        if pool is None:
+            raise GatewayError("not_found", "no captcha pool in this gateway")
+        depth = await pool.push(push.params, push.ttl)
+        self.write({"added": len(push.params), "captcha": {"depth": depth}})
 
 
 def _decode_change(body: bytes) -> PoolChange:

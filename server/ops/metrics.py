@@ -77,6 +77,11 @@ COOLDOWN = Gauge(
     "Longest cooldown left among pooled tokens (shared).",
     registry=REGISTRY,
 )
+CAPTCHA_DEPTH = Gauge(
+    "zai_gateway_captcha_pool_depth",
+    "Live single-use captcha params in the shared pool (shared).",
+    registry=REGISTRY,
+)
 INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
 UPSTREAM_OPEN = Gauge(
     "zai_gateway_upstream_connections",
@@ -105,6 +110,8 @@ class Metrics(RequestHandler):
         try:
             rows = await services.pool.status()  # type: ignore[attr-defined]
             live = await services.instances.live()  # type: ignore[attr-defined]
+            captcha = services.captchas.pool  # type: ignore[attr-defined]
+            depth = await captcha.depth() if captcha is not None else 0
         except (RedisError, OSError) as exc:
             logger.debug("metrics: shared state unreachable: {}", exc)
             REDIS_UP.set(0)
@@ -114,5 +121,6 @@ class Metrics(RequestHandler):
                 POOL.labels(state).set(sum(1 for row in rows if row.state == state))
             COOLDOWN.set(max((row.cooldown_left for row in rows), default=0))
             INSTANCES.set(len(live))
+            CAPTCHA_DEPTH.set(depth)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(REGISTRY))

@@ -151,8 +151,15 @@ class ApiHandler(RequestHandler):
         """Run one completion into ``sink`` until it ends or the client leaves."""
         services = self.services
         self.attempts = Attempts()
+        conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
         work = complete(
-            conv, sink, services.tokens, services.client, services.settings, self.attempts
+            conv,
+            sink,
+            services.tokens,
+            services.client,
+            services.settings,
+            self.attempts,
+            services.captchas,
         )
         await self.run_until_done_or_gone(work, sink)
 

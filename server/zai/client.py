@@ -65,6 +65,8 @@ class ZaiClient:
         self._version_at = 0.0
         self._version_fetch: asyncio.Future[str] | None = None
         self._facts = facts
+        self._captcha = False
+        self._captcha_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"<ZaiClient {self.base_url} fe={self._pinned_version or self._version or '?'}>"
@@ -130,6 +132,39 @@ class ZaiClient:
         self._version, self._version_at = version, now
         return version
 
+    # Captcha gate
+
+    async def captcha_enabled(self) -> bool:
+        """Whether ``/api/config`` says ``features.enable_captcha``: learned once for all
+        replicas and kept as long as the FE version."""
+        if time.monotonic() - self._captcha_at < _LOCAL_VERSION_TTL:
+            return self._captcha
+        shared = None
+        if self._facts is not None:
+            try:
+                shared = await self._facts.get("enable_captcha", self._version_ttl)
+            except RedisError as exc:
+                logger.debug("shared facts unreachable: {}", exc)
+        if shared is None:
+            shared = "1" if await self._read_captcha_flag() else "0"
+            if self._facts is not None:
+                try:
+                    await self._facts.put("enable_captcha", shared)
+                except RedisError as exc:
+                    logger.debug("could not share the captcha flag: {}", exc)
+        self._captcha, self._captcha_at = shared == "1", time.monotonic()
+        return self._captcha
+
+    async def _read_captcha_flag(self) -> bool:
+        try:
+            status, body = await self._fetch("GET", "/api/config", None, {})
+            config = msgspec.json.decode(body) if status == 200 else {}
+        except (GatewayError, msgspec.DecodeError) as exc:
+            logger.warning("cannot read /api/config: {}", exc)
+            return False
+        features = config.get("features") if isinstance(config, dict) else None
+        return isinstance(features, dict) and features.get("enable_captcha") is True
+
     # Identity
 
     async def guest_credential(self) -> Credential:
@@ -154,10 +189,12 @@ class ZaiClient:
 
     # Completions
 
-    async def open_completion(self, cred: Credential, conv: Conversation) -> Exchange:
+    async def open_completion(
+        self, cred: Credential, conv: Conversation, captcha: str = ""
+    ) -> Exchange:
         """Send the completion request; return the open 200 stream or raise GatewayError."""
         version = await self.fe_version()
-        req = build_completion(self.dialect, cred, conv, version)
+        req = build_completion(self.dialect, cred, conv, version, captcha=captcha)
         exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id)
         if exchange.status == 200:
             return exchange

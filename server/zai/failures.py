@@ -27,6 +27,8 @@ INBAND_KINDS: dict[int | str, str] = {
     426: "version_outdated",
     429: "rate_limited",
     "FRONTEND_CAPTCHA_REQUIRED": "captcha_required",
+    "F018": "captcha_required",  # a stale or reused param (PROTOCOL.md section 6.2)
+    "F019": "captcha_required",
     "MODEL_CONCURRENCY_LIMIT": "rate_limited",
 }
 

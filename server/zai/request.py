@@ -2,7 +2,8 @@
 
 Owns ``build_completion``: query string (the signed fields plus the browser fingerprint the
 page sends), headers (``X-FE-Version``, ``X-Signature``, Origin/Referer, device id) and JSON
-body (flattened history, ``signature_prompt``, feature flags, template variables). Pure: the
+body (flattened history, ``signature_prompt``, feature flags, template variables). A captcha
+param, when given, goes in the body as ``captcha_verify_param``. Pure: the
 clock and ids come in as arguments, so a test can pin every byte.
 """
 
@@ -56,6 +57,7 @@ def build_completion(
     now_ms: int | None = None,
     request_id: str | None = None,
     chat_id: str | None = None,
+    captcha: str = "",
 ) -> UpstreamRequest:
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     request_id = request_id or str(uuid.uuid4())
@@ -126,6 +128,8 @@ def build_completion(
         "mcp_servers": [],
         "files": [],
     }
+    if captcha:
+        body["captcha_verify_param"] = captcha  # single-use (PROTOCOL.md section 6.2)
     url = f"{base}{COMPLETIONS_PATH}?{query}"
     return UpstreamRequest(url, headers, msgspec.json.encode(body), chat_id)
 

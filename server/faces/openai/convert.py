@@ -43,6 +43,7 @@ def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True
         thinking=thinking,
         request_id=request_id,
         stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+        captcha=req.zai_captcha or "",
     )
     if tool_support:
         _tools(req, conv)

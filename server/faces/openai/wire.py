@@ -75,6 +75,7 @@ class StreamOptions(Struct):
 class ChatRequest(Struct, kw_only=True):
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
+    zai_captcha: Annotated[str, Meta(max_length=8192)] | None = None  # single-use param
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None

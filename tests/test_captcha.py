@@ -1,0 +1,153 @@
+"""The captcha gate (PROTOCOL.md section 6.2) through the openai SDK, against a fake upstream
+in strict captcha mode: no param is a 503 ``captcha_required`` that names the sources and
+leaves the token alone; the caller's header or body param is used once and never logged; the
+shared pool's params are each used once, across three replica processes on a real
+redis-server; a stale param is retried once with another from the pool."""
+
+import asyncio
+import json
+
+import openai
+import pytest
+from loguru import logger
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisServer
+from tests.test_pool_gateway import ADMIN, TOKENS, admin
+from tests.test_replicas import Replica
+
+OK = "stream_glm5_plain_thinking"
+HELLO = [{"role": "user", "content": "hello"}]
+CAPTCHA = "Q2FwdGNoYVYzLXNlY3JldC1wYXJhbS0wMDAx"  # what an Aliyun attestation looks like
+
+
+def strict(gw, *params: str) -> None:
+    gw.fake.captcha_valid = set(params)
+
+
+def sent_params(fake: FakeUpstream) -> list:
+    return [
+        json.loads(r.body).get("captcha_verify_param")
+        for r in fake.requests
+        if r.path.endswith("/chat/completions")
+    ]
+
+
+async def test_no_param_is_503_captcha_required_and_the_token_is_kept(gateway):
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=TOKENS[0],
+        anonymous_mode=False,
+        admin_token=ADMIN,
+    )
+    strict(gw, CAPTCHA)
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    err = info.value
+    assert err.status_code == 503 and err.code == "captcha_required"
+    assert int(err.response.headers["Retry-After"]) == 10
+    for source in ("X-Zai-Captcha", "zai_captcha", "POST /v1/captcha"):
+        assert source in err.message
+    assert sent_params(gw.fake) == [None]  # asked /api/config, found no param, sent none
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert status["summary"]["active"] == 1 and status["tokens"][0]["failures"] == 0
+
+
+async def test_caller_header_and_body_params_are_used_once_and_never_logged(gateway):
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    try:
+        gw = await gateway("home", "guest_auth", OK, debug_logging=True)
+        strict(gw, CAPTCHA, CAPTCHA + "2")
+        async with gw.openai() as client:
+            reply = await client.chat.completions.create(
+                model="GLM-4.5", messages=HELLO, extra_headers={"X-Zai-Captcha": CAPTCHA}
+            )
+            assert reply.choices[0].message.content
+            with pytest.raises(openai.APIStatusError) as info:  # the same param again: F018
+                await client.chat.completions.create(
+                    model="GLM-4.5", messages=HELLO, extra_headers={"X-Zai-Captcha": CAPTCHA}
+                )
+            assert info.value.code == "captcha_required" and "F018" in info.value.message
+            reply = await client.chat.completions.create(
+                model="GLM-4.5", messages=HELLO, extra_body={"zai_captcha": CAPTCHA + "2"}
+            )
+            assert reply.choices[0].finish_reason == "stop"
+    finally:
+        logger.remove(sink)
+    assert sent_params(gw.fake) == [CAPTCHA, CAPTCHA, CAPTCHA + "2"]
+    assert not any(CAPTCHA in line for line in lines)
+
+
+async def test_pool_params_are_popped_once_and_a_stale_one_is_retried(gateway):
+    gw = await gateway("home", "guest_auth", OK, admin_token=ADMIN)
+    strict(gw, "p1", "p2", "p3")
+    gw.fake.captcha_used.append("stale")
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["p1", "p2"], "ttl": 75})
+    assert code == 200 and body == {"added": 2, "captcha": {"depth": 2}}
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["old"], "ttl": 0.05})
+    await asyncio.sleep(0.1)  # "old" expires in the pool and must never be sent
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["stale"], "ttl": 5})
+    assert body["captcha"]["depth"] == 3  # "old" is gone; "stale" is popped first
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["p3"], "ttl": 75})
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert status["captcha"] == {"depth": 4}
+    async with gw.openai() as client:
+        for _ in range(2):  # the first gets "stale" (F018) and is retried with p1 or p2
+            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            assert reply.choices[0].finish_reason == "stop"
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        with pytest.raises(openai.APIStatusError) as info:  # pool empty
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.code == "captcha_required"
+    assert sent_params(gw.fake)[0] == "stale" and "old" not in sent_params(gw.fake)
+    assert sorted(gw.fake.captcha_used) == ["p1", "p2", "p3", "stale"]
+
+
+async def test_admin_captcha_push_is_validated(gateway):
+    gw = await gateway("home", "guest_auth", OK, admin_token=ADMIN)
+    assert (await admin(gw, "POST", "/v1/captcha", {"params": ["x"]}, token=None))[0] == 401
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": "x"})
+    assert code == 400 and "params" in json.dumps(body)
+    code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["x"], "ttl": 9999})
+    assert code == 400 and body["error"]["param"] == "ttl"
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_never_use_a_pool_param_twice(io_loop, tmp_path):
+    redis = RedisServer().start()
+    fake = FakeUpstream("home", "guest_auth_user_role", OK)
+    params = [f"param-{n:03d}" for n in range(12)]
+    fake.captcha_valid = set(params)
+    base = await fake.start()
+    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    try:
+        await asyncio.gather(*(r.ready() for r in replicas))
+        code, body = await admin(replicas[0], "POST", "/v1/captcha", {"params": params})
+        assert code == 200 and body["captcha"]["depth"] == 12
+
+        async def ask(replica: Replica) -> str:
+            async with replica.client() as client:
+                try:
+                    await client.chat.completions.create(model="GLM-5.1", messages=HELLO)
+                except openai.APIStatusError as exc:
+                    return str(exc.code)
+            return "ok"
+
+        results = await asyncio.gather(*(ask(replicas[n % 3]) for n in range(15)))
+        assert sorted(results) == ["captcha_required"] * 3 + ["ok"] * 12
+        assert sorted(fake.captcha_used) == params  # each once, none reused (no F018)
+        reply = await AsyncHTTPClient().fetch(replicas[1].url + "/metrics")
+        metrics = reply.body.decode()
+        assert "zai_gateway_captcha_pool_depth 0.0" in metrics
+        assert not any(p in r.text() for r in replicas for p in params)
+    finally:
+        for r in replicas:
+            r.stop()
+            r.log.close()
+        await fake.close()
+        redis.stop()
