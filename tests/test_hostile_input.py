@@ -226,3 +226,14 @@ async def test_count_tokens_refuses_more_than_any_context(gateway):
     status, error = await post(gw, "/v1/messages/count_tokens", body, ANTHROPIC)
     assert status == 400 and error["type"] == "error"
     assert error["error"]["message"].startswith("messages: count_tokens measures at most")
+
+
+async def test_the_admin_token_is_taken_as_bearer_only(gateway):
+    gw = await gateway("home", "guest_auth", admin_token=ADMIN)
+    client = AsyncHTTPClient()
+    url = gw.url + "/v1/token-pool/status"
+    refused = await client.fetch(url, headers={"x-api-key": ADMIN}, raise_error=False)
+    assert refused.code == 401
+    assert "Authorization: Bearer" in json.loads(refused.body)["error"]["message"]
+    taken = await client.fetch(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert taken.code == 200

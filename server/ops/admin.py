@@ -1,7 +1,8 @@
 """The operator's face: the token pool and the live instances, only with ``ADMIN_TOKEN``.
 
 Owns the admin routes. Without ``ADMIN_TOKEN`` set they answer 404 (they do not exist);
-with a wrong token, 401. Tokens only ever appear masked.
+with a wrong token, or one sent other than as ``Authorization: Bearer``, 401. Tokens only
+ever appear masked.
 
 - ``GET /v1/token-pool/status``: every token's state, failures, cooldown left, leases, uses.
 - ``POST /v1/token-pool/health-check``: check every token against the upstream now.
@@ -47,8 +48,15 @@ class AdminHandler(ApiHandler):
         admin = self.services.settings.admin_token
         if not admin:
             raise GatewayError("not_found", f"no route {self.request.method} {self.request.path}")
-        if not check_api_key(self.presented_key(), (admin,)):
-            raise GatewayError("invalid_api_key", "the admin token is missing or wrong")
+        # Bearer only, as the README says: x-api-key is what clients' SDKs send, and a
+        # client key header must never be read as the admin's.
+        header = self.request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not check_api_key(presented, (admin,)):
+            raise GatewayError(
+                "invalid_api_key",
+                "the admin token is missing or wrong (send 'Authorization: Bearer <ADMIN_TOKEN>')",
+            )
 
     async def write_status(self) -> None:
         rows = [dataclasses.asdict(row) for row in await self.services.pool.status()]
