@@ -6,9 +6,11 @@ process (``server.services``), after any fork, and passed to every route.
 """
 
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
+from tornado.routing import PathMatches
 from tornado.web import Application, StaticFileHandler
 
-from server.faces.anthropic.api import CountTokens, Messages
+from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelInfoList
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
 from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
@@ -17,10 +19,24 @@ from server.ops.metrics import Metrics
 from server.services import Services
 from server.web.handler import NotFound
 
-__all__ = ["ROUTES", "make_app", "make_server"]
+__all__ = ["ROUTES", "WithHeader", "make_app", "make_server"]
 
-ROUTES = [
+
+class WithHeader(PathMatches):
+    """A path that matches only requests carrying ``header``: one path, two faces."""
+
+    def __init__(self, path: str, header: str) -> None:
+        super().__init__(path)
+        self.header = header
+
+    def match(self, request: HTTPServerRequest) -> dict | None:
+        return super().match(request) if self.header in request.headers else None
+
+
+ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/chat/completions", ChatCompletions),
+    (WithHeader(r"/v1/models", "anthropic-version"), ModelInfoList),
+    (WithHeader(r"/v1/models/(.+)", "anthropic-version"), ModelInfo),
     (r"/v1/models", ModelList),
     (r"/v1/models/(.+)", OneModel),
     (r"/v1/messages", Messages),

@@ -12,6 +12,7 @@ from loguru import logger
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import API_KEY
+from tests.recorded import expected
 
 BASE = ("home", "guest_auth")
 HI = [{"role": "user", "content": "hi"}]
@@ -245,3 +246,74 @@ async def test_cors_off_by_default(gateway):
     assert "Access-Control-Allow-Origin" not in answer.headers
     models = await fetch(gw, "/v1/models", Authorization=f"Bearer {API_KEY}")
     assert "Access-Control-Allow-Origin" not in models.headers
+
+
+def anthropic_client(gw) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
+
+
+async def test_openai_text_parts_are_separate_lines(gateway):
+    gw = await gateway(*BASE, "stream_glm5_plain_thinking")
+    parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]
+    async with gw.openai() as client:
+        await client.chat.completions.create(
+            model="GLM-4.7", messages=[{"role": "user", "content": parts}]
+        )
+    sent = msgspec.json.decode(gw.completions_seen()[0].body)["messages"]
+    assert sent[-1]["content"] == "hi\nthere"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_no_thinking_blocks_when_thinking_is_disabled(gateway, stream):
+    # The upstream thinks anyway (the cassette has a thinking phase): the client asked not to.
+    name = "stream_glm5_plain_thinking"
+    gw = await gateway(*BASE, name)
+    args = dict(
+        model="claude-opus-5-5",
+        max_tokens=64,
+        messages=HI,
+        thinking={"type": "disabled"},
+    )
+    async with anthropic_client(gw) as client:
+        if stream:
+            async with client.messages.stream(**args) as s:
+                events = [event async for event in s]
+                message = await s.get_final_message()
+            starts = [e.content_block.type for e in events if e.type == "content_block_start"]
+            assert starts == ["text"]
+            assert not [
+                e
+                for e in events
+                if "thinking" in getattr(e, "delta", {}).__class__.__name__.lower()
+            ]
+        else:
+            message = await client.messages.create(**args)
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == expected(name)["content"]
+    body = msgspec.json.decode(gw.completions_seen()[0].body)
+    assert body["features"]["enable_thinking"] is False
+
+
+async def test_anthropic_max_tokens_is_applied(gateway):
+    gw = await gateway(*BASE, "stream_glm5_plain_thinking")
+    async with anthropic_client(gw) as client:
+        await client.messages.create(model="claude-sonnet-5-5", max_tokens=77, messages=HI)
+    body = msgspec.json.decode(gw.completions_seen()[0].body)
+    assert body["params"]["max_tokens"] == 77
+
+
+async def test_models_in_anthropic_shape_for_the_anthropic_sdk(gateway):
+    gw = await gateway(*BASE)
+    async with anthropic_client(gw) as client:
+        one = await client.models.retrieve("GLM-4.7")
+        page = await client.models.list()
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            await client.models.retrieve("no-such-model")
+    assert (one.type, one.id) == ("model", "GLM-4.7") and one.created_at.year >= 2025
+    ids = [m.id for m in page.data]
+    assert "GLM-4.7" in ids and page.has_more is False
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "not_found_error"
+    async with gw.openai() as client:  # without anthropic-version: the OpenAI shape as before
+        model = await client.models.retrieve("GLM-4.7")
+    assert model.object == "model"

@@ -3,19 +3,23 @@
 Owns the route handlers, read top to bottom like the OpenAI face's: authenticate
 (``x-api-key`` or ``Authorization: Bearer``, the same keys) -> decode -> neutral
 ``Conversation`` -> ``complete()`` into an Anthropic sink. ``anthropic-version`` and
-``anthropic-beta`` headers are accepted; errors are Anthropic-shaped.
+``anthropic-beta`` headers are accepted; errors are Anthropic-shaped. ``GET /v1/models`` and
+``/v1/models/{id}`` asked with ``anthropic-version`` (what the Anthropic SDK always sends)
+answer here, in Anthropic's ``ModelInfo`` shape (app.py routes them by that header).
 """
 
+import time
 import uuid
 
 from server.core.errors import GatewayError
+from server.core.models import MODELS, Model, require_model
 from server.core.token_estimate import estimate_conversation
 from server.faces.anthropic.convert import to_conversation
 from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
 from server.faces.anthropic.wire import decode_messages_request
 from server.web.handler import ApiHandler, api
 
-__all__ = ["COUNT_TOKENS_MAX_BYTES", "CountTokens", "Messages"]
+__all__ = ["COUNT_TOKENS_MAX_BYTES", "CountTokens", "Messages", "ModelInfo", "ModelInfoList"]
 
 COUNT_TOKENS_MAX_BYTES = 2 * 1024 * 1024  # ~500 k tokens of text: over 2x a 200 k context
 
@@ -43,10 +47,12 @@ class Messages(AnthropicHandler):
         tool_support = self.tool_support(asked=bool(req.tools))
         conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        # thinking: {"type": "disabled"} means no thinking blocks, even if the upstream thinks.
+        show = conv.thinking is not False
         if req.stream:
-            sink = AnthropicStream(self, message_id, req.model)
+            sink = AnthropicStream(self, message_id, req.model, show)
         else:
-            sink = AnthropicResult(self, message_id, req.model)
+            sink = AnthropicResult(self, message_id, req.model, show)
         await self.complete(conv, sink)
 
 
@@ -68,3 +74,28 @@ class CountTokens(AnthropicHandler):
         self.model_name = req.model
         conv = to_conversation(req, self.request_id, self.claude_targets())
         self.write({"input_tokens": estimate_conversation(conv)})
+
+
+def _model_info(model: Model) -> dict:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.created))
+    return {"type": "model", "id": model.id, "display_name": model.id, "created_at": created}
+
+
+class ModelInfoList(AnthropicHandler):
+    route = "models"
+
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        data = [_model_info(m) for m in MODELS.values()]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        self.write({"data": data, "has_more": False, "first_id": first, "last_id": last})
+
+
+class ModelInfo(AnthropicHandler):
+    route = "models"
+
+    @api
+    async def get(self, name: str) -> None:
+        self.authenticate()
+        self.write(_model_info(require_model(name, self.claude_targets())))

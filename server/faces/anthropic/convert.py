@@ -8,8 +8,8 @@ tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), `
 ``system`` messages among the messages (Claude Code sends one) join the system turn.
 Inside a ``tool_result`` any block type is rendered as text: a ``tool_reference`` (what Claude
 Code's ToolSearch answers) names a deferred tool, which is then offered like the others.
-``max_tokens`` is not passed upstream: the API requires it, so clients send their ceiling
-(Claude Code: 128000), not a wish, and the web upstream has its own limits.
+``max_tokens`` goes to the upstream's ``params`` as on the OpenAI face (the README says it is
+applied; a ceiling such as Claude Code's is passed as it is).
 """
 
 from typing import Any
@@ -60,6 +60,7 @@ def to_conversation(
         thinking=thinking,
         request_id=request_id,
         stop=list(req.stop_sequences or []),
+        max_tokens=req.max_tokens,
     )
     if tool_support and req.tools:
         _tools(req, conv, referenced)

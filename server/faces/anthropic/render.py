@@ -85,10 +85,11 @@ def _message(
 class AnthropicStream:
     """Streams one completion as Messages API server-sent events."""
 
-    def __init__(self, out: Writer, message_id: str, model: str) -> None:
+    def __init__(self, out: Writer, message_id: str, model: str, thinking: bool = True) -> None:
         self.out = out
         self.message_id = message_id
         self.model = model
+        self.show_thinking = thinking  # False: the client disabled it; drop what comes anyway
         self.started = False
         self.index = -1
         self.block: str | None = None  # type of the open block
@@ -160,7 +161,7 @@ class AnthropicStream:
     async def delta(self, reasoning: str, content: str) -> None:
         if not self.started:
             self._begin()
-        if reasoning:
+        if reasoning and self.show_thinking:
             if self.block != "thinking":
                 self._open({"type": "thinking", "thinking": "", "signature": ""})
             self.thinking.append(reasoning)
@@ -218,10 +219,11 @@ class AnthropicStream:
 class AnthropicResult(CollectingSink):
     """Collects one completion and writes a ``message`` object at the end."""
 
-    def __init__(self, out: Writer, message_id: str, model: str) -> None:
+    def __init__(self, out: Writer, message_id: str, model: str, thinking: bool = True) -> None:
         super().__init__(out)
         self.message_id = message_id
         self.model = model
+        self.show_thinking = thinking
 
     def __repr__(self) -> str:
         return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
@@ -235,7 +237,7 @@ class AnthropicResult(CollectingSink):
         stop_sequence: str | None = None,
     ) -> None:
         blocks: list[dict] = []
-        if reasoning:
+        if reasoning and self.show_thinking:
             blocks.append(
                 {"type": "thinking", "thinking": reasoning, "signature": signature_of(reasoning)}
             )

@@ -1,8 +1,8 @@
 """From a decoded OpenAI request to the neutral ``Conversation``.
 
 Owns ``to_conversation``: the model looked up in the table (unknown -> 404 listing them all),
-messages to turns (text parts joined, images and ``n`` > 1 refused with a 400 naming the
-field), ``reasoning_effort`` to thinking, and tools: ``tools``/``tool_choice``/
+messages to turns (text parts joined by newlines, images and ``n`` > 1 refused with a 400
+naming the field), ``reasoning_effort`` to thinking, and tools: ``tools``/``tool_choice``/
 ``parallel_tool_calls`` and the legacy ``functions``/``function_call``, with assistant
 ``tool_calls`` and ``tool``/``function`` results kept as history. With ``TOOL_SUPPORT`` off
 the tools are dropped (the handler says so in a header and the log).
@@ -122,4 +122,5 @@ def _text(index: int, msg: Message) -> str:
                 param=f"messages[{index}].content[{j}]",
             )
         parts.append(part.text)
-    return "".join(parts)
+    # Separate parts stay separate words ("hi" + "there" is not "hithere").
+    return "\n".join(parts)
