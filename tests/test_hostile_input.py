@@ -237,3 +237,35 @@ async def test_the_admin_token_is_taken_as_bearer_only(gateway):
     assert "Authorization: Bearer" in json.loads(refused.body)["error"]["message"]
     taken = await client.fetch(url, headers={"Authorization": f"Bearer {ADMIN}"})
     assert taken.code == 200
+
+
+@pytest.mark.parametrize("over", [1, 2048, 1_000_000])
+async def test_a_body_over_the_limit_is_a_json_413(gateway, over):
+    gw = await gateway("home", "guest_auth", max_body_bytes=4096)
+    body = b'{"model": "GLM-4.5", "messages": []}'.ljust(4096 + over)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    # Only the headers: the answer comes before the body (tornado's was an empty 400).
+    reply = await raw_exchange(gw, head)
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413 "), reply[:300]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert error["error"]["code"] == "payload_too_large"
+
+
+async def test_expect_100_continue_hears_about_a_bad_key_first(gateway):
+    gw = await gateway("home", "guest_auth")
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+        b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    )
+    reply = await raw_exchange(gw, head)
+    assert reply.startswith(b"HTTP/1.1 401 "), reply[:200]
+    assert b"100 (Continue)" not in reply
+    good = head.replace(b"Bearer wrong", f"Bearer {API_KEY}".encode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+    writer.write(good)
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 100")
+    writer.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 from loguru import logger
 from tornado.iostream import StreamClosedError
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
@@ -66,6 +66,7 @@ def api(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     @functools.wraps(method)
     async def route(self: "ApiHandler", *args: str) -> None:
         try:
+            self.take_body()
             await method(self, *args)
         except GatewayError as err:
             self.send_gateway_error(err)
@@ -73,11 +74,13 @@ def api(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     return route
 
 
+@stream_request_body
 class ApiHandler(RequestHandler):
     """Base of every API route. Subclasses set ``render_error`` for their API's error shape."""
 
     render_error: Callable[[GatewayError], bytes] = staticmethod(error_body)
     route = "other"  # the label requests of this route are counted under
+    keyed = True  # the route wants a key: checked before a 100-continue body is sent
 
     def initialize(self, services: Any) -> None:
         self.services = services
@@ -89,6 +92,8 @@ class ApiHandler(RequestHandler):
         self._task: asyncio.Future[None] | None = None
         self._aborted: GatewayError | None = None
         self._left_unanswered = False
+        self._body: list[bytes] = []
+        self._body_size = 0
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -113,12 +118,31 @@ class ApiHandler(RequestHandler):
         self.finish()
 
     def prepare(self) -> None:
+        """Runs once the headers are in, before any of the body is read (the body is streamed
+        in ``data_received``): a body announced too large is a JSON 413 at once, and a client
+        that asks ``Expect: 100-continue`` hears about a bad key before it sends the body."""
         self.set_header("X-Request-Id", self.request_id)
+        length = self.request.headers.get("Content-Length", "0")
+        if length.isdigit() and int(length) > self.services.settings.max_body_bytes:
+            raise self.too_large()
+        if self.keyed and self.request.headers.get("Expect", "").lower() == "100-continue":
+            self.authenticate()
+
+    def too_large(self) -> GatewayError:
         limit = self.services.settings.max_body_bytes
-        if len(self.request.body) > limit:
-            raise GatewayError(
-                "payload_too_large", f"the request body is larger than {limit} bytes"
-            )
+        return GatewayError("payload_too_large", f"the request body is larger than {limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self.services.settings.max_body_bytes:
+            self._body.append(chunk)
+
+    def take_body(self) -> None:
+        """The streamed body, whole, as ``request.body`` (a chunked one may still be too big)."""
+        if self._body_size > self.services.settings.max_body_bytes:
+            raise self.too_large()
+        self.request.body = b"".join(self._body)
+        self._body = []
 
     def presented_key(self) -> str:
         """The key the client sent: ``Authorization: Bearer <key>``, else ``x-api-key``."""
@@ -267,6 +291,7 @@ class ApiHandler(RequestHandler):
 
 class NotFound(ApiHandler):
     route = "not_found"
+    keyed = False
 
     @api
     async def get(self, *args: str) -> None:
