@@ -189,11 +189,12 @@ async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(gatew
         for _ in range(3):
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
         before = {r.connection for r in gw.fake.requests}
-        assert len(gw.fake.requests) == 7 and len(before) <= 2  # home, 3 guests, 3 answers
+        # home, /api/config (read once: is the captcha on?), 3 guests, 3 answers
+        assert len(gw.fake.requests) == 8 and len(before) <= 2
         await gw.fake._server.close_all_connections()  # the upstream drops idle connections
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].finish_reason == "stop"  # the stale one was replaced, unseen
-    after = {r.connection for r in gw.fake.requests[7:]}
+    after = {r.connection for r in gw.fake.requests[8:]}
     assert after and not after & before
     await asyncio.sleep(0.05)
     assert open_exchanges() == 0
