@@ -17,7 +17,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.core.completion import CaptchaSource
+from server.core.completion import CaptchaSource, WafGate
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
@@ -32,6 +32,7 @@ from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys
 from state.pool import TokenPool
+from state.waf import WafBreaker
 
 __all__ = ["VERSION", "Services", "make_services"]
 
@@ -49,6 +50,7 @@ class Services:
     instances: Instances
     tokens: TokenSource
     captchas: CaptchaSource = field(default_factory=CaptchaSource)
+    waf: WafGate = field(default_factory=WafGate)
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -176,7 +178,8 @@ def make_services(settings: Settings) -> Services:
     captchas = CaptchaSource(
         settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
     )
-    return Services(settings, redis, keys, client, pool, guests, instances, tokens, captchas)
+    waf = WafGate(WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap))
+    return Services(settings, redis, keys, client, pool, guests, instances, tokens, captchas, waf)
 
 
 def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     captcha_ttl_max: float = Field(600.0, gt=0)  # the longest ttl POST /v1/captcha accepts
     captcha_retry_after: float = Field(10.0, gt=0)
 
+    # WAF breaker (issue 14): shared by all replicas, seconds, doubling per block
+    waf_backoff_base: float = Field(60.0, gt=0)
+    waf_backoff_cap: float = Field(1800.0, gt=0)
+
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"

@@ -17,6 +17,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
+| ``<p>waf`` | hash | the shared WAF breaker: until (ms), backoff (s) |
 
 Token ids are the first 16 hex digits of the token's SHA-256: stable across replicas, and
 safe to show; ``mask`` is the only other form of a token that may be shown or logged.
@@ -87,6 +88,10 @@ class Keys:
     @property
     def captcha(self) -> str:
         return f"{self.prefix}captcha"
+
+    @property
+    def waf(self) -> str:
+        return f"{self.prefix}waf"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

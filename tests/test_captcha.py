@@ -42,6 +42,7 @@ async def test_no_param_is_503_captcha_required_and_the_token_is_kept(gateway):
         zai_tokens=TOKENS[0],
         anonymous_mode=False,
         admin_token=ADMIN,
+        zai_captcha="auto",
     )
     strict(gw, CAPTCHA)
     async with gw.openai() as client:
@@ -61,7 +62,7 @@ async def test_caller_header_and_body_params_are_used_once_and_never_logged(gate
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
     try:
-        gw = await gateway("home", "guest_auth", OK, debug_logging=True)
+        gw = await gateway("home", "guest_auth", OK, debug_logging=True, zai_captcha="auto")
         strict(gw, CAPTCHA, CAPTCHA + "2")
         async with gw.openai() as client:
             reply = await client.chat.completions.create(
@@ -84,7 +85,7 @@ async def test_caller_header_and_body_params_are_used_once_and_never_logged(gate
 
 
 async def test_pool_params_are_popped_once_and_a_stale_one_is_retried(gateway):
-    gw = await gateway("home", "guest_auth", OK, admin_token=ADMIN)
+    gw = await gateway("home", "guest_auth", OK, admin_token=ADMIN, zai_captcha="on")
     strict(gw, "p1", "p2", "p3")
     gw.fake.captcha_used.append("stale")
     code, body = await admin(gw, "POST", "/v1/captcha", {"params": ["p1", "p2"], "ttl": 75})

@@ -22,7 +22,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 FAILURES = [
     ("error_http_500", openai.InternalServerError, 502, "unavailable", "unavailable", 3),
     ("error_http_401", openai.APIStatusError, 502, "token_rejected", "rejected its access", 3),
-    ("error_http_405_waf", openai.APIStatusError, 502, "waf_blocked", "WAF", 2),
+    ("error_http_405_waf", openai.APIStatusError, 503, "waf_blocked", "WAF", 1),
     ("error_http_426", openai.APIStatusError, 502, "version_outdated", "ZAI_FE_VERSION", 2),
     ("error_inband_426", openai.APIStatusError, 502, "version_outdated", "outdated", 2),
     (

@@ -11,6 +11,7 @@ the caller's own first, then one from the shared pool; a rejected param is retri
 with another param in hand, and the token is never blamed.
 """
 
+import time
 from dataclasses import dataclass
 
 from loguru import logger
@@ -29,8 +30,50 @@ from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
+from state.waf import WafBreaker
 
-__all__ = ["Attempts", "CaptchaSource", "complete"]
+__all__ = ["Attempts", "CaptchaSource", "WafGate", "complete"]
+
+_WAF_RECHECK = 1.0  # seconds a process trusts its view of the shared breaker
+
+
+@dataclass(slots=True)
+class WafGate:
+    """This process's view of the shared WAF breaker: asks Redis at most once a second while
+    closed, and not at all while it knows the breaker is open."""
+
+    breaker: WafBreaker | None = None
+    _until: float = 0.0  # monotonic time the breaker is known open until
+    _checked: float = float("-inf")
+
+    async def hold(self, model: str) -> None:
+        """Raise ``waf_blocked`` while the breaker is open, before anything is sent."""
+        now = time.monotonic()
+        if self.breaker is not None and now >= self._until and now - self._checked >= _WAF_RECHECK:
+            self._checked = now
+            try:
+                self._until = now + await self.breaker.open_for()
+            except RedisError as exc:
+                logger.debug("WAF breaker unreachable: {}", exc)
+        if now < self._until:
+            raise GatewayError(
+                "waf_blocked",
+                "the shared breaker is open",
+                model=model,
+                retry_after=self._until - now,
+            )
+
+    async def trip(self, err: GatewayError) -> None:
+        if self.breaker is None:
+            return
+        try:
+            left = await self.breaker.trip()
+        except RedisError as exc:
+            logger.warning("WAF breaker unreachable: {}", exc)
+            return
+        self._until = time.monotonic() + left
+        err.retry_after = left
+        logger.warning("upstream WAF block: completions held back for {:.0f} s", left)
 
 
 @dataclass(slots=True)
@@ -71,6 +114,7 @@ async def complete(
     settings: Settings,
     attempts: Attempts | None = None,
     captchas: CaptchaSource | None = None,
+    waf: WafGate | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
@@ -98,9 +142,13 @@ async def complete(
             await sink.fail(rejected)  # no other param to try: the first answer stands
             return
         try:
+            if waf is not None:
+                await waf.hold(conv.model.id)
             await _attempt(upstream_conv, attempt_sink, tokens, client, param)
             return
         except GatewayError as err:
+            if err.kind == "waf_blocked" and waf is not None and err.retry_after is None:
+                await waf.trip(err)
             rejected = err if err.kind == "captcha_required" else None
             if rejected is not None:
                 err.retry_after = captchas.retry_after

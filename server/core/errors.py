@@ -77,12 +77,11 @@ RULES: dict[str, Rule] = {
         message="the upstream timed out: {detail}",
     ),
     "waf_blocked": Rule(
-        502,
+        503,
         _UPSTREAM,
-        retry=1,
-        token="cooldown",
-        message="the upstream's firewall (Aliyun WAF) blocked the request with HTTP 405: this "
-        "server's IP address is probably blocked; lower the request rate or use another egress IP",
+        message="the upstream's firewall (Aliyun WAF) is blocking this server's IP address "
+        "({detail}); every replica holds completions back until the Retry-After time (retrying "
+        "sooner makes the block longer); lower the request rate or use another egress IP",
     ),
     "version_outdated": Rule(
         502,

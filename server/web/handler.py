@@ -184,6 +184,7 @@ class ApiHandler(RequestHandler):
             services.settings,
             self.attempts,
             services.captchas,
+            services.waf,
         )
         await self.run_until_done_or_gone(work, sink)
 

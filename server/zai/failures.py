@@ -16,7 +16,6 @@ __all__ = ["http_failure", "inband_failure", "is_content_filter"]
 HTTP_KINDS: dict[int, str] = {
     401: "token_rejected",
     403: "token_rejected",
-    405: "waf_blocked",
     426: "version_outdated",
     429: "rate_limited",
 }
@@ -33,16 +32,25 @@ INBAND_KINDS: dict[int | str, str] = {
 }
 
 _SIGNATURE_MARK = "Signature validation failed"
+# The Aliyun WAF's block page (PROTOCOL.md section 6.3): status 405 or 403, HTML, one of these.
+_WAF_MARKS = ("blocked as it may cause potential threats", "errors.aliyun.com", "您的访问被阻断")
 
 
 def http_failure(status: int, body: bytes, model: str = "") -> GatewayError:
     text = body[:2000].decode("utf-8", "replace")
     if status == 400 and _SIGNATURE_MARK in text:
         return GatewayError("signature_rejected", f"HTTP 400: {_detail(text)}", model=model)
-    kind = HTTP_KINDS.get(status) or ("unavailable" if status >= 500 else "bad_response")
     html = text.lstrip().startswith("<")
+    if status in (403, 405) and html and _is_waf_page(body):
+        return GatewayError("waf_blocked", f"HTTP {status} block page", model=model)
+    kind = HTTP_KINDS.get(status) or ("unavailable" if status >= 500 else "bad_response")
     detail = f"HTTP {status}" if html else f"HTTP {status}: {_detail(text)}"
     return GatewayError(kind, detail, model=model)
+
+
+def _is_waf_page(body: bytes) -> bool:
+    page = body.decode("utf-8", "replace")
+    return any(mark in page for mark in _WAF_MARKS)
 
 
 def inband_failure(error: UpstreamError, model: str = "") -> GatewayError:
