@@ -31,6 +31,7 @@ from state.facts import Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys
+from state.locks import Lock
 from state.pool import TokenPool
 from state.waf import WafBreaker
 
@@ -134,11 +135,8 @@ class Services:
                 logger.info("re-check token {}: {} {}", row.masked, row.verdict, row.reason)
 
     async def _lock(self, name: str, seconds: float) -> bool:
-        return bool(
-            await self.redis.set(
-                self.keys.lock(name), self.instances.id, nx=True, px=int(seconds * 1000)
-            )
-        )
+        # Never released: it spaces the checks out (one replica per period), so it expires.
+        return await Lock(self.redis, self.keys.lock(name), seconds).acquire()
 
     async def _safely(self, what: str, work: object) -> None:
         try:

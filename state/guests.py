@@ -16,6 +16,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from state.keys import Keys
+from state.locks import Lock
 
 __all__ = ["GuestReserve", "StoredGuest"]
 
@@ -58,7 +59,8 @@ class GuestReserve:
 
     async def refill(self, fetch: Callable[[], Awaitable[StoredGuest]]) -> int:
         """Top the reserve up to its size, if no other replica is doing it; returns added."""
-        if not await self.redis.set(self.keys.lock("guest-refill"), "1", nx=True, ex=30):
+        lock = Lock(self.redis, self.keys.lock("guest-refill"), 30)
+        if not await lock.acquire():
             return 0
         try:
             missing = self.size - await self.redis.llen(self.keys.guests)
@@ -69,4 +71,4 @@ class GuestReserve:
                 added += len(batch)
             return added
         finally:
-            await self.redis.delete(self.keys.lock("guest-refill"))
+            await lock.release()
