@@ -32,7 +32,7 @@ from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
 from state.waf import WafBreaker
 
-__all__ = ["Attempts", "CaptchaSource", "WafGate", "complete"]
+__all__ = ["Attempts", "CaptchaSource", "WafGate", "answer_sink", "complete"]
 
 _WAF_RECHECK = 1.0  # seconds a process trusts its view of the shared breaker
 
@@ -121,18 +121,11 @@ async def complete(
     caller = conv.captcha  # used once, on the first attempt that needs one
     rejected: GatewayError | None = None
     retries = settings.upstream_retries
-    calls = bool(conv.tools) and conv.tool_choice != "none"
-    known = {t.name for t in conv.tools}
     upstream_conv = render_for_upstream(conv)
     while True:
         attempts.count += 1
         # A fresh scanner per attempt: a retry never sees text held back by the failed one.
-        attempt_sink: Sink = sink
-        if calls:
-            scanner = ToolCallScanner(known, settings.scan_limit, conv.parallel_tool_calls)
-            attempt_sink = ToolCallSink(sink, scanner)
-        if conv.stop:
-            attempt_sink = StopSequenceSink(attempt_sink, conv.stop)
+        attempt_sink = answer_sink(sink, conv, settings.scan_limit)
         param = ""
         if caller and captchas.mode != "off":
             param, caller = caller, ""
@@ -168,6 +161,17 @@ async def complete(
             RETRIES.inc()
             if err.rule.refresh_version:
                 await client.refresh_fe_version(stale=await client.fe_version())
+
+
+def answer_sink(sink: Sink, conv: Conversation, scan_limit: int) -> Sink:
+    """The face's sink behind the emulation sinks one attempt needs (fresh ones each time)."""
+    # Stop sequences sit inside the tool sink: they see only the text the scanner lets
+    # through, so a sequence inside a call's arguments never cuts the call.
+    out: Sink = StopSequenceSink(sink, conv.stop) if conv.stop else sink
+    if conv.tools and conv.tool_choice != "none":
+        known = {t.name for t in conv.tools}
+        out = ToolCallSink(out, ToolCallScanner(known, scan_limit, conv.parallel_tool_calls))
+    return out
 
 
 async def _attempt(

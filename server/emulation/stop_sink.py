@@ -4,7 +4,10 @@ Owns ``StopSequenceSink`` and ``StopSequenceReached``. Answer text passes throug
 of the client's stop sequences appears: the text before it is sent, the sequence and what
 follows are not, and the completion ends with reason ``stop_sequence`` (the faces say
 ``stop`` for OpenAI, ``stop_sequence`` with the sequence for Anthropic). A tail that could be
-the start of a sequence is held back until it is decided.
+the start of a sequence is held back until it is decided. The sink sits inside the tool sink,
+so it sees only text and whole calls (a sequence inside a call's arguments is not a stop); a
+call ends any text held back, and a call made before the stop keeps the reason ``tool_calls``
+(the client has calls to run).
 """
 
 from server.core.chat import Sink, ToolCall, Usage
@@ -33,6 +36,8 @@ class StopSequenceSink:
         return self.inner.started
 
     async def delta(self, reasoning: str, content: str) -> None:
+        if self.hit is not None:
+            return
         text = self._held + content
         cut = self._first(text)
         if cut is not None:
@@ -43,6 +48,10 @@ class StopSequenceSink:
         await self._send(reasoning, text[: len(text) - keep])
 
     async def tool_call(self, call: ToolCall) -> None:
+        if self.hit is not None:
+            return
+        held, self._held = self._held, ""
+        await self._send("", held)  # a sequence cannot span a call
         await self.inner.tool_call(call)
 
     async def finish(
@@ -58,7 +67,7 @@ class StopSequenceSink:
             content = content[:cut]
         elif self._held:
             await self._send("", self._held)
-        if self.hit is not None:
+        if self.hit is not None and reason != "tool_calls":
             reason, stop_sequence = "stop_sequence", self.hit
         await self.inner.finish(reason, usage, reasoning, content, stop_sequence=stop_sequence)
 

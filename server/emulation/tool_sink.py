@@ -3,11 +3,14 @@
 Owns ``ToolCallSink``. Reasoning passes straight through; answer text goes through a
 ``ToolCallScanner``, so the face's sink receives plain text and ``tool_call``s, and the end
 says ``tool_calls`` when any call was made. The final (non-streamed) content is the text the
-scanner let through, so no block's markup ever reaches a client.
+scanner let through, so no block's markup ever reaches a client. Stop sequences are applied
+by the sink inside this one, to the text the scanner lets through: once one is reached, the
+blocks after it are not read.
 """
 
 from server.core.chat import Sink, ToolCall, Usage
 from server.core.errors import GatewayError
+from server.emulation.stop_sink import StopSequenceReached
 from server.emulation.tool_parse import ToolCallScanner
 
 __all__ = ["ToolCallSink"]
@@ -20,6 +23,7 @@ class ToolCallSink:
         self.text: list[str] = []
         self.calls: list[ToolCall] = []
         self._blank = ""  # whitespace held back
+        self._stopped = False  # a stop sequence ended the answer: what follows is not read
 
     def __repr__(self) -> str:
         return f"<ToolCallSink {self.scanner!r} -> {self.inner!r}>"
@@ -30,7 +34,11 @@ class ToolCallSink:
 
     async def delta(self, reasoning: str, content: str) -> None:
         pieces = self.scanner.feed(content) if content else []
-        await self._send(reasoning, pieces)
+        try:
+            await self._send(reasoning, pieces)
+        except StopSequenceReached:
+            self._stopped = True
+            raise
 
     async def tool_call(self, call: ToolCall) -> None:
         self.calls.append(call)
@@ -44,7 +52,8 @@ class ToolCallSink:
         content: str,
         stop_sequence: str | None = None,
     ) -> None:
-        await self._send("", self.scanner.close())
+        if not self._stopped:
+            await self._send("", self.scanner.close())
         if self.calls:
             reason = "tool_calls"
         await self.inner.finish(
