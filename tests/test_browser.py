@@ -5,8 +5,11 @@ page on one loopback port, the gateway on another, so the browser sends a CORS p
 the SDK's headers and reads the SSE stream only if every answer allows its origin.
 """
 
+import contextlib
 import os
 import shutil
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from tornado.httpserver import HTTPServer
@@ -79,26 +82,38 @@ def chromium_or_skip() -> None:
         pytest.skip(f"{missing} is not installed")
 
 
+def serve_page() -> tuple[str, HTTPServer]:
+    """The page of "another origin": a tornado server on its own loopback port."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(Application([(r"/", Page)]))
+    server.add_sockets(sockets)
+    return f"http://127.0.0.1:{sockets[0].getsockname()[1]}", server
+
+
+@contextlib.asynccontextmanager
+async def browser_at(url: str) -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, with a tab open on ``url``."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(url + "/")
+            yield page
+        finally:
+            await browser.close()
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("origins", ["*", "page"])
 async def test_a_page_of_another_origin_streams_a_completion(gateway, origins):
     chromium_or_skip()
-    from playwright.async_api import async_playwright
-
-    sockets = bind_sockets(0, "127.0.0.1")
-    page_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    page_server = HTTPServer(Application([(r"/", Page)]))
-    page_server.add_sockets(sockets)
+    page_url, page_server = serve_page()
     gw = await gateway("home", "guest_auth", NAME, cors_origins="*" if origins == "*" else page_url)
     try:
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = await browser.new_page()
-                await page.goto(page_url + "/")
-                got = await page.evaluate(STREAM_JS, [gw.url, API_KEY])
-            finally:
-                await browser.close()
+        async with browser_at(page_url) as page:
+            got = await page.evaluate(STREAM_JS, [gw.url, API_KEY])
     finally:
         page_server.stop()
     assert got["status"] == 200 and got["stopped"]
@@ -109,23 +124,12 @@ async def test_a_page_of_another_origin_streams_a_completion(gateway, origins):
 @pytest.mark.timeout(90)
 async def test_a_page_of_an_origin_not_listed_is_blocked(gateway):
     chromium_or_skip()
-    from playwright.async_api import async_playwright
-
-    sockets = bind_sockets(0, "127.0.0.1")
-    page_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    page_server = HTTPServer(Application([(r"/", Page)]))
-    page_server.add_sockets(sockets)
+    page_url, page_server = serve_page()
     gw = await gateway("home", "guest_auth", NAME, cors_origins="https://ui.example")
     try:
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = await browser.new_page()
-                await page.goto(page_url + "/")
-                with pytest.raises(Exception, match="Failed to fetch"):
-                    await page.evaluate(STREAM_JS, [gw.url, API_KEY])
-            finally:
-                await browser.close()
+        async with browser_at(page_url) as page:
+            with pytest.raises(Exception, match="Failed to fetch"):
+                await page.evaluate(STREAM_JS, [gw.url, API_KEY])
     finally:
         page_server.stop()
     assert gw.completions_seen() == []  # the preflight failed: the POST was never sent
