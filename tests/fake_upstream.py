@@ -38,25 +38,14 @@ from vcr.matchers import method, path
 from vcr.record_mode import RecordMode
 from vcr.request import Request
 
-from server.zai.signature import DEFAULT_KEY, sign
+from scripts.upstream_checks import refusal
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 COMPLETIONS = "/api/v2/chat/completions"
-REQUIRED = (
-    "timestamp",
-    "requestId",
-    "user_id",
-    "token",
-    "signature_timestamp",
-    "version",
-    "platform",
-)
 DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
-BAD_SIGNATURE = {"detail": "403: Signature validation failed: 签名验证失败"}
 # How long a cut connection stays open after its last piece: the upstream dies a moment after
 # its last frame, and the client has read what was sent before the reset.
 CUT_DELAY = 0.05
-BAD_TOKEN = {"detail": "Your session has expired or the token is invalid. Please sign in again."}
 
 
 @dataclass
@@ -129,31 +118,16 @@ class FakeUpstream:
         """The real upstream's checks of a completion request, or None when it passes."""
         if not self.verify or seen.method != "POST" or seen.path != COMPLETIONS:
             return None
-        missing = [name for name in REQUIRED if not seen.query.get(name)]
-        if missing:
-            return 400, {"detail": f"Missing required query parameters: {', '.join(missing)}"}
-        if seen.headers.get("Authorization") != f"Bearer {seen.query['token']}":
-            return 401, BAD_TOKEN
-        sent = seen.headers.get("X-FE-Version")
-        if self.fe_version and sent != self.fe_version:
-            return 426, {
-                "detail": f"Your client version ({sent or 'unknown'}) is outdated."
-                f" Minimum required: {self.fe_version.removeprefix('prod-fe-')}."
-                " Please refresh the page"
-            }
-        try:
-            prompt = json.loads(seen.body)["signature_prompt"]
-            expected = sign(
-                DEFAULT_KEY,
-                seen.query["requestId"],
-                int(seen.query["timestamp"]),
-                seen.query["user_id"],
-                prompt,
-            )
-        except (ValueError, KeyError, TypeError):
-            return 400, BAD_SIGNATURE
-        if seen.headers.get("X-Signature") != expected:
-            return 400, BAD_SIGNATURE
+        refused = refusal(
+            seen.query,
+            seen.headers.get("Authorization"),
+            seen.headers.get("X-FE-Version"),
+            seen.headers.get("X-Signature"),
+            seen.body,
+            self.fe_version,
+        )
+        if refused:
+            return refused
         failing = self.fail_tokens.get(seen.query["token"])
         if failing:
             return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}

@@ -3,7 +3,8 @@
 Owns ``Connection`` (one kept-alive client connection; ``request()`` sends raw bytes and
 returns a ``Result`` with the send time, the first response byte, the first body byte and the
 end), ``closed_loop`` (N connections, each sending its next request as soon as the last one
-ended, counted over a measuring window after a warm-up) and ``open_streams`` (N requests,
+ended, counted over a measuring window after a warm-up; the request is fixed bytes or a
+function called for each one, so a client can pay for building it) and ``open_streams`` (N requests,
 each on its own connection, started over a ramp and held open together). Responses are
 parsed as they arrive (Content-Length, chunked, or close-delimited) and never kept whole:
 only the first and last bytes are kept, to check the answer.
@@ -17,9 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Connection", "Phase", "Result", "closed_loop", "open_streams", "percentile"]
+__all__ = ["Check", "Connection", "Phase", "Result", "closed_loop", "open_streams", "percentile"]
 
 _KEEP = 96  # bytes kept from each end of a body, to check what it was
+
+Raw = bytes | Callable[[], bytes]  # one request's bytes, or what builds each request anew
+
+
+def _bytes(raw: Raw) -> bytes:
+    return raw if isinstance(raw, bytes) else raw()
 
 
 @dataclass(slots=True)
@@ -279,7 +286,7 @@ def _judge(result: Result, check: Check, phase: Phase) -> None:
 async def closed_loop(
     host: str,
     port: int,
-    raw: bytes,
+    raw: Raw,
     check: Check,
     concurrency: int,
     warmup: float,
@@ -313,7 +320,7 @@ async def closed_loop(
                         phase.count_failure(f"connect: {exc.strerror or exc}")
                         await asyncio.sleep(0.05)
                         continue
-                result = await conn.request(raw, timeout)
+                result = await conn.request(_bytes(raw), timeout)
                 _judge(result, check, phase)
                 if begin <= result.end <= end:
                     phase.results.append(result)
@@ -328,7 +335,7 @@ async def closed_loop(
 async def open_streams(
     host: str,
     port: int,
-    raw: bytes,
+    raw: Raw,
     check: Check,
     count: int,
     ramp: float,
@@ -352,7 +359,7 @@ async def open_streams(
             return
         conn._protocol.gauge = gauge
         try:
-            result = await conn.request(raw, timeout)
+            result = await conn.request(_bytes(raw), timeout)
         finally:
             conn.close()
         if result.error.startswith("no complete answer"):

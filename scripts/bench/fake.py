@@ -2,15 +2,18 @@
 
 Owns ``serve`` (and ``python -m scripts.bench.fake``). It answers what the gateway asks on its
 hot path from the same cassettes the tests replay: ``GET /`` (home page: the front-end
-version), ``GET /api/v1/auths/`` and ``POST /api/v1/auths/guest`` (a guest), ``POST
+version), ``GET /api/v1/auths/`` and ``POST /api/v1/auths/guest`` (a guest; a user account when the
+request carries a token, as the pool's token checks do), ``POST
 /api/v2/chat/completions`` (the recorded SSE stream, chunked). Each listener has a pace:
 0 writes the whole answer in one piece (so the fake is never the bottleneck), > 0 writes one
 event at a time with that many seconds between events, as the real upstream streams.
 Keep-alive is honoured unless the request says ``Connection: close``. ``GET /__stats``
 answers this listener's counters as JSON (``?reset`` zeroes ``max_open`` after reading),
 with the arrival times of the last completion requests (to split a time to first byte into
-before and after the upstream request). Nothing is verified (the test suite's fake does
-that): this one only has to be cheap.
+before and after the upstream request). Completion requests pass the real upstream's checks
+(``scripts/upstream_checks.py``, the same the test suite's fake makes: token, front-end
+version, signature) or get its refusal, so the "direct" limit is a fair one; ``--no-verify``
+skips them. Beyond that nothing is matched: this fake only has to be cheap.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import yaml
+
+from scripts.upstream_checks import refusal
 
 __all__ = ["Answers", "Stats", "load_answers", "serve"]
 
@@ -46,6 +53,7 @@ class Stats:
     home: int = 0
     completed: int = 0
     aborted: int = 0
+    refused: int = 0  # completion requests that failed the upstream's checks
     open: int = 0
     max_open: int = 0
     arrivals: list[float] = field(default_factory=list)  # last completions' time.monotonic()
@@ -55,6 +63,7 @@ class Stats:
 class Answers:
     home: bytes
     guest: bytes
+    user: bytes  # what a token check of a user account answers (pooled mode)
     events: tuple[bytes, ...]  # the SSE body cut at blank lines, each piece ends with "\n\n"
 
 
@@ -87,8 +96,9 @@ def load_answers(stream: str) -> Answers:
     """The bodies the fake serves, read once from ``cassettes/``."""
     home = _body(_interaction("home", "GET", "/"))
     guest = _body(_interaction("guest_auth", "GET", "/api/v1/auths/"))
+    user = _body(_interaction("guest_auth_user_role", "GET", "/api/v1/auths/"))
     events = _split_events(_body(_interaction(stream, "POST", COMPLETIONS.decode())))
-    return Answers(home, guest, events)
+    return Answers(home, guest, user, events)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -109,8 +119,11 @@ def _head(status: str, content_type: bytes, close: bool, length: int | None) -> 
 class _Listener:
     """One port: its pace, its counters, and its pre-built answers."""
 
-    def __init__(self, answers: Answers, pace: float) -> None:
+    def __init__(self, answers: Answers, pace: float, verify: bool) -> None:
         self.pace = pace
+        self.verify = verify
+        found = re.search(rb"prod-fe-[0-9.]+", answers.home)
+        self.fe_version = found.group().decode().rstrip(".") if found else None
         self.stats = Stats()
         self.events = answers.events
         sse = b"text/event-stream; charset=utf-8"
@@ -123,6 +136,7 @@ class _Listener:
         for name, payload, kind in (
             ("home", answers.home, b"text/html; charset=utf-8"),
             ("guest", answers.guest, b"application/json"),
+            ("user", answers.user, b"application/json"),
             ("missing", b'{"detail":"Not Found"}', b"application/json"),
         ):
             status = "404 Not Found" if name == "missing" else "200 OK"
@@ -159,27 +173,38 @@ class _Conn(asyncio.Protocol):
             if end < 0:
                 return
             lines = bytes(self.buf[:end]).split(b"\r\n")
-            length, close = 0, False
+            headers: dict[bytes, bytes] = {}
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection":
-                    close = value.strip().lower() == b"close"
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get(b"content-length", 0))
+            close = headers.get(b"connection", b"").lower() == b"close"
             if len(self.buf) < end + 4 + length:
                 return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
             method, target = lines[0].split(b" ", 2)[:2]
-            self._answer(method, target, close)
+            self._answer(method, target, headers, body, close)
 
-    def _answer(self, method: bytes, target: bytes, close: bool) -> None:
+    def _answer(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes, close: bool
+    ) -> None:
         listener, stats = self.listener, self.listener.stats
         path, _, query = target.partition(b"?")
         stats.requests += 1
         assert self.transport is not None
         if method == b"POST" and path == COMPLETIONS:
             stats.completions += 1
+            refused = listener.verify and _refusal(query, headers, body, listener.fe_version)
+            if refused:
+                stats.refused += 1
+                status, detail = refused
+                payload = json.dumps(detail).encode()
+                head = _head(f"{status} Refused", b"application/json", close, len(payload))
+                self.transport.write(head + payload)
+                if close:
+                    self.transport.close()
+                return
             stats.arrivals.append(time.monotonic())
             del stats.arrivals[:-_ARRIVALS]
             if listener.pace > 0:
@@ -188,8 +213,10 @@ class _Conn(asyncio.Protocol):
             self.transport.write(listener.fast[close])
             stats.completed += 1
         elif path in AUTHS:
+            # A token check carries the token (a pooled user account); a sign-in carries none.
             stats.auths += 1
-            self.transport.write(listener.json["guest"][close])
+            who = "user" if b"authorization" in headers else "guest"
+            self.transport.write(listener.json[who][close])
         elif path == b"/":
             stats.home += 1
             self.transport.write(listener.json["home"][close])
@@ -229,12 +256,32 @@ class _Conn(asyncio.Protocol):
             self._next()
 
 
-async def serve(answers: Answers, paces: list[float], host: str = "127.0.0.1") -> list[int]:
+def _refusal(
+    query: bytes, headers: dict[bytes, bytes], body: bytes, fe_version: str | None
+) -> tuple[int, dict] | None:
+    def header(name: bytes) -> str | None:
+        value = headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    fields = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    return refusal(
+        fields,
+        header(b"authorization"),
+        header(b"x-fe-version"),
+        header(b"x-signature"),
+        body,
+        fe_version,
+    )
+
+
+async def serve(
+    answers: Answers, paces: list[float], verify: bool = True, host: str = "127.0.0.1"
+) -> list[int]:
     """Listen once per pace on a free port of ``host``; returns the ports, in order."""
     loop = asyncio.get_running_loop()
     ports = []
     for pace in paces:
-        listener = _Listener(answers, pace)
+        listener = _Listener(answers, pace, verify)
         server = await loop.create_server(
             lambda listener=listener: _Conn(listener), host, 0, backlog=4096
         )
@@ -252,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds between SSE events; once per listener (default: 0)",
     )
     parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the upstream's checks (signature, front-end version, token)",
+    )
+    parser.add_argument(
         "--stream",
         default="stream_glm5_plain_thinking",
         help="cassette whose completion stream is served",
@@ -259,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        ports = await serve(load_answers(args.stream), args.pace or [0.0])
+        ports = await serve(load_answers(args.stream), args.pace or [0.0], args.verify)
         print("READY " + json.dumps(ports), flush=True)
         await asyncio.Event().wait()
 

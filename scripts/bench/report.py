@@ -26,6 +26,7 @@ TARGETS = {
     "rss_per_stream_kib": 64.0,
     "idle_rss_mib": 50.0,
     "redis_round_trips": 2.0,
+    "limit_ratio": 0.6,  # issue 18: completions/s of each mode over the fair direct limit, c=50
 }
 
 
@@ -51,12 +52,22 @@ def _failures(row: dict) -> str:
     return ",".join(f"{k}:{v}" for k, v in row.get("failures", {}).items()) or "0"
 
 
+def _order(key: tuple[str, bool, int]) -> tuple[int, str, bool, int]:
+    """Anonymous OpenAI rows first (the headline), then the other modes and faces."""
+    mode, stream, c = key
+    return (mode != "anonymous", mode, stream, c)
+
+
 def _throughput(rows: list[dict], title: str) -> str:
-    pairs: dict[tuple[bool, int], dict[str, dict]] = {}
+    direct = {(r["stream"], r["concurrency"]): r for r in rows if r["target"] == "direct"}
+    pairs: dict[tuple[str, bool, int], dict[str, dict]] = {}
     for row in rows:
-        pairs.setdefault((row["stream"], row["concurrency"]), {})[row["target"]] = row
+        if row["target"] == "gateway":
+            key = (row.get("mode", "anonymous"), row["stream"], row["concurrency"])
+            pairs[key] = {"gateway": row, "direct": direct.get(key[1:], {})}
     header = [
         "mode",
+        "answer",
         "c",
         "direct/s",
         "gateway/s",
@@ -75,7 +86,7 @@ def _throughput(rows: list[dict], title: str) -> str:
         "gw warnings",
     ]
     lines = []
-    for (stream, c), pair in sorted(pairs.items()):
+    for (mode, stream, c), pair in sorted(pairs.items(), key=lambda item: _order(item[0])):
         d, g = pair.get("direct", {}), pair.get("gateway", {})
         redis = g.get("redis", {})
         up = g.get("upstream_per_completion", {})
@@ -86,6 +97,7 @@ def _throughput(rows: list[dict], title: str) -> str:
         )
         lines.append(
             [
+                mode,
                 "stream" if stream else "non-stream",
                 str(c),
                 _f(d.get("completions_per_s"), 0),
@@ -126,7 +138,12 @@ def _check(ok: bool) -> str:
 
 def _targets(results: dict) -> str:
     lines = ["targets (PERFORMANCE.md, per worker):"]
-    rows = {(r["target"], r["stream"], r["concurrency"]): r for r in results.get("throughput", [])}
+    throughput = results.get("throughput", [])
+    rows = {
+        (r["target"], r["stream"], r["concurrency"]): r
+        for r in throughput
+        if r.get("mode", "anonymous") in ("anonymous", "direct")
+    }
     for stream, key, name in (
         (True, "stream_rps", "stream"),
         (False, "nonstream_rps", "non-stream"),
@@ -139,6 +156,24 @@ def _targets(results: dict) -> str:
             lines.append(
                 f"  {name} completions/s >= {TARGETS[key]:g} (stretch): best of c=50/200 "
                 f"{best:.0f} -> {_check(best >= TARGETS[key])}"
+            )
+    direct = {(r["stream"], r["concurrency"]): r for r in throughput if r["target"] == "direct"}
+    for r in throughput:
+        limit = direct.get((r["stream"], r["concurrency"]), {}).get("completions_per_s")
+        if r["target"] != "gateway" or r["concurrency"] != 50 or not limit:
+            continue
+        ratio = r["completions_per_s"] / limit
+        lines.append(
+            f"  {r.get('mode', 'anonymous')} {'stream' if r['stream'] else 'non-stream'} c=50: "
+            f"{ratio:.2f} of the fair limit (>= {TARGETS['limit_ratio']:g}) -> "
+            f"{_check(ratio >= TARGETS['limit_ratio'])}"
+        )
+    for r in throughput:
+        if r.get("mode") == "pooled" and r["concurrency"] == 200:
+            errors = sum(r.get("failures", {}).values())
+            lines.append(
+                f"  pooled {'stream' if r['stream'] else 'non-stream'} c=200: {errors} errors "
+                f"-> {_check(errors == 0)}"
             )
     ttfb = results.get("ttfb")
     if ttfb:

@@ -32,19 +32,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scripts.bench import report
-from scripts.bench.client import Phase, closed_loop, open_streams, percentile
+from scripts.bench.client import Check, Phase, closed_loop, open_streams, percentile
 from scripts.bench.fake import ROOT, load_answers
 from scripts.bench.payloads import (
     API_KEY,
     chat_request,
+    direct_builder,
     direct_request,
     is_completion,
+    is_message,
+    is_message_stop,
     is_sse_done,
     is_upstream_done,
+    messages_request,
 )
 from scripts.bench.procs import (
     Processes,
@@ -67,6 +72,13 @@ __all__ = ["FULL", "QUICK", "Bench", "Plan", "main"]
 GATEWAY_CPUS = {0}
 LOAD_CPUS = {1}
 STREAM_CASSETTE = "stream_glm5_plain_thinking"
+# What a client of each face sends, and what says its answer came back whole (non-stream,
+# stream).
+FACES: dict[str, tuple[Callable[[int, bool], bytes], tuple[Check, Check]]] = {
+    "openai": (chat_request, (is_completion, is_sse_done)),
+    "anthropic": (messages_request, (is_message, is_message_stop)),
+}
+POOLED_TOKENS = 8  # pooled mode: user tokens in ZAI_TOKENS (the fake takes any token)
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class Plan:
     concurrency: tuple[int, ...]
     direct: tuple[float, float]  # warm-up, measuring window
     gateway: tuple[float, float]
+    mode_concurrency: tuple[int, ...]  # pooled mode and the Anthropic face
     ttfb_pace: float  # seconds between events of the paced upstream
     ttfb_window: float
     streams: int
@@ -96,6 +109,7 @@ FULL = Plan(
     concurrency=(1, 50, 200),
     direct=(1.0, 4.0),
     gateway=(2.0, 8.0),
+    mode_concurrency=(50, 200),
     ttfb_pace=0.05,
     ttfb_window=20.0,
     streams=1000,
@@ -114,6 +128,7 @@ QUICK = Plan(
     concurrency=(1, 50, 200),
     direct=(0.3, 1.0),
     gateway=(0.7, 2.5),
+    mode_concurrency=(50, 200),
     ttfb_pace=0.03,
     ttfb_window=3.0,
     streams=1000,
@@ -125,7 +140,7 @@ QUICK = Plan(
     transport_requests=1000,
     wrk_seconds=0.0,
     profile_seconds=0.0,
-    budget=150.0,
+    budget=210.0,
 )
 
 
@@ -140,6 +155,7 @@ class Gateway:
     port: int
     prefix: str
     workers: int
+    mode: str = "anonymous"  # how it gets upstream tokens: guests, or a pool ("pooled")
     idle_rss_kib: int = 0
 
     @property
@@ -222,7 +238,9 @@ class Bench:
         self.ports = {"fast": fast, "ttfb": ttfb, "slow": slow}
         log(f"redis-server on :{self.redis_port}, fake upstream on {self.ports}")
 
-    def gateway_env(self, upstream: int, port: int, prefix: str, workers: int) -> dict[str, str]:
+    def gateway_env(
+        self, upstream: int, port: int, prefix: str, workers: int, mode: str = "anonymous"
+    ) -> dict[str, str]:
         from server.settings import Settings
 
         names = {name.upper() for name in Settings.model_fields}
@@ -239,13 +257,21 @@ class Bench:
             REDIS_PREFIX=prefix,
             PYTHONPATH=self.pythonpath,
         )
+        if mode == "pooled":  # user tokens only, no guests, no per-token cap
+            tokens = ",".join(f"bench-user-token-{i:02d}" for i in range(POOLED_TOKENS))
+            env.update(ZAI_TOKENS=tokens, ANONYMOUS_MODE="false", POOL_MAX_CONCURRENCY="0")
         return env
 
     def start_gateway(
-        self, name: str, upstream: str, workers: int = 1, cpus: set[int] | None = GATEWAY_CPUS
+        self,
+        name: str,
+        upstream: str,
+        workers: int = 1,
+        cpus: set[int] | None = GATEWAY_CPUS,
+        mode: str = "anonymous",
     ) -> Gateway:
         port, prefix = free_port(), f"bench-{name}:"
-        env = self.gateway_env(self.ports[upstream], port, prefix, workers)
+        env = self.gateway_env(self.ports[upstream], port, prefix, workers, mode)
         # cwd: a directory without a .env, so only these settings apply.
         proc = self.procs.start(
             f"gateway-{name}", [sys.executable, "-m", "server"], cpus, env, self.workdir
@@ -255,8 +281,13 @@ class Bench:
             wait_until(
                 f"gateway {name} workers", lambda: len(descendants(proc.pid)) > workers, 30, proc
             )
-        gw = Gateway(name, proc, port, prefix, workers)
-        if self.redis is not None and self.args.redis and self.args.guest_reserve:
+        gw = Gateway(name, proc, port, prefix, workers, mode)
+        if (
+            mode == "anonymous"
+            and self.redis is not None
+            and self.args.redis
+            and self.args.guest_reserve
+        ):
             key = f"{prefix}guests"
             wait_until(
                 f"gateway {name} guest reserve",
@@ -299,13 +330,15 @@ class Bench:
         concurrency: int,
         timing: tuple[float, float],
         stagger: float = 0.0,
+        face: str = "openai",
     ) -> dict:
         """One closed-loop run, straight to the fake (``gw`` None) or through ``gw``."""
         port = gw.port if gw else self.ports[which]
         if gw:
-            raw, check = chat_request(port, stream), is_sse_done if stream else is_completion
+            build, checks = FACES[face]
+            raw, check = build(port, stream), checks[stream]
         else:
-            raw, check = direct_request(port), is_upstream_done
+            raw, check = direct_builder(port), is_upstream_done
         pids = gw.pids if gw else []
         edges: dict[str, Snapshot] = {}
         phase = await closed_loop(
@@ -320,7 +353,8 @@ class Bench:
             stagger=stagger,
         )
         row = summarize(phase, edges, gw is not None)
-        row.update(target=target, stream=stream, concurrency=concurrency)
+        mode = "direct" if gw is None else gw.mode if face == "openai" else f"{gw.mode}, {face}"
+        row.update(target=target, stream=stream, concurrency=concurrency, mode=mode)
         if gw is not None:
             row["gateway_warnings"] = self.procs.new_warnings(f"gateway-{gw.name}")
         if phase.failures:
@@ -349,6 +383,13 @@ class Bench:
                         f"{via['completions_per_s']:.0f}/s, "
                         f"{via.get('cpu_ms_per_request', 0):.2f} ms CPU/req"
                     )
+            for c in plan.mode_concurrency:  # the same gateway through the Anthropic face
+                for stream in (False, True):
+                    rows.append(
+                        await self.measure(
+                            "gateway", "fast", gw, stream, c, plan.gateway, 0, "anthropic"
+                        )
+                    )
             self.results["throughput"] = rows
             if plan.wrk_seconds and shutil.which("wrk"):
                 self.results["wrk"] = await self.wrk(gw)
@@ -356,6 +397,22 @@ class Bench:
                 self.results.setdefault("profile", {})["fast"] = await self.profile(gw, "fast")
         finally:
             self.results.setdefault("gateways", {})["throughput"] = self.stop_gateway(gw)
+
+    async def pooled(self) -> None:
+        """Throughput with user tokens from the pool (leases in Redis) instead of guests."""
+        plan = self.plan
+        gw = self.start_gateway("pooled", "fast", mode="pooled")
+        try:
+            for c in plan.mode_concurrency:
+                for stream in (False, True):
+                    row = await self.measure("gateway", "fast", gw, stream, c, plan.gateway)
+                    self.results["throughput"].append(row)
+                    log(
+                        f"pooled {'stream' if stream else 'non-stream'} c={c}: "
+                        f"{row['completions_per_s']:.0f}/s, {sum(row['failures'].values())} errors"
+                    )
+        finally:
+            self.results.setdefault("gateways", {})["pooled"] = self.stop_gateway(gw)
 
     async def wrk(self, gw: Gateway) -> list[dict]:
         rows = []
@@ -620,6 +677,7 @@ class Bench:
         meta["calibration_ms_cpu0"] = [await asyncio.to_thread(calibrate, GATEWAY_CPUS)]
         self.start_infra()
         await self.throughput()
+        await self.pooled()
         await self.transport()
         await self.ttfb()
         meta["calibration_ms_cpu0"].append(await asyncio.to_thread(calibrate, GATEWAY_CPUS))
@@ -711,7 +769,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m scripts.bench",
         description="Benchmark the gateway against a local fake upstream (loopback only).",
     )
-    parser.add_argument("--quick", action="store_true", help="a ~1.5-minute run (short windows)")
+    parser.add_argument("--quick", action="store_true", help="a ~3-minute run (short windows)")
     parser.add_argument("--out", default="bench-results.json", help="where the JSON goes")
     parser.add_argument(
         "--guest-reserve", type=int, default=200, help="GUEST_RESERVE of the gateways (default 200)"
