@@ -15,6 +15,7 @@ from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
 from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
 from server.ops.health import Alive, Ready
+from server.ops.keys_api import KeyList, OneKey, UsageReport
 from server.ops.metrics import Metrics
 from server.services import Services
 from server.web.handler import NotFound
@@ -46,6 +47,9 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/token-pool/update", PoolUpdate),
     (r"/v1/instances", InstanceList),
     (r"/v1/captcha", CaptchaPush),
+    (r"/v1/keys", KeyList),
+    (r"/v1/keys/([0-9a-f]{12})", OneKey),
+    (r"/v1/usage", UsageReport),
     (r"/healthz", Alive),
     (r"/readyz", Ready),
     (r"/metrics", Metrics),

@@ -5,7 +5,8 @@ token source, the pool, the guest reserve and this process's registration; ``sta
 (register, load configured tokens into the shared pool, check the new ones, fill the guest
 reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
 beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, and re-checks
-dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock).
+dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
+loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop).
 Build it inside each worker, after any fork.
 """
 
@@ -23,9 +24,11 @@ from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.settings import Settings
 from server.transport import Timeouts
+from server.web.callers import Caller, static_callers
 from server.zai.client import VersionPolicy, ZaiClient
 from server.zai.request import Dialect
 from state.captcha import CaptchaPool
+from state.client_keys import ClientKeys
 from state.connection import connect
 from state.facts import Facts
 from state.guests import GuestReserve
@@ -33,6 +36,7 @@ from state.instances import Instances, new_instance_id
 from state.keys import Keys
 from state.locks import Lock
 from state.pool import TokenPool
+from state.usage import UsageLog
 from state.waf import WafBreaker
 
 __all__ = ["VERSION", "Services", "make_services"]
@@ -52,6 +56,9 @@ class Services:
     tokens: TokenSource
     captchas: CaptchaSource = field(default_factory=CaptchaSource)
     waf: WafGate = field(default_factory=WafGate)
+    client_keys: ClientKeys | None = None
+    usage: UsageLog | None = None
+    static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -69,6 +76,7 @@ class Services:
         if self.guests is not None and self.guests.reserve is not None:
             self.guests.refill_soon()
         self._tasks.append(asyncio.ensure_future(self._upkeep()))
+        self._tasks.append(asyncio.ensure_future(self._flush_usage()))
 
     async def drain(self, deadline: float) -> int:
         """Stop taking work (readiness goes false) and wait up to ``deadline`` seconds for
@@ -90,6 +98,8 @@ class Services:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.usage is not None:
+            await self._safely("writing usage", self.usage.flush())
         await self._safely("deregister", self.instances.deregister())
         await self._safely("closing the Redis client", self.redis.aclose())
 
@@ -119,6 +129,11 @@ class Services:
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval
                 await self._safely("health check", self._recheck_dead())
+
+    async def _flush_usage(self) -> None:
+        while self.usage is not None:
+            await asyncio.sleep(self.settings.usage_flush_interval)
+            await self._safely("writing usage", self.usage.flush())
 
     async def _reload_if_lost(self) -> None:
         """A Redis that restarted empty lost the pool: put the configured tokens back."""
@@ -177,7 +192,21 @@ def make_services(settings: Settings) -> Services:
         settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
     )
     waf = WafGate(WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap))
-    return Services(settings, redis, keys, client, pool, guests, instances, tokens, captchas, waf)
+    return Services(
+        settings,
+        redis,
+        keys,
+        client,
+        pool,
+        guests,
+        instances,
+        tokens,
+        captchas,
+        waf,
+        client_keys=ClientKeys(redis, keys),
+        usage=UsageLog(redis, keys, settings.usage_retention_days),
+        static_callers=static_callers(settings.api_keys),
+    )
 
 
 def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:

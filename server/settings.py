@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(0.5, gt=0)
     instance_ttl: float = Field(15.0, gt=0)
 
+    # Usage per client key (counted in memory, written to Redis every interval)
+    usage_flush_interval: float = Field(1.0, gt=0)
+    usage_retention_days: int = Field(90, ge=1)
+
     # The upstream dialect: every moving value is here
     zai_base_url: str = "https://chat.z.ai"
     zai_fe_version: str = ""
@@ -150,10 +154,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _some_key(self) -> "Settings":
-        if not self.skip_auth_token and not self.api_keys:
+        if not self.skip_auth_token and not self.api_keys and not self.admin_token:
             raise ValueError(
-                "AUTH_TOKEN: set a client API key (AUTH_TOKEN or AUTH_TOKENS), "
-                "or SKIP_AUTH_TOKEN=true to run without one"
+                "AUTH_TOKEN: set a client API key (AUTH_TOKEN or AUTH_TOKENS), or ADMIN_TOKEN "
+                "to issue keys with POST /v1/keys, or SKIP_AUTH_TOKEN=true to run without one"
             )
         return self
 

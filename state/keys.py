@@ -18,9 +18,17 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 | ``<p>waf`` | hash | the shared WAF breaker: until (ms), backoff (s) |
+| ``<p>keys`` | set | ids of the client keys the admin API issued |
+| ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
+| ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
+| ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (per minute), d, d_at (per day) |
+| ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
+| ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
 
-Token ids are the first 16 hex digits of the token's SHA-256: stable across replicas, and
-safe to show; ``mask`` is the only other form of a token that may be shown or logged.
+Client-key names share the hash tag ``{k:<id>}`` (every key one script touches hashes to
+one Redis Cluster slot); ``<day>`` is the UTC day, ``yyyymmdd``. Token ids are the first 16
+hex digits of the token's SHA-256: stable across replicas, and safe to show; ``mask`` is the
+only other form of a token that may be shown or logged.
 """
 
 import hashlib
@@ -95,3 +103,23 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
+
+    @property
+    def client_keys(self) -> str:
+        return f"{self.prefix}keys"
+
+    def client_key(self, kid: str) -> str:
+        return f"{self.prefix}{{k:{kid}}}:key"
+
+    def client_requests(self, kid: str) -> str:
+        return f"{self.prefix}{{k:{kid}}}:rpm"
+
+    def client_tokens(self, kid: str) -> str:
+        return f"{self.prefix}{{k:{kid}}}:tokens"
+
+    def usage(self, kid: str, day: str) -> str:
+        return f"{self.prefix}{{k:{kid}}}:usage:{day}"
+
+    @property
+    def usage_keys(self) -> str:
+        return f"{self.prefix}usage:keys"

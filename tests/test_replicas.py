@@ -30,7 +30,7 @@ TTL = 1.5
 
 
 class Replica:
-    def __init__(self, redis_url: str, upstream: str, log_dir) -> None:
+    def __init__(self, redis_url: str, upstream: str, log_dir, **extra: str) -> None:
         self.port = free_port()
         self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
         env = gateway_env(
@@ -46,6 +46,7 @@ class Replica:
             LEASE_TTL=str(TTL),
             POOL_COOLDOWN_BASE="60",
             POOL_MAX_CONCURRENCY="0",
+            **extra,
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server"],

@@ -38,6 +38,15 @@ RULES: dict[str, Rule] = {
     "not_found": Rule(404, "invalid_request_error", message="{detail}"),
     "method_not_allowed": Rule(405, "invalid_request_error", message="{detail}"),
     "payload_too_large": Rule(413, "invalid_request_error", message="{detail}"),
+    "model_not_allowed": Rule(
+        403, "permission_error", message="this API key may not use model {model} ({detail})"
+    ),
+    "key_rate_limited": Rule(
+        429,
+        "rate_limit_error",
+        message="this API key's limit of {detail} is reached: retry after the Retry-After "
+        "seconds (the x-ratelimit-* headers say what is left)",
+    ),
     # The gateway cannot serve the request
     "pool_exhausted": Rule(503, "server_error", message="{detail}"),
     "shutting_down": Rule(

@@ -16,7 +16,7 @@ from tornado.web import RequestHandler
 
 from server.transport import open_exchanges
 
-__all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_request"]
+__all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_key", "observe_request"]
 
 REGISTRY = CollectorRegistry()
 _BUCKETS = (
@@ -88,6 +88,18 @@ UPSTREAM_OPEN = Gauge(
     "Upstream connections open in this process.",
     registry=REGISTRY,
 )
+KEY_REQUESTS = Counter(
+    "zai_gateway_key_requests",
+    "Requests answered per client key (id and name, never the secret), model and status.",
+    ["key", "name", "model", "status"],
+    registry=REGISTRY,
+)
+KEY_TOKENS = Counter(
+    "zai_gateway_key_tokens",
+    "Tokens used per client key and model, by direction (input, output).",
+    ["key", "name", "model", "direction"],
+    registry=REGISTRY,
+)
 REDIS_UP = Gauge(
     "zai_gateway_redis_up", "1 when the shared state store answers.", registry=REGISTRY
 )
@@ -97,6 +109,16 @@ def observe_request(route: str, model: str, status: int, seconds: float, ttfb: f
     REQUESTS.labels(route, model, str(status)).inc()
     LATENCY.labels(route).observe(seconds)
     TTFB.labels(route).observe(ttfb)
+
+
+def observe_key(
+    key: str, name: str, model: str, status: int, tokens_in: int, tokens_out: int
+) -> None:
+    KEY_REQUESTS.labels(key, name, model, str(status)).inc()
+    if tokens_in:
+        KEY_TOKENS.labels(key, name, model, "input").inc(tokens_in)
+    if tokens_out:
+        KEY_TOKENS.labels(key, name, model, "output").inc(tokens_out)
 
 
 class Metrics(RequestHandler):

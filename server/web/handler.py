@@ -1,11 +1,21 @@
 """What every API route shares: keys, errors, limits, and the one log line per request.
 
 Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
-a route into the error body of the API that route speaks), ``check_api_key`` (constant-time,
-``Authorization: Bearer`` or ``x-api-key``), ``NotFound``, and the access line: request id,
+a route into the error body of the API that route speaks, after checking the key of a keyed
+route), ``check_api_key`` (constant-time, ``Authorization: Bearer`` or ``x-api-key``),
+``NotFound``, and the access line: request id,
 method, path, model, status, latency and time to first byte, upstream attempts. The client's
 path and model name are ``shown`` (control characters escaped, cut at 100 characters); a
 request the client abandoned before its answer began is logged with status 499.
+
+Keys: ``AUTH_TOKEN(S)`` are checked in memory (unlimited); an issued key (``sk-zai-...``)
+is checked in Redis by one Lua call (``state.client_keys``: secret hash, disabled, expiry,
+models, limits). A route that runs a completion (``admits = True``) makes that one call when
+the conversation is known, so its limits are checked and its estimate reserved in the same
+round trip; other routes make it before the route runs. Nothing about a key is cached, so a
+disabled key is refused on its very next request. After the completion the reservation is
+settled with the real usage (one more call, after the answer, for keys with token limits),
+and every answered request is counted per key (``state.usage``, flushed in the background).
 """
 
 import asyncio
@@ -19,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
+from redis.exceptions import RedisError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
@@ -26,23 +37,36 @@ from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
 from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.models import find_model
-from server.ops.metrics import observe_request
+from server.core.token_estimate import estimate_conversation
+from server.ops.metrics import observe_key, observe_request
+from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
+from state.client_keys import parse_secret
 
 __all__ = ["CLIENT_CLOSED", "ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
 
-CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 # What a page may read of an answer beyond the safe few: the request id and the retry advice.
-CORS_EXPOSE = "X-Request-Id, Retry-After, x-should-retry, X-Gateway-Tools"
+CORS_EXPOSE = (
+    "X-Request-Id, Retry-After, x-should-retry, X-Gateway-Tools, "
+    "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
+)
 CLIENT_CLOSED = 499  # the access status of a request abandoned before its answer began
 
 
 def check_api_key(presented: str, keys: tuple[str, ...]) -> bool:
     """True when ``presented`` is one of ``keys``; every key is compared, in constant time."""
+    return match_api_key(presented, keys) >= 0
+
+
+def match_api_key(presented: str, keys: tuple[str, ...]) -> int:
+    """Which of ``keys`` is ``presented`` (-1: none); every key is compared, in constant time."""
     given = presented.encode()
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given, key.encode())
+    found = -1
+    for i, key in enumerate(keys):
+        if hmac.compare_digest(given, key.encode()):
+            found = i
     return found
 
 
@@ -67,6 +91,10 @@ def api(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     async def route(self: "ApiHandler", *args: str) -> None:
         try:
             self.take_body()
+            if self.keyed:
+                self.authenticate()
+                if not self.admits:
+                    await self.admit(None)
             await method(self, *args)
         except GatewayError as err:
             self.send_gateway_error(err)
@@ -81,6 +109,7 @@ class ApiHandler(RequestHandler):
     render_error: Callable[[GatewayError], bytes] = staticmethod(error_body)
     route = "other"  # the label requests of this route are counted under
     keyed = True  # the route wants a key: checked before a 100-continue body is sent
+    admits = False  # the route runs a completion: an issued key is checked with its limits
 
     def initialize(self, services: Any) -> None:
         self.services = services
@@ -94,6 +123,11 @@ class ApiHandler(RequestHandler):
         self._left_unanswered = False
         self._body: list[bytes] = []
         self._body_size = 0
+        self.caller: Caller | None = None
+        self._issued: tuple[str, str] | None = None  # an issued key's (id, secret hash)
+        self._charged = False  # its request was counted against its limits
+        self._rate_headers: dict[str, str] = {}
+        self.metered: Metered | None = None
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -101,6 +135,8 @@ class ApiHandler(RequestHandler):
         # the first call, from tornado's __init__, comes before initialize gave us settings.
         if hasattr(self, "services"):
             set_cors_headers(self)
+            for name, value in self._rate_headers.items():
+                self.set_header(name, value)
 
     async def options(self, *args: str) -> None:
         """A browser's CORS preflight: 204 with the allow headers when the origin may call."""
@@ -117,7 +153,7 @@ class ApiHandler(RequestHandler):
         self.set_status(204)
         self.finish()
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         """Runs once the headers are in, before any of the body is read (the body is streamed
         in ``data_received``): a body announced too large is a JSON 413 at once, and a client
         that asks ``Expect: 100-continue`` hears about a bad key before it sends the body."""
@@ -127,6 +163,7 @@ class ApiHandler(RequestHandler):
             raise self.too_large()
         if self.keyed and self.request.headers.get("Expect", "").lower() == "100-continue":
             self.authenticate()
+            await self.admit(None)
 
     def too_large(self) -> GatewayError:
         limit = self.services.settings.max_body_bytes
@@ -151,8 +188,12 @@ class ApiHandler(RequestHandler):
         return presented or self.request.headers.get("x-api-key", "")
 
     def authenticate(self) -> None:
+        """Who calls: a configured key, or an issued one (checked in Redis by ``admit``)."""
+        if self.caller is not None or self._issued is not None:
+            return
         settings = self.services.settings
         if settings.skip_auth_token:
+            self.caller = ANONYMOUS
             return
         presented = self.presented_key()
         if not presented:
@@ -160,8 +201,41 @@ class ApiHandler(RequestHandler):
                 "invalid_api_key",
                 "no API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key')",
             )
-        if not check_api_key(presented, settings.api_keys):
+        found = match_api_key(presented, settings.api_keys)
+        if found >= 0:
+            self.caller = self.services.static_callers[found]
+            return
+        self._issued = parse_secret(presented)
+        if self._issued is None:
             raise GatewayError("invalid_api_key", "the API key is not valid for this gateway")
+
+    async def admit(self, conv: Conversation | None) -> None:
+        """An issued key's one Redis call: check it and, with a conversation, count the
+        request and reserve its token estimate. Raises the refusal; sets the headers."""
+        if (
+            self._issued is None
+            or (self._charged and conv is not None)
+            or (self.caller is not None and conv is None)
+        ):
+            return
+        kid, digest = self._issued
+        model = conv.model.id if conv is not None else ""
+        estimate = estimate_conversation(conv) + (conv.max_tokens or 0) if conv else 0
+        try:
+            admission = await self.services.client_keys.admit(
+                kid, digest, model, int(conv is not None), estimate, self.request_id
+            )
+        except (RedisError, OSError) as exc:
+            raise GatewayError("state_unavailable", f"checking the API key: {exc}") from None
+        self._charged = conv is not None
+        if admission.refused != "unknown":
+            self.caller = Caller(kid, admission.name, admission)
+        self._rate_headers = rate_headers(admission)
+        for name, value in self._rate_headers.items():
+            self.set_header(name, value)
+        err = refusal(admission, model)
+        if err is not None:
+            raise err
 
     def tool_support(self, asked: bool) -> bool:
         """Whether tools are emulated; when the client sent some in vain, say so."""
@@ -174,8 +248,11 @@ class ApiHandler(RequestHandler):
     async def complete(self, conv: Conversation, sink: Sink) -> None:
         """Run one completion into ``sink`` until it ends or the client leaves."""
         services = self.services
+        self.authenticate()
+        await self.admit(conv)
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
+        self.metered = sink = Metered(sink, conv)
         work = complete(
             conv,
             sink,
@@ -186,7 +263,20 @@ class ApiHandler(RequestHandler):
             services.captchas,
             services.waf,
         )
-        await self.run_until_done_or_gone(work, sink)
+        try:
+            await self.run_until_done_or_gone(work, sink)
+        finally:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Give an issued key back what its reservation held beyond the real usage."""
+        caller, metered = self.caller, self.metered
+        if caller is None or caller.admission is None or metered is None:
+            return
+        try:
+            await self.services.client_keys.settle(caller.id, caller.admission, metered.used)
+        except (RedisError, OSError) as exc:
+            logger.warning("{} settling key {} failed: {}", self.request_id, caller.id, exc)
 
     async def run_until_done_or_gone(self, work: Awaitable[None], sink: Any) -> None:
         """Run the completion; if the client hangs up, cancel it (closing the upstream).
@@ -277,6 +367,8 @@ class ApiHandler(RequestHandler):
         model = found.id if (found := find_model(self.model_name)) else "-"
         status = CLIENT_CLOSED if self._left_unanswered else self.get_status()
         observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
+        if self.caller is not None:
+            self.count_usage(self.caller, model, status)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
@@ -288,6 +380,14 @@ class ApiHandler(RequestHandler):
             ttfb,
             attempts,
         )
+
+    def count_usage(self, caller: Caller, model: str, status: int) -> None:
+        metered = self.metered
+        tokens_in = metered.input_tokens if metered is not None else 0
+        tokens_out = metered.output_tokens if metered is not None else 0
+        error = status >= 400 or (metered is not None and metered.failed)
+        self.services.usage.add(caller.id, caller.name, model, tokens_in, tokens_out, error)
+        observe_key(caller.id, caller.name, model, status, tokens_in, tokens_out)
 
 
 class NotFound(ApiHandler):

@@ -38,6 +38,7 @@ class AnthropicHandler(ApiHandler):
 
 class Messages(AnthropicHandler):
     route = "messages"
+    admits = True
 
     @api
     async def post(self) -> None:

@@ -17,6 +17,7 @@ __all__ = ["ChatCompletions", "ModelList", "OneModel"]
 
 class ChatCompletions(ApiHandler):
     route = "chat_completions"
+    admits = True
 
     @api
     async def post(self) -> None:

@@ -1,0 +1,125 @@
+"""Who is calling, what their key's limits say, and what the call used.
+
+Owns ``Caller`` (the key a request is counted under: an issued key's id and name,
+``AUTH_TOKEN(S)`` as ``env-<8 hex>`` ids, or ``anonymous`` under ``SKIP_AUTH_TOKEN``),
+``static_callers``, ``refusal`` (an ``Admission`` the limits refused, as the client's error),
+``rate_headers`` (OpenAI's ``x-ratelimit-*`` names) and ``Metered``, the sink wrapper that
+notes the tokens a completion used, for settling the reservation and for the usage counters.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+from server.core.chat import Conversation, Sink, Usage
+from server.core.errors import GatewayError
+from server.core.token_estimate import estimate_conversation, estimate_tokens
+from state.client_keys import Admission
+
+__all__ = ["ANONYMOUS", "Caller", "Metered", "rate_headers", "refusal", "static_callers"]
+
+
+@dataclass(slots=True)
+class Caller:
+    id: str
+    name: str
+    admission: Admission | None = None  # issued keys: what the last admit said
+
+
+ANONYMOUS = Caller("anonymous", "anonymous")
+
+
+def static_callers(keys: tuple[str, ...]) -> list[Caller]:
+    """One caller per configured key, in order; ids are safe to show (a digest's prefix)."""
+    names = ["AUTH_TOKEN" if len(keys) == 1 else f"AUTH_TOKENS[{i}]" for i in range(len(keys))]
+    return [
+        Caller("env-" + hashlib.sha256(key.encode()).hexdigest()[:8], name)
+        for key, name in zip(keys, names, strict=True)
+    ]
+
+
+_LIMITED = {"rpm": "requests per minute", "tpm": "tokens per minute", "tpd": "tokens per day"}
+_LIMIT_OF = {"rpm": "requests", "tpm": "tokens", "tpd": "tokens-day"}
+
+
+def refusal(admission: Admission, model: str) -> GatewayError | None:
+    """The error for a refused admission, or ``None`` when it was let through."""
+    refused = admission.refused
+    if not refused:
+        return None
+    if refused == "unknown":
+        return GatewayError("invalid_api_key", "the API key is not valid for this gateway")
+    if refused in ("disabled", "expired"):
+        return GatewayError("invalid_api_key", f"the API key is {refused}")
+    if refused == "model":
+        return GatewayError("model_not_allowed", "not in its model list", model=model)
+    limit = next(lim.limit for lim in admission.limits if lim.kind == _LIMIT_OF[refused])
+    return GatewayError(
+        "key_rate_limited", f"{limit} {_LIMITED[refused]}", retry_after=admission.retry_after
+    )
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's way of writing a reset time.
+
+    >>> duration(0.25), duration(59), duration(360), duration(3725.5)
+    ('250ms', '59s', '6m0s', '1h2m5.5s')
+    """
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    hours, rest = divmod(round(seconds, 1), 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:g}s"
+    if minutes or hours:
+        text = f"{int(minutes)}m{text}"
+    return f"{int(hours)}h{text}" if hours else text
+
+
+def rate_headers(admission: Admission) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for lim in admission.limits:
+        out[f"x-ratelimit-limit-{lim.kind}"] = str(lim.limit)
+        out[f"x-ratelimit-remaining-{lim.kind}"] = str(lim.remaining)
+        out[f"x-ratelimit-reset-{lim.kind}"] = duration(lim.reset)
+    return out
+
+
+class Metered:
+    """A face's sink that also notes what the completion used: the upstream's usage, or an
+    estimate of both sides when the upstream sent none. Everything else goes to ``inner``."""
+
+    def __init__(self, inner: Sink, conv: Conversation) -> None:
+        self.inner = inner
+        self.conv = conv
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.failed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    @property
+    def used(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        if usage is not None and usage.total_tokens:
+            self.input_tokens, self.output_tokens = usage.prompt_tokens, usage.completion_tokens
+        else:
+            self.input_tokens = estimate_conversation(self.conv)
+            self.output_tokens = estimate_tokens(reasoning) + estimate_tokens(content)
+        await self.inner.finish(reason, usage, reasoning, content, stop_sequence)
+
+    async def fail(self, error: GatewayError) -> None:
+        self.failed = True
+        await self.inner.fail(error)

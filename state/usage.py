@@ -1,0 +1,112 @@
+"""Usage per client key, per model, per UTC day, in Redis.
+
+Owns ``UsageLog``. ``add`` counts one answered request in this process's memory (no round
+trip on the request path); ``flush`` writes what was counted to Redis in one pipelined round
+trip (``HINCRBY`` on ``<p>{k:<id>}:usage:<yyyymmdd>``, fields ``<model>:requests``,
+``:input``, ``:output``, ``:errors``), which the services run every ``USAGE_FLUSH_INTERVAL``
+seconds and once more on shutdown. So a process killed with SIGKILL loses at most that
+interval of counts; limits never depend on these counters (they live in ``state.client_keys``).
+Day hashes expire after ``USAGE_RETENTION_DAYS``. ``query`` reads a range of days back,
+grouped by any of key, model and day. Only counts are stored: never prompt or answer text.
+"""
+
+import datetime as dt
+from collections import defaultdict
+
+from redis.asyncio import Redis
+
+from state.keys import Keys
+
+__all__ = ["FIELDS", "GROUPS", "UsageLog", "day_of"]
+
+FIELDS = ("requests", "input", "output", "errors")
+GROUPS = ("key", "model", "day")
+MAX_DAYS = 400  # one query reads at most this many days per key
+
+
+def day_of(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y%m%d")
+
+
+class UsageLog:
+    def __init__(self, redis: Redis, keys: Keys, retention_days: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention = retention_days * 86400
+        self._counts: defaultdict[tuple[str, str, str], list[int]] = defaultdict(
+            lambda: [0, 0, 0, 0]
+        )
+        self._names: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<UsageLog pending={len(self._counts)}>"
+
+    def add(
+        self, kid: str, name: str, model: str, input_tokens: int, output_tokens: int, error: bool
+    ) -> None:
+        counts = self._counts[(kid, day_of(dt.datetime.now(dt.UTC)), model)]
+        counts[0] += 1
+        counts[1] += input_tokens
+        counts[2] += output_tokens
+        counts[3] += int(error)
+        self._names[kid] = name
+
+    async def flush(self) -> int:
+        """Write what was counted since the last flush; returns how many rows. If Redis
+        fails, the counts are kept for the next flush (and the error raised)."""
+        counts, names = self._counts, self._names
+        if not counts:
+            return 0
+        self._counts = defaultdict(lambda: [0, 0, 0, 0])
+        self._names = {}
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (kid, day, model), values in counts.items():
+                    key = self.keys.usage(kid, day)
+                    for field, value in zip(FIELDS, values, strict=True):
+                        if value:
+                            pipe.hincrby(key, f"{model}:{field}", value)
+                    pipe.expire(key, self.retention)
+                pipe.hset(self.keys.usage_keys, mapping=names)
+                await pipe.execute()
+        except BaseException:
+            for row, values in counts.items():
+                mine = self._counts[row]
+                for i, value in enumerate(values):
+                    mine[i] += value
+            self._names = {**names, **self._names}
+            raise
+        return len(counts)
+
+    async def names(self) -> dict[str, str]:
+        return await self.redis.hgetall(self.keys.usage_keys)
+
+    async def query(
+        self, kids: list[str] | None, first: dt.date, last: dt.date, group_by: tuple[str, ...]
+    ) -> list[dict]:
+        """Rows of ``requests``, ``input_tokens``, ``output_tokens``, ``errors`` for the
+        days ``first..last`` (UTC, inclusive), one row per distinct ``group_by`` values."""
+        names = await self.names()
+        ids = sorted(names) if kids is None else kids
+        days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)][:MAX_DAYS]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kid in ids:
+                for day in days:
+                    pipe.hgetall(self.keys.usage(kid, day.strftime("%Y%m%d")))
+            replies = iter(await pipe.execute())
+        rows: dict[tuple, dict] = {}
+        for kid in ids:
+            for day in days:
+                for field, value in next(replies).items():
+                    model, _, what = field.rpartition(":")
+                    values = {"key": kid, "model": model, "day": day.isoformat()}
+                    group = tuple(values[g] for g in group_by)
+                    row = rows.get(group)
+                    if row is None:
+                        row = rows[group] = {g: values[g] for g in group_by}
+                        if "key" in group_by:
+                            row["name"] = names.get(kid, "")
+                        row.update(requests=0, input_tokens=0, output_tokens=0, errors=0)
+                    column = {"input": "input_tokens", "output": "output_tokens"}.get(what, what)
+                    row[column] += int(value)
+        return [rows[group] for group in sorted(rows)]
