@@ -12,6 +12,7 @@ from tornado.web import Application, StaticFileHandler
 
 from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelInfoList
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
+from server.faces.responses.api import OneResponse, Responses
 from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
 from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
 from server.ops.health import Alive, Ready
@@ -40,6 +41,8 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (WithHeader(r"/v1/models/(.+)", "anthropic-version"), ModelInfo),
     (r"/v1/models", ModelList),
     (r"/v1/models/(.+)", OneModel),
+    (r"/v1/responses", Responses),
+    (r"/v1/responses/([^/]+)", OneResponse),
     (r"/v1/messages", Messages),
     (r"/v1/messages/count_tokens", CountTokens),
     (r"/v1/token-pool/status", PoolStatus),

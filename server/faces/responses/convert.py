@@ -1,0 +1,165 @@
+"""From a decoded Responses API request to the neutral ``Conversation``.
+
+Owns ``to_conversation``. ``instructions`` and ``system``/``developer`` messages become the
+system text; ``input`` (a string, or items) becomes turns: messages (their text parts joined
+by newlines), ``function_call`` items (the calls of the assistant turn they follow) and
+``function_call_output`` items (tool turns). ``reasoning`` items are accepted and not
+forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns thinking on
+(off with ``none``/``minimal``), ``max_output_tokens`` goes to the upstream's params.
+The gateway is stateless: ``previous_response_id``, ``conversation`` and ``background`` are
+refused with a 400 naming the field, so a client never silently loses its history. Only
+``function`` tools are emulated; the other tool types (``web_search``, ``namespace``,
+``custom``, ...) are not offered to the model and are listed in ``Converted.skipped_tools``
+(the handler says so in a header and the log) rather than refused, because Codex always
+sends some.
+"""
+
+from dataclasses import dataclass, field
+
+from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.errors import GatewayError
+from server.core.models import require_model
+from server.emulation.tool_parse import new_call_id
+from server.faces.responses.wire import InputItem, Part, ResponsesRequest
+
+__all__ = ["Converted", "to_conversation"]
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", "reasoning_text"}
+_STATELESS = {
+    "previous_response_id": "this gateway stores no responses: send the whole conversation"
+    " in 'input' (with store: false)",
+    "conversation": "this gateway keeps no conversations: send the whole conversation in 'input'",
+    "background": "background responses need stored responses, which this gateway does not keep",
+}
+
+
+@dataclass(slots=True)
+class Converted:
+    conv: Conversation
+    skipped_tools: list[str] = field(default_factory=list)  # tool types not offered
+
+
+def _bad(message: str, param: str) -> GatewayError:
+    return GatewayError("invalid_request", message, param=param)
+
+
+def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool = True) -> Converted:
+    model = require_model(req.model)
+    for name, why in _STATELESS.items():
+        if getattr(req, name) not in (None, False):
+            raise _bad(f"{name} is not supported: {why}", name)
+    turns: list[Turn] = []
+    if req.instructions:
+        turns.append(Turn("system", req.instructions))
+    if isinstance(req.input, str):
+        if not req.input:
+            raise _bad("input: a string input must not be empty", "input")
+        turns.append(Turn("user", req.input))
+    else:
+        _items(req.input, turns)
+    if not any(t.role in ("user", "tool") for t in turns):
+        raise _bad("input: needs at least one user message or function_call_output", "input")
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type != "text":
+        raise _bad(f"text.format: '{fmt.type}' is not supported yet", "text.format")
+    thinking = None
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        thinking = req.reasoning.effort not in ("none", "minimal")
+    conv = Conversation(
+        model=model,
+        turns=turns,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_output_tokens,
+        thinking=thinking,
+        request_id=request_id,
+        captcha=req.zai_captcha or "",
+    )
+    out = Converted(conv)
+    if tool_support:
+        _tools(req, out)
+    return out
+
+
+def _tools(req: ResponsesRequest, out: Converted) -> None:
+    conv = out.conv
+    for index, tool in enumerate(req.tools or []):
+        if tool.type != "function":
+            out.skipped_tools.append(tool.type)
+            continue
+        if not tool.name:
+            raise _bad(f"tools[{index}]: a function tool needs a name", f"tools[{index}].name")
+        conv.tools.append(ToolSpec(tool.name, tool.description or "", tool.parameters or {}))
+    choice = req.tool_choice
+    if choice is None or isinstance(choice, str):
+        conv.tool_choice = choice or "auto"
+    elif choice.type != "function":
+        raise _bad(
+            f"tool_choice: '{choice.type}' tools are not supported, only function tools",
+            "tool_choice",
+        )
+    else:
+        if choice.name not in {t.name for t in conv.tools}:
+            raise _bad(
+                f"tool_choice names '{choice.name}', which is not among the function tools",
+                "tool_choice",
+            )
+        conv.tool_choice = f"function:{choice.name}"
+    if conv.tool_choice not in ("none", "auto") and not conv.tools:
+        raise _bad("tool_choice is set but no function tools were given", "tool_choice")
+    conv.parallel_tool_calls = req.parallel_tool_calls is not False
+
+
+def _items(items: list[InputItem], turns: list[Turn]) -> None:
+    names: dict[str, str] = {}  # call id -> function name, for the outputs that follow
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        kind = item.type
+        if kind == "message":
+            role = _ROLES.get(item.role or "")
+            if role is None:
+                raise _bad(f"{where}: unknown message role {item.role!r}", f"{where}.role")
+            text = _text(item.content, f"{where}.content")
+            if role == "user" and not text:
+                raise _bad(f"{where}: a user message needs text", f"{where}.content")
+            if text:
+                turns.append(Turn(role, text))
+        elif kind == "function_call":
+            if not item.name or item.call_id is None:
+                raise _bad(f"{where}: a function_call needs name and call_id", where)
+            call = ToolCall(item.call_id or new_call_id(), item.name, item.arguments or "{}")
+            names[call.id] = call.name
+            last = turns[-1] if turns else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls.append(call)
+            else:
+                turns.append(Turn("assistant", "", tool_calls=[call]))
+        elif kind == "function_call_output":
+            if not item.call_id:
+                raise _bad(f"{where}: a function_call_output needs call_id", f"{where}.call_id")
+            text = _text(item.output, f"{where}.output")
+            turns.append(
+                Turn("tool", text, tool_call_id=item.call_id, name=names.get(item.call_id, ""))
+            )
+        elif kind != "reasoning":
+            raise _bad(
+                f"{where}: input items of type '{kind}' are not supported (message,"
+                " function_call, function_call_output and reasoning are)",
+                f"{where}.type",
+            )
+
+
+def _text(content: str | list[Part] | None, where: str) -> str:
+    if not isinstance(content, list):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if part.type in _TEXT_PARTS:
+            parts.append(part.text or "")
+        elif part.type == "refusal":
+            parts.append(part.refusal or "")
+        else:
+            raise _bad(f"{where}[{j}]: '{part.type}' input is not supported", f"{where}[{j}]")
+    # Separate parts stay separate words ("hi" + "there" is not "hithere").
+    return "\n".join(p for p in parts if p)

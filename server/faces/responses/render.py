@@ -1,0 +1,325 @@
+"""The Responses face's output: neutral sink calls rendered as Responses API bytes.
+
+Owns ``ResponsesStream`` (the event sequence the SDKs and Codex parse, each event
+``event: <type>`` + ``data: {..., "sequence_number": n}``: ``response.created``,
+``response.in_progress``, then per output item ``response.output_item.added`` ... ``.done``
+with, inside, ``response.reasoning_summary_part.added`` / ``reasoning_summary_text.delta`` /
+``.done`` / ``reasoning_summary_part.done`` for the thinking, ``response.content_part.added`` /
+``output_text.delta`` / ``.done`` / ``content_part.done`` for the answer, and
+``response.function_call_arguments.delta`` / ``.done`` for a call; at the end
+``response.completed`` (or ``response.incomplete`` when the output was cut) with usage, or
+``response.failed`` after an ``error`` event when it fails midway) and ``ResponsesResult``
+(one ``response`` object). The thinking is a ``reasoning`` item whose one summary part holds
+it: Codex and the SDKs show summaries, and the upstream has no separate summary.
+"""
+
+import time
+import uuid
+
+import msgspec
+
+from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.errors import GatewayError
+
+__all__ = ["ResponsesResult", "ResponsesStream", "new_response_id"]
+
+_encode = msgspec.json.encode
+# finish reason -> (status, incomplete_details.reason)
+_STATUS = {
+    "stop": ("completed", None),
+    "stop_sequence": ("completed", None),
+    "tool_calls": ("completed", None),
+    "length": ("incomplete", "max_output_tokens"),
+    "content_filter": ("incomplete", "content_filter"),
+}
+
+
+def new_response_id() -> str:
+    return f"resp_{uuid.uuid4().hex}"
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _usage(usage: Usage | None) -> dict:
+    usage = usage or Usage()
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _reasoning_item(item_id: str, text: str) -> dict:
+    summary = [{"type": "summary_text", "text": text}] if text else []
+    return {"type": "reasoning", "id": item_id, "summary": summary, "encrypted_content": None}
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, text: str | None, status: str = "completed") -> dict:
+    content = [_text_part(text)] if text is not None else []
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if status == "completed" else "",
+        "status": status,
+    }
+
+
+def _ended(head: dict, reason: str, usage: Usage | None, output: list[dict]) -> dict:
+    status, why = _STATUS.get(reason, ("completed", None))
+    return {
+        **head,
+        "status": status,
+        "incomplete_details": {"reason": why} if why else None,
+        "output": output,
+        "usage": _usage(usage),
+    }
+
+
+class ResponsesStream:
+    """Streams one response as Responses API server-sent events."""
+
+    def __init__(self, out: Writer, head: dict, show_reasoning: bool = True) -> None:
+        self.out = out
+        self.head = head  # the response object's fields that do not change
+        self.show_reasoning = show_reasoning
+        self.started = False
+        self.seq = 0
+        self.output: list[dict] = []
+        self.kind: str | None = None  # the open item: "reasoning" | "message" | None
+        self.item_id = ""
+        self.parts: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<ResponsesStream {self.head['id']} items={len(self.output)} open={self.kind}>"
+
+    def _event(self, kind: str, fields: dict) -> None:
+        body = _encode({"type": kind, **fields, "sequence_number": self.seq})
+        self.seq += 1
+        self.out.write(b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n")
+
+    def _begin(self) -> None:
+        self.started = True
+        out = self.out
+        out.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        out.set_header("Cache-Control", "no-cache")
+        out.set_header("X-Accel-Buffering", "no")
+        response = {**self.head, "status": "in_progress", "output": [], "usage": None}
+        self._event("response.created", {"response": response})
+        self._event("response.in_progress", {"response": response})
+
+    def _where(self) -> dict:
+        return {"item_id": self.item_id, "output_index": len(self.output)}
+
+    def _open(self, kind: str) -> None:
+        if self.kind == kind:
+            return
+        self._close()
+        self.kind, self.parts = kind, []
+        index = len(self.output)
+        if kind == "reasoning":
+            self.item_id = _item_id("rs")
+            item = _reasoning_item(self.item_id, "")
+            self._event("response.output_item.added", {"output_index": index, "item": item})
+            part = {"type": "summary_text", "text": ""}
+            self._event(
+                "response.reasoning_summary_part.added",
+                {**self._where(), "summary_index": 0, "part": part},
+            )
+        else:
+            self.item_id = _item_id("msg")
+            item = _message_item(self.item_id, None, "in_progress")
+            self._event("response.output_item.added", {"output_index": index, "item": item})
+            self._event(
+                "response.content_part.added",
+                {**self._where(), "content_index": 0, "part": _text_part("")},
+            )
+
+    def _close(self) -> None:
+        if self.kind is None:
+            return
+        text, where = "".join(self.parts), self._where()
+        if self.kind == "reasoning":
+            self._event(
+                "response.reasoning_summary_text.done", {**where, "summary_index": 0, "text": text}
+            )
+            part = {"type": "summary_text", "text": text}
+            self._event(
+                "response.reasoning_summary_part.done", {**where, "summary_index": 0, "part": part}
+            )
+            item = _reasoning_item(self.item_id, text)
+        else:
+            self._event(
+                "response.output_text.done",
+                {**where, "content_index": 0, "text": text, "logprobs": []},
+            )
+            self._event(
+                "response.content_part.done",
+                {**where, "content_index": 0, "part": _text_part(text)},
+            )
+            item = _message_item(self.item_id, text)
+        self._event(
+            "response.output_item.done", {"output_index": where["output_index"], "item": item}
+        )
+        self.output.append(item)
+        self.kind = None
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        if not self.started:
+            self._begin()
+        if reasoning and self.show_reasoning:
+            self._open("reasoning")
+            self.parts.append(reasoning)
+            self._event(
+                "response.reasoning_summary_text.delta",
+                {**self._where(), "summary_index": 0, "delta": reasoning},
+            )
+        if content:
+            self._open("message")
+            self.parts.append(content)
+            self._event(
+                "response.output_text.delta",
+                {**self._where(), "content_index": 0, "delta": content, "logprobs": []},
+            )
+        await self.out.flush()
+
+    async def tool_call(self, call: ToolCall) -> None:
+        if not self.started:
+            self._begin()
+        self._close()
+        index, item_id = len(self.output), _item_id("fc")
+        added = _call_item(item_id, call, "in_progress")
+        self._event("response.output_item.added", {"output_index": index, "item": added})
+        where = {"item_id": item_id, "output_index": index}
+        self._event("response.function_call_arguments.delta", {**where, "delta": call.arguments})
+        self._event(
+            "response.function_call_arguments.done",
+            {**where, "name": call.name, "arguments": call.arguments},
+        )
+        item = _call_item(item_id, call)
+        self._event("response.output_item.done", {"output_index": index, "item": item})
+        self.output.append(item)
+        await self.out.flush()
+
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        if not self.started:
+            self._begin()
+        if not self.output and self.kind is None:
+            self._open("message")  # an empty answer is still one (empty) message
+        self._close()
+        response = _ended(self.head, reason, usage, self.output)
+        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        self._event(kind, {"response": response})
+        await self.out.flush()
+
+    async def fail(self, error: GatewayError) -> None:
+        if not self.started:
+            self.out.send_gateway_error(error)
+            return
+        # The SDKs raise on an "error" event; Codex reads response.failed's error.
+        detail = {"code": error.kind, "message": error.message}
+        self._event("error", {**detail, "param": error.param})
+        failed = {**self.head, "status": "failed", "error": detail, "output": self.output}
+        self._event("response.failed", {"response": {**failed, "usage": None}})
+        await self.out.flush()
+
+
+class ResponsesResult(CollectingSink):
+    """Collects one response and writes the ``response`` object at the end."""
+
+    def __init__(self, out: Writer, head: dict, show_reasoning: bool = True) -> None:
+        super().__init__(out)
+        self.head = head
+        self.show_reasoning = show_reasoning
+
+    def __repr__(self) -> str:
+        return f"<ResponsesResult {self.head['id']} calls={len(self.calls)}>"
+
+    async def finish(
+        self,
+        reason: str,
+        usage: Usage | None,
+        reasoning: str,
+        content: str,
+        stop_sequence: str | None = None,
+    ) -> None:
+        output: list[dict] = []
+        if reasoning and self.show_reasoning:
+            output.append(_reasoning_item(_item_id("rs"), reasoning))
+        if content or not self.calls:
+            output.append(_message_item(_item_id("msg"), content))
+        output += [_call_item(_item_id("fc"), call) for call in self.calls]
+        self.out.set_header("Content-Type", "application/json")
+        self.out.write(_encode(_ended(self.head, reason, usage, output)))
+
+
+def response_head(
+    response_id: str,
+    model: str,
+    *,
+    instructions: str | None,
+    max_output_tokens: int | None,
+    parallel_tool_calls: bool,
+    reasoning: dict,
+    temperature: float | None,
+    top_p: float | None,
+    text_format: dict,
+    tool_choice: object,
+    tools: list[dict],
+    user: str | None,
+    metadata: dict,
+) -> dict:
+    """The fields of the response object that are known before the answer (the request's
+    settings echoed, as the SDKs' ``Response`` model has them)."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": instructions,
+        "max_output_tokens": max_output_tokens,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": parallel_tool_calls,
+        "previous_response_id": None,
+        "reasoning": reasoning,
+        "store": False,
+        "temperature": temperature,
+        "text": {"format": text_format},
+        "tool_choice": tool_choice,
+        "tools": tools,
+        "top_p": top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "user": user,
+        "metadata": metadata,
+    }
