@@ -59,6 +59,7 @@ def _head(req: ResponsesRequest, response_id: str, conv) -> dict:
 
 class Responses(ApiHandler):
     route = "responses"
+    admits = True  # runs a completion: an issued key's limits are checked with it
 
     @api
     async def post(self) -> None:
