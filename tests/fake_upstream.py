@@ -7,7 +7,10 @@ all were played, the last one repeats. SSE bodies are written one event (or, wit
 ``split="random"``, one random 1..64-byte chunk) at a time with a flush each, so clients see real
 chunking and real disconnects, counted in ``streams_completed`` / ``streams_aborted``. With
 ``verify=True`` completion requests are first checked the way the real upstream checks them
-(query fields, bearer token, front-end version of the home cassette, ``X-Signature``). Note that
+(query fields, bearer token, front-end version of the home cassette, ``X-Signature``) and
+against the synthesized ``GET /api/models`` catalogue it serves (``models``, from
+``tests/fake_catalogue.py``; a guest token sees and may use only the guest rows, and
+``features.reasoning_effort`` is refused where the capabilities lack it). Note that
 tornado 6.6's client coalesces chunks that are already buffered, so splits only reach a tornado
 client as separate reads when ``pace`` > 0. Usable in-process (``await fake.start()`` -> base
 URL) or standalone: ``python -m tests.fake_upstream --port 9000 --pace 0.05 home guest_auth
@@ -39,6 +42,7 @@ from vcr.record_mode import RecordMode
 from vcr.request import Request
 
 from scripts.upstream_checks import refusal
+from tests.fake_catalogue import catalogue
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 COMPLETIONS = "/api/v2/chat/completions"
@@ -90,6 +94,10 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0
         self.fe_version = self._home_fe_version()
+        # GET /api/models (synthesized, tests/fake_catalogue.py); with verify=True the
+        # completion's model and features are checked against it as the upstream would.
+        self.models: list[dict] = catalogue()
+        self.guest_tokens = self._guest_tokens()
         self.base_url: str | None = None
         self._server: HTTPServer | None = None
 
@@ -99,6 +107,57 @@ class FakeUpstream:
                 found = re.search(rb"prod-fe-[0-9.]+", response["body"]["string"] or b"")
                 if request.method == "GET" and request.path == "/" and found:
                     return found.group().decode().rstrip(".")
+        return None
+
+    def _guest_tokens(self) -> set[str]:
+        """The tokens the cassettes hand out as guests (role guest); any other is a user's."""
+        found = set()
+        for cassette in self._cassettes:
+            for response in cassette.responses:
+                try:
+                    body = json.loads(response["body"]["string"] or b"")
+                except ValueError:
+                    continue
+                if isinstance(body, dict) and body.get("role") == "guest" and body.get("token"):
+                    found.add(body["token"])
+        return found
+
+    def model_list(self, token: str) -> dict:
+        """What ``GET /api/models`` answers this token: a guest sees the guest rows only."""
+        guest = token in self.guest_tokens
+        rows = [
+            {k: v for k, v in row.items() if k != "guest"}
+            for row in self.models
+            if row.get("guest", True) or not guest
+        ]
+        return {"data": rows}
+
+    def _feature_refusal(self, seen: Seen) -> bytes | None:
+        """The in-band answer to a completion the catalogue says cannot work, else None:
+        a guest asking a user-only model (403), ``features.reasoning_effort`` that is not
+        high/max, sent without thinking or to a model whose capabilities lack it (the real
+        upstream misbehaves; here an INTERNAL_ERROR)."""
+        if not self.verify or seen.method != "POST" or seen.path != COMPLETIONS:
+            return None
+        try:
+            body = json.loads(seen.body)
+            model, features = body["model"], body.get("features") or {}
+        except (ValueError, KeyError, TypeError):
+            return None
+        row = next((r for r in self.models if r["id"] == model), None)
+        guest = seen.query.get("token") in self.guest_tokens
+        if row is not None and guest and not row.get("guest", True):
+            return _inband({"code": 403, "detail": "Model not available for current user level"})
+        if "reasoning_effort" in features:
+            caps = (row or {}).get("info", {}).get("meta", {}).get("capabilities", {})
+            effort = features["reasoning_effort"]
+            if (
+                effort not in ("high", "max")
+                or features.get("enable_thinking") is not True
+                or caps.get("reasoning_effort") is not True
+            ):
+                detail = f"reasoning_effort {effort!r} is not accepted for model {model}"
+                return _inband({"code": "INTERNAL_ERROR", "detail": detail})
         return None
 
     def _pick(self, request: Request) -> dict | None:
@@ -155,9 +214,7 @@ class FakeUpstream:
             self.captcha_used.append(param)
             return None
         error = {"captcha_error_type": kind, "code": code, "detail": detail, "error_code": code}
-        frame = {"data": {"data": {"done": True, "error": error}, "done": True, "error": error}}
-        frame["type"] = "chat:completion"
-        return b"data: " + json.dumps(frame).encode() + b"\n\n"
+        return _inband(error)
 
     def _pieces(self, body: bytes) -> list[bytes]:
         if self.split == "event":
@@ -195,6 +252,13 @@ class FakeUpstream:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{self.streams_aborted} stream(s) aborted, wanted {n}")
             await asyncio.sleep(0.01)
+
+
+def _inband(error: dict) -> bytes:
+    """One SSE event carrying an in-band error, shaped as the upstream sends them."""
+    frame = {"data": {"data": {"done": True, "error": error}, "done": True, "error": error}}
+    frame["type"] = "chat:completion"
+    return b"data: " + json.dumps(frame).encode() + b"\n\n"
 
 
 def _load(name: str) -> Cassette:
@@ -236,8 +300,14 @@ class _Handler(RequestHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"features": {"enable_captcha": True}}))
             return
+        if seen.method == "GET" and seen.path == "/api/models":
+            token = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(self.fake.model_list(token)))
+            return
         rejected = self.fake._reject(seen)
         refusal = None if rejected else self.fake._captcha_refusal(seen)
+        refusal = refusal or (None if rejected else self.fake._feature_refusal(seen))
         if refusal is not None:
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             await self._stream(refusal)

@@ -150,7 +150,7 @@ async def test_search_models_turn_on_web_search_and_link_citations(gateway, name
             model=model, messages=[{"role": "user", "content": "news?"}]
         )
     body = msgspec.json.decode(gw.completions_seen()[0].body)
-    assert body["features"]["web_search"] is True
+    assert body["features"]["auto_web_search"] is True and body["features"]["web_search"] is False
     content = reply.choices[0].message.content
     assert link in content
     assert "glm_block" not in content and "【" not in content and "ref_id" not in content

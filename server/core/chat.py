@@ -10,6 +10,7 @@ usage, or a failure). The OpenAI and Anthropic faces each turn their request int
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from server.core.effort import upstream_effort
 from server.core.errors import GatewayError
 from server.core.models import Model
 
@@ -56,6 +57,7 @@ class Conversation:
     top_p: float | None = None
     max_tokens: int | None = None
     thinking: bool | None = None  # None: the model row decides
+    effort: str | None = None  # the client's effort level (server/core/effort.py LEVELS)
     request_id: str = ""
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: str = "auto"  # "auto" | "none" | "required" | "function:<name>"
@@ -73,7 +75,16 @@ class Conversation:
         return self.turns[-1].text if self.turns else ""
 
     @property
+    def upstream_effort(self) -> str | None:
+        """``features.reasoning_effort`` for the upstream, only where the model takes it."""
+        if self.thinking is False:
+            return None
+        return upstream_effort(self.effort, self.model.effort)
+
+    @property
     def wants_thinking(self) -> bool:
+        if self.upstream_effort is not None:
+            return True  # the upstream reads an effort only with thinking on
         return self.model.thinking if self.thinking is None else self.thinking
 
 

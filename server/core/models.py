@@ -25,20 +25,25 @@ class Model:
     vision: bool = False
     guest: bool = True
     created: int = 0
+    effort: bool = False  # takes features.reasoning_effort (server/core/effort.py)
 
 
-# exposed name, upstream id, guest allowed, vision, first seen (unix time)
-FAMILY: list[tuple[str, str, bool, bool, int]] = [
-    ("GLM-4.5", "0727-360B-API", True, False, 1753574400),
-    ("GLM-4.5-Air", "0727-106B-API", True, False, 1753574400),
-    ("GLM-4.5V", "glm-4.5v", True, True, 1754956800),
-    ("GLM-4.6", "GLM-4-6-API-V1", True, False, 1759190400),
-    ("GLM-4.6V", "glm-4.6v", True, True, 1765238400),
-    ("GLM-4.7", "glm-4.7", True, False, 1766361600),
-    ("GLM-5", "glm-5", False, False, 1770768000),
-    ("GLM-5-Turbo", "GLM-5-Turbo", False, False, 1775088000),
-    ("GLM-5.1", "GLM-5.1", False, False, 1775952000),
-    ("GLM-5.3-Flash", "x-preview-l", True, False, 1787184000),
+# exposed name, upstream id, guest allowed, vision, first seen (unix time), takes effort.
+# Effort: GLM-5.2/5.3 per PROTOCOL.md 6.6; 5.3-Flash only if the live catalogue says so
+# (one source claims it, and a wrong "yes" breaks answers where a wrong "no" costs little).
+FAMILY: list[tuple[str, str, bool, bool, int, bool]] = [
+    ("GLM-4.5", "0727-360B-API", True, False, 1753574400, False),
+    ("GLM-4.5-Air", "0727-106B-API", True, False, 1753574400, False),
+    ("GLM-4.5V", "glm-4.5v", True, True, 1754956800, False),
+    ("GLM-4.6", "GLM-4-6-API-V1", True, False, 1759190400, False),
+    ("GLM-4.6V", "glm-4.6v", True, True, 1765238400, False),
+    ("GLM-4.7", "glm-4.7", True, False, 1766361600, False),
+    ("GLM-5", "glm-5", False, False, 1770768000, False),
+    ("GLM-5-Turbo", "GLM-5-Turbo", False, False, 1775088000, False),
+    ("GLM-5.1", "GLM-5.1", False, False, 1775952000, False),
+    ("GLM-5.2", "glm-5.2", False, False, 1788566400, True),
+    ("GLM-5.3", "glm-5.3", False, False, 1788566400, True),
+    ("GLM-5.3-Flash", "x-preview-l", True, False, 1787184000, False),
 ]
 
 # suffix, field overrides
@@ -51,8 +56,8 @@ VARIANTS: list[tuple[str, dict[str, bool]]] = [
 
 def _expand() -> dict[str, Model]:
     table: dict[str, Model] = {}
-    for name, upstream, guest, vision, created in FAMILY:
-        base = Model(name, upstream, vision=vision, guest=guest, created=created)
+    for name, upstream, guest, vision, created, effort in FAMILY:
+        base = Model(name, upstream, vision=vision, guest=guest, created=created, effort=effort)
         for suffix, overrides in VARIANTS:
             model = replace(base, id=name + suffix, **overrides)
             table[model.id.lower()] = model

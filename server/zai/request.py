@@ -99,17 +99,7 @@ def build_completion(
         "signature_prompt": prompt,
         "params": _params(conv),
         "extra": {},
-        "features": {
-            "image_generation": False,
-            "web_search": conv.model.search,
-            "auto_web_search": conv.model.search,
-            "preview_mode": True,
-            "flags": [],
-            "enable_thinking": conv.wants_thinking,
-            "vlm_tools_enable": False,
-            "vlm_web_search_enable": False,
-            "vlm_website_mode": False,
-        },
+        "features": _features(conv),
         "variables": {
             "{{USER_NAME}}": cred.name,
             "{{USER_LOCATION}}": "Unknown",
@@ -218,6 +208,27 @@ def _messages(conv: Conversation, history: str) -> list[dict[str, str]]:
         lines = [f"{_FLAT_LABEL[turn.role]}: {turn.text}" for turn in conv.turns]
         return [{"role": "user", "content": "\n\n".join(lines)}]
     return [{"role": _ROLE[turn.role], "content": turn.text} for turn in conv.turns]
+
+
+def _features(conv: Conversation) -> dict[str, object]:
+    # Only auto_web_search switches search on (web_search is mirrored back and does
+    # nothing); with the caller's tools search stays off, else the model answers with the
+    # site's own tool markers. reasoning_effort only where the model takes it (6.6).
+    features: dict[str, object] = {
+        "image_generation": False,
+        "web_search": False,
+        "auto_web_search": conv.model.search and not conv.tools,
+        "preview_mode": True,
+        "flags": [],
+        "enable_thinking": conv.wants_thinking,
+        "vlm_tools_enable": False,
+        "vlm_web_search_enable": False,
+        "vlm_website_mode": False,
+    }
+    effort = conv.upstream_effort
+    if effort is not None:
+        features["reasoning_effort"] = effort
+    return features
 
 
 def _params(conv: Conversation) -> dict[str, float | int]:

@@ -3,8 +3,9 @@
 Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MODEL`` choose),
 ``system`` and messages to turns (``tool_use`` blocks become the assistant's tool calls,
 ``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
-tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``,
-``stop_sequences``. Images and documents are refused with a 400 naming the block.
+tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``
+(``budget_tokens`` and ``output_config.effort`` become an effort level), ``stop_sequences``.
+Images and documents are refused with a 400 naming the block.
 ``system`` messages among the messages (Claude Code sends one) join the system turn.
 Inside a ``tool_result`` any block type is rendered as text: a ``tool_reference`` (what Claude
 Code's ToolSearch answers) names a deferred tool, which is then offered like the others.
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.effort import from_budget
 from server.core.errors import GatewayError
 from server.core.models import require_model
 from server.faces.anthropic.wire import (
@@ -49,15 +51,22 @@ def to_conversation(
         turns += _turns(index, message.role, message.content, referenced)
     if any(system):
         turns.insert(0, Turn("system", "\n\n".join(text for text in system if text)))
-    thinking = None
+    thinking = effort = None
     if req.thinking is not None:
         thinking = req.thinking.type != "disabled"
+        if req.thinking.budget_tokens:
+            effort = from_budget(req.thinking.budget_tokens)
+    # output_config.effort picks the upstream level where the model takes one; it does not
+    # switch thinking elsewhere (Claude Code sends it on every turn; `thinking` decides).
+    if req.output_config is not None and req.output_config.effort:
+        effort = req.output_config.effort
     conv = Conversation(
         model=model,
         turns=turns,
         temperature=req.temperature,
         top_p=req.top_p,
         thinking=thinking,
+        effort=effort,
         request_id=request_id,
         stop=list(req.stop_sequences or []),
         max_tokens=req.max_tokens,

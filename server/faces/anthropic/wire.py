@@ -95,6 +95,11 @@ class Thinking(Struct):
     budget_tokens: int | None = None
 
 
+class OutputConfig(Struct):
+    effort: str | None = None  # low | medium | high | xhigh | max (server/core/effort.py)
+    format: Any = None  # structured output: accepted, not enforced
+
+
 class MessagesRequest(Struct, kw_only=True):
     model: str
     messages: list[InputMessage]
@@ -108,6 +113,7 @@ class MessagesRequest(Struct, kw_only=True):
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_k: int | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
     metadata: dict[str, Any] | None = None
 
 

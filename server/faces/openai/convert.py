@@ -2,13 +2,15 @@
 
 Owns ``to_conversation``: the model looked up in the table (unknown -> 404 listing them all),
 messages to turns (text parts joined by newlines, images and ``n`` > 1 refused with a 400
-naming the field), ``reasoning_effort`` to thinking, and tools: ``tools``/``tool_choice``/
-``parallel_tool_calls`` and the legacy ``functions``/``function_call``, with assistant
-``tool_calls`` and ``tool``/``function`` results kept as history. With ``TOOL_SUPPORT`` off
-the tools are dropped (the handler says so in a header and the log).
+naming the field), ``reasoning_effort`` to thinking and an effort level, and tools:
+``tools``/``tool_choice``/``parallel_tool_calls`` and the legacy ``functions``/
+``function_call``, with assistant ``tool_calls`` and ``tool``/``function`` results kept as
+history. With ``TOOL_SUPPORT`` off the tools are dropped (the handler says so in a header
+and the log).
 """
 
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import require_model
 from server.emulation.tool_parse import new_call_id
@@ -33,7 +35,7 @@ def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True
     turns = _turns(req.messages)
     thinking = None
     if req.reasoning_effort is not None:
-        thinking = req.reasoning_effort not in ("none", "minimal")
+        thinking = thinking_for(req.reasoning_effort)
     conv = Conversation(
         model=model,
         turns=turns,
@@ -41,6 +43,7 @@ def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True
         top_p=req.top_p,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         thinking=thinking,
+        effort=req.reasoning_effort,
         request_id=request_id,
         stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
         captcha=req.zai_captcha or "",
