@@ -132,11 +132,11 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
             pool_max_concurrency=0,
         )
         outcomes: list[tuple[float, int, float]] = []  # (start, status, seconds)
-        stop_at = time.monotonic() + 5
+        restarted = float("inf")  # when Redis was started again (the clock of a loaded host)
 
         async def worker() -> None:
             async with gw.openai() as client:
-                while time.monotonic() < stop_at:
+                while time.monotonic() < restarted + 3:
                     start = time.monotonic()
                     try:
                         await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
@@ -148,6 +148,7 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
                     await asyncio.sleep(0.01)
 
         async def chaos() -> None:
+            nonlocal restarted
             await asyncio.sleep(1)
             redis.proc.send_signal(signal.SIGKILL)
             redis.proc.wait(5)
@@ -169,13 +170,13 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            restarted = time.monotonic()
 
-        began = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(6)), chaos())
         assert max(seconds for _, _, seconds in outcomes) < 3  # nothing hangs
         statuses = {status for _, status, _ in outcomes}
         assert statuses <= {200, 503} and 503 in statuses
-        late = [status for start, status, _ in outcomes if start - began > 3.5]
+        late = [status for start, status, _ in outcomes if start - restarted > 1.5]
         assert late and set(late) == {200}  # recovered by itself, pool reloaded
         rows = await gw.services.pool.status()
         assert sum(row.leases for row in rows) == 0 and {r.state for r in rows} == {"active"}
