@@ -186,3 +186,14 @@ async def test_the_fake_refuses_effort_where_the_real_upstream_misbehaves(gatewa
     assert gw.fake._feature_refusal(sent(model="glm-5.3")) is None
     low = {"enable_thinking": True, "reasoning_effort": "low"}
     assert gw.fake._feature_refusal(sent(model="glm-5.3", features=low)) is not None
+
+
+async def test_responses_reasoning_effort_uses_the_same_table(gateway):
+    gw = await pooled(gateway)
+    async with gw.openai() as client:
+        reply = await client.responses.create(
+            model="GLM-5.3", input="hi", reasoning={"effort": "xhigh"}
+        )
+    assert reply.output_text
+    sent = features(gw)
+    assert sent["reasoning_effort"] == "max" and sent["enable_thinking"] is True

@@ -17,6 +17,7 @@ sends some.
 from dataclasses import dataclass, field
 
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import require_model
 from server.emulation.tool_parse import new_call_id
@@ -63,9 +64,10 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type != "text":
         raise _bad(f"text.format: '{fmt.type}' is not supported yet", "text.format")
-    thinking = None
+    thinking = effort = None
     if req.reasoning is not None and req.reasoning.effort is not None:
-        thinking = req.reasoning.effort not in ("none", "minimal")
+        effort = req.reasoning.effort  # the effort table: server/core/effort.py
+        thinking = thinking_for(effort)
     conv = Conversation(
         model=model,
         turns=turns,
@@ -73,6 +75,7 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
         top_p=req.top_p,
         max_tokens=req.max_output_tokens,
         thinking=thinking,
+        effort=effort,
         request_id=request_id,
         captcha=req.zai_captcha or "",
     )
