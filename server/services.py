@@ -100,6 +100,7 @@ class Services:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.usage is not None:
             await self._safely("writing usage", self.usage.flush())
+        await self._safely("sending the last lease releases", self.pool.flush())
         await self._safely("deregister", self.instances.deregister())
         await self._safely("closing the Redis client", self.redis.aclose())
 
@@ -161,7 +162,7 @@ class Services:
 
 
 def make_services(settings: Settings) -> Services:
-    redis = connect(settings.redis_url, settings.redis_timeout)
+    redis = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
     keys = Keys(settings.redis_prefix)
     instance_id = new_instance_id()
     client = zai_client(settings, Facts(redis, keys))

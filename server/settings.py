@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     redis_url: str = ""
     redis_prefix: str = "zai:"
     redis_timeout: float = Field(0.5, gt=0)
+    redis_max_connections: int = Field(64, ge=1)
     instance_ttl: float = Field(15.0, gt=0)
 
     # Usage per client key (counted in memory, written to Redis every interval)

@@ -13,7 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 __all__ = ["connect"]
 
 
-def connect(url: str, timeout: float) -> Redis:
+def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
     if not url:
         logger.info(
             "REDIS_URL is not set: shared state lives in an embedded fakeredis, in this one "
@@ -22,12 +22,18 @@ def connect(url: str, timeout: float) -> Redis:
         import fakeredis  # only when embedded: it costs memory a real deployment need not pay
 
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    # A bounded pool that waits (up to the timeout) for a free connection: under a burst a
-    # command queues briefly instead of failing with "Too many connections".
+    # A bounded pool (REDIS_MAX_CONNECTIONS) where a command waits for a free connection
+    # instead of failing with "Too many connections". That wait is queueing in this process,
+    # not Redis failing to answer, so it is not bounded by REDIS_TIMEOUT: a busy worker holds a
+    # connection from a command's send until its loop gets round to reading the reply, and 200
+    # requests in flight waited past 0.5 s for one (503 "No connection available"). It cannot
+    # hang either: each command that holds a connection gives up after REDIS_TIMEOUT, so a
+    # waiter's turn comes. More connections did not help: under such a burst the new
+    # connections timed out being opened.
     pool = BlockingConnectionPool.from_url(
         url,
-        max_connections=_CONNECTIONS,
-        timeout=timeout,
+        max_connections=max_connections,
+        timeout=max(_QUEUE_WAIT, timeout),
         decode_responses=True,
         protocol=2,
         socket_timeout=timeout,
@@ -39,4 +45,4 @@ def connect(url: str, timeout: float) -> Redis:
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
-_CONNECTIONS = 64  # per worker process: commands are short, a few dozen connections suffice
+_QUEUE_WAIT = 10.0  # seconds a command may wait for a free connection of the pool

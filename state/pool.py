@@ -1,9 +1,12 @@
 """The shared pool of upstream user tokens: rotation, leases, cooldowns, dead tokens.
 
 Owns ``TokenPool``. Every replica and worker sees ONE pool in Redis (layout: ``state.keys``).
-Each request costs two round trips: ``acquire`` (one Lua script: bring back tokens whose
-cooldown ended, pick the least recently used token under its concurrency cap, lease it) and
-``release`` (one script: drop the lease and record what the attempt said about the token).
+A request costs one round trip on its path: ``acquire`` (one Lua script: bring back tokens
+whose cooldown ended, pick the least recently used token under its concurrency cap, lease
+it). ``release`` (one script: drop the lease and record what the attempt said about the
+token) is awaited only when the attempt failed (its cooldown is the client's Retry-After);
+a success goes through ``release_soon``, which sends the releases of many requests in one
+pipeline after the answer, off every request's path.
 Leases carry a deadline, so a replica that dies leaks nothing: its leases are ignored once
 past due, pruned at the next pick, and their key expires. Failures back off exponentially
 (``POOL_COOLDOWN_BASE`` doubling up to ``POOL_COOLDOWN_CAP``); a success clears the count;
@@ -11,11 +14,14 @@ dead tokens stay out until a health check (``revive``) brings them back. Per-tok
 built inside the scripts from the prefix, so this targets a single Redis, not Redis Cluster.
 """
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
 
+from loguru import logger
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from state.keys import Keys, mask, token_id
 
@@ -194,6 +200,8 @@ class TokenPool:
         self.lease_ttl = lease_ttl
         self.owner = owner
         self.held: set[Lease] = set()  # leases in flight in this process, renewed by heartbeat
+        self._queued: list[Lease] = []  # successful releases waiting for the next batch
+        self._flushing: asyncio.Task | None = None
         self._acquire = redis.register_script(self.ACQUIRE)
         self._release = redis.register_script(self.RELEASE)
         self._verdict = redis.register_script(self.VERDICT)
@@ -223,10 +231,44 @@ class TokenPool:
     async def release(self, lease: Lease, outcome: str, reason: str = "") -> float:
         """Drop the lease and record the outcome; returns the cooldown given (seconds)."""
         self.held.discard(lease)
+        wait = await self._release(**self._release_call(lease, outcome, reason))
+        return int(wait) / 1000
+
+    def release_soon(self, lease: Lease) -> None:
+        """Release a lease that went well, off the caller's path: the releases queued while
+        the loop turns go to Redis together, one pipeline (one round trip) for all of them.
+        The lease stays in ``held`` (renewed) until its release is sent; if Redis fails, it
+        lapses at its deadline, as any lease does."""
+        self._queued.append(lease)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def flush(self) -> None:
+        """Wait for the queued releases to be sent (at shutdown)."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # the releases of this loop turn join the batch
+        batch, self._queued = self._queued, []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for lease in batch:
+                    await self._release(**self._release_call(lease, "ok"), client=pipe)
+                await pipe.execute()
+        except RedisError as exc:
+            logger.warning("could not release {} lease(s): {}", len(batch), exc)
+        finally:
+            self.held.difference_update(batch)
+            self._flushing = None
+            if self._queued:  # queued while this batch was in flight
+                self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    def _release_call(self, lease: Lease, outcome: str, reason: str = "") -> dict:
         keys, tid = self.keys, lease.token_id
-        wait = await self._release(
-            keys=[keys.leases(tid), keys.token(tid), keys.rotation, keys.cooldown, keys.dead],
-            args=[
+        return {
+            "keys": [keys.leases(tid), keys.token(tid), keys.rotation, keys.cooldown, keys.dead],
+            "args": [
                 lease.lease_id,
                 outcome,
                 _ms(time.time()),
@@ -235,8 +277,7 @@ class TokenPool:
                 tid,
                 reason,
             ],
-        )
-        return int(wait) / 1000
+        }
 
     async def renew(self) -> None:
         """Push the deadline of every lease this process holds (called by the heartbeat)."""

@@ -5,8 +5,10 @@ import collections
 
 import pytest
 
+from state.connection import connect
 from state.keys import Keys, token_id
-from state.pool import Pick, TokenPool, Unavailable
+from state.pool import Lease, Pick, TokenPool, Unavailable
+from tests.redis_server import RedisServer, free_port
 
 TOKENS = [f"eyJhbGciOiJFUzI1NiJ9.payload-{i}.signature-{i}" for i in range(3)]
 
@@ -171,7 +173,7 @@ async def test_two_replicas_share_one_rotation(redis):
 async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(real_redis_server):
     from state.connection import connect
 
-    redis = connect(real_redis_server.url, 2.0)  # the real client's bounded pool
+    redis = connect(real_redis_server.url, 2.0, 64)  # a bounded pool smaller than the burst
     await redis.flushall()
     pool = make_pool(redis)
     await alive(pool)
@@ -184,3 +186,75 @@ async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(real_
     await asyncio.gather(*(one() for _ in range(300)))  # > 64 connections' worth at once
     assert sum(row.uses for row in await pool.status()) == 300
     await redis.aclose()
+
+
+async def test_commands_wait_their_turn_for_a_connection_past_the_command_timeout(
+    real_redis_server,
+):
+    # Ten commands of 60 ms each on one connection: the last waits 540 ms for it, past the
+    # 0.2 s command timeout. Waiting for a free connection is queueing in this process, not
+    # Redis failing, so none of them fails (it did: 503 "No connection available").
+    redis = connect(real_redis_server.url, 0.2, 1)
+    busy = """
+    local t = redis.call('TIME')
+    local start = t[1] * 1000000 + t[2]
+    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 60000
+    return 1
+    """
+    try:
+        assert await asyncio.gather(*(redis.eval(busy, 0) for _ in range(10))) == [1] * 10
+    finally:
+        await redis.aclose()
+
+
+async def test_successful_releases_are_sent_after_the_caller_moves_on(redis):
+    pool = make_pool(redis)
+    await alive(pool)
+    picks = [await pool.acquire() for _ in range(20)]
+    for pick in picks:
+        assert isinstance(pick, Pick)
+        pool.release_soon(pick.lease)
+    # Nothing was awaited: the leases are still held (and renewed) until the batch is sent.
+    assert len(pool.held) == 20
+    assert sum(row.leases for row in await pool.status()) == 20
+    await pool.flush()
+    assert pool.held == set()
+    assert sum(row.leases for row in await pool.status()) == 0
+    assert all(row.state == "active" for row in await pool.status())
+
+
+async def test_a_batch_of_releases_is_one_round_trip_on_redis_server():
+    server = RedisServer().start()
+    client = connect(server.url, 0.5)
+    try:
+        pool = make_pool(client)
+        await alive(pool)
+        picks = [await pool.acquire() for _ in range(20)]
+
+        async def reads() -> int:
+            return int((await client.info("stats"))["total_reads_processed"])
+
+        await pool.release(picks.pop().lease, "ok")  # the release script is loaded now
+        before = await reads()
+        for pick in picks:
+            pool.release_soon(pick.lease)
+        await pool.flush()
+        # One read for the pipeline of 19 releases (awaited one by one: 19), plus the INFO.
+        assert await reads() - before <= 3
+        assert sum(row.leases for row in await pool.status()) == 0
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_batch_that_cannot_reach_redis_leaves_the_leases_to_lapse():
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", 0.2)  # nothing listens there
+    try:
+        pool = make_pool(client)
+        lease = Lease(token_id(TOKENS[0]), "test:lease-1")
+        pool.held.add(lease)
+        pool.release_soon(lease)
+        await pool.flush()  # logged, not raised: the lease's deadline frees it
+        assert pool.held == set()
+    finally:
+        await client.aclose()

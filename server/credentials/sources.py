@@ -151,6 +151,9 @@ class PooledTokens:
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
         if cred.lease is None:
             return
+        if outcome == "ok":  # nothing to wait for: batched and sent after the answer
+            self.pool.release_soon(cred.lease)
+            return
         try:
             await self.pool.release(cred.lease, outcome, reason)
         except RedisError as exc:
