@@ -1,10 +1,11 @@
 """The neutral language between the API faces and the core.
 
 Owns ``Conversation`` (what a client asked, whichever API it spoke: turns, tools, tool
-choice), ``ToolSpec``/``ToolCall``, ``Usage``, and the ``Sink`` protocol: where the core sends
-what the model says (reasoning text, answer text, tool calls, the end with its reason and
-usage, or a failure). The OpenAI and Anthropic faces each turn their request into a
-``Conversation`` and implement a ``Sink``; neither knows the upstream.
+choice, structured output as an ``OutputFormat``), ``ToolSpec``/``ToolCall``, ``Usage``, and
+the ``Sink`` protocol: where the core sends what the model says (reasoning text, answer text,
+tool calls, the end with its reason and usage, or a failure). The OpenAI and Anthropic faces
+each turn their request into a ``Conversation`` and implement a ``Sink``; neither knows the
+upstream.
 """
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from server.core.models import Model
 __all__ = [
     "CollectingSink",
     "Conversation",
+    "OutputFormat",
     "Sink",
     "ToolCall",
     "ToolSpec",
@@ -38,6 +40,15 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # a JSON object, encoded
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """Structured output asked for: a JSON value valid against ``schema`` (None: any JSON
+    object, OpenAI's ``json_object``)."""
+
+    name: str = ""
+    schema: dict | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +74,7 @@ class Conversation:
     tool_choice: str = "auto"  # "auto" | "none" | "required" | "function:<name>"
     stop: list[str] = field(default_factory=list)  # stop sequences
     parallel_tool_calls: bool = True
+    output_format: OutputFormat | None = None  # structured output (emulation/structured.py)
     extra: dict = field(default_factory=dict)
     captcha: str = field(default="", repr=False)  # the caller's single-use param; never shown
 

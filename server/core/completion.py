@@ -5,7 +5,9 @@ upstream stream -> read it, handing what grew to the sink -> finish -> release t
 credential with what the attempt said about it. A failure before any byte reached the client
 is retried (bounded by ``UPSTREAM_RETRIES``, only for kinds whose rule allows it) with a new
 credential; after that the sink reports it (an HTTP error, or an error event mid-stream).
-Cancelling the task (the client hung up) closes the upstream socket at once.
+Cancelling the task (the client hung up) closes the upstream socket at once. Structured
+output (``Conversation.output_format``) wraps whole completions: ``complete_structured``
+checks the answer and asks once more when it is not valid.
 When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
 the caller's own first, then one from the shared pool; a rejected param is retried once only
 with another param in hand, and the token is never blamed.
@@ -21,6 +23,7 @@ from server.core.chat import Conversation, Sink
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
+from server.emulation.structured import complete_structured
 from server.emulation.tool_parse import ToolCallScanner
 from server.emulation.tool_prompt import render_for_upstream
 from server.emulation.tool_sink import ToolCallSink
@@ -118,6 +121,14 @@ async def complete(
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
+    if conv.output_format is not None:
+        # The schema goes into the prompt and the answer is checked (retried once) around
+        # whole completions, each with its own upstream attempts below.
+        async def once(attempt: Conversation, holder: Sink) -> None:
+            await complete(attempt, holder, tokens, client, settings, attempts, captchas, waf)
+
+        await complete_structured(conv, sink, conv.output_format, once)
+        return
     caller = conv.captcha  # used once, on the first attempt that needs one
     rejected: GatewayError | None = None
     retries = settings.upstream_retries

@@ -62,6 +62,12 @@ RULES: dict[str, Rule] = {
         "can be leased: {detail}",
     ),
     "internal": Rule(500, "server_error", message="internal error in the gateway: {detail}"),
+    "structured_output_invalid": Rule(
+        502,
+        "server_error",
+        message="the model's answer did not follow the requested JSON schema, also when asked"
+        " again: {detail}",
+    ),
     "no_upstream_token": Rule(503, "server_error", message="{detail}"),
     # What the upstream said (PROTOCOL.md section 5)
     "token_rejected": Rule(

@@ -19,7 +19,7 @@ from server.core.chat import ToolCall
 from server.emulation.holdback import partial_suffix
 from server.emulation.tool_prompt import CALL_CLOSE, CALL_OPEN
 
-__all__ = ["ToolCallScanner", "parse_call"]
+__all__ = ["ToolCallScanner", "loads_repaired", "parse_call"]
 
 _FENCE = re.compile(r"^\s*```[\w-]*\s*\n?(.*?)\n?\s*```\s*$", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -32,7 +32,8 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _loads(text: str) -> object:
+def loads_repaired(text: str) -> object:
+    """``text`` as JSON, repaired when that is safe; None when it cannot be read."""
     try:
         return msgspec.json.decode(text)
     except msgspec.DecodeError:
@@ -54,7 +55,7 @@ def _native(body: str) -> tuple[str, dict] | None:
         return None
     arguments: dict = {}
     for key, value in _NATIVE_ARG.findall(rest):
-        parsed = _loads(value.strip())
+        parsed = loads_repaired(value.strip())
         arguments[key.strip()] = value.strip() if parsed is None else parsed
     return name.strip(), arguments
 
@@ -63,13 +64,13 @@ def parse_call(body: str, known: set[str]) -> ToolCall | None:
     """One block's body as a call to a known function, or ``None``."""
     fenced = _FENCE.match(body)
     text = (fenced[1] if fenced else body).strip()
-    value = _loads(text) if text.startswith("{") else None
+    value = loads_repaired(text) if text.startswith("{") else None
     if isinstance(value, dict):
         inner = value.get("function") if isinstance(value.get("function"), dict) else value
         name = inner.get("name")
         arguments = inner.get("arguments", inner.get("parameters", {}))
         if isinstance(arguments, str):
-            arguments = _loads(arguments) if arguments.strip() else {}
+            arguments = loads_repaired(arguments) if arguments.strip() else {}
     elif value is None and not text.startswith("{"):
         found = _native(text)
         name, arguments = found if found else (None, None)

@@ -6,13 +6,15 @@ naming the field), ``reasoning_effort`` to thinking and an effort level, and too
 ``tools``/``tool_choice``/``parallel_tool_calls`` and the legacy ``functions``/
 ``function_call``, with assistant ``tool_calls`` and ``tool``/``function`` results kept as
 history. With ``TOOL_SUPPORT`` off the tools are dropped (the handler says so in a header
-and the log).
+and the log). ``response_format`` (json_schema, json_object) becomes the ``OutputFormat``
+that structured output emulates.
 """
 
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import require_model
+from server.emulation.structured import output_format
 from server.emulation.tool_parse import new_call_id
 from server.faces.openai.wire import ChatRequest, ImagePart, Message
 
@@ -50,6 +52,10 @@ def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True
     )
     if tool_support:
         _tools(req, conv)
+    if req.response_format is not None:
+        fmt, spec = req.response_format, req.response_format.json_schema
+        name, schema = (spec.name, spec.schema) if spec is not None else ("", None)
+        conv.output_format = output_format(fmt.type, name, schema, "response_format.json_schema")
     return conv
 
 

@@ -68,6 +68,18 @@ class Message(Struct):
     function_call: FunctionCall | None = None
 
 
+class JsonSchemaSpec(Struct):
+    name: str = ""
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
 class StreamOptions(Struct):
     include_usage: bool = False
 
@@ -91,6 +103,7 @@ class ChatRequest(Struct, kw_only=True):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDef] | None = None
     function_call: Literal["none", "auto"] | Named | None = None
+    response_format: ResponseFormat | None = None
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)

@@ -6,6 +6,7 @@ Errors have the OpenAI shape. The gateway stores no responses, so ``GET``/``DELE
 /v1/responses/{id}`` answer 404 saying so (``store`` is accepted and answered as false).
 """
 
+import msgspec
 from loguru import logger
 
 from server.core.errors import GatewayError
@@ -20,6 +21,13 @@ from server.faces.responses.wire import ResponsesRequest, decode_responses_reque
 from server.web.handler import ApiHandler, api
 
 __all__ = ["OneResponse", "Responses"]
+
+
+def _text_format(req: ResponsesRequest) -> dict:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None:
+        return {"type": "text"}
+    return {k: v for k, v in msgspec.structs.asdict(fmt).items() if v is not None}
 
 
 def _head(req: ResponsesRequest, response_id: str, conv) -> dict:
@@ -49,7 +57,7 @@ def _head(req: ResponsesRequest, response_id: str, conv) -> dict:
         },
         temperature=req.temperature,
         top_p=req.top_p,
-        text_format={"type": "text"},
+        text_format=_text_format(req),
         tool_choice=choice,
         tools=tools,
         user=req.user,

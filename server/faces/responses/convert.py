@@ -5,7 +5,8 @@ system text; ``input`` (a string, or items) becomes turns: messages (their text 
 by newlines), ``function_call`` items (the calls of the assistant turn they follow) and
 ``function_call_output`` items (tool turns). ``reasoning`` items are accepted and not
 forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns thinking on
-(off with ``none``/``minimal``), ``max_output_tokens`` goes to the upstream's params.
+(off with ``none``/``minimal``), ``max_output_tokens`` goes to the upstream's params,
+``text.format`` (json_schema, json_object) becomes the structured output ``OutputFormat``.
 The gateway is stateless: ``previous_response_id``, ``conversation`` and ``background`` are
 refused with a 400 naming the field, so a client never silently loses its history. Only
 ``function`` tools are emulated; the other tool types (``web_search``, ``namespace``,
@@ -20,6 +21,7 @@ from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import require_model
+from server.emulation.structured import output_format
 from server.emulation.tool_parse import new_call_id
 from server.faces.responses.wire import InputItem, Part, ResponsesRequest
 
@@ -61,9 +63,6 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
         _items(req.input, turns)
     if not any(t.role in ("user", "tool") for t in turns):
         raise _bad("input: needs at least one user message or function_call_output", "input")
-    fmt = req.text.format if req.text is not None else None
-    if fmt is not None and fmt.type != "text":
-        raise _bad(f"text.format: '{fmt.type}' is not supported yet", "text.format")
     thinking = effort = None
     if req.reasoning is not None and req.reasoning.effort is not None:
         effort = req.reasoning.effort  # the effort table: server/core/effort.py
@@ -79,6 +78,9 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
         request_id=request_id,
         captcha=req.zai_captcha or "",
     )
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None:
+        conv.output_format = output_format(fmt.type, fmt.name, fmt.schema, "text.format")
     out = Converted(conv)
     if tool_support:
         _tools(req, out)
