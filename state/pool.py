@@ -4,12 +4,14 @@ Owns ``TokenPool``. Every replica and worker sees ONE pool in Redis (layout: ``s
 A request costs one round trip on its path: ``acquire`` (one Lua script: bring back tokens
 whose cooldown ended, pick the least recently used token under its concurrency cap, lease
 it). ``release`` (one script: drop the lease and record what the attempt said about the
-token) is awaited only when the attempt failed (its cooldown is the client's Retry-After);
-a success goes through ``release_soon``, which sends the releases of many requests in one
-pipeline after the answer, off every request's path.
+token: ``ok``, ``spare`` for a failure that was the upstream's and not the token's,
+``cooldown``, ``dead``) is awaited only when the attempt failed (its cooldown is the client's
+Retry-After); a success goes through ``release_soon``, which sends the releases of many
+requests in one pipeline after the answer, off every request's path.
 Leases carry a deadline, so a replica that dies leaks nothing: its leases are ignored once
-past due, pruned at the next pick, and their key expires. Failures back off exponentially
-(``POOL_COOLDOWN_BASE`` doubling up to ``POOL_COOLDOWN_CAP``); a success clears the count;
+past due, pruned at the next pick, and their key expires. Cooldowns back off exponentially
+(``POOL_COOLDOWN_BASE`` doubling per episode up to ``POOL_COOLDOWN_CAP``; failures of requests
+already in flight when an episode began are part of it); a success clears the count;
 dead tokens stay out until a health check (``revive``) brings them back. Per-token keys are
 built inside the scripts from the prefix, so this targets a single Redis, not Redis Cluster.
 """
@@ -32,6 +34,7 @@ __all__ = ["Lease", "Pick", "TokenPool", "TokenStatus", "Unavailable"]
 class Lease:
     token_id: str
     lease_id: str
+    taken: int = 0  # ms time it was taken: a failure on it belongs to the episode it saw
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class TokenPool:
     pool = TokenPool(redis, Keys("zai:"), cooldown_base=30, cooldown_cap=900,
                      max_concurrency=4, lease_ttl=120, owner="host:pid")
     pick = await pool.acquire()          # Pick, or Unavailable with retry_after
-    await pool.release(pick.lease, "ok")  # or "cooldown" / "dead"
+    await pool.release(pick.lease, "ok")  # or "spare" / "cooldown" / "dead"
     """
 
     # KEYS[1] rotation zset (id -> pick sequence, lowest picked first)
@@ -127,13 +130,17 @@ class TokenPool:
     # KEYS[4] cooldown zset
     # KEYS[5] dead set
     # ARGV[1] lease id
-    # ARGV[2] outcome: "ok" | "cooldown" | "dead"
+    # ARGV[2] outcome: "ok" | "spare" | "cooldown" | "dead"
     # ARGV[3] now (ms)
-    # ARGV[4] cooldown base (ms), doubled per consecutive failure
+    # ARGV[4] cooldown base (ms), doubled per consecutive cooldown episode
     # ARGV[5] cooldown cap (ms)
     # ARGV[6] token id
     # ARGV[7] reason (for cooldown and dead)
-    # Returns the cooldown given (ms), or 0.
+    # ARGV[8] ms time the lease was taken
+    # Returns the cooldown left (ms), or 0.
+    # A cooldown is one *episode*: failures of leases taken before it began, or reported while
+    # it lasts, are the same trouble seen by requests already in flight, so they neither count
+    # again nor push the return time (12 requests failing at once cost one base, not 2^11).
     RELEASE = """
     redis.call('ZREM', KEYS[1], ARGV[1])
     if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
@@ -142,20 +149,26 @@ class TokenPool:
         redis.call('HSET', KEYS[2], 'failures', 0)
         return 0
     end
+    if ARGV[2] == 'spare' then return 0 end
     if redis.call('SISMEMBER', KEYS[5], id) == 1 then return 0 end
-    redis.call('HSET', KEYS[2], 'reason', ARGV[7])
     if ARGV[2] == 'dead' then
+        redis.call('HSET', KEYS[2], 'reason', ARGV[7])
         redis.call('ZREM', KEYS[3], id)
         redis.call('ZREM', KEYS[4], id)
         redis.call('SADD', KEYS[5], id)
         return 0
     end
+    local now = tonumber(ARGV[3])
+    local meta = redis.call('HMGET', KEYS[2], 'cooldown_until', 'cooled_at')
+    local back = tonumber(meta[1] or 0) or 0
+    if back > now then return back - now end
+    if tonumber(ARGV[8]) < (tonumber(meta[2] or 0) or 0) then return 0 end
     local failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
     local wait = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (failures - 1))
-    local back = tonumber(ARGV[3]) + wait
+    back = now + wait
+    redis.call('HSET', KEYS[2], 'reason', ARGV[7], 'cooldown_until', back, 'cooled_at', now)
     redis.call('ZREM', KEYS[3], id)
     redis.call('ZADD', KEYS[4], back, id)
-    redis.call('HSET', KEYS[2], 'cooldown_until', back)
     return wait
     """
 
@@ -212,10 +225,11 @@ class TokenPool:
     async def acquire(self) -> Pick | Unavailable:
         keys = self.keys
         lease_id = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        now = _ms(time.time())
         reply = await self._acquire(
             keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
             args=[
-                _ms(time.time()),
+                now,
                 lease_id,
                 _ms(self.lease_ttl),
                 self.max_concurrency,
@@ -224,7 +238,7 @@ class TokenPool:
         )
         if not reply[0]:
             return Unavailable(reply[1], max(0, int(reply[2])) / 1000)
-        lease = Lease(reply[0], lease_id)
+        lease = Lease(reply[0], lease_id, now)
         self.held.add(lease)
         return Pick(lease, reply[1], reply[2], reply[3], reply[4])
 
@@ -276,6 +290,7 @@ class TokenPool:
                 _ms(self.cooldown_cap),
                 tid,
                 reason,
+                lease.taken,
             ],
         }
 

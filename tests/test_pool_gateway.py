@@ -1,6 +1,7 @@
 """The pool through the gateway: configured tokens validated, rotated, cooled, refused;
 the admin API; guest fallback and reserve; Redis trouble."""
 
+import asyncio
 import base64
 import collections
 import json
@@ -68,7 +69,7 @@ async def test_configured_tokens_are_validated_and_rotated(gateway):
     assert not any(token in text for token in TOKENS)
 
 
-async def test_failing_token_cools_down_and_others_serve(gateway):
+async def test_rate_limited_token_cools_down_and_others_serve(gateway):
     gw = await gateway(
         "home",
         "guest_auth_user_role",
@@ -78,41 +79,74 @@ async def test_failing_token_cools_down_and_others_serve(gateway):
         admin_token=ADMIN,
         pool_cooldown_base=60,
     )
-    gw.fake.fail_tokens[TOKENS[0]] = 500
+    gw.fake.fail_tokens[TOKENS[0]] = 429
     async with gw.openai() as client:
         for _ in range(6):
             reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
             assert reply.choices[0].finish_reason == "stop"
     used = tokens_used(gw)
-    assert used[TOKENS[0]] == 1  # failed once (retried on another), then skipped
+    assert used[TOKENS[0]] == 1  # limited once (retried on another), then skipped
     _, status = await admin(gw, "GET", "/v1/token-pool/status")
     row = next(r for r in status["tokens"] if r["state"] == "cooling")
     assert row["failures"] == 1 and 50 < row["cooldown_left"] <= 60
-    assert "unavailable" in row["reason"]
+    assert "rate_limited" in row["reason"]
 
 
-async def test_all_cooling_without_guests_is_503_with_retry_after(gateway):
+async def test_an_upstream_500_leaves_the_pool_usable_once_it_recovers(gateway):
     gw = await gateway(
         "home",
         "guest_auth_user_role",
         OK,
-        zai_tokens=TOKENS[0],
+        zai_tokens=",".join(TOKENS),
+        anonymous_mode=False,
+        admin_token=ADMIN,
+    )
+    for token in TOKENS:
+        gw.fake.fail_tokens[token] = 500
+    async with gw.openai() as client:
+        with pytest.raises(openai.InternalServerError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        assert info.value.status_code == 502 and info.value.code == "unavailable"
+        assert len(gw.completions_seen()) == 3  # 1 + UPSTREAM_RETRIES attempts, no more
+        gw.fake.fail_tokens.clear()  # the upstream is back
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert reply.choices[0].finish_reason == "stop"
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert status["summary"]["active"] == 3
+    assert [(r["failures"], r["leases"]) for r in status["tokens"]] == [(0, 0)] * 3
+
+
+async def test_a_429_storm_reaches_the_client_as_429_with_retry_after(gateway):
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=",".join(TOKENS),
         anonymous_mode=False,
         pool_cooldown_base=42,
-        upstream_retries=0,
+        pool_max_concurrency=0,
     )
-    gw.fake.fail_tokens[TOKENS[0]] = 500
+    for token in TOKENS:
+        gw.fake.fail_tokens[token] = 429
     async with gw.openai() as client:
-        with pytest.raises(openai.InternalServerError):
-            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
-        with pytest.raises(openai.APIStatusError) as info:
-            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
-    assert info.value.status_code == 503 and info.value.code == "pool_exhausted"
-    assert "cooling down" in info.value.message
-    assert 40 <= int(info.value.response.headers["Retry-After"]) <= 42
+
+        async def one() -> openai.RateLimitError:
+            with pytest.raises(openai.RateLimitError) as info:
+                await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            return info.value
+
+        # 12 at once, then 3 more once every token is cooling: all 429, none 503
+        errors = [*await asyncio.gather(*(one() for _ in range(12))), *[await one() for _ in "abc"]]
+    for err in errors:
+        assert err.status_code == 429 and err.code == "rate_limited", err
+        assert 1 <= int(err.response.headers["Retry-After"]) <= 42
+        assert err.response.headers["x-should-retry"] == "true"
+    assert "rate-limited" in errors[-1].message
+    assert 40 <= int(errors[-1].response.headers["Retry-After"]) <= 42
+    assert len(gw.completions_seen()) <= 12 * 3  # each request burnt at most 3 tokens
 
 
-async def test_all_cooling_with_anonymous_mode_falls_back_to_a_guest(gateway):
+async def test_all_rate_limited_with_anonymous_mode_falls_back_to_a_guest(gateway):
     gw = await gateway(
         "home",
         "guest_auth_user_role",
@@ -121,9 +155,9 @@ async def test_all_cooling_with_anonymous_mode_falls_back_to_a_guest(gateway):
         anonymous_mode=True,
         upstream_retries=0,
     )
-    gw.fake.fail_tokens[TOKENS[0]] = 500
+    gw.fake.fail_tokens[TOKENS[0]] = 429
     async with gw.openai() as client:
-        with pytest.raises(openai.InternalServerError):
+        with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].finish_reason == "stop"

@@ -87,6 +87,47 @@ async def test_failure_cools_down_with_backoff_and_comes_back(redis):
     assert rows[pick.lease.token_id].cooldown_left > 0.25
 
 
+async def test_concurrent_failures_on_one_token_are_one_cooldown_episode(redis):
+    pool = make_pool(redis, cooldown_base=0.3, cooldown_cap=60.0)
+    await alive(pool, TOKENS[:1])
+    picks = [await pool.acquire() for _ in range(12)]  # 12 requests in flight on one token
+    waits = await asyncio.gather(*(pool.release(p.lease, "cooldown", "429") for p in picks))
+    (row,) = await pool.status()
+    # One base, not 0.3 * 2**11 s: the 11 others are the same episode, already cooling.
+    assert row.failures == 1 and row.cooldown_left <= 0.3
+    assert max(waits) == pytest.approx(0.3, abs=0.01)
+    late = await pool.acquire()  # still cooling
+    assert isinstance(late, Unavailable) and late.reason == "cooling"
+    await asyncio.sleep(0.35)
+    again = await pool.acquire()
+    assert isinstance(again, Pick)
+    await pool.release(again.lease, "cooldown", "429")  # a new episode: doubled
+    (row,) = await pool.status()
+    assert row.failures == 2 and 0.3 < row.cooldown_left <= 0.6
+
+
+async def test_a_failure_from_before_an_episode_is_part_of_it(redis):
+    pool = make_pool(redis, cooldown_base=0.1, cooldown_cap=60.0)
+    await alive(pool, TOKENS[:1])
+    first, slow = await pool.acquire(), await pool.acquire()
+    await pool.release(first.lease, "cooldown", "429")
+    await asyncio.sleep(0.15)  # the episode is over when the slow request fails
+    assert await pool.release(slow.lease, "cooldown", "429") == 0
+    (row,) = await pool.status()
+    assert row.failures == 1
+
+
+async def test_a_spare_release_leaves_the_token_untouched(redis):
+    pool = make_pool(redis)
+    await alive(pool, TOKENS[:1])
+    for _ in range(5):  # the upstream's 500s are not the token's: it stays in rotation
+        pick = await pool.acquire()
+        assert isinstance(pick, Pick)
+        assert await pool.release(pick.lease, "spare", "unavailable: HTTP 500") == 0
+    (row,) = await pool.status()
+    assert (row.state, row.failures, row.leases, row.reason) == ("active", 0, 0, "")
+
+
 async def test_all_cooling_says_when_the_first_returns(redis):
     pool = make_pool(redis, cooldown_base=1.0, cooldown_cap=5.0)
     await alive(pool, TOKENS[:1])

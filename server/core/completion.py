@@ -31,6 +31,7 @@ from server.ops.metrics import ATTEMPT_ERRORS, RETRIES
 from server.settings import Settings
 from server.transport import TransportError
 from server.zai.client import ZaiClient
+from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
 from state.waf import WafBreaker
@@ -131,6 +132,7 @@ async def complete(
         return
     caller = conv.captcha  # used once, on the first attempt that needs one
     rejected: GatewayError | None = None
+    last: GatewayError | None = None  # the previous attempt's failure
     retries = settings.upstream_retries
     upstream_conv = render_for_upstream(conv)
     while True:
@@ -148,9 +150,22 @@ async def complete(
         try:
             if waf is not None:
                 await waf.hold(conv.model.id)
-            await _attempt(upstream_conv, attempt_sink, tokens, client, param)
+            try:
+                cred = await tokens.acquire(conv.model)
+            except GatewayError as err:
+                # A retry that finds no usable token reports what the upstream said last
+                # (its 429, its 500) with the pool's wait: never a bare 503 for a pool the
+                # upstream itself emptied.
+                if last is None:
+                    raise
+                ATTEMPT_ERRORS.labels(err.kind).inc()
+                last.retry_after = last.retry_after or err.retry_after
+                await sink.fail(last)
+                return
+            await _attempt(upstream_conv, attempt_sink, cred, tokens, client, param)
             return
         except GatewayError as err:
+            last = err
             if err.kind == "waf_blocked" and waf is not None and err.retry_after is None:
                 await waf.trip(err)
             rejected = err if err.kind == "captcha_required" else None
@@ -186,11 +201,15 @@ def answer_sink(sink: Sink, conv: Conversation, scan_limit: int) -> Sink:
 
 
 async def _attempt(
-    conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient, captcha: str
+    conv: Conversation,
+    sink: Sink,
+    cred: Credential,
+    tokens: TokenSource,
+    client: ZaiClient,
+    captcha: str,
 ) -> None:
-    cred = await tokens.acquire(conv.model)
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
-    outcome, reason = "ok", ""
+    outcome, reason, failure = "ok", "", None
     try:
         exchange = await client.open_completion(cred, conv, captcha)
         stream = AnswerStream(conv.model.id)
@@ -216,7 +235,9 @@ async def _attempt(
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
         await sink.finish(stream.finish_reason, stream.usage, *stream.final())
     except GatewayError as err:
-        outcome, reason = err.rule.token, f"{err.kind}: {err.detail}"[:200]
+        failure, outcome, reason = err, err.rule.token, f"{err.kind}: {err.detail}"[:200]
         raise
     finally:
-        await tokens.release(cred, outcome, reason)
+        wait = await tokens.release(cred, outcome, reason)
+        if failure is not None and failure.retry_after is None and wait:
+            failure.retry_after = wait  # a rate-limited token: when it is back

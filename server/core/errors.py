@@ -3,7 +3,7 @@
 Owns ``GatewayError``, the ``RULES`` table and ``shown`` (client text made safe to log or
 echo). A failure has a *kind* (a short code); its row says the HTTP status the client gets, the
 OpenAI error ``type``, whether a retry may help (only ever before a byte reached the client),
-what it says about the upstream token used (for the pool: ``ok``, ``cooldown`` or ``dead``),
+what it says about the upstream token used (for the pool: ``spare``, ``cooldown`` or ``dead``),
 whether the front-end version must be re-read, and the plain-words message. The upstream
 dialect decides which kind an upstream answer is (PROTOCOL.md section 4); this table is section
 5. The API faces render a ``GatewayError`` in their own error shape.
@@ -20,7 +20,11 @@ class Rule:
     status: int
     type: str
     retry: int = 0  # at most this many retries (capped by UPSTREAM_RETRIES)
-    token: str = "ok"
+    # What the failure says about the upstream token used: "spare" nothing (the upstream's
+    # trouble, not the token's: it goes back untouched), "cooldown" (its own rate limit),
+    # "dead" (rejected). Only failures about the token may take it out of rotation, so one
+    # outage cannot cool the whole pool.
+    token: str = "spare"
     refresh_version: bool = False
     message: str = "{detail}"
 
@@ -81,14 +85,12 @@ RULES: dict[str, Rule] = {
         502,
         _UPSTREAM,
         retry=2,
-        token="cooldown",
         message="the upstream is unavailable: {detail}",
     ),
     "timeout": Rule(
         504,
         _UPSTREAM,
         retry=2,
-        token="cooldown",
         message="the upstream timed out: {detail}",
     ),
     "waf_blocked": Rule(

@@ -2,14 +2,17 @@
 
 Owns the ``TokenSource`` protocol and its three sources. The core asks ``acquire(model)``
 before each upstream attempt and reports back with ``release(cred, outcome, reason)``
-(``ok``, ``cooldown`` or ``dead``: the ``token`` column of ``server.core.errors.RULES``).
+(``ok``, or the ``token`` column of ``server.core.errors.RULES``: ``spare``, ``cooldown``,
+``dead``); ``release`` answers the cooldown it gave (seconds, for the client's Retry-After).
 
 - ``GuestTokens``: anonymous mode, a fresh guest per request (so no two clients share a
   server-side chat), taken from the shared reserve when there is one, else signed in on the
   spot; a low reserve is refilled in the background.
 - ``PooledTokens``: the shared Redis pool of user tokens (``state.pool``), falling back to a
   guest when no pooled token is usable and ``ANONYMOUS_MODE`` allows (and the model is open
-  to guests); otherwise 503 with ``Retry-After``. If Redis is unreachable it fails fast.
+  to guests); otherwise 429 ``rate_limited`` when every token is cooling (only the upstream's
+  rate limits cool a token) and 503 ``pool_exhausted`` when they are busy, dead or unchecked,
+  both with ``Retry-After``. If Redis is unreachable it fails fast.
 - ``NoTokens``: neither configured; every request hears why.
 """
 
@@ -34,7 +37,7 @@ __all__ = ["GuestTokens", "NoTokens", "PooledTokens", "TokenSource"]
 class TokenSource(Protocol):
     async def acquire(self, model: Model) -> Credential: ...
 
-    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None: ...
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> float: ...
 
 
 class GuestTokens:
@@ -86,8 +89,8 @@ class GuestTokens:
         self._held.extend(guests)
         return bool(guests)
 
-    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
-        return None
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> float:
+        return 0.0
 
     def refill_soon(self) -> None:
         if self.reserve is None or (self._refill is not None and not self._refill.done()):
@@ -141,27 +144,37 @@ class PooledTokens:
             return await self.guests.acquire(model)
         why = {
             "busy": "every pooled upstream token is at its concurrency limit",
-            "cooling": "every pooled upstream token is cooling down after failures",
+            "cooling": "every pooled upstream token is cooling down after the upstream "
+            "rate-limited it",
             "empty": "no pooled upstream token is usable (all dead or none validated yet)",
         }[pick.reason]
         if not model.guest and self.guests is not None:
             why += f"; model {model.id} needs a user token, so a guest cannot stand in"
-        raise GatewayError("pool_exhausted", why, retry_after=pick.retry_after or None)
+        kind = _UNAVAILABLE_KINDS[pick.reason]
+        raise GatewayError(kind, why, model=model.id, retry_after=pick.retry_after or None)
 
-    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> float:
         if cred.lease is None:
-            return
+            return 0.0
         if outcome == "ok":  # nothing to wait for: batched and sent after the answer
             self.pool.release_soon(cred.lease)
-            return
+            return 0.0
         try:
-            await self.pool.release(cred.lease, outcome, reason)
+            return await self.pool.release(cred.lease, outcome, reason)
         except RedisError as exc:
             # The lease has a deadline: it lapses by itself.
             logger.warning("could not release lease on {}: {}", cred.masked, exc)
+            return 0.0
 
 
 _EMPTY_FOR = 1.0  # seconds; a token added meanwhile is used at most this much later
+# Only the upstream's rate limits cool a token, so a pool that is all cooling is the upstream
+# saying "too many": the client hears that (429), not that the gateway is broken (503).
+_UNAVAILABLE_KINDS = {
+    "cooling": "rate_limited",
+    "busy": "pool_exhausted",
+    "empty": "pool_exhausted",
+}
 
 
 class NoTokens:
@@ -177,5 +190,5 @@ class NoTokens:
             "tokens are configured (AUTH_TOKENS_FILE, ZAI_TOKENS or the admin API)",
         )
 
-    async def release(self, cred: Credential, outcome: str, reason: str = "") -> None:
-        return None
+    async def release(self, cred: Credential, outcome: str, reason: str = "") -> float:
+        return 0.0
