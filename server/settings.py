@@ -52,9 +52,12 @@ class Settings(BaseSettings):
     anonymous_mode: bool = True
     auth_tokens_file: Path | None = None
     zai_tokens: CommaList = []
-    pool_cooldown_base: float = Field(30.0, gt=0)
+    # Only the upstream's rate limits cool a token: briefly, then doubling per episode.
+    pool_cooldown_base: float = Field(5.0, gt=0)
     pool_cooldown_cap: float = Field(900.0, gt=0)
-    pool_max_concurrency: int = Field(4, ge=0)
+    # One Z.AI account runs one conversation at a time (PROTOCOL.md section 6.7: a second one
+    # gets "concurrent conversation limit"); no capture shows an account allowed more.
+    pool_max_concurrency: int = Field(1, ge=0)
     pool_health_interval: float = Field(600.0, ge=0)
     lease_ttl: float = Field(120.0, gt=0)
     guest_reserve: int = Field(4, ge=0, le=1000)

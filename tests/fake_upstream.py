@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -83,6 +84,9 @@ class FakeUpstream:
         self.stall_after = stall_after  # go silent (connection open) after this many pieces
         self.stall_headers = stall_headers  # completions: never answer at all
         self.fail_tokens: dict[str, int] = {}  # token -> HTTP status its completions get
+        # token -> in-band error code its completions get on a 200 stream (PROTOCOL.md section
+        # 6.7: 429, "MODEL_CONCURRENCY_LIMIT", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS")
+        self.limit_tokens: dict[str, int | str] = {}
         # Strict captcha mode (PROTOCOL.md section 6.2): when a set, /api/config says
         # enable_captcha and a completion needs one of these params, each good once.
         self.captcha_valid: set[str] | None = None
@@ -93,6 +97,8 @@ class FakeUpstream:
         self.requests: list[Seen] = []
         self.streams_completed = 0
         self.streams_aborted = 0
+        self.in_flight: collections.Counter[str] = collections.Counter()  # token -> completions
+        self.most_in_flight: collections.Counter[str] = collections.Counter()  # its high mark
         self.fe_version = self._home_fe_version()
         # GET /api/models (synthesized, tests/fake_catalogue.py); with verify=True the
         # completion's model and features are checked against it as the upstream would.
@@ -191,6 +197,22 @@ class FakeUpstream:
         if failing:
             return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}
         return None
+
+    def _limit_refusal(self, seen: Seen) -> bytes | None:
+        """The in-band rate-limit answer for a token in ``limit_tokens``, else None."""
+        if seen.method != "POST" or seen.path != COMPLETIONS:
+            return None
+        code = self.limit_tokens.get(seen.query.get("token", ""))
+        if code is None:
+            return None
+        detail = (
+            "Your current concurrent conversation limit has been reached, please try again later"
+            if code == 429
+            else "busy"
+        )
+        frame = {"type": "chat:completion", "data": {"content": "", "done": True}}
+        frame["data"]["error"] = {"code": code, "detail": detail}
+        return b"data: " + json.dumps(frame).encode() + b'\n\ndata: {"data":"[DONE]"}\n\n'
 
     def _captcha_refusal(self, seen: Seen) -> bytes | None:
         """The in-band SSE answer of the captcha gate, or None when the param is good."""
@@ -292,6 +314,19 @@ class _Handler(RequestHandler):
             id(req.connection.stream),
         )
         self.fake.requests.append(seen)
+        if seen.path != COMPLETIONS:
+            await self._answer(seen)
+            return
+        fake, token = self.fake, seen.query.get("token", "")
+        fake.in_flight[token] += 1
+        fake.most_in_flight[token] = max(fake.most_in_flight[token], fake.in_flight[token])
+        try:
+            await self._answer(seen)
+        finally:
+            fake.in_flight[token] -= 1
+
+    async def _answer(self, seen: Seen) -> None:
+        req = self.request
         if self.fake.stall_headers and seen.path == COMPLETIONS:
             while not self.gone:
                 await asyncio.sleep(0.05)
@@ -308,6 +343,7 @@ class _Handler(RequestHandler):
         rejected = self.fake._reject(seen)
         refusal = None if rejected else self.fake._captcha_refusal(seen)
         refusal = refusal or (None if rejected else self.fake._feature_refusal(seen))
+        refusal = refusal or (None if rejected else self.fake._limit_refusal(seen))
         if refusal is not None:
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             await self._stream(refusal)

@@ -28,7 +28,9 @@ INBAND_KINDS: dict[int | str, str] = {
     "FRONTEND_CAPTCHA_REQUIRED": "captcha_required",
     "F018": "captcha_required",  # a stale or reused param (PROTOCOL.md section 6.2)
     "F019": "captcha_required",
-    "MODEL_CONCURRENCY_LIMIT": "rate_limited",
+    "MODEL_CONCURRENCY_LIMIT": "rate_limited",  # the account's concurrency (section 6.7)
+    "RATE_LIMIT_EXCEEDED": "rate_limited",
+    "TOO_MANY_REQUESTS": "rate_limited",
 }
 
 _SIGNATURE_MARK = "Signature validation failed"
