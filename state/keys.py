@@ -11,6 +11,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>dead`` | set | ids out of rotation until a health check revives them |
 | ``<p>seq`` | string | the pick sequence counter |
 | ``<p>leases:<id>`` | zset | lease id -> deadline (ms) for each request in flight on that token |
+| ``<p>revoked:<lease>`` | string | a lease id given up on: a late ACQUIRE of it leases nothing |
 | ``<p>instances`` | zset | instance id -> heartbeat deadline (ms) |
 | ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |

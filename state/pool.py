@@ -61,9 +61,13 @@ class TokenStatus:
     failures: int
     cooldown_left: float
     leases: int
+    orphans: int  # of those leases, held by no live gateway process (they lapse by deadline)
     uses: int
     last_used: float
     reason: str
+
+
+_SETTLE_EVERY = 0.25  # seconds between tries to revoke unsettled leases while Redis is away
 
 
 def _ms(seconds: float) -> int:
@@ -89,8 +93,12 @@ class TokenPool:
     # ARGV[4] max concurrent leases per token (0 = no cap)
     # ARGV[5] key prefix (for token:<id> and leases:<id>)
     # Returns {id, token, user_id, role, name}, or {"", reason, retry_after_ms} with reason
-    # "busy" (all at their cap), "cooling" (all cooling down) or "empty" (no token in rotation).
+    # "busy" (all at their cap), "cooling" (all cooling down), "empty" (no token in rotation) or
+    # "revoked" (the caller gave up on this lease id: a call that ran late, after a freeze).
     ACQUIRE = """
+    if redis.call('EXISTS', ARGV[5] .. 'revoked:' .. ARGV[2]) == 1 then
+        return {'', 'revoked', 0}
+    end
     local now = tonumber(ARGV[1])
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
         redis.call('ZREM', KEYS[2], id)
@@ -172,6 +180,22 @@ class TokenPool:
     return wait
     """
 
+    # KEYS[1] tokens hash
+    # ARGV[1] lease id; ARGV[2] its token id ("" = unknown: an acquire that got no answer)
+    # ARGV[3] key prefix; ARGV[4] lease time to live (ms)
+    # Marks the id revoked (an ACQUIRE still queued behind a frozen Redis then leases nothing)
+    # and removes the lease wherever it was already made. Returns how many it removed.
+    REVOKE = """
+    redis.call('SET', ARGV[3] .. 'revoked:' .. ARGV[1], 1, 'PX', tonumber(ARGV[4]))
+    local ids = {ARGV[2]}
+    if ARGV[2] == '' then ids = redis.call('HKEYS', KEYS[1]) end
+    local removed = 0
+    for _, id in ipairs(ids) do
+        removed = removed + redis.call('ZREM', ARGV[3] .. 'leases:' .. id, ARGV[1])
+    end
+    return removed
+    """
+
     # KEYS[1] tokens hash; KEYS[2] token info hash; KEYS[3] rotation; KEYS[4] cooldown;
     # KEYS[5] dead set
     # ARGV[1] token id; ARGV[2] "alive" | "dead"; ARGV[3] reason; ARGV[4] now (ms);
@@ -215,8 +239,14 @@ class TokenPool:
         self.held: set[Lease] = set()  # leases in flight in this process, renewed by heartbeat
         self._queued: list[Lease] = []  # successful releases waiting for the next batch
         self._flushing: asyncio.Task | None = None
+        # Lease ids whose acquire or release got no answer (Redis frozen or gone): the call
+        # may still run when Redis resumes, so each is revoked once Redis answers again.
+        # lease id -> token id ("" when the acquire never said which token).
+        self.unsettled: dict[str, str] = {}
+        self._settling: asyncio.Task | None = None
         self._acquire = redis.register_script(self.ACQUIRE)
         self._release = redis.register_script(self.RELEASE)
+        self._revoke = redis.register_script(self.REVOKE)
         self._verdict = redis.register_script(self.VERDICT)
 
     def __repr__(self) -> str:
@@ -224,18 +254,18 @@ class TokenPool:
 
     async def acquire(self) -> Pick | Unavailable:
         keys = self.keys
+        # The id is made here, not in Redis, so an acquire that gets no answer can be revoked.
         lease_id = f"{self.owner}:{uuid.uuid4().hex[:12]}"
         now = _ms(time.time())
-        reply = await self._acquire(
-            keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
-            args=[
-                now,
-                lease_id,
-                _ms(self.lease_ttl),
-                self.max_concurrency,
-                keys.prefix,
-            ],
-        )
+        try:
+            reply = await self._acquire(
+                keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
+                args=[now, lease_id, _ms(self.lease_ttl), self.max_concurrency, keys.prefix],
+            )
+        except (RedisError, asyncio.CancelledError):
+            # No answer (or the caller hung up while waiting): the script may still run.
+            self._unsettle(lease_id, "")
+            raise
         if not reply[0]:
             return Unavailable(reply[1], max(0, int(reply[2])) / 1000)
         lease = Lease(reply[0], lease_id, now)
@@ -245,14 +275,20 @@ class TokenPool:
     async def release(self, lease: Lease, outcome: str, reason: str = "") -> float:
         """Drop the lease and record the outcome; returns the cooldown given (seconds)."""
         self.held.discard(lease)
-        wait = await self._release(**self._release_call(lease, outcome, reason))
+        try:
+            wait = await self._release(**self._release_call(lease, outcome, reason))
+        except (RedisError, asyncio.CancelledError):
+            # Else its slot stays taken for LEASE_TTL. Cancelled: the client hung up while the
+            # release waited for a connection (a frozen Redis), so it may never be sent.
+            self._unsettle(lease.lease_id, lease.token_id)
+            raise
         return int(wait) / 1000
 
     def release_soon(self, lease: Lease) -> None:
         """Release a lease that went well, off the caller's path: the releases queued while
         the loop turns go to Redis together, one pipeline (one round trip) for all of them.
         The lease stays in ``held`` (renewed) until its release is sent; if Redis fails, it
-        lapses at its deadline, as any lease does."""
+        is revoked once Redis answers again (``unsettled``)."""
         self._queued.append(lease)
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
@@ -270,8 +306,13 @@ class TokenPool:
                 for lease in batch:
                     await self._release(**self._release_call(lease, "ok"), client=pipe)
                 await pipe.execute()
-        except RedisError as exc:
-            logger.warning("could not release {} lease(s): {}", len(batch), exc)
+        except (RedisError, asyncio.CancelledError) as exc:
+            # Revoked once Redis answers: else their slots stay taken for LEASE_TTL.
+            logger.warning("could not release {} lease(s) yet: {!r}", len(batch), exc)
+            for lease in batch:
+                self._unsettle(lease.lease_id, lease.token_id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
             self.held.difference_update(batch)
             self._flushing = None
@@ -293,6 +334,36 @@ class TokenPool:
                 lease.taken,
             ],
         }
+
+    def _unsettle(self, lease_id: str, tid: str) -> None:
+        self.unsettled[lease_id] = tid
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.ensure_future(self._settle())
+
+    async def _settle(self) -> None:
+        """Revoke every unsettled lease id, trying again until Redis answers."""
+        while self.unsettled:
+            try:
+                await self.settle()
+            except RedisError:
+                await asyncio.sleep(_SETTLE_EVERY)
+
+    async def settle(self) -> int:
+        """Revoke the unsettled lease ids now; returns how many leases that removed."""
+        removed = 0
+        for lease_id, tid in list(self.unsettled.items()):
+            removed += await self._revoke(
+                keys=[self.keys.tokens],
+                args=[lease_id, tid, self.keys.prefix, _ms(self.lease_ttl)],
+            )
+            self.unsettled.pop(lease_id, None)
+        return removed
+
+    async def stop(self) -> None:
+        """Stop retrying revocations (process exit: the leases lapse with their deadline)."""
+        if self._settling is not None:
+            self._settling.cancel()
+            await asyncio.gather(self._settling, return_exceptions=True)
 
     async def renew(self) -> None:
         """Push the deadline of every lease this process holds (called by the heartbeat)."""
@@ -359,14 +430,18 @@ class TokenPool:
             pipe.zrange(keys.rotation, 0, -1)
             pipe.zrange(keys.cooldown, 0, -1)
             pipe.smembers(keys.dead)
+            pipe.zrangebyscore(keys.instances, _ms(now), "+inf")
             for tid in ids:
                 pipe.hgetall(keys.token(tid))
-                pipe.zcount(keys.leases(tid), _ms(now), "+inf")
+                pipe.zrangebyscore(keys.leases(tid), _ms(now), "+inf")
             replies = await pipe.execute()
         rotation, cooling, dead = set(replies[0]), set(replies[1]), set(replies[2])
+        live = {*replies[3], self.owner}
         rows = []
         for i, tid in enumerate(ids):
-            info, leases = replies[3 + 2 * i], replies[4 + 2 * i]
+            info, leases = replies[4 + 2 * i], replies[5 + 2 * i]
+            # A lease id is "<owner instance>:<random>": an owner not alive holds nothing.
+            orphans = sum(1 for lease in leases if lease.rpartition(":")[0] not in live)
             state = (
                 "dead"
                 if tid in dead
@@ -385,7 +460,8 @@ class TokenPool:
                     role=info.get("role", ""),
                     failures=int(info.get("failures") or 0),
                     cooldown_left=round(max(0.0, until - now), 3) if state == "cooling" else 0.0,
-                    leases=int(leases),
+                    leases=len(leases),
+                    orphans=orphans,
                     uses=int(info.get("uses") or 0),
                     last_used=int(info.get("last_used") or 0) / 1000,
                     reason=info.get("reason", ""),

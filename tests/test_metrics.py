@@ -5,6 +5,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
+from state.pool import Pick, TokenPool
 from tests.test_pool_gateway import TOKENS
 
 
@@ -20,7 +21,7 @@ async def test_metrics_count_what_happened(gateway):
     gw = await gateway(
         "home",
         "guest_auth_user_role",
-        "error_http_500",
+        "error_http_429",
         "stream_glm5_plain_thinking",
         zai_tokens=",".join(TOKENS[:2]),
     )
@@ -32,6 +33,17 @@ async def test_metrics_count_what_happened(gateway):
             await client.chat.completions.create(
                 model="no-such-model", messages=[{"role": "user", "content": "hi"}]
             )
+    # a lease left by a process that died: shown apart, as an orphan
+    gone = TokenPool(
+        gw.services.redis,
+        gw.services.keys,
+        cooldown_base=1,
+        cooldown_cap=1,
+        max_concurrency=0,
+        lease_ttl=60,
+        owner="gone-host:1:dead00",
+    )
+    assert isinstance(await gone.acquire(), Pick)
     reply = await AsyncHTTPClient().fetch(gw.url + "/metrics")
     assert reply.headers["Content-Type"].startswith("text/plain")
     got = samples(reply.body.decode())
@@ -45,7 +57,7 @@ async def test_metrics_count_what_happened(gateway):
         (("model", "-"), ("route", "chat_completions"), ("status", "404")),
     )
     assert got[missing] >= 1
-    assert got[("zai_gateway_upstream_errors_total", (("kind", "unavailable"),))] >= 1
+    assert got[("zai_gateway_upstream_errors_total", (("kind", "rate_limited"),))] >= 1
     assert got[("zai_gateway_upstream_retries_total", ())] >= 1
     assert (
         got[("zai_gateway_request_duration_seconds_count", (("route", "chat_completions"),))] >= 2
@@ -56,6 +68,9 @@ async def test_metrics_count_what_happened(gateway):
     ) in got
     assert got[("zai_gateway_pool_tokens", (("state", "cooling"),))] == 1
     assert got[("zai_gateway_pool_tokens", (("state", "active"),))] == 1
+    assert got[("zai_gateway_pool_leases", (("owner", "orphan"),))] == 1
+    assert got[("zai_gateway_pool_leases", (("owner", "live"),))] == 0
+    assert got[("zai_gateway_pool_unsettled_leases", ())] == 0
     assert got[("zai_gateway_instances", ())] == 1
     assert got[("zai_gateway_redis_up", ())] == 1
     assert got[("zai_gateway_inflight_requests", ())] == 0

@@ -134,8 +134,8 @@ async def test_three_replicas_share_one_pool(cluster):
     rotation = redis.cli("ZRANGE", "zai:rotation", "0", "-1", "WITHSCORES").split()
     assert len(rotation) == 6 and sorted(int(s) for s in rotation[1::2])[-1] == 30
 
-    # a token failing on replica A cools down for B and C too
-    fake.fail_tokens[TOKENS[0]] = 500
+    # a token rate-limited on replica A cools down for B and C too
+    fake.fail_tokens[TOKENS[0]] = 429
     before = used(fake)[TOKENS[0]]
     for _ in range(3):  # the rotation reaches TOKENS[0] within 3 requests
         await ask(replicas[0])

@@ -147,6 +147,7 @@ class PooledTokens:
             "cooling": "every pooled upstream token is cooling down after the upstream "
             "rate-limited it",
             "empty": "no pooled upstream token is usable (all dead or none validated yet)",
+            "revoked": "the shared state store answered after the request gave up",
         }[pick.reason]
         if not model.guest and self.guests is not None:
             why += f"; model {model.id} needs a user token, so a guest cannot stand in"
@@ -174,6 +175,7 @@ _UNAVAILABLE_KINDS = {
     "cooling": "rate_limited",
     "busy": "pool_exhausted",
     "empty": "pool_exhausted",
+    "revoked": "state_unavailable",  # only a call that ran after its caller gave up sees it
 }
 
 

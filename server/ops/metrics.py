@@ -77,6 +77,19 @@ COOLDOWN = Gauge(
     "Longest cooldown left among pooled tokens (shared).",
     registry=REGISTRY,
 )
+LEASES = Gauge(
+    "zai_gateway_pool_leases",
+    "Leases on pooled tokens (shared); owner=orphan: held by no live gateway process, they "
+    "lapse at their deadline (LEASE_TTL).",
+    ["owner"],
+    registry=REGISTRY,
+)
+UNSETTLED = Gauge(
+    "zai_gateway_pool_unsettled_leases",
+    "Leases this process could not confirm or release (Redis did not answer); revoked as soon "
+    "as Redis answers again.",
+    registry=REGISTRY,
+)
 CAPTCHA_DEPTH = Gauge(
     "zai_gateway_captcha_pool_depth",
     "Live single-use captcha params in the shared pool (shared).",
@@ -129,6 +142,7 @@ class Metrics(RequestHandler):
         services = self.services
         INFLIGHT.set(len(services.active))  # type: ignore[attr-defined]
         UPSTREAM_OPEN.set(open_exchanges())
+        UNSETTLED.set(len(services.pool.unsettled))  # type: ignore[attr-defined]
         try:
             rows = await services.pool.status()  # type: ignore[attr-defined]
             live = await services.instances.live()  # type: ignore[attr-defined]
@@ -142,6 +156,9 @@ class Metrics(RequestHandler):
             for state in ("active", "cooling", "dead", "pending"):
                 POOL.labels(state).set(sum(1 for row in rows if row.state == state))
             COOLDOWN.set(max((row.cooldown_left for row in rows), default=0))
+            orphans = sum(row.orphans for row in rows)
+            LEASES.labels("live").set(sum(row.leases for row in rows) - orphans)
+            LEASES.labels("orphan").set(orphans)
             INSTANCES.set(len(live))
             CAPTCHA_DEPTH.set(depth)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
