@@ -428,14 +428,18 @@ class TokenPool:
         ids = sorted(tokens)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(keys.rotation, 0, -1)
-            pipe.zrange(keys.cooldown, 0, -1)
+            pipe.zrange(keys.cooldown, 0, -1, withscores=True)
             pipe.smembers(keys.dead)
             pipe.zrangebyscore(keys.instances, _ms(now), "+inf")
             for tid in ids:
                 pipe.hgetall(keys.token(tid))
                 pipe.zrangebyscore(keys.leases(tid), _ms(now), "+inf")
             replies = await pipe.execute()
-        rotation, cooling, dead = set(replies[0]), set(replies[1]), set(replies[2])
+        # A cooldown that has ended is over now, not at the next pick (which moves the token
+        # back): an idle pool must not look like it has no active token.
+        rotation, dead = set(replies[0]), set(replies[2])
+        cooling = {tid for tid, back in replies[1] if back > now * 1000}
+        rotation |= {tid for tid, _ in replies[1]} - cooling
         live = {*replies[3], self.owner}
         rows = []
         for i, tid in enumerate(ids):

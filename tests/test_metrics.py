@@ -1,5 +1,7 @@
 """``/metrics`` in Prometheus format, read with the Prometheus client's own parser."""
 
+import asyncio
+
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,3 +76,30 @@ async def test_metrics_count_what_happened(gateway):
     assert got[("zai_gateway_instances", ())] == 1
     assert got[("zai_gateway_redis_up", ())] == 1
     assert got[("zai_gateway_inflight_requests", ())] == 0
+
+
+async def test_an_idle_pool_whose_cooldown_ended_shows_active_tokens(gateway):
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        "error_http_429",
+        "stream_glm5_plain_thinking",
+        zai_tokens=TOKENS[0],
+        anonymous_mode=False,
+        pool_cooldown_base=0.2,
+        upstream_retries=0,
+    )
+    async with gw.openai() as client:
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(
+                model="GLM-4.5", messages=[{"role": "user", "content": "hi"}]
+            )
+    got = samples((await AsyncHTTPClient().fetch(gw.url + "/metrics")).body.decode())
+    assert got[("zai_gateway_pool_tokens", (("state", "cooling"),))] == 1
+    await asyncio.sleep(0.3)  # the cooldown ends; no request comes to pick the token
+    got = samples((await AsyncHTTPClient().fetch(gw.url + "/metrics")).body.decode())
+    assert got[("zai_gateway_pool_tokens", (("state", "active"),))] == 1
+    assert got[("zai_gateway_pool_tokens", (("state", "cooling"),))] == 0
+    assert got[("zai_gateway_pool_cooldown_seconds_max", ())] == 0
+    rows = await gw.services.pool.status()
+    assert [r.state for r in rows] == ["active"]

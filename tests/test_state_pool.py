@@ -299,3 +299,14 @@ async def test_a_batch_that_cannot_reach_redis_leaves_the_leases_to_lapse():
         assert pool.held == set()
     finally:
         await client.aclose()
+
+
+async def test_an_ended_cooldown_reads_active_before_any_pick(redis):
+    pool = make_pool(redis, cooldown_base=0.1)
+    await alive(pool, TOKENS[:1])
+    pick = await pool.acquire()
+    await pool.release(pick.lease, "cooldown", "429")
+    assert [r.state for r in await pool.status()] == ["cooling"]
+    await asyncio.sleep(0.15)  # nothing picks meanwhile: an idle pool
+    (row,) = await pool.status()
+    assert (row.state, row.cooldown_left, row.failures) == ("active", 0.0, 1)
