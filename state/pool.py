@@ -378,9 +378,11 @@ class TokenPool:
             await pipe.execute()
 
     async def add(self, tokens: list[str]) -> list[str]:
-        """Add tokens (de-duplicated, idempotent); they wait as ``pending`` for a verdict."""
+        """Add tokens (de-duplicated, idempotent); they wait as ``pending`` for a verdict.
+        One transaction, like ``remove``: a remove running at the same time sees a token
+        whole or not at all (never its info hash left without the token)."""
         ids = []
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:
             for token in dict.fromkeys(t.strip() for t in tokens if t.strip()):
                 tid = token_id(token)
                 ids.append(tid)

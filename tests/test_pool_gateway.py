@@ -11,6 +11,7 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from state.keys import token_id
 from tests.redis_server import free_port
 
 OK = "stream_glm5_plain_thinking"
@@ -291,3 +292,31 @@ async def test_redis_unreachable_fails_fast_and_guests_keep_working(gateway):
     async with gw.openai() as client:
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].finish_reason == "stop"
+
+
+async def test_concurrent_admin_add_and_remove_of_one_token_never_fail(gateway):
+    gw = await gateway("home", "guest_auth_user_role", OK, admin_token=ADMIN, anonymous_mode=False)
+    http = AsyncHTTPClient(force_instance=True, max_clients=80)
+    tid = token_id(TOKENS[0])
+
+    async def change(action: str) -> int:
+        response = await http.fetch(
+            gw.url + "/v1/token-pool/update",
+            method="POST",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            body=json.dumps({"action": action, "tokens": [TOKENS[0]]}),
+            raise_error=False,
+        )
+        return response.code
+
+    try:
+        codes = await asyncio.gather(*(change(("add", "remove")[i % 2]) for i in range(80)))
+    finally:
+        http.close()
+    assert codes == [200] * 80
+    services = gw.services
+    present = await services.redis.hexists(services.keys.tokens, tid)
+    info = await services.redis.exists(services.keys.token(tid))
+    assert bool(info) == bool(present)  # whole or gone, never half
+    code, status = await admin(gw, "POST", "/v1/token-pool/update", [TOKENS[0]])
+    assert code == 200 and [r["state"] for r in status["tokens"]] == ["active"]

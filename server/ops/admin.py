@@ -96,8 +96,9 @@ class PoolUpdate(AdminHandler):
                 keep = {token_id(t) for t in change.tokens}
                 await pool.remove([tid for tid in await pool.tokens() if tid not in keep])
             ids = await pool.add(change.tokens)
+            # A token another admin call removed meanwhile is simply not there to check.
             states = {row.id: row.state for row in await pool.status()}
-            await self.services.health_check([tid for tid in ids if states[tid] == "pending"])
+            await self.services.health_check([t for t in ids if states.get(t) == "pending"])
         await self.write_status()
 
 
