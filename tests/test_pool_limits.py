@@ -7,6 +7,7 @@ import asyncio
 import openai
 import pytest
 
+from server.ops.metrics import RETRIES
 from tests.recorded import expected
 from tests.test_pool_gateway import ADMIN, HELLO, OK, TOKENS, admin, tokens_used
 
@@ -78,3 +79,19 @@ async def test_one_account_gets_one_conversation_at_a_time_by_default(gateway):
         assert err.status_code == 503 and err.code == "pool_exhausted"
         assert "concurrency limit" in err.message and err.response.headers["Retry-After"] == "1"
     assert set(gw.fake.most_in_flight.values()) == {1}
+
+
+async def test_a_pool_all_cooling_is_answered_without_another_pick(gateway):
+    gw = await gateway(
+        "home", "guest_auth_user_role", OK, zai_tokens=TOKENS[0], anonymous_mode=False
+    )
+    gw.fake.fail_tokens[TOKENS[0]] = 429
+    async with gw.openai() as client:
+        with pytest.raises(openai.RateLimitError):
+            await answer(client, False)
+        retried = RETRIES._value.get()
+        with pytest.raises(openai.RateLimitError) as info:
+            await answer(client, False)
+    assert "rate-limited" in info.value.message  # it found the pool cooling
+    assert RETRIES._value.get() == retried  # and did not pick again
+    assert len(gw.completions_seen()) == 1

@@ -153,14 +153,14 @@ async def complete(
             try:
                 cred = await tokens.acquire(conv.model)
             except GatewayError as err:
-                # A retry that finds no usable token reports what the upstream said last
-                # (its 429, its 500) with the pool's wait: never a bare 503 for a pool the
-                # upstream itself emptied.
-                if last is None:
-                    raise
+                # No usable token is never retried (the next pick would find the same pool).
+                # A retry that finds none reports what the upstream said last (its 429, its
+                # 500) with the pool's wait: never a bare 503 for a pool the upstream emptied.
                 ATTEMPT_ERRORS.labels(err.kind).inc()
-                last.retry_after = last.retry_after or err.retry_after
-                await sink.fail(last)
+                logger.info("{} no upstream token: {} ({})", conv.request_id, err.kind, err.detail)
+                if last is not None:
+                    last.retry_after = last.retry_after or err.retry_after
+                await sink.fail(last or err)
                 return
             await _attempt(upstream_conv, attempt_sink, cred, tokens, client, param)
             return
