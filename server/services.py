@@ -101,10 +101,10 @@ class Services:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pool.stop()
         if self.usage is not None:
             await self._safely("writing usage", self.usage.flush())
         await self._safely("sending the last lease releases", self.pool.flush())
+        await self.pool.stop()
         await self._safely("deregister", self.instances.deregister())
         await self._safely("closing the Redis client", self.redis.aclose())
 
