@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     upstream_header_timeout: float = Field(60.0, gt=0)
     upstream_idle_timeout: float = Field(120.0, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
+    # The longest a client waits with nothing: a non-streamed answer must be whole within it,
+    # a stream must have begun (then UPSTREAM_IDLE_TIMEOUT bounds each silence)
+    request_timeout: float = Field(300.0, gt=0)
 
     @field_validator("auth_tokens", "zai_tokens", "cors_origins", mode="before")
     @classmethod

@@ -4,7 +4,9 @@ Owns ``complete()``, the request path read top to bottom: take a credential -> o
 upstream stream -> read it, handing what grew to the sink -> finish -> release the
 credential with what the attempt said about it. A failure before any byte reached the client
 is retried (bounded by ``UPSTREAM_RETRIES``, only for kinds whose rule allows it) with a new
-credential; after that the sink reports it (an HTTP error, or an error event mid-stream).
+credential (an upstream that stalled midway through its answer at most once: each stall costs
+a whole ``UPSTREAM_IDLE_TIMEOUT``); after that the sink reports it (an HTTP error, or an error
+event mid-stream), a 504 saying how many attempts it made over how long.
 Cancelling the task (the client hung up) closes the upstream socket at once. Structured
 output (``Conversation.output_format``) wraps whole completions: ``complete_structured``
 checks the answer and asks once more when it is not valid.
@@ -14,7 +16,7 @@ with another param in hand, and the token is never blamed.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -104,9 +106,19 @@ class CaptchaSource:
 
 @dataclass(slots=True)
 class Attempts:
-    """What happened upstream for one request, for the request log line."""
+    """What happened upstream for one request, for the request log line and the 504s."""
 
     count: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def tally(self) -> str:
+        """How many attempts, over how long: what a client waiting for nothing is told.
+
+        >>> Attempts(2, time.monotonic() - 12.34).tally()
+        '2 upstream attempts in 12.3 s'
+        """
+        plural = "" if self.count == 1 else "s"
+        return f"{self.count} upstream attempt{plural} in {time.monotonic() - self.started:.1f} s"
 
 
 async def complete(
@@ -167,6 +179,8 @@ async def complete(
                 "; retrying" if retry else "",
             )
             if not retry:
+                if err.status == 504:
+                    err.detail = f"{err.detail} ({attempts.tally()})"
                 await sink.fail(err)
                 return
             RETRIES.inc()
@@ -194,9 +208,11 @@ async def _attempt(
     try:
         exchange = await client.open_completion(cred, conv, captcha)
         stream = AnswerStream(conv.model.id)
+        answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:
             try:
                 async for chunk in exchange:
+                    answering = True
                     reasoning, answer = stream.feed(chunk)
                     if reasoning or answer:
                         await sink.delta(reasoning, answer)
@@ -206,9 +222,8 @@ async def _attempt(
             except StopSequenceReached:
                 reasoning = answer = ""  # the answer ends here; the upstream is closed below
         except TransportError as exc:
-            raise GatewayError(
-                "timeout" if exc.timeout else "unavailable", str(exc), model=conv.model.id
-            ) from None
+            kind = ("stalled" if answering else "timeout") if exc.timeout else "unavailable"
+            raise GatewayError(kind, str(exc), model=conv.model.id) from None
         finally:
             exchange.close(drain=stream.done)  # the connection is kept once the answer ends
         if reasoning or answer:

@@ -91,6 +91,13 @@ RULES: dict[str, Rule] = {
         token="cooldown",
         message="the upstream timed out: {detail}",
     ),
+    "stalled": Rule(
+        504,
+        _UPSTREAM,
+        retry=1,  # a stall midway costs a whole UPSTREAM_IDLE_TIMEOUT: one more try at most
+        token="cooldown",
+        message="the upstream stopped sending midway through the answer: {detail}",
+    ),
     "waf_blocked": Rule(
         503,
         _UPSTREAM,

@@ -3,7 +3,8 @@
 Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
 a route into the error body of the API that route speaks, after checking the key of a keyed
 route), ``check_api_key`` (constant-time, ``Authorization: Bearer`` or ``x-api-key``),
-``NotFound``, and the access line: request id,
+``NotFound``, the ``REQUEST_TIMEOUT`` deadline of a completion (until its answer begins), and
+the access line: request id,
 method, path, model, status, latency and time to first byte, upstream attempts. The client's
 path and model name are ``shown`` (control characters escaped, cut at 100 characters); a
 request the client abandoned before its answer began is logged with status 499.
@@ -263,10 +264,27 @@ class ApiHandler(RequestHandler):
             services.captchas,
             services.waf,
         )
+        deadline = asyncio.get_running_loop().call_later(
+            services.settings.request_timeout, self._deadline_passed, sink
+        )
         try:
             await self.run_until_done_or_gone(work, sink)
         finally:
+            deadline.cancel()
             await self.settle()
+
+    def _deadline_passed(self, sink: Sink) -> None:
+        # A stream that has begun runs on: the client sees progress, and UPSTREAM_IDLE_TIMEOUT
+        # bounds each silence. Until then (a whole non-streamed answer) the client waits blind.
+        if sink.started:
+            return
+        limit = self.services.settings.request_timeout
+        self.abort(
+            GatewayError(
+                "timeout",
+                f"no answer within REQUEST_TIMEOUT ({limit:g} s) after {self.attempts.tally()}",
+            )
+        )
 
     async def settle(self) -> None:
         """Give an issued key back what its reservation held beyond the real usage."""
