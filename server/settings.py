@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     service_name: str = "zai-gateway"
     single_instance: Literal["auto", "on", "off"] = "auto"
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # The request line and headers together; over it: 414 (the line alone) or 431
+    max_header_bytes: int = Field(65536, ge=4096)
+    # Client connections one worker process keeps open; over it: 503 and closed
+    max_connections: int = Field(4096, ge=1)
 
     # Hostile input: how long a client may take to send its body once the headers are in
     body_timeout: float = Field(60.0, gt=0)

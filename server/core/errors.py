@@ -47,8 +47,13 @@ RULES: dict[str, Rule] = {
         message="this API key's limit of {detail} is reached: retry after the Retry-After "
         "seconds (the x-ratelimit-* headers say what is left)",
     ),
+    "uri_too_long": Rule(414, "invalid_request_error", message="{detail} (MAX_HEADER_BYTES)"),
+    "headers_too_large": Rule(431, "invalid_request_error", message="{detail} (MAX_HEADER_BYTES)"),
     # The gateway cannot serve the request
     "pool_exhausted": Rule(503, "server_error", message="{detail}"),
+    "too_many_connections": Rule(
+        503, "server_error", message="{detail}: retry in a moment, or on another instance"
+    ),
     "shutting_down": Rule(
         503,
         "server_error",

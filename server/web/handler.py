@@ -44,7 +44,15 @@ from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
 from state.client_keys import parse_secret
 
-__all__ = ["CLIENT_CLOSED", "ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "ApiHandler",
+    "NotFound",
+    "api",
+    "check_api_key",
+    "set_cors_headers",
+    "write_json_error",
+]
 
 CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 # What a page may read of an answer beyond the safe few: the request id and the retry advice.
@@ -363,13 +371,7 @@ class ApiHandler(RequestHandler):
         if isinstance(exc, GatewayError):
             self.send_gateway_error(exc)
             return
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        kind = kinds.get(status_code, "invalid_request" if status_code < 500 else "internal")
-        where = f"{self.request.method} {self.request.path}"
-        detail = f"{where}: {self._reason}" if kind != "internal" else f"{where} failed"
-        self.set_header("Content-Type", "application/json")
-        self.set_retry_headers(status_code)
-        self.finish(self.render_error(GatewayError(kind, detail)))
+        write_json_error(self, status_code, self.render_error)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, GatewayError):
@@ -406,6 +408,24 @@ class ApiHandler(RequestHandler):
         error = status >= 400 or (metered is not None and metered.failed)
         self.services.usage.add(caller.id, caller.name, model, tokens_in, tokens_out, error)
         observe_key(caller.id, caller.name, model, status, tokens_in, tokens_out)
+
+
+_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def write_json_error(
+    handler: RequestHandler,
+    status_code: int,
+    render: Callable[[GatewayError], bytes] = error_body,
+) -> None:
+    """tornado's own error answers (404, 405, a 500 from a bug) in the JSON error shape, from
+    any handler: ``write_error`` of API routes and of the docs and its static files."""
+    kind = _KINDS.get(status_code, "invalid_request" if status_code < 500 else "internal")
+    where = f"{handler.request.method} {shown(handler.request.path)}"
+    detail = f"{where}: {handler._reason}" if kind != "internal" else f"{where} failed"
+    handler.set_header("Content-Type", "application/json")
+    handler.set_header("x-should-retry", "true" if client_should_retry(status_code) else "false")
+    handler.finish(render(GatewayError(kind, detail)))
 
 
 class NotFound(ApiHandler):
