@@ -13,11 +13,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.core.models import find_model
+from server.egress import parse_routes
 from server.zai.signature import DEFAULT_KEY
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 CommaList = Annotated[list[str], NoDecode]
+# Settings whose value is never echoed in a start-up error.
+_SECRET = {"AUTH_TOKEN", "AUTH_TOKENS", "ZAI_TOKENS", "ADMIN_TOKEN", "UPSTREAM_PROXIES"}
 
 
 class SettingsError(Exception):
@@ -83,6 +86,10 @@ class Settings(BaseSettings):
     waf_backoff_base: float = Field(60.0, gt=0)
     waf_backoff_cap: float = Field(1800.0, gt=0)
 
+    # Egress routes (issue 14): http:// (CONNECT) and socks5:// proxies and "direct";
+    # empty = direct only. Each route has its own WAF breaker.
+    upstream_proxies: CommaList = []
+
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"
@@ -113,7 +120,7 @@ class Settings(BaseSettings):
     # a stream must have begun (then UPSTREAM_IDLE_TIMEOUT bounds each silence)
     request_timeout: float = Field(300.0, gt=0)
 
-    @field_validator("auth_tokens", "zai_tokens", "cors_origins", mode="before")
+    @field_validator("auth_tokens", "zai_tokens", "cors_origins", "upstream_proxies", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -140,6 +147,12 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("upstream_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        parse_routes(value)  # a bad entry stops start-up with its reason (never its password)
+        return value
 
     @field_validator("zai_fe_version")
     @classmethod
@@ -183,5 +196,6 @@ def load_settings(**overrides: object) -> Settings:
         err = exc.errors()[0]
         name = str(err["loc"][0]).upper() if err["loc"] else ""
         msg = err["msg"].removeprefix("Value error, ")
-        line = msg if not name else f"{name}: {msg} (got {err.get('input')!r})"
+        shown = "not shown: it may hold credentials" if name in _SECRET else repr(err.get("input"))
+        line = msg if not name else f"{name}: {msg} (got {shown})"
         raise SettingsError(f"invalid setting {line}") from None

@@ -17,7 +17,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
-| ``<p>waf`` | hash | the shared WAF breaker: until (ms), backoff (s) |
+| ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s) |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
@@ -97,9 +97,8 @@ class Keys:
     def captcha(self) -> str:
         return f"{self.prefix}captcha"
 
-    @property
-    def waf(self) -> str:
-        return f"{self.prefix}waf"
+    def waf(self, route: str) -> str:
+        return f"{self.prefix}waf:{route}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

@@ -93,10 +93,11 @@ def gateway(io_loop):
 
 def _secrets() -> set[str]:
     """Every credential the suite uses: client keys, admin tokens, upstream tokens."""
-    from tests import test_fuzz, test_pool_gateway
+    from tests import test_egress, test_fuzz, test_pool_gateway
     from tests.recorded import interactions
 
     found = {API_KEY, test_pool_gateway.ADMIN, test_fuzz.ADMIN, *test_pool_gateway.TOKENS}
+    found.add(test_egress.PROXY_PASSWORD)
     for name in ("guest_auth", "guest_auth_user_role", "guest_auth_fallback"):
         body = interactions(name)[0]["response"]["body"]["string"]
         found.add(msgspec.json.decode(body)["token"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -62,6 +63,7 @@ class Seen:
     headers: HTTPHeaders
     body: bytes
     connection: int = 0  # which client connection it came on (id of its stream)
+    source: str = ""  # the client's address: a proxy's outgoing one when it came through one
 
 
 class FakeUpstream:
@@ -87,6 +89,9 @@ class FakeUpstream:
         # enable_captcha and a completion needs one of these params, each good once.
         self.captcha_valid: set[str] | None = None
         self.captcha_used: list[str] = []
+        # WAF mode (PROTOCOL.md section 6.3): POSTs to the completions path from these source
+        # addresses get the Aliyun block page (405 HTML); everything else still answers.
+        self.waf_sources: set[str] = set()
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -261,6 +266,12 @@ def _inband(error: dict) -> bytes:
     return b"data: " + json.dumps(frame).encode() + b"\n\n"
 
 
+@functools.cache
+def _waf_page() -> bytes:
+    """The recorded Aliyun block page (cassette ``error_http_405_waf``)."""
+    return _load("error_http_405_waf").responses[0]["body"]["string"]
+
+
 def _load(name: str) -> Cassette:
     file = CASSETTES / f"{name}.yaml"
     if not file.is_file():  # Cassette.load would silently give an empty cassette
@@ -290,8 +301,15 @@ class _Handler(RequestHandler):
             HTTPHeaders(req.headers),
             req.body,
             id(req.connection.stream),
+            req.remote_ip or "",
         )
         self.fake.requests.append(seen)
+        blocked = seen.source in self.fake.waf_sources
+        if blocked and seen.method == "POST" and seen.path == COMPLETIONS:
+            self.set_status(405)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(_waf_page())
+            return
         if self.fake.stall_headers and seen.path == COMPLETIONS:
             while not self.gone:
                 await asyncio.sleep(0.05)

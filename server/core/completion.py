@@ -10,6 +10,9 @@ event mid-stream), a 504 saying how many attempts it made over how long.
 Cancelling the task (the client hung up) closes the upstream socket at once. Structured
 output (``Conversation.output_format``) wraps whole completions: ``complete_structured``
 checks the answer and asks once more when it is not valid.
+Each attempt leaves by an egress route whose WAF breaker is closed; a WAF block opens that
+route's breaker for every replica and moves the request to another open route (the client
+sees nothing), or, with none left, answers ``waf_blocked`` with the soonest return.
 When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
 the caller's own first, then one from the shared pool; a rejected param is retried once only
 with another param in hand, and the token is never blamed.
@@ -24,6 +27,7 @@ from redis.exceptions import RedisError
 from server.core.chat import Conversation, Sink
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
+from server.egress import Egress, Route
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
 from server.emulation.structured import complete_structured
 from server.emulation.tool_parse import ToolCallScanner
@@ -35,50 +39,8 @@ from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
-from state.waf import WafBreaker
 
-__all__ = ["Attempts", "CaptchaSource", "WafGate", "answer_sink", "complete"]
-
-_WAF_RECHECK = 1.0  # seconds a process trusts its view of the shared breaker
-
-
-@dataclass(slots=True)
-class WafGate:
-    """This process's view of the shared WAF breaker: asks Redis at most once a second while
-    closed, and not at all while it knows the breaker is open."""
-
-    breaker: WafBreaker | None = None
-    _until: float = 0.0  # monotonic time the breaker is known open until
-    _checked: float = float("-inf")
-
-    async def hold(self, model: str) -> None:
-        """Raise ``waf_blocked`` while the breaker is open, before anything is sent."""
-        now = time.monotonic()
-        if self.breaker is not None and now >= self._until and now - self._checked >= _WAF_RECHECK:
-            self._checked = now
-            try:
-                self._until = now + await self.breaker.open_for()
-            except RedisError as exc:
-                logger.debug("WAF breaker unreachable: {}", exc)
-        if now < self._until:
-            raise GatewayError(
-                "waf_blocked",
-                "the shared breaker is open",
-                model=model,
-                retry_after=self._until - now,
-            )
-
-    async def trip(self, err: GatewayError) -> None:
-        if self.breaker is None:
-            return
-        try:
-            left = await self.breaker.trip()
-        except RedisError as exc:
-            logger.warning("WAF breaker unreachable: {}", exc)
-            return
-        self._until = time.monotonic() + left
-        err.retry_after = left
-        logger.warning("upstream WAF block: completions held back for {:.0f} s", left)
+__all__ = ["Attempts", "CaptchaSource", "answer_sink", "complete"]
 
 
 @dataclass(slots=True)
@@ -129,7 +91,7 @@ async def complete(
     settings: Settings,
     attempts: Attempts | None = None,
     captchas: CaptchaSource | None = None,
-    waf: WafGate | None = None,
+    egress: Egress | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
@@ -137,7 +99,7 @@ async def complete(
         # The schema goes into the prompt and the answer is checked (retried once) around
         # whole completions, each with its own upstream attempts below.
         async def once(attempt: Conversation, holder: Sink) -> None:
-            await complete(attempt, holder, tokens, client, settings, attempts, captchas, waf)
+            await complete(attempt, holder, tokens, client, settings, attempts, captchas, egress)
 
         await complete_structured(conv, sink, conv.output_format, once)
         return
@@ -145,31 +107,37 @@ async def complete(
     rejected: GatewayError | None = None
     retries = settings.upstream_retries
     upstream_conv = render_for_upstream(conv)
+    unseen = ""  # a param sent on a blocked route: the WAF stopped it, the upstream never saw it
     while True:
         attempts.count += 1
         # A fresh scanner per attempt: a retry never sees text held back by the failed one.
         attempt_sink = answer_sink(sink, conv, settings.scan_limit)
-        param = ""
-        if caller and captchas.mode != "off":
+        param, unseen = unseen, ""
+        if param:
+            pass
+        elif caller and captchas.mode != "off":
             param, caller = caller, ""
         elif await captchas.needed(client):
             param = await captchas.take()
         if rejected is not None and not param:
             await sink.fail(rejected)  # no other param to try: the first answer stands
             return
+        route = None
         try:
-            if waf is not None:
-                await waf.hold(conv.model.id)
-            await _attempt(upstream_conv, attempt_sink, tokens, client, param)
+            if egress is not None:
+                route = await egress.pick(conv.model.id)
+            await _attempt(upstream_conv, attempt_sink, tokens, client, param, route)
             return
         except GatewayError as err:
-            if err.kind == "waf_blocked" and waf is not None and err.retry_after is None:
-                await waf.trip(err)
+            moved = False  # a blocked route, another open: the request moves there
+            if err.kind == "waf_blocked" and route is not None and err.retry_after is None:
+                moved = await egress.trip(route, err)  # type: ignore[union-attr]
+                unseen = param if moved else ""
             rejected = err if err.kind == "captcha_required" else None
             if rejected is not None:
                 err.retry_after = captchas.retry_after
             ATTEMPT_ERRORS.labels(err.kind).inc()
-            retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
+            retry = not sink.started and (moved or attempts.count <= min(err.rule.retry, retries))
             logger.info(
                 "{} upstream attempt {} failed: {} ({}){}",
                 conv.request_id,
@@ -200,13 +168,18 @@ def answer_sink(sink: Sink, conv: Conversation, scan_limit: int) -> Sink:
 
 
 async def _attempt(
-    conv: Conversation, sink: Sink, tokens: TokenSource, client: ZaiClient, captcha: str
+    conv: Conversation,
+    sink: Sink,
+    tokens: TokenSource,
+    client: ZaiClient,
+    captcha: str,
+    route: Route | None,
 ) -> None:
     cred = await tokens.acquire(conv.model)
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason = "ok", ""
     try:
-        exchange = await client.open_completion(cred, conv, captcha)
+        exchange = await client.open_completion(cred, conv, captcha, route)
         stream = AnswerStream(conv.model.id)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:

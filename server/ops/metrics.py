@@ -82,6 +82,12 @@ CAPTCHA_DEPTH = Gauge(
     "Live single-use captcha params in the shared pool (shared).",
     registry=REGISTRY,
 )
+ROUTE_BLOCKED = Gauge(
+    "zai_gateway_route_blocked_seconds",
+    "Seconds left on each egress route's WAF breaker, 0 = open to traffic (shared).",
+    ["route"],
+    registry=REGISTRY,
+)
 INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
 UPSTREAM_OPEN = Gauge(
     "zai_gateway_upstream_connections",
@@ -134,6 +140,7 @@ class Metrics(RequestHandler):
             live = await services.instances.live()  # type: ignore[attr-defined]
             captcha = services.captchas.pool  # type: ignore[attr-defined]
             depth = await captcha.depth() if captcha is not None else 0
+            routes = await services.egress.status()  # type: ignore[attr-defined]
         except (RedisError, OSError) as exc:
             logger.debug("metrics: shared state unreachable: {}", exc)
             REDIS_UP.set(0)
@@ -144,5 +151,7 @@ class Metrics(RequestHandler):
             COOLDOWN.set(max((row.cooldown_left for row in rows), default=0))
             INSTANCES.set(len(live))
             CAPTCHA_DEPTH.set(depth)
+            for route in routes:
+                ROUTE_BLOCKED.labels(route["id"]).set(route["blocked_for"])
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(REGISTRY))

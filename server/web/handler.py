@@ -270,7 +270,7 @@ class ApiHandler(RequestHandler):
             services.settings,
             self.attempts,
             services.captchas,
-            services.waf,
+            services.egress,
         )
         deadline = asyncio.get_running_loop().call_later(
             services.settings.request_timeout, self._deadline_passed, sink

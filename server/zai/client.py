@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from server.core.chat import Conversation
 from server.core.errors import GatewayError
+from server.egress import Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
@@ -54,8 +55,10 @@ class ZaiClient:
         timeouts: Timeouts,
         versions: VersionPolicy,
         facts: Facts | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self.base_url = dialect.base_url
+        self.egress = egress or Egress()
         self.dialect = dialect
         self.timeouts = timeouts
         self._pinned_version = versions.pinned
@@ -190,12 +193,13 @@ class ZaiClient:
     # Completions
 
     async def open_completion(
-        self, cred: Credential, conv: Conversation, captcha: str = ""
+        self, cred: Credential, conv: Conversation, captcha: str = "", route: Route | None = None
     ) -> Exchange:
-        """Send the completion request; return the open 200 stream or raise GatewayError."""
+        """Send the completion request (by ``route``); return the open 200 stream or raise
+        GatewayError."""
         version = await self.fe_version()
         req = build_completion(self.dialect, cred, conv, version, captcha=captcha)
-        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id)
+        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
         if exchange.status == 200:
             return exchange
         try:
@@ -222,10 +226,17 @@ class ZaiClient:
             exchange.close()
 
     async def _open(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, model: str
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        model: str,
+        route: Route | None = None,
     ) -> Exchange:
+        proxy = (route or self.egress.any()).proxy
         try:
-            return await open_stream(method, url, headers, body, self.timeouts)
+            return await open_stream(method, url, headers, body, self.timeouts, proxy)
         except TransportError as exc:
             raise _transport_failure(exc, model) from None
 

@@ -1,0 +1,157 @@
+"""Egress routes: which way each upstream call leaves (direct, or through a proxy), and each
+route's WAF breaker shared by every replica.
+
+Owns ``Route``, ``parse_routes`` and ``Egress``. ``UPSTREAM_PROXIES`` lists the routes
+(``http://`` and ``socks5://`` proxy URLs, and ``direct``; empty = direct only). The Aliyun
+WAF blocks per IP address, so a block seen on one route opens that route's breaker only
+(``state/waf.py``, one hash per route id) and the request moves to the next route. ``pick``
+hands out the routes whose breakers are closed in turn (per process: the breakers are what
+replicas must agree on, not the turn); with none left it raises ``waf_blocked`` with the
+soonest return as Retry-After. A process reads every breaker in one Lua call at most once a
+second, and not at all while it knows every route is open. Route ids (``direct``,
+``proxy-<hash>``) and labels never carry a proxy's credentials: they are what logs, the status
+API and metrics show.
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from loguru import logger
+from redis.exceptions import RedisError
+
+from server.core.errors import GatewayError
+from server.transport import Proxy
+from state.waf import WafBreaker
+
+__all__ = ["DIRECT", "Egress", "Route", "parse_routes"]
+
+_RECHECK = 1.0  # seconds a process trusts its view of the shared breakers
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: str  # the key of its breaker: stable across replicas, safe to show
+    proxy: Proxy | None = None
+
+    @property
+    def label(self) -> str:
+        return "direct" if self.proxy is None else self.proxy.label
+
+    def __repr__(self) -> str:
+        return f"<Route {self.id} {self.label}>"
+
+
+DIRECT = Route("direct")
+
+
+def parse_routes(entries: list[str]) -> tuple[Route, ...]:
+    """The routes of ``UPSTREAM_PROXIES`` in order, de-duplicated; ``ValueError`` on a bad
+    entry (its message never holds credentials)."""
+    routes: dict[str, Route] = {}
+    for entry in entries:
+        if entry.strip().lower() == "direct":
+            routes.setdefault("direct", DIRECT)
+            continue
+        proxy = Proxy.parse(entry)
+        # The password is left out of the id: a hash of it would be a guessing oracle.
+        who = f"{proxy.scheme}://{proxy.username}@{proxy.host}:{proxy.port}"
+        rid = "proxy-" + hashlib.sha256(who.encode()).hexdigest()[:10]
+        routes.setdefault(rid, Route(rid, proxy))
+    return tuple(routes.values()) or (DIRECT,)
+
+
+@dataclass(slots=True)
+class Egress:
+    routes: tuple[Route, ...] = (DIRECT,)
+    breaker: WafBreaker | None = None
+    _turn: int = 0
+    _until: dict[str, float] = field(default_factory=dict)  # route id -> monotonic time
+    _checked: float = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"<Egress {', '.join(route.label for route in self.routes)}>"
+
+    async def pick(self, model: str = "") -> Route:
+        """The next route whose breaker is closed; ``waf_blocked`` when every one is open."""
+        await self._refresh()
+        route = self._next_open(time.monotonic())
+        if route is not None:
+            return route
+        left = self.blocked_for()
+        which = "the shared breaker is open" if len(self.routes) == 1 else "every egress route"
+        detail = which if len(self.routes) == 1 else f"{which} ({len(self.routes)}) is blocked"
+        raise GatewayError("waf_blocked", detail, model=model, retry_after=left)
+
+    def any(self) -> Route:
+        """A route for a call the WAF does not gate (home page, sign-in, config): the next
+        open one if known, else the next in turn."""
+        route = self._next_open(time.monotonic())
+        if route is None:
+            route = self.routes[self._turn % len(self.routes)]
+            self._turn += 1
+        return route
+
+    def blocked_for(self) -> float:
+        """Seconds until the first blocked route returns (0 when one is open)."""
+        now = time.monotonic()
+        lefts = [self._until.get(route.id, 0.0) - now for route in self.routes]
+        return max(0.0, min(lefts))
+
+    async def trip(self, route: Route, err: GatewayError) -> bool:
+        """Open ``route``'s breaker for every replica; returns whether another route is open
+        (the request may move there)."""
+        left = self.breaker.base if self.breaker is not None else 0.0
+        if self.breaker is not None:
+            try:
+                left = await self.breaker.trip(route.id)
+            except RedisError as exc:
+                logger.warning("WAF breaker unreachable: {}", exc)
+        self._until[route.id] = time.monotonic() + left
+        logger.warning(
+            "upstream WAF block on route {} ({}): completions held back on it for {:.0f} s",
+            route.id,
+            route.label,
+            left,
+        )
+        if self._next_open(time.monotonic(), advance=False) is not None:
+            return True
+        err.retry_after = self.blocked_for()  # the first route to come back, maybe another
+        if len(self.routes) > 1:
+            err.detail = f"{err.detail}; every egress route ({len(self.routes)}) is blocked"
+        return False
+
+    async def status(self) -> list[dict]:
+        """Each route as the status API shows it: id, label, seconds its breaker has left."""
+        lefts = [0.0] * len(self.routes)
+        if self.breaker is not None:
+            lefts = await self.breaker.open_for(*(route.id for route in self.routes))
+        return [
+            {"id": route.id, "label": route.label, "blocked_for": round(left, 3)}
+            for route, left in zip(self.routes, lefts, strict=True)
+        ]
+
+    def _next_open(self, now: float, advance: bool = True) -> Route | None:
+        count = len(self.routes)
+        for step in range(count):
+            route = self.routes[(self._turn + step) % count]
+            if self._until.get(route.id, 0.0) <= now:
+                if advance:
+                    self._turn = (self._turn + step + 1) % count
+                return route
+        return None
+
+    async def _refresh(self) -> None:
+        now = time.monotonic()
+        if self.breaker is None or now - self._checked < _RECHECK:
+            return
+        if self._next_open(now, advance=False) is None and self.blocked_for() > 0:
+            return  # every route known open-breaker: nothing to ask until the first returns
+        self._checked = now
+        try:
+            lefts = await self.breaker.open_for(*(route.id for route in self.routes))
+        except RedisError as exc:
+            logger.debug("WAF breakers unreachable: {}", exc)
+            return
+        for route, left in zip(self.routes, lefts, strict=True):
+            self._until[route.id] = now + left
