@@ -7,12 +7,15 @@ WAF blocks per IP address, so a block seen on one route opens that route's break
 (``state/waf.py``, one hash per route id) and the request moves to the next route. ``pick``
 hands out the routes whose breakers are closed in turn (per process: the breakers are what
 replicas must agree on, not the turn); with none left it raises ``waf_blocked`` with the
-soonest return as Retry-After. A process reads every breaker in one Lua call at most once a
-second, and not at all while it knows every route is open. Route ids (``direct``,
+soonest return as Retry-After. ``pace`` holds every upstream call to its route's slot
+(``state/pacing.py``: a floor on the gap between calls, the same for all replicas), waiting
+rather than failing up to ``PACING_MAX_WAIT``. A process reads every breaker in one Lua call
+at most once a second, and not at all while it knows every route is open. Route ids (``direct``,
 ``proxy-<hash>``) and labels never carry a proxy's credentials: they are what logs, the status
 API and metrics show.
 """
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -21,7 +24,9 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from server.core.errors import GatewayError
+from server.ops.metrics import PACING_WAIT
 from server.transport import Proxy
+from state.pacing import Pacer
 from state.waf import WafBreaker
 
 __all__ = ["DIRECT", "Egress", "Route", "parse_routes"]
@@ -65,6 +70,7 @@ def parse_routes(entries: list[str]) -> tuple[Route, ...]:
 class Egress:
     routes: tuple[Route, ...] = (DIRECT,)
     breaker: WafBreaker | None = None
+    pacer: Pacer | None = None
     _turn: int = 0
     _until: dict[str, float] = field(default_factory=dict)  # route id -> monotonic time
     _checked: float = float("-inf")
@@ -75,22 +81,45 @@ class Egress:
     async def pick(self, model: str = "") -> Route:
         """The next route whose breaker is closed; ``waf_blocked`` when every one is open."""
         await self._refresh()
-        route = self._next_open(time.monotonic())
-        if route is not None:
-            return route
+        open_routes = self._in_turn(open_only=True)
+        if open_routes:
+            self._advance(open_routes[0])
+            return open_routes[0]
         left = self.blocked_for()
         which = "the shared breaker is open" if len(self.routes) == 1 else "every egress route"
         detail = which if len(self.routes) == 1 else f"{which} ({len(self.routes)}) is blocked"
         raise GatewayError("waf_blocked", detail, model=model, retry_after=left)
 
-    def any(self) -> Route:
-        """A route for a call the WAF does not gate (home page, sign-in, config): the next
-        open one if known, else the next in turn."""
-        route = self._next_open(time.monotonic())
+    async def pace(self, route: Route | None, model: str = "") -> Route:
+        """Wait for this call's slot on ``route`` (shared by every replica), or, with none
+        given (a call the WAF does not gate: home page, sign-in, config), on whichever route
+        can send soonest, open ones first. ``pacing_backlog`` when the wait would be longer
+        than ``PACING_MAX_WAIT``."""
+        if route is not None:
+            candidates = [route]
+        else:
+            candidates = self._in_turn(open_only=True) or self._in_turn(open_only=False)
+        chosen, wait = candidates[0], 0.0
+        if self.pacer is not None:
+            try:
+                index, wait = await self.pacer.reserve([r.id for r in candidates])
+            except RedisError as exc:
+                logger.debug("pacing state unreachable, sending unpaced: {}", exc)
+                index, wait = 0, 0.0
+            if index < 0:
+                raise GatewayError(
+                    "pacing_backlog",
+                    f"the next free slot is {wait:.1f} s away",
+                    model=model,
+                    retry_after=wait,
+                )
+            chosen = candidates[index]
+            PACING_WAIT.labels(chosen.id).observe(wait)
         if route is None:
-            route = self.routes[self._turn % len(self.routes)]
-            self._turn += 1
-        return route
+            self._advance(chosen)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return chosen
 
     def blocked_for(self) -> float:
         """Seconds until the first blocked route returns (0 when one is open)."""
@@ -114,7 +143,7 @@ class Egress:
             route.label,
             left,
         )
-        if self._next_open(time.monotonic(), advance=False) is not None:
+        if self._in_turn(open_only=True):
             return True
         err.retry_after = self.blocked_for()  # the first route to come back, maybe another
         if len(self.routes) > 1:
@@ -131,21 +160,20 @@ class Egress:
             for route, left in zip(self.routes, lefts, strict=True)
         ]
 
-    def _next_open(self, now: float, advance: bool = True) -> Route | None:
-        count = len(self.routes)
-        for step in range(count):
-            route = self.routes[(self._turn + step) % count]
-            if self._until.get(route.id, 0.0) <= now:
-                if advance:
-                    self._turn = (self._turn + step + 1) % count
-                return route
-        return None
+    def _in_turn(self, open_only: bool) -> list[Route]:
+        """The routes from this process's turn on, without the known-blocked if asked."""
+        now, count = time.monotonic(), len(self.routes)
+        ordered = [self.routes[(self._turn + step) % count] for step in range(count)]
+        return [r for r in ordered if not open_only or self._until.get(r.id, 0.0) <= now]
+
+    def _advance(self, route: Route) -> None:
+        self._turn = (self.routes.index(route) + 1) % len(self.routes)
 
     async def _refresh(self) -> None:
         now = time.monotonic()
         if self.breaker is None or now - self._checked < _RECHECK:
             return
-        if self._next_open(now, advance=False) is None and self.blocked_for() > 0:
+        if not self._in_turn(open_only=True) and self.blocked_for() > 0:
             return  # every route known open-breaker: nothing to ask until the first returns
         self._checked = now
         try:

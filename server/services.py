@@ -36,6 +36,7 @@ from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys
 from state.locks import Lock
+from state.pacing import Pacer
 from state.pool import TokenPool
 from state.usage import UsageLog
 from state.waf import WafBreaker
@@ -167,7 +168,16 @@ def make_services(settings: Settings) -> Services:
     keys = Keys(settings.redis_prefix)
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
-    egress = Egress(parse_routes(settings.upstream_proxies), breaker)
+    pacer = None
+    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms:
+        pacer = Pacer(
+            redis,
+            keys,
+            settings.pacing_min_gap_ms,
+            settings.pacing_jitter_ms,
+            settings.pacing_max_wait,
+        )
+    egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
     client = zai_client(settings, Facts(redis, keys), egress)
     pool = TokenPool(
         redis,

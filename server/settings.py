@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     # empty = direct only. Each route has its own WAF breaker.
     upstream_proxies: CommaList = []
 
+    # Pacing (issue 14): a floor on the gap between upstream calls on each route, held by
+    # every replica; the gap is drawn in [min, min + jitter] ms (PROTOCOL.md 6.3: 200-500 ms)
+    pacing_min_gap_ms: int = Field(200, ge=0, le=60_000)
+    pacing_jitter_ms: int = Field(300, ge=0, le=60_000)
+    pacing_max_wait: float = Field(30.0, ge=0)
+
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"

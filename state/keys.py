@@ -18,6 +18,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 | ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s) |
+| ``<p>pace:<route>`` | string | ms time (Redis clock) the next call on that route may leave |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
@@ -99,6 +100,9 @@ class Keys:
 
     def waf(self, route: str) -> str:
         return f"{self.prefix}waf:{route}"
+
+    def pace(self, route: str) -> str:
+        return f"{self.prefix}pace:{route}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

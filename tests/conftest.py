@@ -71,6 +71,8 @@ def gateway(io_loop):
             "zai_base_url": base,
             "zai_fe_version": "",
             "guest_reserve": 0,
+            "pacing_min_gap_ms": 0,  # the suite is not the real upstream; test_pacing paces
+            "pacing_jitter_ms": 0,
             **overrides,
         }
         settings = load_settings(_env_file=None, **values)

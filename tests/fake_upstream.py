@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -64,6 +65,7 @@ class Seen:
     body: bytes
     connection: int = 0  # which client connection it came on (id of its stream)
     source: str = ""  # the client's address: a proxy's outgoing one when it came through one
+    at: float = 0.0  # time.monotonic() when its headers arrived
 
 
 class FakeUpstream:
@@ -302,6 +304,7 @@ class _Handler(RequestHandler):
             req.body,
             id(req.connection.stream),
             req.remote_ip or "",
+            time.monotonic(),
         )
         self.fake.requests.append(seen)
         blocked = seen.source in self.fake.waf_sources

@@ -249,6 +249,8 @@ class Bench:
             AUTH_TOKEN=API_KEY,
             ZAI_BASE_URL=f"http://127.0.0.1:{upstream}",
             GUEST_RESERVE=str(self.args.guest_reserve),
+            PACING_MIN_GAP_MS="0",  # the fake has no WAF: measure the gateway, not the floor
+            PACING_JITTER_MS="0",
             SINGLE_INSTANCE="off",
             LISTEN_HOST="127.0.0.1",
             LISTEN_PORT=str(port),

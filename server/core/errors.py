@@ -66,6 +66,14 @@ RULES: dict[str, Rule] = {
         message="the shared state store (Redis) is unreachable, so no pooled upstream token "
         "can be leased: {detail}",
     ),
+    "pacing_backlog": Rule(
+        429,
+        "rate_limit_error",
+        message="the gateway spaces its upstream calls (PACING_MIN_GAP_MS on each egress route, "
+        "shared by every replica, so the upstream's firewall does not block it) and the queue "
+        "is longer than PACING_MAX_WAIT ({detail}): retry after Retry-After, or add egress "
+        "routes (UPSTREAM_PROXIES)",
+    ),
     "internal": Rule(500, "server_error", message="internal error in the gateway: {detail}"),
     "structured_output_invalid": Rule(
         502,

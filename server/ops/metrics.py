@@ -16,7 +16,15 @@ from tornado.web import RequestHandler
 
 from server.transport import open_exchanges
 
-__all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_key", "observe_request"]
+__all__ = [
+    "ATTEMPT_ERRORS",
+    "PACING_WAIT",
+    "REQUESTS",
+    "RETRIES",
+    "Metrics",
+    "observe_key",
+    "observe_request",
+]
 
 REGISTRY = CollectorRegistry()
 _BUCKETS = (
@@ -80,6 +88,13 @@ COOLDOWN = Gauge(
 CAPTCHA_DEPTH = Gauge(
     "zai_gateway_captcha_pool_depth",
     "Live single-use captcha params in the shared pool (shared).",
+    registry=REGISTRY,
+)
+PACING_WAIT = Histogram(
+    "zai_gateway_pacing_wait_seconds",
+    "Time upstream calls waited for their slot on an egress route, by route.",
+    ["route"],
+    buckets=_BUCKETS,
     registry=REGISTRY,
 )
 ROUTE_BLOCKED = Gauge(

@@ -234,9 +234,9 @@ class ZaiClient:
         model: str,
         route: Route | None = None,
     ) -> Exchange:
-        proxy = (route or self.egress.any()).proxy
+        route = await self.egress.pace(route, model)
         try:
-            return await open_stream(method, url, headers, body, self.timeouts, proxy)
+            return await open_stream(method, url, headers, body, self.timeouts, route.proxy)
         except TransportError as exc:
             raise _transport_failure(exc, model) from None
 
