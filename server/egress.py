@@ -18,6 +18,7 @@ API and metrics show.
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -27,11 +28,16 @@ from server.core.errors import GatewayError
 from server.ops.metrics import PACING_WAIT
 from server.transport import Proxy
 from state.pacing import Pacer
-from state.waf import WafBreaker
+from state.waf import HALF_OPEN, WafBreaker
 
 __all__ = ["DIRECT", "Egress", "Route", "parse_routes"]
 
 _RECHECK = 1.0  # seconds a process trusts its view of the shared breakers
+_PROBE_LOCK = 20.0  # seconds one replica holds a route's probe (longer than a probe takes)
+_PROBE_WAIT = 5.0  # seconds a request waits for another replica's probe before a 503
+_PROBE_POLL = 0.25  # seconds between looks at the shared breaker while waiting for it
+
+Prober = Callable[["Route"], Awaitable[bool | None]]  # True blocked, False clear, None unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +77,29 @@ class Egress:
     routes: tuple[Route, ...] = (DIRECT,)
     breaker: WafBreaker | None = None
     pacer: Pacer | None = None
+    prober: Prober | None = None  # the dialect's bare probe of a route (ZaiClient.probe_waf)
     _turn: int = 0
+    _shut: set[str] = field(default_factory=set)  # routes whose breaker is set (or half-open)
     _until: dict[str, float] = field(default_factory=dict)  # route id -> monotonic time
     _checked: float = float("-inf")
+    _probed: dict[str, float] = field(default_factory=dict)  # route id -> last probe try
 
     def __repr__(self) -> str:
         return f"<Egress {', '.join(route.label for route in self.routes)}>"
 
     async def pick(self, model: str = "") -> Route:
-        """The next route whose breaker is closed; ``waf_blocked`` when every one is open."""
+        """The next route whose breaker is closed; ``waf_blocked`` when every one is open.
+        A route whose window is over is probed first by whichever replica takes its probe
+        lock; with no other route open, the rest wait (a few seconds) for that verdict."""
         await self._refresh()
+        await self._probe_due()
         open_routes = self._in_turn(open_only=True)
+        deadline = time.monotonic() + _PROBE_WAIT
+        while not open_routes and self._half_open() and time.monotonic() < deadline:
+            await asyncio.sleep(_PROBE_POLL)
+            await self._refresh(force=True)
+            await self._probe_due()
+            open_routes = self._in_turn(open_only=True)
         if open_routes:
             self._advance(open_routes[0])
             return open_routes[0]
@@ -122,10 +140,16 @@ class Egress:
         return chosen
 
     def blocked_for(self) -> float:
-        """Seconds until the first blocked route returns (0 when one is open)."""
+        """Seconds until the first blocked route may return (0 when one is open); a route
+        waiting for its probe counts as a few seconds away."""
         now = time.monotonic()
-        lefts = [self._until.get(route.id, 0.0) - now for route in self.routes]
-        return max(0.0, min(lefts))
+        return min(self._left(route, now) for route in self.routes)
+
+    def _left(self, route: Route, now: float) -> float:
+        if route.id not in self._shut:
+            return 0.0
+        left = self._until.get(route.id, 0.0) - now
+        return left if left > 0 else _PROBE_WAIT
 
     async def trip(self, route: Route, err: GatewayError) -> bool:
         """Open ``route``'s breaker for every replica; returns whether another route is open
@@ -137,8 +161,9 @@ class Egress:
             except RedisError as exc:
                 logger.warning("WAF breaker unreachable: {}", exc)
         self._until[route.id] = time.monotonic() + left
+        self._shut.add(route.id)
         logger.warning(
-            "upstream WAF block on route {} ({}): completions held back on it for {:.0f} s",
+            "upstream WAF block on route {} ({}): completions held back on it for {:.1f} s",
             route.id,
             route.label,
             left,
@@ -151,35 +176,83 @@ class Egress:
         return False
 
     async def status(self) -> list[dict]:
-        """Each route as the status API shows it: id, label, seconds its breaker has left."""
+        """Each route as the status API shows it: id, label, ``state`` (ok, blocked,
+        half-open: waiting for a probe) and the seconds its breaker has left."""
         lefts = [0.0] * len(self.routes)
         if self.breaker is not None:
             lefts = await self.breaker.open_for(*(route.id for route in self.routes))
         return [
-            {"id": route.id, "label": route.label, "blocked_for": round(left, 3)}
+            {
+                "id": route.id,
+                "label": route.label,
+                "state": "half-open" if left == HALF_OPEN else "blocked" if left else "ok",
+                "blocked_for": max(0.0, round(left, 3)),
+            }
             for route, left in zip(self.routes, lefts, strict=True)
         ]
 
     def _in_turn(self, open_only: bool) -> list[Route]:
         """The routes from this process's turn on, without the known-blocked if asked."""
-        now, count = time.monotonic(), len(self.routes)
+        count = len(self.routes)
         ordered = [self.routes[(self._turn + step) % count] for step in range(count)]
-        return [r for r in ordered if not open_only or self._until.get(r.id, 0.0) <= now]
+        return [r for r in ordered if not open_only or r.id not in self._shut]
+
+    def _half_open(self) -> list[Route]:
+        now = time.monotonic()
+        return [r for r in self.routes if r.id in self._shut and self._until.get(r.id, 0) <= now]
 
     def _advance(self, route: Route) -> None:
         self._turn = (self.routes.index(route) + 1) % len(self.routes)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.breaker is None or now - self._checked < _RECHECK:
+        if self.breaker is None or (now - self._checked < _RECHECK and not force):
             return
-        if not self._in_turn(open_only=True) and self.blocked_for() > 0:
-            return  # every route known open-breaker: nothing to ask until the first returns
+        if not self._in_turn(open_only=True) and not self._half_open():
+            return  # every route known blocked: nothing to ask until the first window ends
         self._checked = now
         try:
             lefts = await self.breaker.open_for(*(route.id for route in self.routes))
         except RedisError as exc:
             logger.debug("WAF breakers unreachable: {}", exc)
+            for route in self._half_open():  # no probe can be agreed on: its window is over
+                self._shut.discard(route.id)
             return
         for route, left in zip(self.routes, lefts, strict=True):
-            self._until[route.id] = now + left
+            self._until[route.id] = now + max(0.0, left)
+            if left:
+                self._shut.add(route.id)
+            else:
+                self._shut.discard(route.id)
+
+    async def _probe_due(self) -> None:
+        """Probe each half-open route whose probe lock this replica takes (at most one try
+        per route a second): clear for all, or blocked again with the backoff doubled."""
+        if self.breaker is None or self.prober is None:
+            return
+        for route in self._half_open():
+            now = time.monotonic()
+            if now - self._probed.get(route.id, float("-inf")) < _RECHECK:
+                continue
+            self._probed[route.id] = now
+            try:
+                await self._probe(route)
+            except RedisError as exc:
+                logger.debug("WAF probe of {} skipped: {}", route.id, exc)
+
+    async def _probe(self, route: Route) -> None:
+        lock = self.breaker.probe_lock(route.id, _PROBE_LOCK)  # type: ignore[union-attr]
+        if not await lock.acquire():
+            return  # another replica probes it
+        blocked = await self.prober(route)  # type: ignore[misc]
+        if blocked is None:
+            logger.info("WAF probe of route {} got no answer; trying later", route.id)
+            return  # the lock lapses by itself: no replica re-probes before it does
+        if blocked:
+            left = await self.breaker.trip(route.id)  # type: ignore[union-attr]
+            self._until[route.id] = time.monotonic() + left
+            logger.warning("route {} is still blocked: held back {:.1f} s more", route.id, left)
+        elif await self.breaker.clear(route.id):  # type: ignore[union-attr]
+            self._shut.discard(route.id)
+            logger.info("route {} is clear of the WAF again (probed): open to all", route.id)
+        await lock.release()

@@ -179,6 +179,7 @@ def make_services(settings: Settings) -> Services:
         )
     egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
     client = zai_client(settings, Facts(redis, keys), egress)
+    egress.prober = client.probe_waf
     pool = TokenPool(
         redis,
         keys,

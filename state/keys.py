@@ -17,7 +17,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
-| ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s) |
+| ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
 | ``<p>pace:<route>`` | string | ms time (Redis clock) the next call on that route may leave |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
