@@ -82,6 +82,7 @@ def _throughput(rows: list[dict], title: str) -> str:
         "redis cmd/req",
         "upstream conn/req",
         "sign-ins/req",
+        "inline",
         "errors",
         "gw warnings",
     ]
@@ -113,6 +114,7 @@ def _throughput(rows: list[dict], title: str) -> str:
                 _f(redis.get("commands_per_request"), 2),
                 _f(up.get("connections"), 2),
                 _f(up.get("auths"), 2),
+                _f(g.get("inline_signins_per_guest"), 3),
                 f"{_failures(d)}/{_failures(g)}",
                 str(sum(g.get("gateway_warnings", {}).values())),
             ]

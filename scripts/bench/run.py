@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -342,6 +343,7 @@ class Bench:
         else:
             raw, check = direct_builder(port), is_upstream_done
         pids = gw.pids if gw else []
+        guests = guest_sources(gw.port) if gw else {}
         edges: dict[str, Snapshot] = {}
         phase = await closed_loop(
             "127.0.0.1",
@@ -355,6 +357,11 @@ class Bench:
             stagger=stagger,
         )
         row = summarize(phase, edges, gw is not None)
+        if gw is not None and guests:  # warm-up included: how guests were got during the run
+            after = guest_sources(gw.port)
+            inline = after.get("inline", 0) - guests.get("inline", 0)
+            total = inline + after.get("reserve", 0) - guests.get("reserve", 0)
+            row["inline_signins_per_guest"] = inline / total if total else 0.0
         mode = "direct" if gw is None else gw.mode if face == "openai" else f"{gw.mode}, {face}"
         row.update(target=target, stream=stream, concurrency=concurrency, mode=mode)
         if gw is not None:
@@ -687,6 +694,13 @@ class Bench:
         if self.args.redis:  # WORKERS=2 needs a shared Redis
             await self.workers2()
         meta["calibration_ms_cpu0"].append(await asyncio.to_thread(calibrate, GATEWAY_CPUS))
+
+
+def guest_sources(port: int) -> dict[str, float]:
+    """The gateway's ``zai_gateway_guests_total`` by source (reserve / inline), from /metrics."""
+    status, body = http_get(port, "/metrics")
+    found = re.findall(rb'^zai_gateway_guests_total\{source="(\w+)"\} (\S+)$', body, re.M)
+    return {source.decode(): float(value) for source, value in found} if status == 200 else {}
 
 
 def ms(seconds: float) -> float:

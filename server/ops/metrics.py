@@ -18,6 +18,7 @@ from server.transport import open_exchanges
 
 __all__ = [
     "ATTEMPT_ERRORS",
+    "GUESTS",
     "PACING_WAIT",
     "REQUESTS",
     "RETRIES",
@@ -47,6 +48,13 @@ _BUCKETS = (
     300,
 )
 
+GUESTS = Counter(
+    "zai_gateway_guests",
+    "Guest credentials given to upstream attempts, by source: the shared reserve, or a "
+    "sign-in on the request's path (inline: an extra upstream round trip before the answer).",
+    ["source"],
+    registry=REGISTRY,
+)
 REQUESTS = Counter(
     "zai_gateway_requests",
     "Requests answered, by route, model and status.",
