@@ -16,8 +16,8 @@ built inside the scripts from the prefix, so this targets a single Redis, not Re
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
+from random import getrandbits
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -211,7 +211,7 @@ class TokenPool:
 
     async def acquire(self) -> Pick | Unavailable:
         keys = self.keys
-        lease_id = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        lease_id = f"{self.owner}:{getrandbits(48):012x}"
         reply = await self._acquire(
             keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
             args=[

@@ -25,7 +25,6 @@ import functools
 import hmac
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from server.core.completion import Attempts, complete
 from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.models import find_model
 from server.core.token_estimate import estimate_conversation
+from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
@@ -122,7 +122,7 @@ class ApiHandler(RequestHandler):
 
     def initialize(self, services: Any) -> None:
         self.services = services
-        self.request_id = uuid.uuid4().hex[:12]
+        self.request_id = hex_id(12)
         self.model_name = "-"
         self.attempts: Any = None
         self.first_byte: float | None = None

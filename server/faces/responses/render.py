@@ -14,12 +14,12 @@ it: Codex and the SDKs show summaries, and the upstream has no separate summary.
 """
 
 import time
-import uuid
 
 import msgspec
 
 from server.core.chat import CollectingSink, ToolCall, Usage, Writer
 from server.core.errors import GatewayError
+from server.ids import hex_id
 
 __all__ = ["ResponsesResult", "ResponsesStream", "new_response_id"]
 
@@ -35,11 +35,11 @@ _STATUS = {
 
 
 def new_response_id() -> str:
-    return f"resp_{uuid.uuid4().hex}"
+    return f"resp_{hex_id(32)}"
 
 
 def _item_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{hex_id(32)}"
 
 
 def _usage(usage: Usage | None) -> dict:
