@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # Features
     tool_support: bool = True
     scan_limit: int = Field(200_000, ge=1)
+    stream_holdback: int = Field(0, ge=0, le=100_000)
     debug_logging: bool = False
 
     # Captcha gate (issue 14): auto = when the upstream's /api/config says enable_captcha

@@ -94,6 +94,9 @@ class FakeUpstream:
         # WAF mode (PROTOCOL.md section 6.3): POSTs to the completions path from these source
         # addresses get the Aliyun block page (405 HTML); everything else still answers.
         self.waf_sources: set[str] = set()
+        # SSE bodies the next completions get instead of a cassette's, each written in one
+        # piece (a long answer arriving faster than it is read).
+        self.answers: list[bytes] = []
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -327,6 +330,12 @@ class _Handler(RequestHandler):
             self.finish(json.dumps(self.fake.model_list(token)))
             return
         rejected = self.fake._reject(seen)
+        if not rejected and seen.path == COMPLETIONS and self.fake.answers:
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.write(self.fake.answers.pop(0))
+            await self.finish()
+            self.fake.streams_completed += 1
+            return
         refusal = None if rejected else self.fake._captcha_refusal(seen)
         refusal = refusal or (None if rejected else self.fake._feature_refusal(seen))
         if refusal is not None:

@@ -360,6 +360,40 @@ def tables(results: dict) -> str:
                 "with the load generator and the fake)",
             )
         )
+    long = results.get("long_answer")
+    if long:
+        w, d = long["others_without"], long["others_during"]
+        took = (
+            f"not finished ({long['alone_error']}), {_f(long['cpu_s_per_answer'], 2)} s of CPU"
+            if long.get("alone_error")
+            else f"{_f(long['cpu_s_per_answer'], 2)} s of gateway CPU, {_f(long['alone_s'], 2)} s"
+        )
+        out.append(
+            f"\nlong answer: {long['chars']:,} characters ({long['stream_bytes'] / 1e6:.1f} MB "
+            f"streamed to the client), alone: {took}; 10 other clients (non-stream) on the "
+            "same worker:"
+        )
+        out.append(
+            _grid(
+                ["", "completions/s", "latency p50 ms", "latency p99 ms", "failures"],
+                [
+                    [
+                        "without",
+                        _f(w["completions_per_s"]),
+                        _f(w["latency_ms_p50"]),
+                        _f(w["latency_ms_p99"]),
+                        _failures(w),
+                    ],
+                    [
+                        f"while {long['long_answers_during']} long answers were read",
+                        _f(d["completions_per_s"]),
+                        _f(d["latency_ms_p50"]),
+                        _f(d["latency_ms_p99"]),
+                        _failures(d),
+                    ],
+                ],
+            )
+        )
     gateways = results.get("gateways", {})
     if gateways:
         out.append(

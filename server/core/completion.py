@@ -18,6 +18,7 @@ the caller's own first, then one from the shared pool; a rejected param is retri
 with another param in hand, and the token is never blamed.
 """
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -126,7 +127,15 @@ async def complete(
         try:
             if egress is not None:
                 route = await egress.pick(conv.model.id)
-            await _attempt(upstream_conv, attempt_sink, tokens, client, param, route)
+            await _attempt(
+                upstream_conv,
+                attempt_sink,
+                tokens,
+                client,
+                param,
+                route,
+                settings.stream_holdback,
+            )
             return
         except GatewayError as err:
             moved = False  # a blocked route, another open: the request moves there
@@ -174,21 +183,26 @@ async def _attempt(
     client: ZaiClient,
     captcha: str,
     route: Route | None,
+    holdback: int = 0,
 ) -> None:
     cred = await tokens.acquire(conv.model)
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason = "ok", ""
     try:
         exchange = await client.open_completion(cred, conv, captcha, route)
-        stream = AnswerStream(conv.model.id)
+        stream = AnswerStream(conv.model.id, holdback)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:
             try:
                 async for chunk in exchange:
                     answering = True
-                    reasoning, answer = stream.feed(chunk)
-                    if reasoning or answer:
-                        await sink.delta(reasoning, answer)
+                    for reasoning, answer in stream.slices(chunk):
+                        if reasoning or answer:
+                            await sink.delta(reasoning, answer)
+                        if stream.tired():
+                            # Chunks queued behind this one are taken without a pause: give
+                            # other clients a turn, or one long answer holds the worker.
+                            await asyncio.sleep(0)
                     if stream.done:
                         break
                 reasoning, answer = stream.end()
