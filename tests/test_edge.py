@@ -19,12 +19,18 @@ import msgspec
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from server.ops.metrics import REGISTRY
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ROOT, gateway_env
 from tests.redis_server import free_port
 
 BASE = ("home", "guest_auth")
+
+
+def refused_count(reason: str) -> float:
+    value = REGISTRY.get_sample_value("zai_gateway_connections_refused_total", {"reason": reason})
+    return value or 0.0
 
 
 def port_of(url: str) -> int:
@@ -68,10 +74,12 @@ async def test_headers_over_the_limit_are_a_json_431(gateway, size):
     # 400 kB: the client is still sending when the answer comes (the lingering close lets it
     # read the answer instead of a connection reset).
     gw = await gateway(*BASE)
+    refused = refused_count("headers_too_large")
     status, headers, body = await exchange(
         port_of(gw.url), get(extra=b"X-Big: " + b"y" * size + b"\r\n")
     )
     assert status == 431 and headers["x-should-retry"] == "false"
+    assert refused_count("headers_too_large") == refused + 1
     assert msgspec.json.decode(body)["error"]["code"] == "headers_too_large"
 
 
@@ -87,6 +95,7 @@ async def test_max_header_bytes_moves_the_limit(gateway):
 async def test_connections_over_max_connections_are_answered_503(gateway):
     gw = await gateway(*BASE, max_connections=3)
     port = port_of(gw.url)
+    refused = refused_count("max_connections")
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
     await asyncio.sleep(0.2)  # accepted and idle
     status, headers, body = await exchange(port, get())
@@ -94,6 +103,7 @@ async def test_connections_over_max_connections_are_answered_503(gateway):
     assert headers["x-should-retry"] == "true"
     error = msgspec.json.decode(body)["error"]
     assert error["code"] == "too_many_connections" and "MAX_CONNECTIONS (3)" in error["message"]
+    assert refused_count("max_connections") == refused + 1
     _, writer = idle.pop()
     writer.close()
     await asyncio.sleep(0.2)
@@ -177,7 +187,9 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
         before, started = proc_cpu_seconds(gateway.proc.pid), time.monotonic()
         await asyncio.sleep(2.0)
         busy = (proc_cpu_seconds(gateway.proc.pid) - before) / (time.monotonic() - started)
-        assert busy < 0.5, f"the server used {busy:.0%} of a CPU while out of descriptors"
+        # A spin detector, not a speed claim: paused it used 0.5 % of a CPU here; spinning
+        # (tornado's own accept loop) 28 % on this 2-core machine under load, 99 % when idle.
+        assert busy < 0.15, f"the server used {busy:.0%} of a CPU while out of descriptors"
         log = gateway.log.read_text()
         assert log.count("out of file descriptors (EMFILE") == 1, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
@@ -187,6 +199,8 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
         reply = await AsyncHTTPClient().fetch(gateway.url + "/healthz", request_timeout=20)
         assert reply.code == 200
         assert "accepting connections again after" in gateway.log.read_text()
+        metrics = await AsyncHTTPClient().fetch(gateway.url + "/metrics")
+        assert b"zai_gateway_accept_pauses_total 1.0" in metrics.body
     finally:
         for sock in idle:
             sock.close()

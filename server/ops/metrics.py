@@ -17,7 +17,9 @@ from tornado.web import RequestHandler
 from server.transport import open_exchanges
 
 __all__ = [
+    "ACCEPT_PAUSES",
     "ATTEMPT_ERRORS",
+    "EDGE_REFUSED",
     "GUESTS",
     "PACING_WAIT",
     "REQUESTS",
@@ -79,6 +81,18 @@ ATTEMPT_ERRORS = Counter(
     "zai_gateway_upstream_errors", "Failed upstream attempts, by kind.", ["kind"], registry=REGISTRY
 )
 RETRIES = Counter("zai_gateway_upstream_retries", "Upstream attempts retried.", registry=REGISTRY)
+EDGE_REFUSED = Counter(
+    "zai_gateway_connections_refused",
+    "Connections answered and closed before any request was read, by reason "
+    "(max_connections, uri_too_long, headers_too_large).",
+    ["reason"],
+    registry=REGISTRY,
+)
+ACCEPT_PAUSES = Counter(
+    "zai_gateway_accept_pauses",
+    "Times accepting paused because the process was out of file descriptors.",
+    registry=REGISTRY,
+)
 INFLIGHT = Gauge(
     "zai_gateway_inflight_requests", "Completions in flight in this process.", registry=REGISTRY
 )

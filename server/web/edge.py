@@ -30,6 +30,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from server.core.errors import GatewayError, client_should_retry
+from server.ops.metrics import ACCEPT_PAUSES, EDGE_REFUSED
 from server.web.errors import error_body
 
 __all__ = ["EdgeServer", "raw_answer"]
@@ -122,6 +123,7 @@ class _EdgeStream(IOStream):
         except OSError:  # out of descriptors: it can only be closed
             kept = None
         super().close(exc_info)
+        EDGE_REFUSED.labels(err.kind).inc()
         if kept is not None:
             _Lingering(kept, raw_answer(err))
 
@@ -166,6 +168,7 @@ class _Acceptor:
         self.loop.remove_handler(self.sock)
         if self.paused_since is None:
             self.paused_since, self.pause = time.monotonic(), _PAUSE_FIRST
+            ACCEPT_PAUSES.inc()
             logger.error(
                 "out of file descriptors ({}: {}) with {} connections open: accepting paused "
                 "until some close (raise the limit, ulimit -n, or lower MAX_CONNECTIONS)",
@@ -241,6 +244,7 @@ class EdgeServer(HTTPServer):
 
     def _refuse(self, conn: socket.socket) -> None:
         self._refused += 1
+        EDGE_REFUSED.labels("max_connections").inc()
         if self._full_since is None:
             self._full_since = time.monotonic()
             logger.warning(
