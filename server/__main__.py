@@ -106,8 +106,8 @@ def _file_descriptors(settings: Settings) -> None:
     needed = 2 * settings.max_connections + 64  # a client and an upstream socket each
     if needed > now:
         logger.warning(
-            "MAX_CONNECTIONS={} may need {} file descriptors, the limit is {}: past it, accepting"
-            " pauses (raise ulimit -n or lower MAX_CONNECTIONS)",
+            "MAX_CONNECTIONS={} may need {} file descriptors, the limit is {}: past it, new"
+            " clients get 503 (raise ulimit -n or lower MAX_CONNECTIONS)",
             settings.max_connections,
             needed,
             now,

@@ -184,6 +184,14 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
             sock.connect_ex(("127.0.0.1", gateway.port))
             idle.append(sock)
         await asyncio.sleep(1.5)  # the server has run out and is (or was) hitting EMFILE
+        # A new client is told, not left hanging (the server gives back a reserve descriptor
+        # to answer it): 503 with Retry-After, in the JSON shape.
+        told = await AsyncHTTPClient().fetch(
+            gateway.url + "/healthz", request_timeout=10, raise_error=False
+        )
+        assert told.code == 503, (told.code, told.error)
+        assert told.headers["Retry-After"] == "1"
+        assert b"out of file descriptors" in told.body
         before, started = proc_cpu_seconds(gateway.proc.pid), time.monotonic()
         await asyncio.sleep(2.0)
         busy = (proc_cpu_seconds(gateway.proc.pid) - before) / (time.monotonic() - started)
@@ -201,6 +209,8 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
         assert "accepting connections again after" in gateway.log.read_text()
         metrics = await AsyncHTTPClient().fetch(gateway.url + "/metrics")
         assert b"zai_gateway_accept_pauses_total 1.0" in metrics.body
+        shed = b'zai_gateway_connections_refused_total{reason="out_of_descriptors"}'
+        assert shed in metrics.body
     finally:
         for sock in idle:
             sock.close()

@@ -90,7 +90,7 @@ EDGE_REFUSED = Counter(
 )
 ACCEPT_PAUSES = Counter(
     "zai_gateway_accept_pauses",
-    "Times accepting paused because the process was out of file descriptors.",
+    "Episodes out of file descriptors (new clients answered 503, or accepting paused).",
     registry=REGISTRY,
 )
 INFLIGHT = Gauge(

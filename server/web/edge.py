@@ -6,8 +6,9 @@ loop and streams do not do:
 
 - Out of file descriptors (EMFILE/ENFILE), ``accept`` fails while the listening socket stays
   readable: tornado's loop retried at once, forever (99 % CPU, 135 k tracebacks in 16 s, new
-  clients hanging). Here accepting pauses, 50 ms doubling to 1 s while it keeps failing,
-  with one log line when it starts and one when it ends.
+  clients hanging). Here a descriptor kept in reserve is given back to accept each waiting
+  client and answer it 503 (the trick libuv uses); if even that fails, accepting pauses, 50 ms
+  doubling to 1 s. One log line when an episode starts, one when it ends.
 - ``MAX_CONNECTIONS``: a connection over the cap is answered 503 (JSON, ``Retry-After``)
   and closed, before it costs a stream and a request.
 - A request line or headers over ``MAX_HEADER_BYTES``: tornado closed the connection without
@@ -18,7 +19,9 @@ is read and dropped for a moment): closing a socket with unread bytes resets the
 and a reset can destroy the answer before the client reads it.
 """
 
+import contextlib
 import errno
+import os
 import socket
 import time
 from collections.abc import Iterable
@@ -39,6 +42,14 @@ _OUT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0  # seconds accepting pauses when out of descriptors
 _BATCH = 128  # connections accepted per readiness event (tornado's own number)
 _LINGER_FOR, _LINGER_BYTES = 1.0, 1 << 20  # what a lingering close waits for and reads
+
+
+def _reserve() -> int | None:
+    """A descriptor held only to be given back when the process runs out of them."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def raw_answer(err: GatewayError, retry_after: int | None = None) -> bytes:
@@ -129,13 +140,16 @@ class _EdgeStream(IOStream):
 
 
 class _Acceptor:
-    """Accepts connections on one listening socket; pauses while out of descriptors."""
+    """Accepts connections on one listening socket. Out of descriptors, it gives back a
+    descriptor it keeps in reserve to accept one waiting client at a time and answer it 503
+    (so clients are told rather than left hanging); when even that fails, it pauses."""
 
     def __init__(self, server: "EdgeServer", sock: socket.socket) -> None:
         self.server, self.sock, self.loop = server, sock, IOLoop.current()
-        self.paused_since: float | None = None
+        self.reserve = _reserve()
+        self.paused_since: float | None = None  # when this episode out of descriptors began
         self.pause = _PAUSE_FIRST
-        self.failures = 0
+        self.failures = self.shed = 0
         self.timer: object | None = None
         self.stopped = False
         self.loop.add_handler(sock, self._ready, IOLoop.READ)
@@ -152,33 +166,62 @@ class _Acceptor:
                 if exc.errno not in _OUT_OF:
                     raise
                 self._out_of_descriptors(exc)
-                return
+                if not self._shed_one(exc):
+                    return
+                continue
             if self.paused_since is not None:
                 logger.warning(
                     "accepting connections again after {:.1f} s out of file descriptors "
-                    "({} failed accepts)",
+                    "({} failed accepts, {} clients answered 503)",
                     time.monotonic() - self.paused_since,
                     self.failures,
+                    self.shed,
                 )
-                self.paused_since, self.failures = None, 0
+                self.paused_since, self.failures, self.shed = None, 0, 0
             self.server.take(conn, address)
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         self.failures += 1
-        self.loop.remove_handler(self.sock)
         if self.paused_since is None:
             self.paused_since, self.pause = time.monotonic(), _PAUSE_FIRST
             ACCEPT_PAUSES.inc()
             logger.error(
-                "out of file descriptors ({}: {}) with {} connections open: accepting paused "
-                "until some close (raise the limit, ulimit -n, or lower MAX_CONNECTIONS)",
+                "out of file descriptors ({}: {}) with {} connections open: new clients are "
+                "answered 503 until some close (raise the limit, ulimit -n, or lower "
+                "MAX_CONNECTIONS)",
                 errno.errorcode.get(exc.errno or 0, exc.errno),
                 exc.strerror,
                 len(self.server.connections),
             )
-        else:
-            self.pause = min(self.pause * 2, _PAUSE_MAX)
-        self.timer = self.loop.call_later(self.pause, self._resume)
+
+    def _shed_one(self, exc: OSError) -> bool:
+        """Answer one waiting client 503 with the reserve descriptor; True to go on
+        accepting. Without a reserve (taken meanwhile), accepting pauses instead, 50 ms
+        doubling to 1 s while it keeps failing."""
+        if self.reserve is not None and exc.errno in (errno.EMFILE, errno.ENFILE):
+            os.close(self.reserve)
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                self.reserve = _reserve()
+                return False  # nobody waiting: the socket is no longer readable
+            except OSError:
+                conn = None
+            if conn is not None:
+                self.shed += 1
+                EDGE_REFUSED.labels("out_of_descriptors").inc()
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(self.server.no_descriptors)
+                    conn.shutdown(socket.SHUT_WR)
+                conn.close()  # no lingering: the descriptor is the reserve's
+            self.reserve = _reserve()
+            if conn is not None and self.reserve is not None:
+                return True
+        self.loop.remove_handler(self.sock)
+        delay, self.pause = self.pause, min(self.pause * 2, _PAUSE_MAX)
+        self.timer = self.loop.call_later(delay, self._resume)
+        return False
 
     def _resume(self) -> None:
         self.timer = None
@@ -190,6 +233,9 @@ class _Acceptor:
         if self.timer is not None:
             self.loop.remove_timeout(self.timer)
         self.loop.remove_handler(self.sock)
+        if self.reserve is not None:
+            os.close(self.reserve)
+            self.reserve = None
 
 
 class EdgeServer(HTTPServer):
@@ -203,6 +249,10 @@ class EdgeServer(HTTPServer):
         self.max_header_bytes = self.conn_params.max_header_size
         self._full_since: float | None = None
         self._refused = 0
+        self.no_descriptors = raw_answer(
+            GatewayError("too_many_connections", "this gateway process is out of file descriptors"),
+            retry_after=1,
+        )
         self._busy = raw_answer(
             GatewayError(
                 "too_many_connections",
