@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(64, ge=1)
     instance_ttl: float = Field(15.0, gt=0)
 
+    # Responses API: how long a stored response (store, previous_response_id) is kept; 0 = none
+    responses_ttl: float = Field(3600.0, ge=0)
+
     # Usage per client key (counted in memory, written to Redis every interval)
     usage_flush_interval: float = Field(1.0, gt=0)
     usage_retention_days: int = Field(90, ge=1)

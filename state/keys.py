@@ -24,6 +24,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
 | ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (per minute), d, d_at (per day) |
 | ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
+| ``<p>response:<id>`` | string | a stored Responses API response and its items (JSON), with a TTL |
 | ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
 
 Client-key names share the hash tag ``{k:<id>}`` (every key one script touches hashes to
@@ -110,6 +111,9 @@ class Keys:
     @property
     def client_keys(self) -> str:
         return f"{self.prefix}keys"
+
+    def response(self, response_id: str) -> str:
+        return f"{self.prefix}response:{response_id}"
 
     def client_key(self, kid: str) -> str:
         return f"{self.prefix}{{k:{kid}}}:key"
