@@ -86,19 +86,29 @@ def chunks(text: str, words: int = 3) -> list[str]:
     return out
 
 
+def u16(text: str) -> int:
+    """Length in UTF-16 code units, as JavaScript (and ``edit_index``) counts."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 def replay(events: list[str]) -> str:
-    """The upstream buffer model; asserts every edit lands inside the text written so far."""
+    """The upstream buffer model as the page reads it (PROTOCOL.md section 6.1): an edit keeps
+    ``edit_index`` UTF-16 code units (no index: 0) then appends, a delta appends, a frame with
+    ``content`` replaces the text; asserts every edit lands inside the text written so far."""
     text = ""
     for event in events:
         data = json.loads(event).get("data")
         if not isinstance(data, dict):
             continue
-        if "edit_index" in data:
-            index = data["edit_index"]
-            assert 0 <= index <= len(text), (index, len(text))
-            text = text[:index] + data.get("edit_content", "")
-        elif "delta_content" in data:
+        if "edit_content" in data:
+            index = data.get("edit_index", 0)
+            assert 0 <= index <= u16(text), (index, u16(text))
+            kept = text.encode("utf-16-le")[: 2 * index].decode("utf-16-le")
+            text = kept + data["edit_content"]
+        elif data.get("delta_content"):
             text += data["delta_content"]
+        elif "content" in data and "error" not in data:
+            text = data["content"]
     return text
 
 
@@ -419,6 +429,75 @@ def toolcall_2026() -> list[str]:
     return events
 
 
+def utf16_rewind_2026() -> list[str]:
+    """Capture 01's thinking frames verbatim, then an answer with characters outside the BMP
+    and an edit after the usage frame that rewinds into the last sentence (already streamed)
+    and writes it again, completed (see comment)."""
+    thinking = [e for e in data_lines(capture("01")) if '"phase":"thinking"' in e]
+    assert len(thinking) > 20
+    answer = [
+        "Hi there! \U0001f44b I'm GLM \U0001f916,",
+        " trained by Z.ai. Emoji like \U0001f600\U0001f389,",
+        " math letters like \U0001d518\U0001d52b\U0001d526\U0001d520\U0001d52c\U0001d521\U0001d522",
+        " and the ideograph \U00020000 sit outside the BMP,",
+        " so each counts two UTF-16 units. What would",
+        " you like to",
+    ]
+    events = thinking + [js_frame(delta_content=d, phase="answer") for d in answer]
+    usage = {"prompt_tokens": 6, "completion_tokens": 96, "total_tokens": 102}
+    events.append(js_frame(phase="other", usage={**usage, "prompt_tokens_details": {}}))
+    text = replay(events)
+    start = text.rindex(" What would")
+    index = u16(text[:start])
+    assert index > len(text[:start])  # a code-point count would cut later, in the sentence
+    events.append(
+        js_frame(
+            edit_index=index,
+            edit_content=" What would you like to discuss? \U0001f642",
+            phase="other",
+        )
+    )
+    events.append(js_frame(phase="done", done=True))
+    return events
+
+
+def snapshot_2026() -> list[str]:
+    """A plain answer whose text is replaced by a ``content`` snapshot, then by an
+    ``edit_content`` without ``edit_index`` (index 0), each restating the text and adding to
+    it, around emoji (see comment)."""
+    first = ["Sure \U0001f44d here", " is a list:\n- one \U0001f34e", "\n- two \U0001f350"]
+    events = [js_frame(delta_content=d, phase="answer") for d in first]
+    text = "".join(first) + "\n- three \U0001f34a"
+    events.append(js_frame(content=text, phase="answer"))
+    events.append(js_frame(edit_content=text + "\n\nDone \u2705", phase="answer"))
+    events.append(js_frame(delta_content=" Enjoy \U0001f389", phase="answer"))
+    usage = {"prompt_tokens": 9, "completion_tokens": 31, "total_tokens": 40}
+    events.append(js_frame(phase="other", usage={**usage, "prompt_tokens_details": {}}))
+    events.append(js_frame(phase="done", done=True))
+    assert replay(events).endswith("Done \u2705 Enjoy \U0001f389")
+    return events
+
+
+def rewrite_streamed_2026() -> list[str]:
+    """An answer whose last sentence, already streamed, is then edited to different words
+    (see comment): the case a streaming client cannot be given exactly without holding back."""
+    deltas = ["The capital of", " Australia is Sydney", " \U0001f1e6\U0001f1fa, a", " big city."]
+    events = [js_frame(delta_content=d, phase="answer") for d in deltas]
+    text = replay(events)
+    index = u16(text[: text.index(" Sydney")])
+    events.append(
+        js_frame(
+            edit_index=index,
+            edit_content=" Canberra \U0001f1e6\U0001f1fa, a planned city.",
+            phase="answer",
+        )
+    )
+    usage = {"prompt_tokens": 7, "completion_tokens": 18, "total_tokens": 25}
+    events.append(js_frame(phase="other", usage={**usage, "prompt_tokens_details": {}}))
+    events.append(js_frame(phase="done", done=True))
+    return events
+
+
 HOME_HTML = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -599,6 +678,41 @@ def main() -> None:
         "the pasted F frame lacks the envelope's closing '}' (invalid JSON): one '}' added.\n"
         "note: its edit_index 0 / edit_content ' ' wipes the buffer, as the upstream does.",
         [(completion_request("GLM-4-6-API-V1", "Tell me a story"), sse(filtered))],
+    )
+
+    synthesized = (
+        "synthesized (PROTOCOL.md section 6.1: no capture holds a character outside the BMP,\n"
+        "a content snapshot or an index-less edit; the frame shapes are capture 01's)."
+    )
+    write(
+        "stream_utf16_edit_rewind",
+        "source: captures/01 (GLM-5, 2026-03-22): every thinking frame verbatim. "
+        + synthesized
+        + "\ncompleted: the answer, with emoji, math letters (U+1D518...) and U+20000, usage,\n"
+        "and a phase-other edit after the usage (as a 2026 trace does) whose edit_index\n"
+        "counts UTF-16 units up to the start of the last sentence, already streamed, and\n"
+        "writes that sentence again, completed. A code-point count cuts 12 characters\n"
+        "too late and repeats text. Every edit_index checked by replay in UTF-16 units.",
+        [(hi, sse(utf16_rewind_2026()))],
+    )
+    write(
+        "stream_snapshot_2026",
+        "source: "
+        + synthesized
+        + "\ncompleted: three answer deltas with emoji, a frame with content (the whole\n"
+        "text, one more line), an edit_content without edit_index (so 0: the whole text\n"
+        "again, plus a line), a last delta, usage and done.",
+        [(hi, sse(snapshot_2026()))],
+    )
+    write(
+        "edit_rewrites_streamed",
+        "source: "
+        + synthesized
+        + "\ncompleted: four answer deltas (a flag emoji: two astral characters), then an\n"
+        "edit that goes back into text already streamed and changes it ('Sydney' ->\n"
+        "'Canberra'); a streaming client has the old words unless the gateway held them\n"
+        "back (STREAM_HOLDBACK). Not a stream_* cassette: its streamed text depends on that.",
+        [(hi, sse(rewrite_streamed_2026()))],
     )
 
     inband = {

@@ -3,12 +3,13 @@ processes.
 
 Owns start-up and shutdown. With ``WORKERS`` > 1 each worker is an independent process that
 binds the port with ``SO_REUSEPORT`` (the kernel spreads connections), builds its own
-services after the fork, and the parent forwards SIGTERM/SIGINT to them. ``EVENT_LOOP``
-picks uvloop or the standard asyncio loop.
+services after the fork; the parent (``server.process.supervise``) forwards SIGTERM/SIGINT
+to them, replaces a worker that dies, and exits 1 when they keep dying. ``EVENT_LOOP`` picks
+uvloop or the standard asyncio loop. The soft file-descriptor limit is raised to the hard one
+first (``server.process.raise_fd_limit``).
 """
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from tornado.netutil import bind_sockets
 
 from server.app import make_server
 from server.logs import setup_logging
+from server.process import raise_fd_limit, supervise
 from server.services import make_services
 from server.settings import Settings, SettingsError, load_settings
 from server.uniqueness import InstanceLockError, claim_instance_lock
@@ -91,24 +93,25 @@ def _event_loop(settings: Settings) -> Runner:
     return uvloop.run
 
 
-def _run_workers(settings: Settings, run: Runner) -> None:
-    children = []
-    for _ in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:
-            run(serve(settings))
-            os._exit(0)
-        children.append(pid)
+def _run_workers(settings: Settings, run: Runner) -> int:
+    """The parent's exit status: 0 once the workers stopped on SIGTERM, 1 when they kept dying."""
+    return supervise(settings.workers, lambda: run(serve(settings)))
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for child in children:
-        os.waitpid(child, 0)
+def _file_descriptors(settings: Settings) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one; warn when MAX_CONNECTIONS cannot fit."""
+    before, now = raise_fd_limit()
+    if now != before:
+        logger.info("file descriptors: the limit was raised from {} to {}", before, now)
+    needed = 2 * settings.max_connections + 64  # a client and an upstream socket each
+    if needed > now:
+        logger.warning(
+            "MAX_CONNECTIONS={} may need {} file descriptors, the limit is {}: past it, new"
+            " clients get 503 (raise ulimit -n or lower MAX_CONNECTIONS)",
+            settings.max_connections,
+            needed,
+            now,
+        )
 
 
 def main() -> None:
@@ -119,6 +122,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.debug_logging)
+    _file_descriptors(settings)
     try:
         lock = claim_instance_lock(settings)
     except InstanceLockError as exc:
@@ -130,14 +134,17 @@ def main() -> None:
             settings.workers,
         )
         settings = settings.model_copy(update={"workers": 1})
+    status = 0
     try:
         if settings.workers > 1:
-            _run_workers(settings, run)
+            status = _run_workers(settings, run)
         else:
             run(serve(settings))
     finally:
         if lock is not None:
             lock.close()
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

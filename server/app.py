@@ -1,24 +1,24 @@
 """The tornado application: the route table.
 
-Owns ``ROUTES``, ``make_app`` and ``make_server`` (the HTTP server and its limits, the same
-in production and in tests). The services the handlers share are built per worker
-process (``server.services``), after any fork, and passed to every route.
+Owns ``ROUTES``, ``make_app`` and ``make_server`` (the HTTP server, ``server.web.edge``, and
+its limits, the same in production and in tests). The services the handlers share are built
+per worker process (``server.services``), after any fork, and passed to every route.
 """
 
-from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches
-from tornado.web import Application, StaticFileHandler
+from tornado.web import Application
 
 from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelInfoList
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.faces.responses.api import OneResponse, Responses
 from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
-from server.ops.docs import SWAGGER_STATIC, Docs, OpenAPI
+from server.ops.docs import SWAGGER_STATIC, Docs, DocsStatic, OpenAPI
 from server.ops.health import Alive, Ready
 from server.ops.keys_api import KeyList, OneKey, UsageReport
 from server.ops.metrics import Metrics
 from server.services import Services
+from server.web.edge import EdgeServer
 from server.web.handler import NotFound
 
 __all__ = ["ROUTES", "WithHeader", "make_app", "make_server"]
@@ -63,7 +63,7 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
 
 def make_app(services: Services) -> Application:
     routes = [(path, handler, {"services": services}) for path, handler in ROUTES]
-    routes.append((r"/docs/static/(.*)", StaticFileHandler, {"path": SWAGGER_STATIC}))
+    routes.append((r"/docs/static/(.*)", DocsStatic, {"path": SWAGGER_STATIC}))
     return Application(
         routes,
         default_handler_class=NotFound,
@@ -71,12 +71,14 @@ def make_app(services: Services) -> Application:
     )
 
 
-def make_server(services: Services, **options: object) -> HTTPServer:
+def make_server(services: Services, **options: object) -> EdgeServer:
     """The HTTP server for ``make_app(services)``; ``options`` are tornado's, over these."""
     settings = services.settings
     limits: dict[str, object] = {
         "max_body_size": settings.max_body_bytes + 1024,
         "body_timeout": settings.body_timeout,
         "idle_connection_timeout": 75,
+        "max_header_size": settings.max_header_bytes,
+        "max_connections": settings.max_connections,
     }
-    return HTTPServer(make_app(services), **{**limits, **options})
+    return EdgeServer(make_app(services), **{**limits, **options})

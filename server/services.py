@@ -19,10 +19,11 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.core.completion import CaptchaSource, WafGate
+from server.core.completion import CaptchaSource
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
+from server.egress import Egress, parse_routes
 from server.settings import Settings
 from server.transport import Timeouts
 from server.web.callers import Caller, static_callers
@@ -36,6 +37,7 @@ from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys
 from state.locks import Lock
+from state.pacing import Pacer
 from state.pool import TokenPool
 from state.usage import UsageLog
 from state.waf import WafBreaker
@@ -56,7 +58,7 @@ class Services:
     instances: Instances
     tokens: TokenSource
     captchas: CaptchaSource = field(default_factory=CaptchaSource)
-    waf: WafGate = field(default_factory=WafGate)
+    egress: Egress = field(default_factory=Egress)
     client_keys: ClientKeys | None = None
     usage: UsageLog | None = None
     static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
@@ -200,7 +202,19 @@ def make_services(settings: Settings) -> Services:
     redis = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
     keys = Keys(settings.redis_prefix)
     instance_id = new_instance_id()
-    client = zai_client(settings, Facts(redis, keys))
+    breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
+    pacer = None
+    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms:
+        pacer = Pacer(
+            redis,
+            keys,
+            settings.pacing_min_gap_ms,
+            settings.pacing_jitter_ms,
+            settings.pacing_max_wait,
+        )
+    egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
+    client = zai_client(settings, Facts(redis, keys), egress)
+    egress.prober = client.probe_waf
     pool = TokenPool(
         redis,
         keys,
@@ -227,7 +241,6 @@ def make_services(settings: Settings) -> Services:
     captchas = CaptchaSource(
         settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
     )
-    waf = WafGate(WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap))
     return Services(
         settings,
         redis,
@@ -238,14 +251,16 @@ def make_services(settings: Settings) -> Services:
         instances,
         tokens,
         captchas,
-        waf,
+        egress,
         client_keys=ClientKeys(redis, keys),
         usage=UsageLog(redis, keys, settings.usage_retention_days),
         static_callers=static_callers(settings.api_keys),
     )
 
 
-def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:
+def zai_client(
+    settings: Settings, facts: Facts | None = None, egress: Egress | None = None
+) -> ZaiClient:
     """The dialect's client, given the plain values it needs from the settings."""
     dialect = Dialect(
         base_url=settings.zai_base_url,
@@ -263,4 +278,4 @@ def zai_client(settings: Settings, facts: Facts | None = None) -> ZaiClient:
         fallback=settings.zai_fe_version_fallback,
         ttl=settings.zai_fe_version_ttl,
     )
-    return ZaiClient(dialect, timeouts, versions, facts)
+    return ZaiClient(dialect, timeouts, versions, facts, egress)

@@ -13,11 +13,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.core.models import find_model
+from server.egress import parse_routes
 from server.zai.signature import DEFAULT_KEY
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 CommaList = Annotated[list[str], NoDecode]
+# Settings whose value is never echoed in a start-up error.
+_SECRET = {"AUTH_TOKEN", "AUTH_TOKENS", "ZAI_TOKENS", "ADMIN_TOKEN", "UPSTREAM_PROXIES"}
 
 
 class SettingsError(Exception):
@@ -36,6 +39,10 @@ class Settings(BaseSettings):
     service_name: str = "zai-gateway"
     single_instance: Literal["auto", "on", "off"] = "auto"
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # The request line and headers together; over it: 414 (the line alone) or 431
+    max_header_bytes: int = Field(65536, ge=4096)
+    # Client connections one worker process keeps open; over it: 503 and closed
+    max_connections: int = Field(4096, ge=1)
 
     # Hostile input: how long a client may take to send its body once the headers are in
     body_timeout: float = Field(60.0, gt=0)
@@ -71,6 +78,7 @@ class Settings(BaseSettings):
     # Features
     tool_support: bool = True
     scan_limit: int = Field(200_000, ge=1)
+    stream_holdback: int = Field(0, ge=0, le=100_000)
     debug_logging: bool = False
 
     # Captcha gate (issue 14): auto = when the upstream's /api/config says enable_captcha
@@ -82,12 +90,25 @@ class Settings(BaseSettings):
     waf_backoff_base: float = Field(60.0, gt=0)
     waf_backoff_cap: float = Field(1800.0, gt=0)
 
+    # Egress routes (issue 14): http:// (CONNECT) and socks5:// proxies and "direct";
+    # empty = direct only. Each route has its own WAF breaker.
+    upstream_proxies: CommaList = []
+
+    # Pacing (issue 14): a floor on the gap between upstream calls on each route, held by
+    # every replica; the gap is drawn in [min, min + jitter] ms (PROTOCOL.md 6.3: 200-500 ms)
+    pacing_min_gap_ms: int = Field(200, ge=0, le=60_000)
+    pacing_jitter_ms: int = Field(300, ge=0, le=60_000)
+    pacing_max_wait: float = Field(30.0, ge=0)
+
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"
     redis_timeout: float = Field(0.5, gt=0)
     redis_max_connections: int = Field(64, ge=1)
     instance_ttl: float = Field(15.0, gt=0)
+
+    # Responses API: how long a stored response (store, previous_response_id) is kept; 0 = none
+    responses_ttl: float = Field(3600.0, ge=0)
 
     # Usage per client key (counted in memory, written to Redis every interval)
     usage_flush_interval: float = Field(1.0, gt=0)
@@ -108,8 +129,11 @@ class Settings(BaseSettings):
     upstream_header_timeout: float = Field(60.0, gt=0)
     upstream_idle_timeout: float = Field(120.0, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
+    # The longest a client waits with nothing: a non-streamed answer must be whole within it,
+    # a stream must have begun (then UPSTREAM_IDLE_TIMEOUT bounds each silence)
+    request_timeout: float = Field(300.0, gt=0)
 
-    @field_validator("auth_tokens", "zai_tokens", "cors_origins", mode="before")
+    @field_validator("auth_tokens", "zai_tokens", "cors_origins", "upstream_proxies", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -136,6 +160,12 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("upstream_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        parse_routes(value)  # a bad entry stops start-up with its reason (never its password)
+        return value
 
     @field_validator("zai_fe_version")
     @classmethod
@@ -179,5 +209,6 @@ def load_settings(**overrides: object) -> Settings:
         err = exc.errors()[0]
         name = str(err["loc"][0]).upper() if err["loc"] else ""
         msg = err["msg"].removeprefix("Value error, ")
-        line = msg if not name else f"{name}: {msg} (got {err.get('input')!r})"
+        shown = "not shown: it may hold credentials" if name in _SECRET else repr(err.get("input"))
+        line = msg if not name else f"{name}: {msg} (got {shown})"
         raise SettingsError(f"invalid setting {line}") from None

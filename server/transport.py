@@ -11,18 +11,26 @@ Connections whose response was read to its end are kept alive for the next reque
 the caller stops reading after its last event is drained in the background so its connection
 is kept too; a kept connection the upstream closed meanwhile is replaced once, transparently,
 when it answers nothing at all.
+Through an egress ``Proxy`` the same connection is made by first opening a tunnel: HTTP
+``CONNECT`` (basic credentials) or SOCKS5 (RFC 1928, username/password of RFC 1929, the host
+name resolved by the proxy), then TLS over it for an https upstream; kept connections are
+pooled per proxy, so a route's connections never serve another route.
 """
 
 import asyncio
+import base64
 import collections
+import ipaddress
+import socket
 import ssl
+import struct
 import time
 import weakref
 import zlib
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["Exchange", "Timeouts", "TransportError", "open_exchanges", "open_stream"]
+__all__ = ["Exchange", "Proxy", "Timeouts", "TransportError", "open_exchanges", "open_stream"]
 
 
 class TransportError(Exception):
@@ -41,7 +49,50 @@ class Timeouts:
     idle: float = 120.0
 
 
-Key = tuple[str, str, int]  # scheme, host, port
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An egress proxy. ``label`` is the only form that may be shown: credentials masked."""
+
+    scheme: str  # "http" (CONNECT tunnel) or "socks5"
+    host: str
+    port: int
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> "Proxy":
+        """``http://[user:pass@]host:port`` or ``socks5://...`` (``socks5h`` is the same:
+        names are always resolved by the proxy). Raises ``ValueError`` naming what is wrong,
+        never echoing the credentials."""
+        parts = urlsplit(url.strip())
+        scheme = {"socks5h": "socks5"}.get(parts.scheme, parts.scheme)
+        if scheme not in _PROXY_PORTS:
+            raise ValueError(
+                f"proxy scheme {parts.scheme or '(none)'!r} is not supported: use http:// "
+                "(CONNECT) or socks5://"
+            )
+        try:
+            port = parts.port or _PROXY_PORTS[scheme]
+        except ValueError:
+            raise ValueError("a proxy URL has a bad port") from None
+        if not parts.hostname:
+            raise ValueError("a proxy URL has no host")
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        return cls(scheme, parts.hostname, port, user, password)
+
+    @property
+    def label(self) -> str:
+        who = "***@" if self.username or self.password else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{who}{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"<Proxy {self.label}>"
+
+
+_PROXY_PORTS = {"http": 8080, "socks5": 1080}
+
+Key = tuple[str, str, int, Proxy | None]  # scheme, host, port, the route's proxy
 
 _END = object()
 _QUEUE_DEPTH = 4  # chunks waiting for the consumer before reading pauses
@@ -437,12 +488,18 @@ def _tls() -> ssl.SSLContext:
 
 
 async def open_stream(
-    method: str, url: str, headers: dict[str, str], body: bytes | None, timeouts: Timeouts
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    timeouts: Timeouts,
+    proxy: Proxy | None = None,
 ) -> Exchange:
-    """Send a request and return once the response headers arrived."""
+    """Send a request (through ``proxy`` when given) and return once the response headers
+    arrived."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
-    key = (parts.scheme, parts.hostname or "", parts.port or (443 if https else 80))
+    key = (parts.scheme, parts.hostname or "", parts.port or (443 if https else 80), proxy)
     raw = _request_bytes(method, parts.path or "/", parts.query, parts.netloc, headers, body)
     conn = _take_idle(key)
     if conn is not None:
@@ -471,22 +528,141 @@ def _request_bytes(
 
 
 async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
-    scheme, host, port = key
+    scheme, host, port, proxy = key
     tls = _tls() if scheme == "https" else None
+    loop = asyncio.get_running_loop()
     started = time.monotonic()
+    where = f"{host}:{port}" if proxy is None else f"{host}:{port} through {proxy.label}"
     try:
-        _, conn = await asyncio.wait_for(
-            asyncio.get_running_loop().create_connection(
+        if proxy is None:
+            connecting = loop.create_connection(
                 lambda: _Connection(key), host, port, ssl=tls, server_hostname=host if tls else None
-            ),
-            timeouts.connect,
-        )
-    except (OSError, TimeoutError) as exc:
+            )
+        else:
+            connecting = _through(proxy, key, tls)
+        _, conn = await asyncio.wait_for(connecting, timeouts.connect)
+    except (OSError, TimeoutError, _ProxyRefused) as exc:
         timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
         raise TransportError(
-            f"cannot connect to {host}:{port}: {exc or 'timeout'}", timeout=timed_out
+            f"cannot connect to {where}: {exc or 'timeout'}", timeout=timed_out
         ) from None
     return conn
+
+
+# Tunnels through an egress proxy: the handshake runs on the bare socket, then the socket is
+# handed to the event loop (with TLS for https) exactly as a direct connection would be.
+
+
+class _ProxyRefused(Exception):
+    """The proxy answered, but would not open the tunnel (the text is safe to show)."""
+
+
+_SOCKS_REPLIES = {
+    1: "general SOCKS server failure",
+    2: "connection not allowed by the proxy's rules",
+    3: "network unreachable",
+    4: "host unreachable",
+    5: "connection refused by the destination",
+    6: "TTL expired",
+    7: "command not supported",
+    8: "address type not supported",
+}
+
+
+async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None) -> tuple:
+    loop = asyncio.get_running_loop()
+    _, host, port, _ = key
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve the proxy {proxy.label}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        if proxy.scheme == "http":
+            await _connect_tunnel(loop, sock, proxy, host, port)
+        else:
+            await _socks5_tunnel(loop, sock, proxy, host, port)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return await loop.create_connection(
+            lambda: _Connection(key), sock=sock, ssl=tls, server_hostname=host if tls else None
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _connect_tunnel(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: Proxy, host: str, port: int
+) -> None:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if proxy.username or proxy.password:
+        pair = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
+        lines.append(f"Proxy-Authorization: Basic {pair}")
+    await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    answer = bytearray()
+    while b"\r\n\r\n" not in answer:  # the target says nothing before we do: no over-read
+        data = await loop.sock_recv(sock, 4096)
+        if not data:
+            raise _ProxyRefused("the proxy closed the connection before opening the tunnel")
+        answer += data
+        if len(answer) > 16384:
+            raise _ProxyRefused("the proxy's answer to CONNECT is too long")
+    status = bytes(answer).split(b"\r\n", 1)[0].decode("latin-1")
+    code = status.split(" ", 2)[1] if status.count(" ") else ""
+    if not code.startswith("2"):
+        why = " (it wants other credentials)" if code in ("401", "407") else ""
+        raise _ProxyRefused(f"the proxy refused the tunnel: {status[:80]!r}{why}")
+    if not answer.endswith(b"\r\n\r\n"):
+        raise _ProxyRefused("the proxy sent bytes after its answer to CONNECT")
+
+
+async def _socks5_tunnel(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: Proxy, host: str, port: int
+) -> None:
+    login = bool(proxy.username or proxy.password)
+    await loop.sock_sendall(sock, b"\x05\x02\x00\x02" if login else b"\x05\x01\x00")
+    version, method = await _recv_exactly(loop, sock, 2)
+    if version != 5 or method == 0xFF:
+        raise _ProxyRefused("the SOCKS5 proxy accepts none of our authentication methods")
+    if method == 2:
+        user, password = proxy.username.encode(), proxy.password.encode()
+        if len(user) > 255 or len(password) > 255:
+            raise _ProxyRefused("SOCKS5 credentials are longer than 255 bytes")
+        await loop.sock_sendall(
+            sock, bytes([1, len(user)]) + user + bytes([len(password)]) + password
+        )
+        if (await _recv_exactly(loop, sock, 2))[1] != 0:
+            raise _ProxyRefused("the SOCKS5 proxy rejected the credentials")
+    elif method != 0:
+        raise _ProxyRefused(f"the SOCKS5 proxy chose an unknown method {method}")
+    try:
+        ip = ipaddress.ip_address(host)
+        address = bytes([1 if ip.version == 4 else 4]) + ip.packed
+    except ValueError:
+        name = host.encode("idna")
+        address = bytes([3, len(name)]) + name
+    await loop.sock_sendall(sock, b"\x05\x01\x00" + address + struct.pack(">H", port))
+    _, reply, _, kind = await _recv_exactly(loop, sock, 4)
+    if reply != 0:
+        why = _SOCKS_REPLIES.get(reply, f"reply {reply}")
+        raise _ProxyRefused(f"the SOCKS5 proxy could not connect: {why}")
+    size = {1: 4, 4: 16}.get(kind)
+    if size is None:
+        size = (await _recv_exactly(loop, sock, 1))[0]
+    await _recv_exactly(loop, sock, size + 2)  # the address it bound: of no use here
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = await loop.sock_recv(sock, n - len(data))
+        if not more:
+            raise _ProxyRefused("the SOCKS5 proxy closed the connection during the handshake")
+        data += more
+    return data
 
 
 async def _exchange(conn: _Connection, method: str, raw: bytes, timeouts: Timeouts) -> Exchange:

@@ -4,7 +4,8 @@ Owns ``GuestReserve``. Anonymous requests pop guests from ``<p>guests`` (each us
 once: LPOP is atomic) so they pay no extra upstream round trip; a replica may pop a few at once
 and keep them for its next requests, so most requests pay no Redis round trip either.
 Whichever replica notices the reserve below half of ``GUEST_RESERVE`` takes a short lock and
-refills it in the background.
+refills it in the background; a replica that takes guests also tops it up every half second,
+so a sustained load finds it full rather than draining it to half first.
 Entries older than ``max_age`` are discarded rather than trusted.
 """
 
@@ -19,6 +20,9 @@ from state.keys import Keys
 from state.locks import Lock
 
 __all__ = ["GuestReserve", "StoredGuest"]
+
+
+_SIGNINS_AT_ONCE = 16  # upstream sign-ins in flight per refill (pacing still spaces them)
 
 
 class StoredGuest(msgspec.Struct):
@@ -46,13 +50,15 @@ class GuestReserve:
     def __repr__(self) -> str:
         return f"<GuestReserve size={self.size}>"
 
-    async def take(self, count: int = 1) -> tuple[list[StoredGuest], bool]:
-        """Pop up to ``count`` guests still young enough to use; the flag says the reserve is
-        low and should be refilled."""
+    async def take(self, count: int = 1) -> tuple[list[StoredGuest], int]:
+        """Pop up to ``count`` guests still young enough to use, and how many are left."""
         entries, left = await self._take(keys=[self.keys.guests], args=[count])
-        low = int(left) < max(1, self.size // 2)
         guests = [msgspec.json.decode(entry, type=StoredGuest) for entry in entries]
-        return [guest for guest in guests if self.fresh(guest)], low
+        return [guest for guest in guests if self.fresh(guest)], int(left)
+
+    def low(self, left: int) -> bool:
+        """Below half: refill now."""
+        return left < max(1, self.size // 2)
 
     def fresh(self, guest: StoredGuest) -> bool:
         return time.time() - guest.at <= self.max_age
@@ -65,8 +71,9 @@ class GuestReserve:
         try:
             missing = self.size - await self.redis.llen(self.keys.guests)
             added = 0
-            while added < missing:  # a few sign-ins at a time, pushed in one command
-                batch = await asyncio.gather(*(fetch() for _ in range(min(8, missing - added))))
+            while added < missing:  # some sign-ins at a time, pushed in one command
+                count = min(_SIGNINS_AT_ONCE, missing - added)
+                batch = await asyncio.gather(*(fetch() for _ in range(count)))
                 await self.redis.rpush(self.keys.guests, *(msgspec.json.encode(g) for g in batch))
                 added += len(batch)
             return added

@@ -18,12 +18,14 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
-| ``<p>waf`` | hash | the shared WAF breaker: until (ms), backoff (s) |
+| ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
+| ``<p>pace:<route>`` | string | ms time (Redis clock) the next call on that route may leave |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
 | ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (per minute), d, d_at (per day) |
 | ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
+| ``<p>response:<id>`` | string | a stored Responses API response and its items (JSON), with a TTL |
 | ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
 
 Client-key names share the hash tag ``{k:<id>}`` (every key one script touches hashes to
@@ -98,9 +100,11 @@ class Keys:
     def captcha(self) -> str:
         return f"{self.prefix}captcha"
 
-    @property
-    def waf(self) -> str:
-        return f"{self.prefix}waf"
+    def waf(self, route: str) -> str:
+        return f"{self.prefix}waf:{route}"
+
+    def pace(self, route: str) -> str:
+        return f"{self.prefix}pace:{route}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
@@ -108,6 +112,9 @@ class Keys:
     @property
     def client_keys(self) -> str:
         return f"{self.prefix}keys"
+
+    def response(self, response_id: str) -> str:
+        return f"{self.prefix}response:{response_id}"
 
     def client_key(self, kid: str) -> str:
         return f"{self.prefix}{{k:{kid}}}:key"

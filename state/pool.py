@@ -18,8 +18,8 @@ built inside the scripts from the prefix, so this targets a single Redis, not Re
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
+from random import getrandbits
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -255,7 +255,7 @@ class TokenPool:
     async def acquire(self) -> Pick | Unavailable:
         keys = self.keys
         # The id is made here, not in Redis, so an acquire that gets no answer can be revoked.
-        lease_id = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        lease_id = f"{self.owner}:{getrandbits(48):012x}"
         now = _ms(time.time())
         try:
             reply = await self._acquire(

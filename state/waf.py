@@ -1,16 +1,24 @@
-"""The WAF breaker every replica shares: while it is open, no completion is sent.
+"""The WAF breakers every replica shares, one per egress route: while a route's breaker is
+open, no completion is sent on that route.
 
-Owns ``WafBreaker``: one hash (``<p>waf``) with ``until`` (ms on the Redis clock) and
-``backoff`` (seconds). ``trip`` opens it for ``base`` seconds, doubling on each trip up to
-``cap``; the hash expires a backoff after it closes, so a quiet spell starts again at ``base``.
-``open_for`` says how many seconds are left (0 = closed). Both are one Lua call.
+Owns ``WafBreaker``: one hash per route (``<p>waf:<route>``) with ``until`` (ms on the Redis
+clock), ``backoff`` (seconds) and ``blocked``. ``trip`` opens a route's breaker for ``base``
+seconds, doubling on each trip up to ``cap``. When ``until`` passes the breaker is half-open
+(``blocked`` still set): it stays shut until one replica, holding the route's probe lock
+(``probe_lock``), has probed the route and ``clear``ed it (or tripped it again, doubled).
+Cleared, the hash expires a backoff later, so a quiet spell starts again at ``base``.
+``open_for`` says for each route the seconds left (0 = closed, ``HALF_OPEN`` = a probe is
+due), for all routes in one Lua call, so a replica's view of every route costs one round trip.
 """
 
 from redis.asyncio import Redis
 
 from state.keys import Keys
+from state.locks import Lock
 
-__all__ = ["WafBreaker"]
+__all__ = ["HALF_OPEN", "WafBreaker"]
+
+HALF_OPEN = -1.0
 
 _TRIP = """
 local now = redis.call('TIME')
@@ -23,17 +31,37 @@ local last = tonumber(redis.call('HGET', KEYS[1], 'backoff') or '0')
 local backoff = tonumber(ARGV[1])
 if last > 0 then backoff = math.min(tonumber(ARGV[2]), last * 2) end
 until_ms = ms + backoff * 1000
-redis.call('HSET', KEYS[1], 'until', until_ms, 'backoff', backoff)
-redis.call('PEXPIRE', KEYS[1], backoff * 2000)
-return {backoff * 1000, backoff}
+redis.call('HSET', KEYS[1], 'until', until_ms, 'backoff', backoff, 'blocked', 1)
+-- Kept until a probe clears it; the expiry only forgets a route nobody used for long.
+redis.call('PEXPIRE', KEYS[1], math.floor((backoff + 2 * tonumber(ARGV[2])) * 1000))
+return {math.floor(backoff * 1000), backoff}
 """
 
 _LEFT = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if until_ms > ms then return until_ms - ms end
-return 0
+local left = {}
+for i, key in ipairs(KEYS) do
+  local until_ms = tonumber(redis.call('HGET', key, 'until') or '0')
+  if until_ms > ms then
+    left[i] = until_ms - ms
+  elseif redis.call('HGET', key, 'blocked') then
+    left[i] = -1
+  else
+    left[i] = 0
+  end
+end
+return left
+"""
+
+_CLEAR = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if tonumber(redis.call('HGET', KEYS[1], 'until') or '0') > ms then return 0 end
+if redis.call('HDEL', KEYS[1], 'blocked') == 0 then return 0 end
+local backoff = tonumber(redis.call('HGET', KEYS[1], 'backoff') or '0')
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.floor(backoff * 2000)))
+return 1
 """
 
 
@@ -45,12 +73,25 @@ class WafBreaker:
         self.cap = cap
 
     def __repr__(self) -> str:
-        return f"<WafBreaker {self.keys.waf} {self.base:g}..{self.cap:g}s>"
+        return f"<WafBreaker {self.keys.waf('*')} {self.base:g}..{self.cap:g}s>"
 
-    async def trip(self) -> float:
-        """Open the breaker (or keep it open); returns the seconds until it closes."""
-        left_ms, _ = await self.redis.eval(_TRIP, 1, self.keys.waf, self.base, self.cap)
+    async def trip(self, route: str = "direct") -> float:
+        """Open the route's breaker (or keep it open); returns the seconds until it closes."""
+        left_ms, _ = await self.redis.eval(_TRIP, 1, self.keys.waf(route), self.base, self.cap)
         return int(left_ms) / 1000
 
-    async def open_for(self) -> float:
-        return int(await self.redis.eval(_LEFT, 1, self.keys.waf)) / 1000
+    async def open_for(self, *routes: str) -> list[float]:
+        """Seconds left on each route's breaker (0 = closed, ``HALF_OPEN`` = its window is
+        over and it waits for a probe), in the order given."""
+        names = [self.keys.waf(route) for route in routes or ("direct",)]
+        lefts = await self.redis.eval(_LEFT, len(names), *names)
+        return [HALF_OPEN if int(ms) < 0 else int(ms) / 1000 for ms in lefts]
+
+    async def clear(self, route: str = "direct") -> bool:
+        """Close a half-open breaker after a probe got through; False if it was not half-open
+        (tripped again meanwhile, or already cleared)."""
+        return bool(await self.redis.eval(_CLEAR, 1, self.keys.waf(route)))
+
+    def probe_lock(self, route: str, seconds: float) -> Lock:
+        """The lock one replica holds while it probes ``route``."""
+        return Lock(self.redis, self.keys.lock(f"waf-probe:{route}"), seconds)

@@ -71,6 +71,8 @@ def gateway(io_loop):
             "zai_base_url": base,
             "zai_fe_version": "",
             "guest_reserve": 0,
+            "pacing_min_gap_ms": 0,  # the suite is not the real upstream; test_pacing paces
+            "pacing_jitter_ms": 0,
             **overrides,
         }
         settings = load_settings(_env_file=None, **values)
@@ -93,10 +95,11 @@ def gateway(io_loop):
 
 def _secrets() -> set[str]:
     """Every credential the suite uses: client keys, admin tokens, upstream tokens."""
-    from tests import test_fuzz, test_pool_gateway
+    from tests import test_egress, test_fuzz, test_pool_gateway
     from tests.recorded import interactions
 
     found = {API_KEY, test_pool_gateway.ADMIN, test_fuzz.ADMIN, *test_pool_gateway.TOKENS}
+    found.add(test_egress.PROXY_PASSWORD)
     for name in ("guest_auth", "guest_auth_user_role", "guest_auth_fallback"):
         body = interactions(name)[0]["response"]["body"]["string"]
         found.add(msgspec.json.decode(body)["token"])

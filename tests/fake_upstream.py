@@ -23,10 +23,12 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -63,6 +65,8 @@ class Seen:
     headers: HTTPHeaders
     body: bytes
     connection: int = 0  # which client connection it came on (id of its stream)
+    source: str = ""  # the client's address: a proxy's outgoing one when it came through one
+    at: float = 0.0  # time.monotonic() when its headers arrived
 
 
 class FakeUpstream:
@@ -92,6 +96,12 @@ class FakeUpstream:
         # enable_captcha and a completion needs one of these params, each good once.
         self.captcha_valid: set[str] | None = None
         self.captcha_used: list[str] = []
+        # WAF mode (PROTOCOL.md section 6.3): POSTs to the completions path from these source
+        # addresses get the Aliyun block page (405 HTML); everything else still answers.
+        self.waf_sources: set[str] = set()
+        # SSE bodies the next completions get instead of a cassette's, each written in one
+        # piece (a long answer arriving faster than it is read).
+        self.answers: list[bytes] = []
         self._random = random.Random(seed)
         self._cassettes = [_load(name) for name in cassettes]
         self._played: set[int] = set()
@@ -284,6 +294,12 @@ def _inband(error: dict) -> bytes:
     return b"data: " + json.dumps(frame).encode() + b"\n\n"
 
 
+@functools.cache
+def _waf_page() -> bytes:
+    """The recorded Aliyun block page (cassette ``error_http_405_waf``)."""
+    return _load("error_http_405_waf").responses[0]["body"]["string"]
+
+
 def _load(name: str) -> Cassette:
     file = CASSETTES / f"{name}.yaml"
     if not file.is_file():  # Cassette.load would silently give an empty cassette
@@ -313,6 +329,8 @@ class _Handler(RequestHandler):
             HTTPHeaders(req.headers),
             req.body,
             id(req.connection.stream),
+            req.remote_ip or "",
+            time.monotonic(),
         )
         self.fake.requests.append(seen)
         if seen.path != COMPLETIONS:
@@ -328,6 +346,12 @@ class _Handler(RequestHandler):
 
     async def _answer(self, seen: Seen) -> None:
         req = self.request
+        blocked = seen.source in self.fake.waf_sources
+        if blocked and seen.method == "POST" and seen.path == COMPLETIONS:
+            self.set_status(405)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(_waf_page())
+            return
         if self.fake.stall_headers and seen.path == COMPLETIONS:
             while not self.gone:
                 await asyncio.sleep(0.05)
@@ -347,6 +371,12 @@ class _Handler(RequestHandler):
             self.finish(json.dumps(self.fake.model_list(token)))
             return
         rejected = self.fake._reject(seen)
+        if not rejected and seen.path == COMPLETIONS and self.fake.answers:
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.write(self.fake.answers.pop(0))
+            await self.finish()
+            self.fake.streams_completed += 1
+            return
         refusal = None if rejected else self.fake._captcha_refusal(seen)
         refusal = refusal or (None if rejected else self.fake._feature_refusal(seen))
         refusal = refusal or (None if rejected else self.fake._limit_refusal(seen))

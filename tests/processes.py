@@ -17,5 +17,6 @@ _SETTINGS = {name.upper() for name in Settings.model_fields}
 def gateway_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SETTINGS}
     env.update(SINGLE_INSTANCE="off", PYTHONPATH=str(ROOT))
+    env.update(PACING_MIN_GAP_MS="0", PACING_JITTER_MS="0")  # test_pacing paces on purpose
     env.update(values)
     return env

@@ -69,3 +69,26 @@ async def test_docs_page_and_its_files_are_served_locally(gateway):
     for src in re.findall(rb'(?:src|href)="(/docs/static/[^"]+)"', page.body):
         asset = await fetch(gw.url + src.decode())
         assert asset.code == 200 and len(asset.body) > 1000, src
+
+
+async def test_docs_errors_are_json_and_a_nul_byte_is_a_404(gateway):
+    # D11: /docs/static/%00 was tornado's HTML 500 (os.path.realpath: embedded null byte), and
+    # every error of the docs routes was an HTML page.
+    gw = await gateway("home", "guest_auth")
+    cases = [
+        ("GET", "/docs/static/%00", 404, "not_found"),
+        ("GET", "/docs/static/x%00.js", 404, "not_found"),
+        ("GET", "/docs/static/no-such-file.js", 404, "not_found"),
+        ("GET", "/docs/static/..%2f..%2fpyproject.toml", 403, "invalid_request"),
+        ("POST", "/docs/static/swagger-ui.css", 405, "method_not_allowed"),
+        ("POST", "/docs", 405, "method_not_allowed"),
+        ("POST", "/openapi.json", 405, "method_not_allowed"),
+    ]
+    for method, path, status, code in cases:
+        reply = await fetch(gw.url + path, method=method, body=b"" if method == "POST" else None)
+        assert reply.code == status, (path, reply.code, reply.body[:100])
+        assert reply.headers["Content-Type"] == "application/json", path
+        assert reply.headers["x-should-retry"] == "false"
+        assert msgspec.json.decode(reply.body)["error"]["code"] == code, path
+    css = await fetch(gw.url + "/docs/static/swagger-ui.css")
+    assert css.code == 200 and css.headers["Content-Type"] == "text/css"

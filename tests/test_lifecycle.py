@@ -21,8 +21,8 @@ from tests.redis_server import free_port
 
 
 class Process:
-    def __init__(self, tmp_path: Path, **values: str) -> None:
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, port: int = 0, **values: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"gateway-{self.port}.log"
         env = gateway_env(

@@ -18,6 +18,8 @@ MODEL_FOR = {
     "stream_search_glmblock_2025": "GLM-4.5-Search",
     "stream_v2_toolcall_search_2026": "GLM-5.3-Flash-Search",
     "stream_content_filter": "GLM-4.5",
+    "stream_utf16_edit_rewind": "GLM-5.3-Flash-Thinking",
+    "stream_snapshot_2026": "GLM-4.7",
 }
 
 

@@ -262,11 +262,28 @@ async def test_anonymous_requests_take_guests_a_few_per_round_trip(gateway):
         for _ in range(6):
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
         # two round trips took four guests each: six used, two kept for the next requests
-        assert await services.redis.llen(reserve) == 8
+        assert len(services.guests._held) == 2
+        await services.guests._refill  # a take tops the reserve up (twice a second at most)
+        left = await services.redis.llen(reserve)
         for _ in range(2):
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
-        assert await services.redis.llen(reserve) == 8  # served by the two kept
+        assert not services.guests._held  # served by the two kept: no round trip, no take
+        assert await services.redis.llen(reserve) == left
     assert len(gw.completions_seen()) == 8
+
+
+async def test_a_reserve_in_use_is_kept_full_not_left_to_drain_to_half(gateway):
+    gw = await gateway("home", "guest_auth", OK, guest_reserve=16)
+    services = gw.services
+    await services.guests._refill
+    async with gw.openai() as client:
+        await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    # One take of four left 12, above half: it used to stay at 12 until a take left fewer
+    # than 8, so a sustained load met a half-empty reserve and signed in on its path.
+    await services.guests._refill
+    assert await services.redis.llen(services.keys.guests) == 16
+    signins = [r for r in gw.fake.requests if r.path.startswith("/api/v1/auths")]
+    assert len(signins) == 16 + 4
 
 
 async def test_redis_unreachable_fails_fast_and_guests_keep_working(gateway):

@@ -5,7 +5,7 @@ capture's thinking as a ``reasoning`` item (one summary part) and its answer as 
 ``message`` item, with usage; a function tool round trip (``function_call`` out,
 ``function_call_output`` back in) must reach the upstream in the tool protocol; the event
 sequence must be the one the SDKs and Codex parse (numbered, items opened and closed in order);
-what the gateway cannot do statelessly (``previous_response_id``) is a 400 naming the field;
+what the gateway does not do (``conversation``, ``background``) is a 400 naming the field;
 a stream that fails midway ends with ``error`` + ``response.failed``.
 """
 
@@ -198,7 +198,7 @@ async def test_tool_choice_named_and_refusals(gateway):
         )
         assert response.tool_choice.name == "get_weather"
         cases = [
-            ({"previous_response_id": "resp_123"}, "previous_response_id"),
+            ({"background": True}, "background"),
             ({"tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
             ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
             ({"input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, None),
@@ -244,7 +244,7 @@ async def test_unknown_model_and_bad_key(gateway):
             await client.responses.create(model="gpt-99", input="hi")
         with pytest.raises(openai.NotFoundError) as caught:
             await client.responses.retrieve("resp_abc")
-        assert "stores no responses" in caught.value.message
+        assert "was not stored, was deleted, or expired" in caught.value.message
     async with gw.openai(api_key="sk-wrong") as client:
         with pytest.raises(openai.AuthenticationError):
             await client.responses.create(model=MODEL, input="hi")

@@ -38,29 +38,30 @@ async def test_guest_reserve_refills_and_each_guest_is_used_once(redis):
         made += 1
         return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
 
-    assert await reserve.take() == ([], True)
+    assert await reserve.take() == ([], 0)
+    assert reserve.low(0) and reserve.low(2) and not reserve.low(3)
     assert await reserve.refill(fetch) == 6
     other = GuestReserve(redis, KEYS, size=6)
     taken = await asyncio.gather(*(r.take(n) for r, n in [(reserve, 1), (other, 3), (reserve, 2)]))
     tokens = [guest.token for guests, _ in taken for guest in guests]
     assert [len(guests) for guests, _ in taken] == [1, 3, 2]
     assert sorted(tokens) == sorted(f"token-{i}" for i in range(1, 7))
-    assert await reserve.take(4) == ([], True)  # empty now, and low
+    assert await reserve.take(4) == ([], 0)  # empty now
 
 
 async def test_a_burst_of_anonymous_requests_pops_its_guests_in_one_round_trip(redis):
-    reserve = GuestReserve(redis, KEYS, size=40)  # a batch of 8; more than 20 left: not low
-    stored = [StoredGuest(f"token-{n}", f"user-{n}", "Guest", time.time()) for n in range(60)]
+    reserve = GuestReserve(redis, KEYS, size=40)  # a batch of 8; 40 or more left: full
+    stored = [StoredGuest(f"token-{n}", f"user-{n}", "Guest", time.time()) for n in range(80)]
     await redis.rpush(KEYS.guests, *(msgspec.json.encode(guest) for guest in stored))
     guests = GuestTokens(client=None, reserve=reserve)  # type: ignore[arg-type]
     model = require_model("GLM-4.5")
     creds = await asyncio.gather(*(guests.acquire(model) for _ in range(20)))
     assert len({cred.token for cred in creds}) == 20  # each guest used once
-    assert await redis.llen(KEYS.guests) == 60 - 27  # one pop: the 20 waiting, 7 kept
+    assert await redis.llen(KEYS.guests) == 80 - 27  # one pop: the 20 waiting, 7 kept
     more = [await guests.acquire(model) for _ in range(7)]
-    assert await redis.llen(KEYS.guests) == 33  # served by the 7 kept
+    assert await redis.llen(KEYS.guests) == 53  # served by the 7 kept
     assert not {cred.token for cred in more} & {cred.token for cred in creds}
-    assert guests._refill is None  # never low
+    assert guests._refill is None  # never short of its size: nothing to top up
 
 
 async def test_refill_is_done_by_one_replica_at_a_time(redis):

@@ -7,7 +7,9 @@ request carries a token, as the pool's token checks do), ``POST
 /api/v2/chat/completions`` (the recorded SSE stream, chunked). Each listener has a pace:
 0 writes the whole answer in one piece (so the fake is never the bottleneck), > 0 writes one
 event at a time with that many seconds between events, as the real upstream streams.
-Keep-alive is honoured unless the request says ``Connection: close``. ``GET /__stats``
+A completion whose request body holds ``LONG_MARKER`` gets, with ``--long N``, a generated
+answer of N characters in deltas of one to three words (written in one piece): the long-answer
+phase. Keep-alive is honoured unless the request says ``Connection: close``. ``GET /__stats``
 answers this listener's counters as JSON (``?reset`` zeroes ``max_open`` after reading),
 with the arrival times of the last completion requests (to split a time to first byte into
 before and after the upstream request). Completion requests pass the real upstream's checks
@@ -33,12 +35,14 @@ import yaml
 
 from scripts.upstream_checks import refusal
 
-__all__ = ["Answers", "Stats", "load_answers", "serve"]
+__all__ = ["LONG_MARKER", "Answers", "Stats", "load_answers", "long_events", "serve"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CASSETTES = ROOT / "cassettes"
 COMPLETIONS = b"/api/v2/chat/completions"
 AUTHS = (b"/api/v1/auths/", b"/api/v1/auths/guest")
+LONG_MARKER = b"LONG-ANSWER"
+_WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "in", "rain")
 _ARRIVALS = 64  # completion arrival times kept (same clock as the benchmark's: CLOCK_MONOTONIC)
 
 
@@ -101,6 +105,20 @@ def load_answers(stream: str) -> Answers:
     return Answers(home, guest, user, events)
 
 
+def long_events(chars: int) -> bytes:
+    """An SSE body streaming ``chars`` characters of answer, one to three words a frame."""
+    frames, size, i = [], 0, 0
+    while size < chars:
+        i += 1
+        delta = " ".join(_WORDS[(i * 7 + k) % len(_WORDS)] for k in range(1 + i % 3)) + " "
+        size += len(delta)
+        data = {"delta_content": delta, "phase": "answer"}
+        frame = json.dumps({"type": "chat:completion", "data": data}, separators=(",", ":"))
+        frames.append(b"data: " + frame.encode() + b"\n\n")
+    frames.append(b'data: {"type":"chat:completion","data":{"phase":"done","done":true}}\n\n')
+    return b"".join(frames)
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
@@ -119,7 +137,7 @@ def _head(status: str, content_type: bytes, close: bool, length: int | None) -> 
 class _Listener:
     """One port: its pace, its counters, and its pre-built answers."""
 
-    def __init__(self, answers: Answers, pace: float, verify: bool) -> None:
+    def __init__(self, answers: Answers, pace: float, verify: bool, long: bytes = b"") -> None:
         self.pace = pace
         self.verify = verify
         found = re.search(rb"prod-fe-[0-9.]+", answers.home)
@@ -131,6 +149,9 @@ class _Listener:
         body = b"".join(answers.events)
         self.fast = {
             close: self.sse_head[close] + _chunk(body) + b"0\r\n\r\n" for close in (False, True)
+        }
+        self.long = {
+            close: self.sse_head[close] + _chunk(long) + b"0\r\n\r\n" for close in (False, True)
         }
         self.json = {}
         for name, payload, kind in (
@@ -207,10 +228,13 @@ class _Conn(asyncio.Protocol):
                 return
             stats.arrivals.append(time.monotonic())
             del stats.arrivals[:-_ARRIVALS]
-            if listener.pace > 0:
+            if LONG_MARKER in body:
+                self.transport.write(listener.long[close])
+            elif listener.pace > 0:
                 self.task = asyncio.ensure_future(self._paced(close))
                 return
-            self.transport.write(listener.fast[close])
+            else:
+                self.transport.write(listener.fast[close])
             stats.completed += 1
         elif path in AUTHS:
             # A token check carries the token (a pooled user account); a sign-in carries none.
@@ -275,13 +299,18 @@ def _refusal(
 
 
 async def serve(
-    answers: Answers, paces: list[float], verify: bool = True, host: str = "127.0.0.1"
+    answers: Answers,
+    paces: list[float],
+    verify: bool = True,
+    host: str = "127.0.0.1",
+    long_chars: int = 0,
 ) -> list[int]:
     """Listen once per pace on a free port of ``host``; returns the ports, in order."""
     loop = asyncio.get_running_loop()
     ports = []
+    long = long_events(long_chars) if long_chars else b""
     for pace in paces:
-        listener = _Listener(answers, pace, verify)
+        listener = _Listener(answers, pace, verify, long)
         server = await loop.create_server(
             lambda listener=listener: _Conn(listener), host, 0, backlog=4096
         )
@@ -309,10 +338,18 @@ def main(argv: list[str] | None = None) -> None:
         default="stream_glm5_plain_thinking",
         help="cassette whose completion stream is served",
     )
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        help="characters of the answer a request marked LONG-ANSWER gets (0: none)",
+    )
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        ports = await serve(load_answers(args.stream), args.pace or [0.0], args.verify)
+        ports = await serve(
+            load_answers(args.stream), args.pace or [0.0], args.verify, long_chars=args.long
+        )
         print("READY " + json.dumps(ports), flush=True)
         await asyncio.Event().wait()
 

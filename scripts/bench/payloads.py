@@ -36,9 +36,9 @@ MODEL = "GLM-4.7-Thinking"
 PROMPT = "hi"
 
 
-def chat_request(port: int, stream: bool) -> bytes:
+def chat_request(port: int, stream: bool, prompt: str = PROMPT) -> bytes:
     body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+        {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "stream": stream}
     ).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"

@@ -82,6 +82,7 @@ def _throughput(rows: list[dict], title: str) -> str:
         "redis cmd/req",
         "upstream conn/req",
         "sign-ins/req",
+        "inline",
         "errors",
         "gw warnings",
     ]
@@ -113,6 +114,7 @@ def _throughput(rows: list[dict], title: str) -> str:
                 _f(redis.get("commands_per_request"), 2),
                 _f(up.get("connections"), 2),
                 _f(up.get("auths"), 2),
+                _f(g.get("inline_signins_per_guest"), 3),
                 f"{_failures(d)}/{_failures(g)}",
                 str(sum(g.get("gateway_warnings", {}).values())),
             ]
@@ -356,6 +358,40 @@ def tables(results: dict) -> str:
                 results["workers2"],
                 "\nWORKERS=2, shared redis-server, nothing pinned (2 cores shared "
                 "with the load generator and the fake)",
+            )
+        )
+    long = results.get("long_answer")
+    if long:
+        w, d = long["others_without"], long["others_during"]
+        took = (
+            f"not finished ({long['alone_error']}), {_f(long['cpu_s_per_answer'], 2)} s of CPU"
+            if long.get("alone_error")
+            else f"{_f(long['cpu_s_per_answer'], 2)} s of gateway CPU, {_f(long['alone_s'], 2)} s"
+        )
+        out.append(
+            f"\nlong answer: {long['chars']:,} characters ({long['stream_bytes'] / 1e6:.1f} MB "
+            f"streamed to the client), alone: {took}; 10 other clients (non-stream) on the "
+            "same worker:"
+        )
+        out.append(
+            _grid(
+                ["", "completions/s", "latency p50 ms", "latency p99 ms", "failures"],
+                [
+                    [
+                        "without",
+                        _f(w["completions_per_s"]),
+                        _f(w["latency_ms_p50"]),
+                        _f(w["latency_ms_p99"]),
+                        _failures(w),
+                    ],
+                    [
+                        f"while {long['long_answers_during']} long answers were read",
+                        _f(d["completions_per_s"]),
+                        _f(d["latency_ms_p50"]),
+                        _f(d["latency_ms_p99"]),
+                        _failures(d),
+                    ],
+                ],
             )
         )
     gateways = results.get("gateways", {})

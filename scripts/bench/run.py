@@ -13,6 +13,9 @@ generator (this process), the fake upstream and redis-server to CPU 1. Phases, i
    straight and through the gateway; the difference is what the gateway adds.
 4. 1,000 slow streams opened together on one worker: how many complete, RSS per open stream.
 5. WORKERS=2 on the shared Redis, nothing pinned (both workers and the load share 2 cores).
+6. a long answer (``long_chars``, 2 MB, token-sized deltas written at once by the upstream):
+   CPU to read one alone, then ten other clients' latency without and with long answers
+   being read by the same worker.
 
 Every phase is bounded; the whole run has a time budget, after which it stops, writes
 what it has and ends every child it started (also on Ctrl-C or SIGTERM).
@@ -26,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,8 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scripts.bench import report
-from scripts.bench.client import Check, Phase, closed_loop, open_streams, percentile
-from scripts.bench.fake import ROOT, load_answers
+from scripts.bench.client import Check, Connection, Phase, closed_loop, open_streams, percentile
+from scripts.bench.fake import LONG_MARKER, ROOT, load_answers
 from scripts.bench.payloads import (
     API_KEY,
     chat_request,
@@ -101,6 +105,9 @@ class Plan:
     transport_requests: int
     wrk_seconds: float  # 0: no wrk
     profile_seconds: float  # 0: no profile
+    long_chars: int  # the long answer's size
+    long_window: tuple[float, float]  # the other clients' warm-up and window, each run
+    long_timeout: float  # seconds one long answer may take
     budget: float  # the whole run, seconds
 
 
@@ -121,6 +128,9 @@ FULL = Plan(
     transport_requests=3000,
     wrk_seconds=5.0,
     profile_seconds=15.0,
+    long_chars=2_000_000,
+    long_window=(0.5, 8.0),
+    long_timeout=120.0,
     budget=570.0,
 )
 QUICK = Plan(
@@ -140,7 +150,10 @@ QUICK = Plan(
     transport_requests=1000,
     wrk_seconds=0.0,
     profile_seconds=0.0,
-    budget=210.0,
+    long_chars=2_000_000,
+    long_window=(0.3, 3.0),
+    long_timeout=60.0,
+    budget=240.0,
 )
 
 
@@ -227,6 +240,7 @@ class Bench:
         self.redis = RedisProbe(self.redis_port)
         paces = [0.0, self.plan.ttfb_pace, self.plan.streams_pace]
         argv = [sys.executable, "-m", "scripts.bench.fake", "--stream", STREAM_CASSETTE]
+        argv += ["--long", str(self.plan.long_chars)]
         for pace in paces:
             argv += ["--pace", str(pace)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -249,6 +263,8 @@ class Bench:
             AUTH_TOKEN=API_KEY,
             ZAI_BASE_URL=f"http://127.0.0.1:{upstream}",
             GUEST_RESERVE=str(self.args.guest_reserve),
+            PACING_MIN_GAP_MS="0",  # the fake has no WAF: measure the gateway, not the floor
+            PACING_JITTER_MS="0",
             SINGLE_INSTANCE="off",
             LISTEN_HOST="127.0.0.1",
             LISTEN_PORT=str(port),
@@ -340,6 +356,7 @@ class Bench:
         else:
             raw, check = direct_builder(port), is_upstream_done
         pids = gw.pids if gw else []
+        guests = guest_sources(gw.port) if gw else {}
         edges: dict[str, Snapshot] = {}
         phase = await closed_loop(
             "127.0.0.1",
@@ -353,6 +370,11 @@ class Bench:
             stagger=stagger,
         )
         row = summarize(phase, edges, gw is not None)
+        if gw is not None and guests:  # warm-up included: how guests were got during the run
+            after = guest_sources(gw.port)
+            inline = after.get("inline", 0) - guests.get("inline", 0)
+            total = inline + after.get("reserve", 0) - guests.get("reserve", 0)
+            row["inline_signins_per_guest"] = inline / total if total else 0.0
         mode = "direct" if gw is None else gw.mode if face == "openai" else f"{gw.mode}, {face}"
         row.update(target=target, stream=stream, concurrency=concurrency, mode=mode)
         if gw is not None:
@@ -668,6 +690,60 @@ class Bench:
                     os.sched_setaffinity(pid, LOAD_CPUS)
         self.results["workers2"] = rows
 
+    async def long_answer(self) -> None:
+        """Other clients' latency while one worker reads 2 MB answers (issue 13 D1)."""
+        plan = self.plan
+        gw = self.start_gateway("long", "fast")
+        long_raw = chat_request(gw.port, True, LONG_MARKER.decode())
+
+        async def one_long() -> tuple[object, float]:
+            conn = await Connection.open("127.0.0.1", gw.port)
+            before = cpu_seconds(gw.pids)
+            try:
+                result = await conn.request(long_raw, plan.long_timeout)
+            finally:
+                conn.close()
+            if not (result.status == 200 and is_sse_done(result)):
+                self.problems.append(f"long answer: {result.error or result.status}")
+            return result, cpu_seconds(gw.pids) - before
+
+        try:
+            alone, cpu = await one_long()
+            without = await self.measure("gateway", "fast", gw, False, 10, plan.long_window)
+            stop = asyncio.Event()
+            longs: list[float] = []
+
+            async def reader() -> None:
+                while not stop.is_set():
+                    result, _ = await one_long()
+                    if not is_sse_done(result):
+                        return
+                    longs.append(result.latency)
+
+            task = asyncio.ensure_future(reader())
+            await asyncio.sleep(0.2)
+            during = await self.measure("gateway", "fast", gw, False, 10, plan.long_window)
+            stop.set()
+            await asyncio.wait_for(task, plan.long_timeout)
+        finally:
+            self.results.setdefault("gateways", {})["long"] = self.stop_gateway(gw)
+        self.results["long_answer"] = {
+            "chars": plan.long_chars,
+            "stream_bytes": alone.size,
+            "alone_s": alone.latency,
+            "alone_error": alone.error,
+            "cpu_s_per_answer": cpu,
+            "long_answers_during": len(longs),
+            "others_without": without,
+            "others_during": during,
+        }
+        log(
+            f"long answer {plan.long_chars:,} chars: {cpu:.2f} s CPU, {alone.latency:.2f} s alone;"
+            f" 10 other clients p50/p99 {without['latency_ms_p50']:.1f}/"
+            f"{without['latency_ms_p99']:.1f} ms without, {during['latency_ms_p50']:.1f}/"
+            f"{during['latency_ms_p99']:.1f} ms while {len(longs)} long answers were read"
+        )
+
     def procs_pid(self, name: str) -> int:
         return next(pid for pid, (n, _) in self.procs.children.items() if n == name)
 
@@ -676,6 +752,9 @@ class Bench:
         meta["source_sha256"] = source_digest(self.workdir / "source")
         meta["calibration_ms_cpu0"] = [await asyncio.to_thread(calibrate, GATEWAY_CPUS)]
         self.start_infra()
+        if self.args.long_only:
+            await self.long_answer()
+            return
         await self.throughput()
         await self.pooled()
         await self.transport()
@@ -684,7 +763,15 @@ class Bench:
         await self.streams()
         if self.args.redis:  # WORKERS=2 needs a shared Redis
             await self.workers2()
+        await self.long_answer()
         meta["calibration_ms_cpu0"].append(await asyncio.to_thread(calibrate, GATEWAY_CPUS))
+
+
+def guest_sources(port: int) -> dict[str, float]:
+    """The gateway's ``zai_gateway_guests_total`` by source (reserve / inline), from /metrics."""
+    status, body = http_get(port, "/metrics")
+    found = re.findall(rb'^zai_gateway_guests_total\{source="(\w+)"\} (\S+)$', body, re.M)
+    return {source.decode(): float(value) for source, value in found} if status == 200 else {}
 
 
 def ms(seconds: float) -> float:
@@ -783,6 +870,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile in --quick too")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--py-spy", help="path to py-spy (default: PATH, .venv-tools/bench)")
+    parser.add_argument(
+        "--long-only", action="store_true", help="only the long-answer phase (issue 13 D1)"
+    )
     return parser.parse_args(argv)
 
 

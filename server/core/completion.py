@@ -4,17 +4,23 @@ Owns ``complete()``, the request path read top to bottom: take a credential -> o
 upstream stream -> read it, handing what grew to the sink -> finish -> release the
 credential with what the attempt said about it. A failure before any byte reached the client
 is retried (bounded by ``UPSTREAM_RETRIES``, only for kinds whose rule allows it) with a new
-credential; after that the sink reports it (an HTTP error, or an error event mid-stream).
+credential (an upstream that stalled midway through its answer at most once: each stall costs
+a whole ``UPSTREAM_IDLE_TIMEOUT``); after that the sink reports it (an HTTP error, or an error
+event mid-stream), a 504 saying how many attempts it made over how long.
 Cancelling the task (the client hung up) closes the upstream socket at once. Structured
 output (``Conversation.output_format``) wraps whole completions: ``complete_structured``
 checks the answer and asks once more when it is not valid.
+Each attempt leaves by an egress route whose WAF breaker is closed; a WAF block opens that
+route's breaker for every replica and moves the request to another open route (the client
+sees nothing), or, with none left, answers ``waf_blocked`` with the soonest return.
 When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
 the caller's own first, then one from the shared pool; a rejected param is retried once only
 with another param in hand, and the token is never blamed.
 """
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -22,6 +28,7 @@ from redis.exceptions import RedisError
 from server.core.chat import Conversation, Sink
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
+from server.egress import Egress, Route
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
 from server.emulation.structured import complete_structured
 from server.emulation.tool_parse import ToolCallScanner
@@ -34,50 +41,8 @@ from server.zai.client import ZaiClient
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
-from state.waf import WafBreaker
 
-__all__ = ["Attempts", "CaptchaSource", "WafGate", "answer_sink", "complete"]
-
-_WAF_RECHECK = 1.0  # seconds a process trusts its view of the shared breaker
-
-
-@dataclass(slots=True)
-class WafGate:
-    """This process's view of the shared WAF breaker: asks Redis at most once a second while
-    closed, and not at all while it knows the breaker is open."""
-
-    breaker: WafBreaker | None = None
-    _until: float = 0.0  # monotonic time the breaker is known open until
-    _checked: float = float("-inf")
-
-    async def hold(self, model: str) -> None:
-        """Raise ``waf_blocked`` while the breaker is open, before anything is sent."""
-        now = time.monotonic()
-        if self.breaker is not None and now >= self._until and now - self._checked >= _WAF_RECHECK:
-            self._checked = now
-            try:
-                self._until = now + await self.breaker.open_for()
-            except RedisError as exc:
-                logger.debug("WAF breaker unreachable: {}", exc)
-        if now < self._until:
-            raise GatewayError(
-                "waf_blocked",
-                "the shared breaker is open",
-                model=model,
-                retry_after=self._until - now,
-            )
-
-    async def trip(self, err: GatewayError) -> None:
-        if self.breaker is None:
-            return
-        try:
-            left = await self.breaker.trip()
-        except RedisError as exc:
-            logger.warning("WAF breaker unreachable: {}", exc)
-            return
-        self._until = time.monotonic() + left
-        err.retry_after = left
-        logger.warning("upstream WAF block: completions held back for {:.0f} s", left)
+__all__ = ["Attempts", "CaptchaSource", "answer_sink", "complete"]
 
 
 @dataclass(slots=True)
@@ -105,9 +70,19 @@ class CaptchaSource:
 
 @dataclass(slots=True)
 class Attempts:
-    """What happened upstream for one request, for the request log line."""
+    """What happened upstream for one request, for the request log line and the 504s."""
 
     count: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def tally(self) -> str:
+        """How many attempts, over how long: what a client waiting for nothing is told.
+
+        >>> Attempts(2, time.monotonic() - 12.34).tally()
+        '2 upstream attempts in 12.3 s'
+        """
+        plural = "" if self.count == 1 else "s"
+        return f"{self.count} upstream attempt{plural} in {time.monotonic() - self.started:.1f} s"
 
 
 async def complete(
@@ -118,7 +93,7 @@ async def complete(
     settings: Settings,
     attempts: Attempts | None = None,
     captchas: CaptchaSource | None = None,
-    waf: WafGate | None = None,
+    egress: Egress | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
@@ -126,7 +101,7 @@ async def complete(
         # The schema goes into the prompt and the answer is checked (retried once) around
         # whole completions, each with its own upstream attempts below.
         async def once(attempt: Conversation, holder: Sink) -> None:
-            await complete(attempt, holder, tokens, client, settings, attempts, captchas, waf)
+            await complete(attempt, holder, tokens, client, settings, attempts, captchas, egress)
 
         await complete_structured(conv, sink, conv.output_format, once)
         return
@@ -135,21 +110,25 @@ async def complete(
     last: GatewayError | None = None  # the previous attempt's failure
     retries = settings.upstream_retries
     upstream_conv = render_for_upstream(conv)
+    unseen = ""  # a param sent on a blocked route: the WAF stopped it, the upstream never saw it
     while True:
         attempts.count += 1
         # A fresh scanner per attempt: a retry never sees text held back by the failed one.
         attempt_sink = answer_sink(sink, conv, settings.scan_limit)
-        param = ""
-        if caller and captchas.mode != "off":
+        param, unseen = unseen, ""
+        if param:
+            pass
+        elif caller and captchas.mode != "off":
             param, caller = caller, ""
         elif await captchas.needed(client):
             param = await captchas.take()
         if rejected is not None and not param:
             await sink.fail(rejected)  # no other param to try: the first answer stands
             return
+        route = None
         try:
-            if waf is not None:
-                await waf.hold(conv.model.id)
+            if egress is not None:
+                route = await egress.pick(conv.model.id)
             try:
                 cred = await tokens.acquire(conv.model)
             except GatewayError as err:
@@ -162,17 +141,28 @@ async def complete(
                     last.retry_after = last.retry_after or err.retry_after
                 await sink.fail(last or err)
                 return
-            await _attempt(upstream_conv, attempt_sink, cred, tokens, client, param)
+            await _attempt(
+                upstream_conv,
+                attempt_sink,
+                cred,
+                tokens,
+                client,
+                param,
+                route,
+                settings.stream_holdback,
+            )
             return
         except GatewayError as err:
             last = err
-            if err.kind == "waf_blocked" and waf is not None and err.retry_after is None:
-                await waf.trip(err)
+            moved = False  # a blocked route, another open: the request moves there
+            if err.kind == "waf_blocked" and route is not None and err.retry_after is None:
+                moved = await egress.trip(route, err)  # type: ignore[union-attr]
+                unseen = param if moved else ""
             rejected = err if err.kind == "captcha_required" else None
             if rejected is not None:
                 err.retry_after = captchas.retry_after
             ATTEMPT_ERRORS.labels(err.kind).inc()
-            retry = not sink.started and attempts.count <= min(err.rule.retry, retries)
+            retry = not sink.started and (moved or attempts.count <= min(err.rule.retry, retries))
             logger.info(
                 "{} upstream attempt {} failed: {} ({}){}",
                 conv.request_id,
@@ -182,6 +172,8 @@ async def complete(
                 "; retrying" if retry else "",
             )
             if not retry:
+                if err.status == 504:
+                    err.detail = f"{err.detail} ({attempts.tally()})"
                 await sink.fail(err)
                 return
             RETRIES.inc()
@@ -207,27 +199,34 @@ async def _attempt(
     tokens: TokenSource,
     client: ZaiClient,
     captcha: str,
+    route: Route | None,
+    holdback: int = 0,
 ) -> None:
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason, failure = "ok", "", None
     try:
-        exchange = await client.open_completion(cred, conv, captcha)
-        stream = AnswerStream(conv.model.id)
+        exchange = await client.open_completion(cred, conv, captcha, route)
+        stream = AnswerStream(conv.model.id, holdback)
+        answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:
             try:
                 async for chunk in exchange:
-                    reasoning, answer = stream.feed(chunk)
-                    if reasoning or answer:
-                        await sink.delta(reasoning, answer)
+                    answering = True
+                    for reasoning, answer in stream.slices(chunk):
+                        if reasoning or answer:
+                            await sink.delta(reasoning, answer)
+                        if stream.tired():
+                            # Chunks queued behind this one are taken without a pause: give
+                            # other clients a turn, or one long answer holds the worker.
+                            await asyncio.sleep(0)
                     if stream.done:
                         break
                 reasoning, answer = stream.end()
             except StopSequenceReached:
                 reasoning = answer = ""  # the answer ends here; the upstream is closed below
         except TransportError as exc:
-            raise GatewayError(
-                "timeout" if exc.timeout else "unavailable", str(exc), model=conv.model.id
-            ) from None
+            kind = ("stalled" if answering else "timeout") if exc.timeout else "unavailable"
+            raise GatewayError(kind, str(exc), model=conv.model.id) from None
         finally:
             exchange.close(drain=stream.done)  # the connection is kept once the answer ends
         if reasoning or answer:

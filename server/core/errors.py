@@ -51,8 +51,13 @@ RULES: dict[str, Rule] = {
         message="this API key's limit of {detail} is reached: retry after the Retry-After "
         "seconds (the x-ratelimit-* headers say what is left)",
     ),
+    "uri_too_long": Rule(414, "invalid_request_error", message="{detail} (MAX_HEADER_BYTES)"),
+    "headers_too_large": Rule(431, "invalid_request_error", message="{detail} (MAX_HEADER_BYTES)"),
     # The gateway cannot serve the request
     "pool_exhausted": Rule(503, "server_error", message="{detail}"),
+    "too_many_connections": Rule(
+        503, "server_error", message="{detail}: retry in a moment, or on another instance"
+    ),
     "shutting_down": Rule(
         503,
         "server_error",
@@ -64,6 +69,14 @@ RULES: dict[str, Rule] = {
         "server_error",
         message="the shared state store (Redis) is unreachable, so no pooled upstream token "
         "can be leased: {detail}",
+    ),
+    "pacing_backlog": Rule(
+        429,
+        "rate_limit_error",
+        message="the gateway spaces its upstream calls (PACING_MIN_GAP_MS on each egress route, "
+        "shared by every replica, so the upstream's firewall does not block it) and the queue "
+        "is longer than PACING_MAX_WAIT ({detail}): retry after Retry-After, or add egress "
+        "routes (UPSTREAM_PROXIES)",
     ),
     "internal": Rule(500, "server_error", message="internal error in the gateway: {detail}"),
     "structured_output_invalid": Rule(
@@ -92,6 +105,12 @@ RULES: dict[str, Rule] = {
         _UPSTREAM,
         retry=2,
         message="the upstream timed out: {detail}",
+    ),
+    "stalled": Rule(
+        504,
+        _UPSTREAM,
+        retry=1,  # a stall midway costs a whole UPSTREAM_IDLE_TIMEOUT: one more try at most
+        message="the upstream stopped sending midway through the answer: {detail}",
     ),
     "waf_blocked": Rule(
         503,

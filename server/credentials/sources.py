@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from server.core.errors import GatewayError
 from server.core.models import Model
+from server.ops.metrics import GUESTS
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
 from state.guests import GuestReserve, StoredGuest
@@ -54,6 +55,7 @@ class GuestTokens:
         self._batch = max(1, min(8, reserve.size // 4)) if reserve is not None else 1
         self._taking: asyncio.Future[bool] | None = None
         self._waiting = 0
+        self._top_up_at = 0.0
 
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
@@ -64,6 +66,7 @@ class GuestTokens:
             while self._held:
                 guest = self._held.popleft()
                 if reserve.fresh(guest):
+                    FROM_RESERVE.inc()
                     return Credential(guest.token, guest.user_id, "guest", guest.name)
             self._waiting += 1
             try:
@@ -74,17 +77,21 @@ class GuestTokens:
                 self._waiting -= 1
             if not got:
                 break  # the reserve is empty or unreachable: sign in directly
+        SIGNED_IN.inc()
         return await self.client.guest_credential()
 
     async def _take(self, reserve: GuestReserve) -> bool:
         try:
-            guests, low = await reserve.take(self._batch + self._waiting - 1)
+            guests, left = await reserve.take(self._batch + self._waiting - 1)
         except RedisError as exc:
             logger.warning("guest reserve unreachable, signing in directly: {}", exc)
-            guests, low = [], False
+            guests, left = [], reserve.size
         finally:
             self._taking = None
-        if low:
+        if reserve.low(left) or (left < reserve.size and time.monotonic() >= self._top_up_at):
+            # Below half: refill now. Otherwise top it up at most twice a second, so a
+            # sustained load finds it full instead of draining it to half first.
+            self._top_up_at = time.monotonic() + _TOP_UP_EVERY
             self.refill_soon()
         self._held.extend(guests)
         return bool(guests)
@@ -108,6 +115,10 @@ class GuestTokens:
                 logger.debug("guest reserve refilled with {}", added)
         except (RedisError, GatewayError) as exc:
             logger.warning("guest reserve refill failed: {}", exc)
+
+
+_TOP_UP_EVERY = 0.5  # seconds between top-ups of a reserve that is not yet low
+FROM_RESERVE, SIGNED_IN = GUESTS.labels("reserve"), GUESTS.labels("inline")
 
 
 class PooledTokens:

@@ -11,13 +11,13 @@ function, or beyond repair, is returned as the text it was: never invented.
 """
 
 import re
-import uuid
 
 import msgspec
 
 from server.core.chat import ToolCall
 from server.emulation.holdback import partial_suffix
 from server.emulation.tool_prompt import CALL_CLOSE, CALL_OPEN
+from server.ids import hex_id
 
 __all__ = ["ToolCallScanner", "loads_repaired", "parse_call"]
 
@@ -29,7 +29,7 @@ _NATIVE_ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_valu
 
 
 def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+    return f"call_{hex_id(24)}"
 
 
 def loads_repaired(text: str) -> object:

@@ -4,7 +4,8 @@ Owns the admin routes. Without ``ADMIN_TOKEN`` set they answer 404 (they do not 
 with a wrong token, or one sent other than as ``Authorization: Bearer``, 401. Tokens only
 ever appear masked.
 
-- ``GET /v1/token-pool/status``: every token's state, failures, cooldown left, leases, uses.
+- ``GET /v1/token-pool/status``: every token's state, failures, cooldown left, leases, uses;
+  each egress route (id, label with credentials masked, seconds its WAF breaker has left).
 - ``POST /v1/token-pool/health-check``: check every token against the upstream now.
 - ``POST /v1/token-pool/update``: ``{"action": "add"|"remove"|"replace", "tokens": [...]}``
   (or a bare JSON list, meaning add); new tokens are checked before the answer.
@@ -65,7 +66,10 @@ class AdminHandler(ApiHandler):
             summary[row["state"]] += 1
         pool = self.services.captchas.pool
         depth = await pool.depth() if pool is not None else 0
-        self.write({"tokens": rows, "summary": summary, "captcha": {"depth": depth}})
+        routes = await self.services.egress.status()
+        self.write(
+            {"tokens": rows, "summary": summary, "captcha": {"depth": depth}, "routes": routes}
+        )
 
 
 class PoolStatus(AdminHandler):

@@ -3,7 +3,8 @@
 Owns ``openapi_document`` and the two routes. Request and response bodies are the Structs the
 gateway decodes requests with (``server.faces.openai.wire``) and describes its answers with
 (``server.ops.openapi_schema``), turned into JSON Schema by msgspec. ``/docs`` is Swagger UI,
-served from the ``swagger-ui-py`` package's files (no CDN: it works offline).
+served from the ``swagger-ui-py`` package's files (no CDN: it works offline) by ``DocsStatic``;
+every error of these routes (a missing file, a path with a NUL byte, a POST) is the JSON shape.
 """
 
 import importlib.util
@@ -11,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 import msgspec
-from tornado.web import RequestHandler
+from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from server.faces.openai.wire import ChatRequest
 from server.ops.openapi_schema import (
@@ -21,8 +22,9 @@ from server.ops.openapi_schema import (
     ModelList,
     ModelObject,
 )
+from server.web.handler import write_json_error
 
-__all__ = ["SWAGGER_STATIC", "Docs", "OpenAPI", "openapi_document"]
+__all__ = ["SWAGGER_STATIC", "Docs", "DocsStatic", "OpenAPI", "openapi_document"]
 
 # Located without importing the package (its import costs memory the server never uses).
 SWAGGER_STATIC = str(
@@ -155,6 +157,9 @@ class OpenAPI(RequestHandler):
     def initialize(self, services: object) -> None:
         self.services = services
 
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        write_json_error(self, status_code)
+
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.write(msgspec.json.encode(openapi_document()))
@@ -174,3 +179,16 @@ class Docs(OpenAPI):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(_PAGE)
+
+
+class DocsStatic(StaticFileHandler):
+    """Swagger UI's files. A path the file system cannot even look up (a NUL byte: tornado's
+    own handler was a 500 with an HTML page) is a 404 like any missing file."""
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if "\x00" in absolute_path:
+            raise HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        write_json_error(self, status_code)

@@ -16,7 +16,18 @@ from tornado.web import RequestHandler
 
 from server.transport import open_exchanges
 
-__all__ = ["ATTEMPT_ERRORS", "REQUESTS", "RETRIES", "Metrics", "observe_key", "observe_request"]
+__all__ = [
+    "ACCEPT_PAUSES",
+    "ATTEMPT_ERRORS",
+    "EDGE_REFUSED",
+    "GUESTS",
+    "PACING_WAIT",
+    "REQUESTS",
+    "RETRIES",
+    "Metrics",
+    "observe_key",
+    "observe_request",
+]
 
 REGISTRY = CollectorRegistry()
 _BUCKETS = (
@@ -39,6 +50,13 @@ _BUCKETS = (
     300,
 )
 
+GUESTS = Counter(
+    "zai_gateway_guests",
+    "Guest credentials given to upstream attempts, by source: the shared reserve, or a "
+    "sign-in on the request's path (inline: an extra upstream round trip before the answer).",
+    ["source"],
+    registry=REGISTRY,
+)
 REQUESTS = Counter(
     "zai_gateway_requests",
     "Requests answered, by route, model and status.",
@@ -63,6 +81,18 @@ ATTEMPT_ERRORS = Counter(
     "zai_gateway_upstream_errors", "Failed upstream attempts, by kind.", ["kind"], registry=REGISTRY
 )
 RETRIES = Counter("zai_gateway_upstream_retries", "Upstream attempts retried.", registry=REGISTRY)
+EDGE_REFUSED = Counter(
+    "zai_gateway_connections_refused",
+    "Connections answered and closed before any request was read, by reason "
+    "(max_connections, uri_too_long, headers_too_large).",
+    ["reason"],
+    registry=REGISTRY,
+)
+ACCEPT_PAUSES = Counter(
+    "zai_gateway_accept_pauses",
+    "Episodes out of file descriptors (new clients answered 503, or accepting paused).",
+    registry=REGISTRY,
+)
 INFLIGHT = Gauge(
     "zai_gateway_inflight_requests", "Completions in flight in this process.", registry=REGISTRY
 )
@@ -93,6 +123,19 @@ UNSETTLED = Gauge(
 CAPTCHA_DEPTH = Gauge(
     "zai_gateway_captcha_pool_depth",
     "Live single-use captcha params in the shared pool (shared).",
+    registry=REGISTRY,
+)
+PACING_WAIT = Histogram(
+    "zai_gateway_pacing_wait_seconds",
+    "Time upstream calls waited for their slot on an egress route, by route.",
+    ["route"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+ROUTE_BLOCKED = Gauge(
+    "zai_gateway_route_blocked_seconds",
+    "Seconds left on each egress route's WAF breaker, 0 = open to traffic (shared).",
+    ["route"],
     registry=REGISTRY,
 )
 INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
@@ -148,6 +191,7 @@ class Metrics(RequestHandler):
             live = await services.instances.live()  # type: ignore[attr-defined]
             captcha = services.captchas.pool  # type: ignore[attr-defined]
             depth = await captcha.depth() if captcha is not None else 0
+            routes = await services.egress.status()  # type: ignore[attr-defined]
         except (RedisError, OSError) as exc:
             logger.debug("metrics: shared state unreachable: {}", exc)
             REDIS_UP.set(0)
@@ -161,5 +205,7 @@ class Metrics(RequestHandler):
             LEASES.labels("orphan").set(orphans)
             INSTANCES.set(len(live))
             CAPTCHA_DEPTH.set(depth)
+            for route in routes:
+                ROUTE_BLOCKED.labels(route["id"]).set(route["blocked_for"])
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(REGISTRY))

@@ -3,7 +3,8 @@
 Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
 a route into the error body of the API that route speaks, after checking the key of a keyed
 route), ``check_api_key`` (constant-time, ``Authorization: Bearer`` or ``x-api-key``),
-``NotFound``, and the access line: request id,
+``NotFound``, the ``REQUEST_TIMEOUT`` deadline of a completion (until its answer begins), and
+the access line: request id,
 method, path, model, status, latency and time to first byte, upstream attempts. The client's
 path and model name are ``shown`` (control characters escaped, cut at 100 characters); a
 request the client abandoned before its answer began is logged with status 499.
@@ -24,7 +25,6 @@ import functools
 import hmac
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,12 +38,21 @@ from server.core.completion import Attempts, complete
 from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.models import find_model
 from server.core.token_estimate import estimate_conversation
+from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
 from state.client_keys import parse_secret
 
-__all__ = ["CLIENT_CLOSED", "ApiHandler", "NotFound", "api", "check_api_key", "set_cors_headers"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "ApiHandler",
+    "NotFound",
+    "api",
+    "check_api_key",
+    "set_cors_headers",
+    "write_json_error",
+]
 
 CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 # What a page may read of an answer beyond the safe few: the request id and the retry advice.
@@ -113,7 +122,7 @@ class ApiHandler(RequestHandler):
 
     def initialize(self, services: Any) -> None:
         self.services = services
-        self.request_id = uuid.uuid4().hex[:12]
+        self.request_id = hex_id(12)
         self.model_name = "-"
         self.attempts: Any = None
         self.first_byte: float | None = None
@@ -261,12 +270,29 @@ class ApiHandler(RequestHandler):
             services.settings,
             self.attempts,
             services.captchas,
-            services.waf,
+            services.egress,
+        )
+        deadline = asyncio.get_running_loop().call_later(
+            services.settings.request_timeout, self._deadline_passed, sink
         )
         try:
             await self.run_until_done_or_gone(work, sink)
         finally:
+            deadline.cancel()
             await self.settle()
+
+    def _deadline_passed(self, sink: Sink) -> None:
+        # A stream that has begun runs on: the client sees progress, and UPSTREAM_IDLE_TIMEOUT
+        # bounds each silence. Until then (a whole non-streamed answer) the client waits blind.
+        if sink.started:
+            return
+        limit = self.services.settings.request_timeout
+        self.abort(
+            GatewayError(
+                "timeout",
+                f"no answer within REQUEST_TIMEOUT ({limit:g} s) after {self.attempts.tally()}",
+            )
+        )
 
     async def settle(self) -> None:
         """Give an issued key back what its reservation held beyond the real usage."""
@@ -345,13 +371,7 @@ class ApiHandler(RequestHandler):
         if isinstance(exc, GatewayError):
             self.send_gateway_error(exc)
             return
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        kind = kinds.get(status_code, "invalid_request" if status_code < 500 else "internal")
-        where = f"{self.request.method} {self.request.path}"
-        detail = f"{where}: {self._reason}" if kind != "internal" else f"{where} failed"
-        self.set_header("Content-Type", "application/json")
-        self.set_retry_headers(status_code)
-        self.finish(self.render_error(GatewayError(kind, detail)))
+        write_json_error(self, status_code, self.render_error)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, GatewayError):
@@ -388,6 +408,24 @@ class ApiHandler(RequestHandler):
         error = status >= 400 or (metered is not None and metered.failed)
         self.services.usage.add(caller.id, caller.name, model, tokens_in, tokens_out, error)
         observe_key(caller.id, caller.name, model, status, tokens_in, tokens_out)
+
+
+_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def write_json_error(
+    handler: RequestHandler,
+    status_code: int,
+    render: Callable[[GatewayError], bytes] = error_body,
+) -> None:
+    """tornado's own error answers (404, 405, a 500 from a bug) in the JSON error shape, from
+    any handler: ``write_error`` of API routes and of the docs and its static files."""
+    kind = _KINDS.get(status_code, "invalid_request" if status_code < 500 else "internal")
+    where = f"{handler.request.method} {shown(handler.request.path)}"
+    detail = f"{where}: {handler._reason}" if kind != "internal" else f"{where} failed"
+    handler.set_header("Content-Type", "application/json")
+    handler.set_header("x-should-retry", "true" if client_should_retry(status_code) else "false")
+    handler.finish(render(GatewayError(kind, detail)))
 
 
 class NotFound(ApiHandler):

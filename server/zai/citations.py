@@ -6,15 +6,15 @@ Owns ``references`` and ``linkify``. Search answers cite sources in the site's o
 URL came earlier, in the site tool's output (``[ref_id=turn0search1†Title†https://…]``) or in
 a ``<glm_block>``'s ``search_result``. Each marker becomes `` [Title](url)``; a marker whose
 source is unknown is dropped rather than shown raw. A marker still arriving is held back
-(up to ``_MAX_MARKER`` characters), so streamed text never shows half of one.
+(up to ``MAX_MARKER`` characters), so streamed text never shows half of one.
 """
 
 import re
 
-__all__ = ["linkify", "references"]
+__all__ = ["MARKER", "MAX_MARKER", "link", "linkify", "references"]
 
-_MAX_MARKER = 400
-_MARKER = re.compile(r"\s?【([^】]*)】")
+MAX_MARKER = 400
+MARKER = re.compile(r"\s?【([^】]*)】")
 _REF_TEXT = re.compile(r"\[ref_id=([^†\]\s]+)†([^†\]]*)†([^\]\s]+)\]")
 _REF_JSON = re.compile(
     r'"title":\s*"((?:[^"\\]|\\.)*)",\s*"url":\s*"([^"]+)"[^{}]*?"ref_id":\s*"([^"]+)"'
@@ -36,20 +36,23 @@ def _source(marker: str, refs: dict[str, tuple[str, str]]) -> tuple[str, str] | 
     return refs.get(parts[0].strip())
 
 
+def link(match: re.Match, refs: dict[str, tuple[str, str]]) -> str:
+    """The markdown link for one ``MARKER`` match ("" when its source is unknown)."""
+    found = _source(match[1], refs)
+    if found is None:
+        return ""  # an unknown source: drop the marker (and the space before it)
+    title, url = found
+    title = title.strip().replace("[", "(").replace("]", ")") or url
+    return f" [{title}]({url})"
+
+
 def linkify(text: str, refs: dict[str, tuple[str, str]], final: bool = False) -> str:
+    """Every complete marker of ``text`` linked; an open one at the end is cut off unless
+    ``final``."""
     if "【" not in text:
         return text
     if not final:
         open_at = text.rfind("【")
-        if "】" not in text[open_at:] and len(text) - open_at <= _MAX_MARKER:
+        if "】" not in text[open_at:] and len(text) - open_at <= MAX_MARKER:
             text = text[:open_at]
-
-    def link(match: re.Match) -> str:
-        found = _source(match[1], refs)
-        if found is None:
-            return ""  # an unknown source: drop the marker (and the space before it)
-        title, url = found
-        title = title.strip().replace("[", "(").replace("]", ")") or url
-        return f" [{title}]({url})"
-
-    return _MARKER.sub(link, text)
+    return MARKER.sub(lambda match: link(match, refs), text)

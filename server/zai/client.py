@@ -18,10 +18,11 @@ from redis.exceptions import RedisError
 
 from server.core.chat import Conversation
 from server.core.errors import GatewayError
+from server.egress import Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
-from server.zai.request import Dialect, build_completion
+from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
 from state.facts import Facts
 
 __all__ = ["VersionPolicy", "ZaiClient"]
@@ -30,6 +31,7 @@ _FE_VERSION = re.compile(rb"prod-fe-\d+(?:\.\d+)+")
 _ERROR_BODY_LIMIT = 64 * 1024
 _RETRY_VERSION_AFTER = 30.0  # seconds, when the home page did not tell the version
 _LOCAL_VERSION_TTL = 60.0  # seconds a process trusts its copy before asking the shared one
+_PROBE_TIMEOUTS = Timeouts(connect=5.0, headers=10.0, idle=10.0)  # within the probe lock's 20 s
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,8 +56,10 @@ class ZaiClient:
         timeouts: Timeouts,
         versions: VersionPolicy,
         facts: Facts | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self.base_url = dialect.base_url
+        self.egress = egress or Egress()
         self.dialect = dialect
         self.timeouts = timeouts
         self._pinned_version = versions.pinned
@@ -190,12 +194,13 @@ class ZaiClient:
     # Completions
 
     async def open_completion(
-        self, cred: Credential, conv: Conversation, captcha: str = ""
+        self, cred: Credential, conv: Conversation, captcha: str = "", route: Route | None = None
     ) -> Exchange:
-        """Send the completion request; return the open 200 stream or raise GatewayError."""
+        """Send the completion request (by ``route``); return the open 200 stream or raise
+        GatewayError."""
         version = await self.fe_version()
         req = build_completion(self.dialect, cred, conv, version, captcha=captcha)
-        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id)
+        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
         if exchange.status == 200:
             return exchange
         try:
@@ -205,6 +210,25 @@ class ZaiClient:
         finally:
             exchange.close()
         raise http_failure(exchange.status, body, conv.model.id)
+
+    async def probe_waf(self, route: Route) -> bool | None:
+        """Whether the WAF still blocks ``route`` (PROTOCOL.md section 6.3): a bare
+        unauthenticated ``POST {}`` to the completions path; the block page -> True, any
+        other answer (``{"detail": "Not authenticated"}`` or the like) -> False, no answer ->
+        None. It spends no token and no captcha."""
+        head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json"}
+        head.update({"Content-Type": "application/json", "Origin": self.base_url})
+        url = self.base_url + COMPLETIONS_PATH
+        try:
+            exchange = await self._open("POST", url, head, b"{}", "", route, _PROBE_TIMEOUTS)
+            try:
+                body = await exchange.read_all(_ERROR_BODY_LIMIT)
+            finally:
+                exchange.close()
+        except (GatewayError, TransportError) as exc:
+            logger.info("WAF probe of route {}: no answer ({})", route.id, exc)
+            return None
+        return http_failure(exchange.status, body).kind == "waf_blocked"
 
     async def _fetch(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
@@ -222,10 +246,20 @@ class ZaiClient:
             exchange.close()
 
     async def _open(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, model: str
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        model: str,
+        route: Route | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Exchange:
+        route = await self.egress.pace(route, model)
         try:
-            return await open_stream(method, url, headers, body, self.timeouts)
+            return await open_stream(
+                method, url, headers, body, timeouts or self.timeouts, route.proxy
+            )
         except TransportError as exc:
             raise _transport_failure(exc, model) from None
 

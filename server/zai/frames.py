@@ -2,12 +2,17 @@
 
 Owns the ``Frame`` Structs and ``decode_frame``. Every frame is ``{"type": "chat:completion",
 "data": {...}}``; ``data`` carries a ``phase`` and some of: ``delta_content`` (append),
-``edit_index``/``edit_content`` (truncate then append), ``usage``, ``done``, an in-band
+``edit_index``/``edit_content`` (truncate then append), ``content`` (the whole text, a
+snapshot), ``usage``, ``done``, an in-band
 ``error`` (often duplicated under ``data.data.error``), and the 2026 site-tool fields
 (``delta_name``, ``delta_arguments``, ``tool_name``). Unknown fields are ignored, so new
 upstream keys do not break decoding; a stray ``[DONE]`` (bare or as ``{"data": "[DONE]"}``)
-decodes to a done frame.
+decodes to a done frame. A frame whose JSON holds half of a surrogate pair (``"\\ud83d"``, as
+JavaScript's ``JSON.stringify`` writes a string cut inside an emoji) is read by the standard
+library instead of being dropped; the text model repairs or replaces the half.
 """
+
+import json
 
 import msgspec
 
@@ -44,6 +49,7 @@ class FrameData(msgspec.Struct):
     delta_content: str | None = None
     edit_index: int | None = None
     edit_content: str | None = None
+    content: str | None = None
     usage: UpstreamUsage | None = None
     done: bool = False
     error: UpstreamError | None = None
@@ -79,7 +85,15 @@ def decode_frame(payload: bytes) -> FrameData | None:
     """
     if payload == b"[DONE]":
         return DONE
-    envelope = _decoder.decode(payload)
+    try:
+        envelope = _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise
+        try:
+            envelope = msgspec.convert(json.loads(payload), _Envelope)
+        except ValueError:
+            raise exc from None
     if isinstance(envelope.data, FrameData):
         return envelope.data
     return DONE if envelope.data == "[DONE]" else None

@@ -12,7 +12,6 @@ import hashlib
 import re
 import string
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote_plus, urlencode, urlsplit
@@ -20,6 +19,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 import msgspec
 
 from server.core.chat import Conversation
+from server.ids import uuid4_text
 from server.zai.identity import Credential
 from server.zai.signature import sign
 
@@ -60,8 +60,8 @@ def build_completion(
     captcha: str = "",
 ) -> UpstreamRequest:
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    request_id = request_id or str(uuid.uuid4())
-    chat_id = chat_id or str(uuid.uuid4())
+    request_id = request_id or uuid4_text()
+    chat_id = chat_id or uuid4_text()
     prompt = conv.prompt
     base = dialect.base_url
     page = f"{base}/c/{chat_id}"
@@ -111,8 +111,8 @@ def build_completion(
             "{{USER_LANGUAGE}}": "en-US",
         },
         "chat_id": chat_id,
-        "id": str(uuid.uuid4()),
-        "current_user_message_id": str(uuid.uuid4()),
+        "id": uuid4_text(),
+        "current_user_message_id": uuid4_text(),
         "current_user_message_parent_id": None,
         "background_tasks": {"title_generation": False, "tags_generation": False},
         "mcp_servers": [],

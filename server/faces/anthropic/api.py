@@ -9,7 +9,6 @@ answer here, in Anthropic's ``ModelInfo`` shape (app.py routes them by that head
 """
 
 import time
-import uuid
 
 from server.core.errors import GatewayError
 from server.core.models import MODELS, Model, require_model
@@ -17,6 +16,7 @@ from server.core.token_estimate import estimate_conversation
 from server.faces.anthropic.convert import to_conversation
 from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
 from server.faces.anthropic.wire import decode_messages_request
+from server.ids import hex_id
 from server.web.handler import ApiHandler, api
 
 __all__ = ["COUNT_TOKENS_MAX_BYTES", "CountTokens", "Messages", "ModelInfo", "ModelInfoList"]
@@ -47,7 +47,7 @@ class Messages(AnthropicHandler):
         self.model_name = req.model
         tool_support = self.tool_support(asked=bool(req.tools))
         conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support)
-        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        message_id = f"msg_{hex_id(24)}"
         # thinking: {"type": "disabled"} means no thinking blocks, even if the upstream thinks.
         show = conv.thinking is not False
         if req.stream:

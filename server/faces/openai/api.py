@@ -4,12 +4,11 @@ Owns the route handlers. Each reads top to bottom: authenticate -> decode and va
 neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or collected).
 """
 
-import uuid
-
 from server.core.models import MODELS, Model, require_model
 from server.faces.openai.convert import to_conversation
 from server.faces.openai.render import OpenAIResult, OpenAIStream
 from server.faces.openai.wire import decode_chat_request
+from server.ids import hex_id
 from server.web.handler import ApiHandler, api
 
 __all__ = ["ChatCompletions", "ModelList", "OneModel"]
@@ -26,7 +25,7 @@ class ChatCompletions(ApiHandler):
         self.model_name = req.model
         tool_support = self.tool_support(asked=bool(req.tools or req.functions))
         conv = to_conversation(req, self.request_id, tool_support)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        completion_id = f"chatcmpl-{hex_id(32)}"
         legacy = bool(conv.extra.get("legacy_functions"))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -7,15 +7,18 @@ by newlines), ``function_call`` items (the calls of the assistant turn they foll
 forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns thinking on
 (off with ``none``/``minimal``), ``max_output_tokens`` goes to the upstream's params,
 ``text.format`` (json_schema, json_object) becomes the structured output ``OutputFormat``.
-The gateway is stateless: ``previous_response_id``, ``conversation`` and ``background`` are
-refused with a 400 naming the field, so a client never silently loses its history. Only
-``function`` tools are emulated; the other tool types (``web_search``, ``namespace``,
-``custom``, ...) are not offered to the model and are listed in ``Converted.skipped_tools``
-(the handler says so in a header and the log) rather than refused, because Codex always
-sends some.
+``previous_response_id``'s stored items (given as ``history``) come before the input;
+``conversation`` and ``background`` are refused with a 400 naming the field (nothing keeps
+conversations or runs answers in the background), so a client never silently loses its
+history. Only ``function`` tools are emulated; the other tool types (``web_search``,
+``namespace``, ``custom``, ...) are not offered to the model and are listed in
+``Converted.skipped_tools`` (the handler says so in a header and the log) rather than
+refused, because Codex always sends some.
 """
 
 from dataclasses import dataclass, field
+
+import msgspec
 
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
@@ -30,16 +33,15 @@ __all__ = ["Converted", "to_conversation"]
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", "reasoning_text"}
 _STATELESS = {
-    "previous_response_id": "this gateway stores no responses: send the whole conversation"
-    " in 'input' (with store: false)",
     "conversation": "this gateway keeps no conversations: send the whole conversation in 'input'",
-    "background": "background responses need stored responses, which this gateway does not keep",
+    "background": "this gateway answers while the client waits: ask without background",
 }
 
 
 @dataclass(slots=True)
 class Converted:
     conv: Conversation
+    items: list[dict] = field(default_factory=list)  # the request's input, as items to store
     skipped_tools: list[str] = field(default_factory=list)  # tool types not offered
 
 
@@ -47,7 +49,14 @@ def _bad(message: str, param: str) -> GatewayError:
     return GatewayError("invalid_request", message, param=param)
 
 
-def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool = True) -> Converted:
+def to_conversation(
+    req: ResponsesRequest,
+    request_id: str,
+    tool_support: bool = True,
+    history: list[InputItem] | None = None,
+) -> Converted:
+    """``history``: the items of the stored ``previous_response_id`` (its input and output),
+    which come before this request's input."""
     model = require_model(req.model)
     for name, why in _STATELESS.items():
         if getattr(req, name) not in (None, False):
@@ -58,9 +67,12 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
     if isinstance(req.input, str):
         if not req.input:
             raise _bad("input: a string input must not be empty", "input")
-        turns.append(Turn("user", req.input))
+        items = [InputItem(role="user", content=[Part("input_text", req.input)])]
     else:
-        _items(req.input, turns)
+        items = req.input
+    names: dict[str, str] = {}  # call id -> function name, for the outputs that follow
+    _items(history or [], turns, names, "previous_response_id")
+    _items(items, turns, names, "input")
     if not any(t.role in ("user", "tool") for t in turns):
         raise _bad("input: needs at least one user message or function_call_output", "input")
     thinking = effort = None
@@ -81,7 +93,7 @@ def to_conversation(req: ResponsesRequest, request_id: str, tool_support: bool =
     fmt = req.text.format if req.text is not None else None
     if fmt is not None:
         conv.output_format = output_format(fmt.type, fmt.name, fmt.schema, "text.format")
-    out = Converted(conv)
+    out = Converted(conv, [msgspec.to_builtins(item) for item in items])
     if tool_support:
         _tools(req, out)
     return out
@@ -116,10 +128,9 @@ def _tools(req: ResponsesRequest, out: Converted) -> None:
     conv.parallel_tool_calls = req.parallel_tool_calls is not False
 
 
-def _items(items: list[InputItem], turns: list[Turn]) -> None:
-    names: dict[str, str] = {}  # call id -> function name, for the outputs that follow
+def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], label: str) -> None:
     for index, item in enumerate(items):
-        where = f"input[{index}]"
+        where = f"{label}[{index}]"
         kind = item.type
         if kind == "message":
             role = _ROLES.get(item.role or "")

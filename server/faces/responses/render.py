@@ -9,19 +9,25 @@ with, inside, ``response.reasoning_summary_part.added`` / ``reasoning_summary_te
 ``response.function_call_arguments.delta`` / ``.done`` for a call; at the end
 ``response.completed`` (or ``response.incomplete`` when the output was cut) with usage, or
 ``response.failed`` after an ``error`` event when it fails midway) and ``ResponsesResult``
-(one ``response`` object). The thinking is a ``reasoning`` item whose one summary part holds
+(one ``response`` object); both hand the finished response to ``keep`` (the store) first when
+it is to be stored. The thinking is a ``reasoning`` item whose one summary part holds
 it: Codex and the SDKs show summaries, and the upstream has no separate summary.
 """
 
 import time
-import uuid
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from server.core.chat import CollectingSink, ToolCall, Usage, Writer
 from server.core.errors import GatewayError
+from server.ids import hex_id
 
-__all__ = ["ResponsesResult", "ResponsesStream", "new_response_id"]
+__all__ = ["Keep", "ResponsesResult", "ResponsesStream", "new_response_id", "response_head"]
+
+# Stores the finished response (``store``) before the client hears it ended, so a follow-up
+# with ``previous_response_id`` never races the write; False: not stored after all.
+Keep = Callable[[dict], Awaitable[bool]]
 
 _encode = msgspec.json.encode
 # finish reason -> (status, incomplete_details.reason)
@@ -35,11 +41,11 @@ _STATUS = {
 
 
 def new_response_id() -> str:
-    return f"resp_{uuid.uuid4().hex}"
+    return f"resp_{hex_id(32)}"
 
 
 def _item_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{hex_id(32)}"
 
 
 def _usage(usage: Usage | None) -> dict:
@@ -95,11 +101,20 @@ def _ended(head: dict, reason: str, usage: Usage | None, output: list[dict]) -> 
     }
 
 
+async def _kept(keep: Keep | None, response: dict) -> dict:
+    if keep is not None and response["store"]:
+        response["store"] = await keep(response)
+    return response
+
+
 class ResponsesStream:
     """Streams one response as Responses API server-sent events."""
 
-    def __init__(self, out: Writer, head: dict, show_reasoning: bool = True) -> None:
+    def __init__(
+        self, out: Writer, head: dict, show_reasoning: bool = True, keep: Keep | None = None
+    ) -> None:
         self.out = out
+        self.keep = keep
         self.head = head  # the response object's fields that do not change
         self.show_reasoning = show_reasoning
         self.started = False
@@ -233,7 +248,7 @@ class ResponsesStream:
         if not self.output and self.kind is None:
             self._open("message")  # an empty answer is still one (empty) message
         self._close()
-        response = _ended(self.head, reason, usage, self.output)
+        response = await _kept(self.keep, _ended(self.head, reason, usage, self.output))
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         self._event(kind, {"response": response})
         await self.out.flush()
@@ -253,8 +268,11 @@ class ResponsesStream:
 class ResponsesResult(CollectingSink):
     """Collects one response and writes the ``response`` object at the end."""
 
-    def __init__(self, out: Writer, head: dict, show_reasoning: bool = True) -> None:
+    def __init__(
+        self, out: Writer, head: dict, show_reasoning: bool = True, keep: Keep | None = None
+    ) -> None:
         super().__init__(out)
+        self.keep = keep
         self.head = head
         self.show_reasoning = show_reasoning
 
@@ -276,7 +294,8 @@ class ResponsesResult(CollectingSink):
             output.append(_message_item(_item_id("msg"), content))
         output += [_call_item(_item_id("fc"), call) for call in self.calls]
         self.out.set_header("Content-Type", "application/json")
-        self.out.write(_encode(_ended(self.head, reason, usage, output)))
+        response = await _kept(self.keep, _ended(self.head, reason, usage, output))
+        self.out.write(_encode(response))
 
 
 def response_head(
@@ -294,6 +313,8 @@ def response_head(
     tools: list[dict],
     user: str | None,
     metadata: dict,
+    store: bool = False,
+    previous_response_id: str | None = None,
 ) -> dict:
     """The fields of the response object that are known before the answer (the request's
     settings echoed, as the SDKs' ``Response`` model has them)."""
@@ -310,9 +331,9 @@ def response_head(
         "model": model,
         "output": [],
         "parallel_tool_calls": parallel_tool_calls,
-        "previous_response_id": None,
+        "previous_response_id": previous_response_id,
         "reasoning": reasoning,
-        "store": False,
+        "store": store,
         "temperature": temperature,
         "text": {"format": text_format},
         "tool_choice": tool_choice,

@@ -20,7 +20,7 @@ from server.web.errors import decode_json
 __all__ = ["InputItem", "Part", "ResponsesRequest", "ToolDef", "decode_responses_request"]
 
 
-class Part(Struct):
+class Part(Struct, omit_defaults=True):
     """One content part: input_text, output_text, refusal, input_image, input_file, ..."""
 
     type: str
@@ -28,12 +28,12 @@ class Part(Struct):
     refusal: str | None = None
 
 
-class SummaryPart(Struct):
+class SummaryPart(Struct, omit_defaults=True):
     type: str = "summary_text"
     text: str = ""
 
 
-class InputItem(Struct, kw_only=True):
+class InputItem(Struct, kw_only=True, omit_defaults=True):
     type: str = "message"
     id: str | None = None
     role: str | None = None  # messages: user | assistant | system | developer

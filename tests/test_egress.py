@@ -1,0 +1,217 @@
+"""Egress routes (issue 14) through real proxies on loopback: tinyproxy (HTTP CONNECT, with
+basic credentials) and dante (SOCKS5), each sending from its own 127.0.0.x address, which is
+how the fake upstream (and the real WAF) tells the routes apart. Every upstream call leaves by
+a route; HTTPS is tunnelled (real TLS through both); a route the fake blocks gets its own
+breaker opened, shared through a real redis-server, and traffic moves to the other route with
+no client error; with every route blocked the client gets 503 waf_blocked with the soonest
+Retry-After; proxy credentials appear in no log line, status answer, metric or error."""
+
+import asyncio
+import ssl
+import subprocess
+
+import openai
+import pytest
+from loguru import logger
+from tornado.httpclient import AsyncHTTPClient
+
+from server.egress import parse_routes
+from server.settings import SettingsError, load_settings
+from server.transport import Proxy, Timeouts, TransportError, open_stream
+from tests.proxies import Dante, Tinyproxy
+from tests.test_pool_gateway import ADMIN, TOKENS, admin
+
+OK = "stream_glm5_plain_thinking"
+HELLO = [{"role": "user", "content": "hello"}]
+PROXY_USER = "route-user"
+PROXY_PASSWORD = "pr0xy-pass-7f3a9c"  # must never be shown anywhere
+HTTP_FROM, SOCKS_FROM = "127.0.0.2", "127.0.0.3"
+
+
+def _started(proxy):
+    try:
+        return proxy.start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def tinyproxy():
+    proxy = _started(Tinyproxy(HTTP_FROM, PROXY_USER, PROXY_PASSWORD))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def dante():
+    proxy = _started(Dante(SOCKS_FROM))
+    yield proxy
+    proxy.stop()
+
+
+def sources(gw, completions_only: bool = False) -> list[str]:
+    seen = gw.completions_seen() if completions_only else gw.fake.requests
+    return [r.source for r in seen]
+
+
+@pytest.mark.parametrize("which", ["tinyproxy", "dante"])
+async def test_every_upstream_call_leaves_through_the_route(gateway, request, which):
+    proxy = request.getfixturevalue(which)
+    gw = await gateway("home", "guest_auth", OK, upstream_proxies=proxy.url)
+    async with gw.openai() as client:
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert reply.choices[0].message.content
+    paths = {r.path for r in gw.fake.requests}
+    assert {"/", "/api/v1/auths/", "/api/v2/chat/completions"} <= paths
+    assert set(sources(gw)) == {proxy.bind}  # home page, sign-in, config, completion: all
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("openssl is not installed (see .ci/run)")
+    return key, cert
+
+
+@pytest.mark.parametrize("which", ["tinyproxy", "dante"])
+async def test_https_is_tunnelled_through_the_proxy(request, monkeypatch, tls_files, which):
+    proxy = request.getfixturevalue(which)
+    key, cert = tls_files
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    peers = []
+
+    async def answer(reader, writer):
+        peers.append(writer.get_extra_info("peername")[0])
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntunnelled")
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=served)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr("server.transport._ssl_context", trusted)
+    try:
+        url = f"https://localhost:{port}/x"
+        exchange = await open_stream("GET", url, {}, None, Timeouts(), Proxy.parse(proxy.url))
+        assert exchange.status == 200 and await exchange.read_all() == b"tunnelled"
+        exchange.close()
+        assert peers == [proxy.bind]  # TLS end to end, and the server saw the proxy's address
+    finally:
+        server.close()
+
+
+async def test_wrong_proxy_credentials_say_so_without_the_password(tinyproxy):
+    wrong = Proxy.parse(f"http://{PROXY_USER}:not-{PROXY_PASSWORD}@127.0.0.1:{tinyproxy.port}")
+    with pytest.raises(TransportError) as info:
+        await open_stream("GET", "http://127.0.0.1:9/", {}, None, Timeouts(), wrong)
+    text = str(info.value)
+    assert "wants other credentials" in text and "http://***@127.0.0.1" in text
+    assert PROXY_PASSWORD not in text and PROXY_USER not in text
+
+
+def _two_routes(tinyproxy, dante, real_redis_server) -> dict:
+    return {
+        "zai_tokens": TOKENS[0],
+        "anonymous_mode": False,
+        "admin_token": ADMIN,
+        "redis_url": real_redis_server.url,
+        "redis_prefix": "egress-test:",
+        "upstream_proxies": f"{tinyproxy.url},{dante.url}",
+    }
+
+
+async def test_a_blocked_route_is_skipped_by_every_replica(
+    gateway, tinyproxy, dante, real_redis_server
+):
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    common = _two_routes(tinyproxy, dante, real_redis_server)
+    try:
+        first = await gateway("home", "guest_auth_user_role", OK, **common)
+        await first.services.redis.flushall()
+        await first.services.pool.add([TOKENS[0]])
+        await first.services.health_check()
+        second = await gateway("home", "guest_auth_user_role", OK, **common)
+        for gw in (first, second):
+            gw.fake.waf_sources = {HTTP_FROM}  # the WAF dislikes the HTTP proxy's address
+        async with first.openai() as client:
+            for _ in range(4):  # the first lands on the blocked route and moves, unseen
+                reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+                assert reply.choices[0].message.content
+        seen = sources(first, completions_only=True)  # routes take turns until one is blocked
+        assert seen.count(HTTP_FROM) == 1 and seen.count(SOCKS_FROM) == 4
+        assert set(seen[seen.index(HTTP_FROM) + 1 :]) == {SOCKS_FROM}
+        async with second.openai() as client:  # the other replica never tries the blocked one
+            for _ in range(3):
+                await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        assert sources(second, completions_only=True) == [SOCKS_FROM] * 3
+        _, status = await admin(first, "GET", "/v1/token-pool/status")
+        metrics = (await AsyncHTTPClient().fetch(first.url + "/metrics")).body.decode()
+    finally:
+        logger.remove(sink)
+    blocked, healthy = status["routes"]
+    assert blocked["label"] == f"http://***@127.0.0.1:{tinyproxy.port}"
+    assert 55 <= blocked["blocked_for"] <= 60 and healthy["blocked_for"] == 0
+    assert healthy["label"] == f"socks5://127.0.0.1:{dante.port}"
+    assert status["summary"]["active"] == 1 and status["tokens"][0]["failures"] == 0
+    assert f'zai_gateway_route_blocked_seconds{{route="{blocked["id"]}"}} 5' in metrics
+    assert any(blocked["id"] in line and "WAF block" in line for line in lines)
+    for text in ("\n".join(lines), str(status), metrics):
+        assert PROXY_PASSWORD not in text and PROXY_USER not in text
+
+
+async def test_every_route_blocked_is_503_with_the_soonest_return(
+    gateway, tinyproxy, dante, real_redis_server
+):
+    common = _two_routes(tinyproxy, dante, real_redis_server)
+    gw = await gateway("home", "guest_auth_user_role", OK, **common)
+    await gw.services.redis.flushall()
+    await gw.services.pool.add([TOKENS[0]])
+    await gw.services.health_check()
+    gw.fake.waf_sources = {HTTP_FROM, SOCKS_FROM}
+    seconds, micros = await gw.services.redis.time()
+    soon = {"until": seconds * 1000 + micros // 1000 + 20_000, "backoff": 20}
+    await gw.services.redis.hset(f"egress-test:waf:{gw.services.egress.routes[1].id}", mapping=soon)
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        err = info.value
+        assert err.status_code == 503 and err.code == "waf_blocked"
+        assert "every egress route (2) is blocked" in err.message
+        assert sources(gw, completions_only=True) == [HTTP_FROM]  # the open one, then none
+        assert 15 <= int(err.response.headers["Retry-After"]) <= 20  # the SOCKS route's return
+        with pytest.raises(openai.APIStatusError) as info:  # nothing is sent while all are
+            await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+    assert info.value.code == "waf_blocked" and len(gw.completions_seen()) == 1
+
+
+def test_routes_are_parsed_deduplicated_and_masked():
+    routes = parse_routes(
+        ["direct", f"http://{PROXY_USER}:{PROXY_PASSWORD}@p.example:3128", "socks5h://s:1080",
+         "DIRECT", f"http://{PROXY_USER}:other@p.example:3128"]
+    )  # fmt: skip
+    assert [r.label for r in routes] == [
+        "direct", "http://***@p.example:3128", "socks5://s:1080"
+    ]  # fmt: skip
+    assert routes[0].id == "direct" and all(r.id.startswith("proxy-") for r in routes[1:])
+    assert PROXY_PASSWORD not in repr(routes) and parse_routes([])[0].id == "direct"
+
+
+def test_a_bad_proxy_setting_names_itself_but_not_its_password():
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            _env_file=None, skip_auth_token=True, upstream_proxies=f"ftp://u:{PROXY_PASSWORD}@h"
+        )
+    text = str(info.value)
+    assert "UPSTREAM_PROXIES" in text and "'ftp' is not supported" in text
+    assert PROXY_PASSWORD not in text

@@ -1,0 +1,102 @@
+"""Pacing (issue 14, PROTOCOL.md section 6.3): two gateways sharing a real redis-server keep
+the floor between upstream calls on a route, measured where the calls arrive (one fake
+upstream for both); every call counts (sign-in, config, completion); the wait shows in
+/metrics; a call that would wait longer than PACING_MAX_WAIT is a 429 ``pacing_backlog`` with
+Retry-After, and nothing is sent for it."""
+
+import asyncio
+import itertools
+import re
+
+import openai
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from state.keys import Keys
+from state.pacing import Pacer
+from tests.test_pool_gateway import TOKENS
+
+OK = "stream_glm5_plain_thinking"
+HELLO = [{"role": "user", "content": "hello"}]
+GAP_MS, JITTER_MS = 150, 50
+
+
+async def test_two_replicas_keep_the_gap_between_every_upstream_call(gateway, real_redis_server):
+    common = {
+        "redis_url": real_redis_server.url,
+        "redis_prefix": "pacing-test:",
+        "pacing_min_gap_ms": GAP_MS,
+        "pacing_jitter_ms": JITTER_MS,
+    }
+    first = await gateway("home", "guest_auth", OK, **common)
+    second = await gateway(zai_base_url=first.fake.base_url, **common)  # the same upstream
+
+    async def ask(gw):
+        async with gw.openai() as client:
+            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            return reply.choices[0].message.content
+
+    answers = await asyncio.gather(*(ask(gw) for gw in (first, second) * 3))
+    assert all(answers)
+    arrived = sorted(r.at for r in first.fake.requests)
+    assert len(arrived) >= 13  # home, then a guest sign-in and a completion per request
+    gaps = [round((b - a) * 1000) for a, b in itertools.pairwise(arrived)]
+    # Slots are booked at least GAP_MS apart on the Redis clock; at the upstream each gap may
+    # differ by the event-loop lag of the two calls (two gateways and the fake share one loop
+    # on a busy machine), but the whole run cannot be shorter than the floor allows. Unpaced,
+    # these calls arrive within a few ms of each other.
+    assert sum(gaps) >= (GAP_MS + JITTER_MS / 4) * len(gaps) - 20, gaps
+    assert min(gaps) >= GAP_MS / 2, gaps
+    assert max(gaps) - min(gaps) >= 5, gaps  # the jitter: not one fixed rhythm
+    metrics = (await AsyncHTTPClient().fetch(first.url + "/metrics")).body.decode()
+    count = re.search(r'zai_gateway_pacing_wait_seconds_count\{route="direct"\} (\S+)', metrics)
+    total = re.search(r'zai_gateway_pacing_wait_seconds_sum\{route="direct"\} (\S+)', metrics)
+    assert float(count[1]) >= 6 and float(total[1]) > 0.5
+
+
+async def test_a_wait_past_the_limit_is_429_and_sends_nothing(gateway):
+    gw = await gateway(
+        "home",
+        "guest_auth_user_role",
+        OK,
+        zai_tokens=TOKENS[0],
+        anonymous_mode=False,
+        zai_fe_version="prod-fe-1.1.95",
+        zai_captcha="off",
+        pacing_min_gap_ms=1000,
+        pacing_jitter_ms=0,
+        pacing_max_wait=1.2,
+    )
+    await gw.services.redis.delete(Keys("zai:").pace("direct"))  # forget the start-up check
+    before = len(gw.completions_seen())
+
+    async def ask():
+        async with gw.openai() as client:
+            try:
+                await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            except openai.APIStatusError as err:
+                return err
+            return None
+
+    outcomes = await asyncio.gather(ask(), ask(), ask())  # slots at 0 s, 1 s; 2 s is too far
+    refused = [err for err in outcomes if err is not None]
+    assert len(refused) == 1 and len(gw.completions_seen()) == before + 2
+    err = refused[0]
+    assert err.status_code == 429 and err.code == "pacing_backlog"
+    assert err.response.headers["Retry-After"] == "2"
+    assert "PACING_MAX_WAIT" in err.message and "UPSTREAM_PROXIES" in err.message
+
+
+@pytest.mark.parametrize("wait_limit", [5.0])
+async def test_the_soonest_route_is_booked_and_a_refusal_books_nothing(redis, wait_limit):
+    pacer = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=wait_limit)
+    assert await pacer.reserve(["a", "b"]) == (0, 0)  # a tie goes to the first
+    index, _ = await pacer.reserve(["a", "b"])
+    assert index == 1  # b is free now, a only in 0.3 s
+    index, wait = await pacer.reserve(["a", "b"])
+    assert index == 0 and 0.25 <= wait <= 0.3
+    tight = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=0.1)
+    index, wait = await tight.reserve(["b"])
+    assert index == -1 and 0.25 <= wait <= 0.3
+    index, wait = await tight.reserve(["b"])  # the refusal did not move b's next slot
+    assert index == -1 and 0.2 <= wait <= 0.3
