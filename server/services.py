@@ -66,9 +66,7 @@ class Services:
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
     _tasks: list[asyncio.Task] = field(default_factory=list)
-    # monotonic time of the next re-check of pending tokens: set when a check could not reach
-    # the upstream, so an idle pool costs nothing
-    _pending_due: float = float("inf")
+    _pending_due: float = 0.0  # monotonic time of the next re-check of pending tokens
     _pending_wait: float = 0.0  # its back-off: one beat, doubling while the upstream is away
 
     def __repr__(self) -> str:
@@ -113,10 +111,7 @@ class Services:
         await self._safely("closing the Redis client", self.redis.aclose())
 
     async def health_check(self, ids: list[str] | None = None) -> list:
-        results = await check_tokens(self.pool, self.client, ids)
-        if any(row.verdict == "unknown" for row in results) and self._pending_wait == 0:
-            self._pending_due = time.monotonic() + self.settings.instance_ttl / 3
-        return results
+        return await check_tokens(self.pool, self.client, ids)
 
     async def _load(self, tokens: list[str]) -> None:
         ids = await self.pool.add(tokens)
@@ -163,7 +158,7 @@ class Services:
             return
         pending = [row.id for row in await self.pool.status() if row.state == "pending"]
         if not pending:
-            self._pending_wait, self._pending_due = 0.0, float("inf")
+            self._pending_wait = 0.0
             return
         beat = self.settings.instance_ttl / 3
         cap = max(beat, self.settings.pool_health_interval or _PENDING_CAP)
