@@ -4,8 +4,7 @@ Owns ``Services``: settings, the Redis client (real or embedded), the upstream c
 token source, the pool, the guest reserve and this process's registration; ``start()``
 (register, load configured tokens into the shared pool, check the new ones, fill the guest
 reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
-beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, re-checks tokens
-still pending (their first check could not reach the upstream) with back-off, and re-checks
+beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, and re-checks
 dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
 loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop).
 Build it inside each worker, after any fork.
@@ -66,8 +65,6 @@ class Services:
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
     _tasks: list[asyncio.Task] = field(default_factory=list)
-    _pending_due: float = 0.0  # monotonic time of the next re-check of pending tokens
-    _pending_wait: float = 0.0  # its back-off: one beat, doubling while the upstream is away
 
     def __repr__(self) -> str:
         return f"<Services {self.instances.id} inflight={len(self.active)} {self.tokens!r}>"
@@ -133,7 +130,6 @@ class Services:
                 await self._safely("heartbeat", self.instances.heartbeat(len(self.active)))
             await self._safely("lease renewal", self.pool.renew())
             await self._safely("pool check", self._reload_if_lost())
-            await self._safely("pending check", self._recheck_pending())
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval
                 await self._safely("health check", self._recheck_dead())
@@ -148,26 +144,6 @@ class Services:
         if self.configured and not await self.redis.exists(self.keys.tokens):
             logger.warning("the token pool is gone from Redis (restarted?): reloading it")
             await self._load(self.configured)
-
-    async def _recheck_pending(self) -> None:
-        """Tokens whose check could not reach the upstream (start-up, or a Redis restarted
-        empty, while the upstream was down) are checked again, backing off from one beat
-        doubling up to POOL_HEALTH_INTERVAL, instead of staying pending until a manual check."""
-        now = time.monotonic()
-        if now < self._pending_due:
-            return
-        pending = [row.id for row in await self.pool.status() if row.state == "pending"]
-        if not pending:
-            self._pending_wait = 0.0
-            return
-        beat = self.settings.instance_ttl / 3
-        cap = max(beat, self.settings.pool_health_interval or _PENDING_CAP)
-        self._pending_wait = min(cap, self._pending_wait * 2 or beat)
-        self._pending_due = now + self._pending_wait
-        if not await self._lock("pending-check", self._pending_wait):
-            return  # another replica checks them this time
-        for row in await self.health_check(pending):
-            logger.info("re-check pending token {}: {} {}", row.masked, row.verdict, row.reason)
 
     async def _recheck_dead(self) -> None:
         if not await self._lock("health-check", max(1.0, self.settings.pool_health_interval)):
@@ -186,11 +162,6 @@ class Services:
             await work  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("{} failed (shared state unreachable?): {}", what, exc)
-
-
-_PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when
-# POOL_HEALTH_INTERVAL is 0 (checks on demand only): a pending token is never used, so it
-# cannot wait for a demand that will not come.
 
 
 def make_services(settings: Settings) -> Services:
