@@ -13,6 +13,14 @@ from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelIn
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.faces.responses.api import OneResponse, Responses
 from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.ops.dashboard import (
+    DASHBOARD_STATIC,
+    DashboardData,
+    DashboardKey,
+    DashboardPage,
+    Login,
+    Logout,
+)
 from server.ops.docs import SWAGGER_STATIC, Docs, DocsStatic, OpenAPI
 from server.ops.health import Alive, Ready
 from server.ops.keys_api import KeyList, OneKey, UsageReport
@@ -53,6 +61,11 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/keys", KeyList),
     (r"/v1/keys/([0-9a-f]{12})", OneKey),
     (r"/v1/usage", UsageReport),
+    (r"/admin", DashboardPage),
+    (r"/admin/login", Login),
+    (r"/admin/logout", Logout),
+    (r"/admin/data", DashboardData),
+    (r"/admin/keys/([0-9a-f]{12})/(disable|enable)", DashboardKey),
     (r"/healthz", Alive),
     (r"/readyz", Ready),
     (r"/metrics", Metrics),
@@ -64,6 +77,7 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
 def make_app(services: Services) -> Application:
     routes = [(path, handler, {"services": services}) for path, handler in ROUTES]
     routes.append((r"/docs/static/(.*)", DocsStatic, {"path": SWAGGER_STATIC}))
+    routes.append((r"/admin/static/(.*)", DocsStatic, {"path": DASHBOARD_STATIC}))
     return Application(
         routes,
         default_handler_class=NotFound,

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from server.core.models import find_model
 from server.egress import parse_routes
 from server.zai.signature import DEFAULT_KEY
+from state.connection import SENTINEL_SCHEME, sentinel_params
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -150,8 +151,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value and not value.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if value.startswith(SENTINEL_SCHEME):
+            sentinel_params(value)  # a ValueError names what is missing
         return value
 
     @field_validator("zai_base_url")

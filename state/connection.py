@@ -1,16 +1,26 @@
 """The Redis connection: the real one from ``REDIS_URL``, or an embedded fakeredis.
 
-Owns ``connect``. Timeouts are short and there is no hidden retry on purpose
-(``REDIS_TIMEOUT``, 0.5 s): a Redis that stops answering costs a request half a second and a
-clear 503, not a hang, and the same client works again as soon as Redis is back. RESP2 is
-used deliberately: Lua replies read the same on Redis 7, newer servers and fakeredis. Create
-the client inside each worker process, after any fork.
+Owns ``connect`` and ``sentinel_params``. Timeouts are short and there is no hidden retry on
+purpose (``REDIS_TIMEOUT``, 0.5 s): a Redis that stops answering costs a request half a second
+and a clear 503, not a hang, and the same client works again as soon as Redis is back. RESP2
+is used deliberately: Lua replies read the same on Redis 7, newer servers and fakeredis.
+Create the client inside each worker process, after any fork.
+
+``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/<service>[/<db>]`` asks
+those sentinels (port 26379 by default) which server is the master of ``<service>``; the
+password is the master's. A new connection asks again, and a connection that fails (the
+master died) or finds itself on a demoted master is dropped, so after a failover the next
+request reaches the new master, with the same fast-fail timeouts in between.
 """
 
 from loguru import logger
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-__all__ = ["connect"]
+__all__ = ["connect", "sentinel_params"]
+
+SENTINEL_SCHEME = "redis+sentinel://"
+_SENTINEL_PORT = 26379
 
 
 def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
@@ -30,19 +40,87 @@ def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
     # hang either: each command that holds a connection gives up after REDIS_TIMEOUT, so a
     # waiter's turn comes. More connections did not help: under such a burst the new
     # connections timed out being opened.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=max(_QUEUE_WAIT, timeout),
-        decode_responses=True,
-        protocol=2,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=None,
-        health_check_interval=0,
-        client_name="zai-gateway",
-    )
+    options = {
+        "max_connections": max_connections,
+        "timeout": max(_QUEUE_WAIT, timeout),
+        "decode_responses": True,
+        "protocol": 2,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": None,
+        "health_check_interval": 0,
+        "client_name": "zai-gateway",
+    }
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_master(url, timeout, options)
+    pool = BlockingConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 _QUEUE_WAIT = 10.0  # seconds a command may wait for a free connection of the pool
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's connections, found through the sentinels, bounded and waiting like the
+    plain pool's."""
+
+
+class _SentinelMaster(Redis):
+    """The master's client; closing it also closes the connections to the sentinels."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
+    hosts, service, auth = sentinel_params(url)
+    # The sentinels get the same short timeouts; they never see the master's password.
+    asked = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "protocol": 2}
+    sentinel = Sentinel(hosts, sentinel_kwargs=asked)
+    logger.info("Redis master of {!r} from sentinels {}", service, hosts)
+    client = sentinel.master_for(
+        service,
+        redis_class=_SentinelMaster,
+        connection_pool_class=_BlockingSentinelPool,
+        **options,
+        **auth,
+    )
+    client.sentinel = sentinel
+    return client
+
+
+def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
+    """``(sentinels, service, master options)`` of a ``redis+sentinel://`` URL.
+
+    >>> sentinel_params("redis+sentinel://a:26380,b/gw")
+    ([('a', 26380), ('b', 26379)], 'gw', {'db': 0, 'password': None, 'username': None})
+    """
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (user or None, secret or None) if colon else (None, user or None)
+    hosts = [_host(part) for part in hostlist.split(",") if part]
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError("needs sentinels and a service: redis+sentinel://host:26379/<service>")
+    if db and not db.isdigit():
+        raise ValueError("the database after the service must be a number")
+    return hosts, service, {"db": int(db or 0), "password": password, "username": username}
+
+
+def _host(part: str) -> tuple[str, int]:
+    if part.startswith("["):  # [::1]:26379
+        host, _, port = part[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = part.partition(":")
+    if port and not port.isdigit():
+        raise ValueError(f"bad sentinel port in {part!r}")
+    return host, int(port or _SENTINEL_PORT)

@@ -27,6 +27,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
 | ``<p>response:<id>`` | string | a stored Responses API response and its items (JSON), with a TTL |
 | ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
+| ``<p>traffic:<minute>`` | hash | requests, errors, ttfb_us of all completions in one minute |
 
 Client-key names share the hash tag ``{k:<id>}`` (every key one script touches hashes to
 one Redis Cluster slot); ``<day>`` is the UTC day, ``yyyymmdd``. Token ids are the first 16
@@ -131,3 +132,6 @@ class Keys:
     @property
     def usage_keys(self) -> str:
         return f"{self.prefix}usage:keys"
+
+    def traffic(self, minute: str) -> str:
+        return f"{self.prefix}traffic:{minute}"

@@ -8,9 +8,13 @@ seconds and once more on shutdown. So a process killed with SIGKILL loses at mos
 interval of counts; limits never depend on these counters (they live in ``state.client_keys``).
 Day hashes expire after ``USAGE_RETENTION_DAYS``. ``query`` reads a range of days back,
 grouped by any of key, model and day. Only counts are stored: never prompt or answer text.
+``observe`` counts completions of all keys per minute (requests, errors, the sum of times to
+first byte) into ``<p>traffic:<yyyymmddHHMM>``, written by the same flush and kept two hours,
+which the dashboard draws with ``last_hour``.
 """
 
 import datetime as dt
+import time
 from collections import defaultdict
 
 from redis.asyncio import Redis
@@ -22,6 +26,7 @@ __all__ = ["FIELDS", "GROUPS", "UsageLog", "day_of"]
 FIELDS = ("requests", "input", "output", "errors")
 GROUPS = ("key", "model", "day")
 MAX_DAYS = 400  # one query reads at most this many days per key
+_TRAFFIC_SECONDS = 2 * 3600
 
 
 def day_of(when: dt.datetime) -> str:
@@ -37,6 +42,7 @@ class UsageLog:
             lambda: [0, 0, 0, 0]
         )
         self._names: dict[str, str] = {}
+        self._traffic: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
     def __repr__(self) -> str:
         return f"<UsageLog pending={len(self._counts)}>"
@@ -51,32 +57,73 @@ class UsageLog:
         counts[3] += int(error)
         self._names[kid] = name
 
+    def observe(self, error: bool, ttfb_ms: float) -> None:
+        """One completion answered (any key), for the per-minute traffic."""
+        counts = self._traffic[time.strftime("%Y%m%d%H%M", time.gmtime())]
+        counts[0] += 1
+        counts[1] += int(error)
+        counts[2] += round(ttfb_ms * 1000)  # microseconds: integers add up exactly
+
     async def flush(self) -> int:
         """Write what was counted since the last flush; returns how many rows. If Redis
         fails, the counts are kept for the next flush (and the error raised)."""
-        counts, names = self._counts, self._names
-        if not counts:
+        counts, names, traffic = self._counts, self._names, self._traffic
+        if not counts and not traffic:
             return 0
         self._counts = defaultdict(lambda: [0, 0, 0, 0])
         self._names = {}
+        self._traffic = defaultdict(lambda: [0, 0, 0])
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                for minute, (requests, errors, ttfb_us) in traffic.items():
+                    key = self.keys.traffic(minute)
+                    pipe.hincrby(key, "requests", requests)
+                    pipe.hincrby(key, "errors", errors)
+                    pipe.hincrby(key, "ttfb_us", ttfb_us)
+                    pipe.expire(key, _TRAFFIC_SECONDS)
                 for (kid, day, model), values in counts.items():
                     key = self.keys.usage(kid, day)
                     for field, value in zip(FIELDS, values, strict=True):
                         if value:
                             pipe.hincrby(key, f"{model}:{field}", value)
                     pipe.expire(key, self.retention)
-                pipe.hset(self.keys.usage_keys, mapping=names)
+                if names:
+                    pipe.hset(self.keys.usage_keys, mapping=names)
                 await pipe.execute()
         except BaseException:
-            for row, values in counts.items():
-                mine = self._counts[row]
-                for i, value in enumerate(values):
-                    mine[i] += value
+            for kept, lost in ((self._counts, counts), (self._traffic, traffic)):
+                for row, values in lost.items():
+                    mine = kept[row]  # type: ignore[index]
+                    for i, value in enumerate(values):
+                        mine[i] += value
             self._names = {**names, **self._names}
             raise
-        return len(counts)
+        return len(counts) + len(traffic)
+
+    async def last_hour(self) -> dict[str, list]:
+        """The last 60 minutes (UTC, oldest first): requests, errors, mean time to first
+        byte in ms, across every process that flushed."""
+        now = int(time.time()) // 60 * 60
+        minutes = [time.gmtime(now - 60 * i) for i in range(59, -1, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hmget(
+                    self.keys.traffic(time.strftime("%Y%m%d%H%M", minute)),
+                    "requests",
+                    "errors",
+                    "ttfb_us",
+                )
+            rows = await pipe.execute()
+        requests = [int(row[0] or 0) for row in rows]
+        return {
+            "minutes": [time.strftime("%H:%M", minute) for minute in minutes],
+            "requests": requests,
+            "errors": [int(row[1] or 0) for row in rows],
+            "ttfb_ms": [
+                round(int(row[2] or 0) / 1000 / n, 1) if n else 0
+                for row, n in zip(rows, requests, strict=True)
+            ],
+        }
 
     async def names(self) -> dict[str, str]:
         return await self.redis.hgetall(self.keys.usage_keys)

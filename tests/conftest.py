@@ -21,6 +21,7 @@ from server.services import Services, make_services
 from server.settings import load_settings
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
+from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -141,14 +142,25 @@ def real_redis_server():
     server.stop()
 
 
-@pytest.fixture(params=["fakeredis", "redis-server"])
+@pytest.fixture(scope="session")
+def real_sentinel_set():
+    try:
+        sset = SentinelSet().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield sset
+    sset.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server", "sentinel"])
 def redis(request, io_loop):
-    """The same state code on the embedded fakeredis and on a real redis-server."""
+    """The same state code on the embedded fakeredis, on a real redis-server, and on the
+    master of a real Sentinel set (found through its sentinels, as REDIS_URL names it)."""
     if request.param == "fakeredis":
         client = connect("", 0.5)
     else:
-        server = request.getfixturevalue("real_redis_server")
-        client = connect(server.url, 2.0)
+        name = "real_redis_server" if request.param == "redis-server" else "real_sentinel_set"
+        client = connect(request.getfixturevalue(name).url, 2.0)
         io_loop.run_sync(client.flushall)
     yield client
     io_loop.run_sync(client.aclose)

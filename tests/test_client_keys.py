@@ -59,7 +59,8 @@ async def test_request_limit_is_a_sliding_minute_and_tokens_a_bucket(redis):
     requests, tokens = got[2].limits
     assert (requests.kind, requests.limit, requests.remaining) == ("requests", 3, 0)
     assert 59 < requests.reset <= 60 and 59 < got[3].retry_after <= 60
-    assert (tokens.kind, tokens.limit) == ("tokens", 1000) and 699 <= tokens.remaining <= 701
+    # 1000 a minute refill 1 token each 60 ms: a slow run sees a few more than 700 left
+    assert (tokens.kind, tokens.limit) == ("tokens", 1000) and 699 <= tokens.remaining <= 710
     assert got[0].reserved_minute == 100 and got[3].reserved_minute == 0
     # a lookup (no request, no tokens) is never refused and takes nothing
     lookup = await keys.admit(kid, digest, "", 0, 0, "r9")
@@ -68,10 +69,10 @@ async def test_request_limit_is_a_sliding_minute_and_tokens_a_bucket(redis):
     await keys.settle(kid, got[0], 10)
     await keys.update(kid, rpm=0)
     after = await keys.admit(kid, digest, "glm-4.5", 1, 0, "r10")
-    assert 789 <= after.limits[0].remaining <= 791
+    assert 789 <= after.limits[0].remaining <= 800  # 700 without the settle
     # tokens: more than what is left is refused, with the wait until enough has refilled
     big = await keys.admit(kid, digest, "glm-4.5", 1, 900, "r11")
-    assert big.refused == "tpm" and 5 < big.retry_after <= 7
+    assert big.refused == "tpm" and 4 < big.retry_after <= 7
 
 
 async def test_disabled_expired_and_model_list(redis):

@@ -1,6 +1,7 @@
 """Issue 17's acceptance for limits: 200 concurrent requests from 3 replica processes on one
-key limited to 50 a minute, on a real redis-server: exactly 50 succeed, the other 150 get a
-429 with Retry-After and OpenAI's x-ratelimit-* headers, and the upstream sees exactly 50."""
+key limited to 50 a minute, on a real redis-server and on a real Sentinel set: exactly 50
+succeed, the other 150 get a 429 with Retry-After and OpenAI's x-ratelimit-* headers, and
+the upstream sees exactly 50."""
 
 import asyncio
 import collections
@@ -11,6 +12,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.fake_upstream import FakeUpstream
+from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 from tests.test_pool_gateway import ADMIN
 from tests.test_replicas import Replica, used
@@ -18,21 +20,23 @@ from tests.test_replicas import Replica, used
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def cluster(io_loop, tmp_path):
-    """Three replicas as in test_replicas, with a Redis timeout fit for a burst: each process
-    opens its connections during the burst itself, and on this shared 2-core machine a
-    connect can take longer than the 0.5 s default."""
-    redis = RedisServer().start()
+@pytest.fixture(params=["redis-server", "sentinel"])
+def cluster(request, io_loop, tmp_path):
+    """Three replicas as in test_replicas, on a plain redis-server or on a Sentinel set, with
+    a Redis timeout fit for a burst: each process opens its connections during the burst
+    itself, and on this shared 2-core machine a connect can take longer than 0.5 s."""
+    sset = SentinelSet().start() if request.param == "sentinel" else None
+    redis = sset.master if sset is not None else RedisServer().start()
+    url = sset.url if sset is not None else redis.url
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
-    replicas = [Replica(redis.url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
+    replicas = [Replica(url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
     yield redis, fake, replicas
     codes = [replica.stop() for replica in replicas]
     for replica in replicas:
         replica.log.close()
     io_loop.run_sync(fake.close)
-    redis.stop()
+    (sset or redis).stop()
     assert codes == [0, 0, 0]
 
 

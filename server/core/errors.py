@@ -42,6 +42,7 @@ RULES: dict[str, Rule] = {
     "not_found": Rule(404, "invalid_request_error", message="{detail}"),
     "method_not_allowed": Rule(405, "invalid_request_error", message="{detail}"),
     "payload_too_large": Rule(413, "invalid_request_error", message="{detail}"),
+    "forbidden": Rule(403, "permission_error", message="{detail}"),
     "model_not_allowed": Rule(
         403, "permission_error", message="this API key may not use model {model} ({detail})"
     ),

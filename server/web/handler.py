@@ -389,6 +389,9 @@ class ApiHandler(RequestHandler):
         observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
         if self.caller is not None:
             self.count_usage(self.caller, model, status)
+        if self.admits:
+            failed = status >= 400 or (self.metered is not None and self.metered.failed)
+            self.services.usage.observe(failed, ttfb)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,

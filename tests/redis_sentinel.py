@@ -1,0 +1,112 @@
+"""A real Redis Sentinel set for the tests: a master, a replica and three sentinels, each a
+``redis-server`` process on a free loopback port, stopped after.
+
+Owns ``SentinelSet``. ``url`` is the gateway's ``REDIS_URL`` for it
+(``redis+sentinel://...``); ``kill_master`` SIGKILLs the master and ``wait_failover``
+returns once the sentinels name the replica as the new master.
+"""
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.redis_server import RedisServer, free_port
+
+SERVICE = "gw"
+
+
+class SentinelSet:
+    def __init__(self, down_after_ms: int = 500) -> None:
+        self.down_after_ms = down_after_ms
+        self.master = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.dir = Path(tempfile.mkdtemp(prefix="sentinel-"))
+        self.sentinels: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> "SentinelSet":
+        self.master.start()
+        self.replica.start()
+        self.replica.cli("REPLICAOF", "127.0.0.1", str(self.master.port))
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        for port in self.sentinel_ports:
+            conf = self.dir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} 5000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        self._wait(lambda: self.synced() and self.sentinels_see_each_other(), "set-up")
+        return self
+
+    def sentinel_cli(self, *args: str, port: int | None = None) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port or self.sentinel_ports[0]), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return done.stdout
+
+    def master_port(self) -> int:
+        reply = self.sentinel_cli("SENTINEL", "get-master-addr-by-name", SERVICE).split()
+        return int(reply[1]) if len(reply) == 2 else 0
+
+    def synced(self) -> bool:
+        info = self.replica.cli("INFO", "replication")
+        return "master_link_status:up" in info
+
+    def sentinels_see_each_other(self) -> bool:
+        for port in self.sentinel_ports:
+            reply = self.sentinel_cli("SENTINEL", "master", SERVICE, port=port).split()
+            fields = dict(zip(reply[::2], reply[1::2], strict=False))
+            if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != "1":
+                return False
+        return True
+
+    def kill_master(self) -> None:
+        assert self.master.proc is not None
+        self.master.proc.send_signal(signal.SIGKILL)
+        self.master.proc.wait(10)
+        self.master.proc = None
+
+    def wait_failover(self, timeout: float = 30) -> float:
+        started = time.monotonic()
+        self._wait(lambda: self.master_port() == self.replica.port, "failover", timeout)
+        return time.monotonic() - started
+
+    def _wait(self, ready, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"sentinel {what} did not happen in {timeout} s")
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.terminate()
+        for proc in self.sentinels:
+            proc.wait(10)
+        self.sentinels = []
+        self.master.stop()
+        self.replica.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
