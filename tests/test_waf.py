@@ -68,7 +68,14 @@ def probes(fake) -> list:
 
 
 def pooled(**more) -> dict:
-    return {"zai_tokens": TOKENS[0], "anonymous_mode": False, "admin_token": ADMIN, **more}
+    # one token serves the concurrent requests here (the per-account cap is not under test)
+    return {
+        "zai_tokens": TOKENS[0],
+        "anonymous_mode": False,
+        "admin_token": ADMIN,
+        "pool_max_concurrency": 0,
+        **more,
+    }
 
 
 async def test_one_replica_probes_when_the_window_ends_and_the_others_wait(
