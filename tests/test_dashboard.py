@@ -62,8 +62,8 @@ async def test_log_in_watch_a_cooldown_and_disable_a_key(gateway):
             assert await page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
             await page.screenshot(path=str(SHOTS / "1-logged-in.png"), full_page=True)
 
-            # an upstream failure cools a token: the page shows it without a reload
-            gw.fake.fail_tokens[TOKENS[0]] = 500
+            # a rate-limited token cools down: the page shows it without a reload
+            gw.fake.fail_tokens[TOKENS[0]] = 429
             async with gw.openai(created["key"]) as client:
                 for _ in range(3):
                     try:
