@@ -43,9 +43,18 @@ class Gateway:
         return [r for r in self.fake.requests if r.path.endswith("/chat/completions")]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "fold: the gateway runs with ZAI_HISTORY=fold against a fake that takes only user"
+        " messages (tests/test_fold_e2e.py re-runs the end-to-end suites so)",
+    )
+
+
 @pytest.fixture
-def gateway(io_loop):
+def gateway(io_loop, request):
     started: list[Gateway] = []
+    fold = request.node.get_closest_marker("fold") is not None
 
     async def start(
         *cassettes: str,
@@ -64,6 +73,7 @@ def gateway(io_loop):
             stall_after=stall_after,
             stall_headers=stall_headers,
         )
+        fake.strict_roles = fold
         base = await fake.start()
         values = {
             "auth_token": API_KEY,
@@ -74,6 +84,7 @@ def gateway(io_loop):
             "guest_reserve": 0,
             "pacing_min_gap_ms": 0,  # the suite is not the real upstream; test_pacing paces
             "pacing_jitter_ms": 0,
+            **({"zai_history": "fold"} if fold else {}),
             **overrides,
         }
         settings = load_settings(_env_file=None, **values)

@@ -4,7 +4,8 @@ Owns ``ZaiClient``: reading the front-end version from the home page (cached, on
 time, re-read on a 426), creating guest credentials (``GET /api/v1/auths/``, falling back to
 ``POST /api/v1/auths/guest``), validating a token, and opening a completion stream. HTTP-level
 failures come back as ``GatewayError`` kinds (``failures.http_failure``); connection failures
-and timeouts as ``unavailable``/``timeout``. ``ZAI_BASE_URL`` moves every URL at once.
+and timeouts as ``unavailable``/``timeout``. ``models`` reads ``GET /api/models``.
+``ZAI_BASE_URL`` moves every URL at once.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from server.egress import Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
+from server.zai.models import UpstreamModel, decode_models
 from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
 from state.facts import Facts
 
@@ -183,23 +185,56 @@ class ZaiClient:
             raise GatewayError("bad_response", f"guest sign-in answered {exc}") from None
 
     async def validate(self, token: str) -> Credential | None:
-        """The account behind a token, or ``None`` when the upstream says it is dead (401)."""
+        """The account behind a token, or ``None`` when the upstream says it is invalid (401,
+        or a 403 that is not the WAF's page). Its ``token`` may differ from ``token``: the
+        upstream rotated it. Any other answer raises: it says nothing about the token."""
         status, body = await self._fetch("GET", "/api/v1/auths/", None, _bearer(token))
-        if status == 401:
-            return None
+        if status != 200:
+            failure = http_failure(status, body)
+            if status in (401, 403) and failure.kind == "token_rejected":
+                return None
+            raise failure
+        return credential_from_auth(body)
+
+    # Models
+
+    async def models(self, token: str) -> list[UpstreamModel]:
+        """``GET /api/models`` as this token's tier sees it."""
+        status, body = await self._fetch("GET", "/api/models", None, _bearer(token))
         if status != 200:
             raise http_failure(status, body)
-        return credential_from_auth(body)
+        try:
+            return decode_models(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise GatewayError("bad_response", f"/api/models answered {exc}") from None
+
+    # Chats
+
+    async def delete_chat(self, token: str, chat_id: str) -> bool:
+        """``DELETE /api/v1/chats/{id}``: True when the chat is gone (deleted, or not found),
+        False when the token can no longer delete anything (401). Other answers raise."""
+        path = f"/api/v1/chats/{chat_id}"
+        status, body = await self._fetch("DELETE", path, None, _bearer(token))
+        if status in (200, 404):
+            return True
+        if status == 401:
+            return False
+        raise http_failure(status, body)
 
     # Completions
 
     async def open_completion(
-        self, cred: Credential, conv: Conversation, captcha: str = "", route: Route | None = None
+        self,
+        cred: Credential,
+        conv: Conversation,
+        captcha: str = "",
+        route: Route | None = None,
+        chat_id: str | None = None,
     ) -> Exchange:
         """Send the completion request (by ``route``); return the open 200 stream or raise
         GatewayError."""
         version = await self.fe_version()
-        req = build_completion(self.dialect, cred, conv, version, captcha=captcha)
+        req = build_completion(self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha)
         exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
         if exchange.status == 200:
             return exchange
