@@ -91,7 +91,7 @@ def make_server(services: Services, **options: object) -> EdgeServer:
     limits: dict[str, object] = {
         "max_body_size": settings.max_body_bytes + 1024,
         "body_timeout": settings.body_timeout,
-        "idle_connection_timeout": 75,
+        "idle_connection_timeout": settings.idle_connection_timeout,
         "max_header_size": settings.max_header_bytes,
         "max_connections": settings.max_connections,
     }

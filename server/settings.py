@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(65536, ge=4096)
     # Client connections one worker process keeps open; over it: 503 and closed
     max_connections: int = Field(4096, ge=1)
+    # Seconds a connection may go without a whole request head: idle keep-alive, or a client
+    # sending its request line and headers slowly (slowloris); then it is closed
+    idle_connection_timeout: float = Field(75.0, gt=0)
 
     # Hostile input: how long a client may take to send its body once the headers are in
     body_timeout: float = Field(60.0, gt=0)
