@@ -4,7 +4,6 @@ and that nothing hangs or leaks."""
 import asyncio
 import random
 import signal
-import subprocess
 import time
 
 import openai
@@ -156,23 +155,7 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
             redis.proc.send_signal(signal.SIGKILL)
             redis.proc.wait(5)
             await asyncio.sleep(1)
-            redis.proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(redis.port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    redis.dir,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            redis.spawn()  # same port and directory, empty
             restarted = time.monotonic()
 
         await asyncio.gather(*(worker() for _ in range(6)), chaos())
