@@ -207,8 +207,9 @@ class Settings(BaseSettings):
     def _some_key(self) -> "Settings":
         if not self.skip_auth_token and not self.api_keys and not self.admin_token:
             raise ValueError(
-                "AUTH_TOKEN: set a client API key (AUTH_TOKEN or AUTH_TOKENS), or ADMIN_TOKEN "
-                "to issue keys with POST /v1/keys, or SKIP_AUTH_TOKEN=true to run without one"
+                "AUTH_TOKEN: set the key your clients will send, e.g. "
+                "`AUTH_TOKEN=sk-choose-a-key ./run` (several: AUTH_TOKENS=k1,k2; issued ones: "
+                "ADMIN_TOKEN and POST /v1/keys; none: SKIP_AUTH_TOKEN=true, open to anyone)"
             )
         return self
 
