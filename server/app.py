@@ -12,7 +12,14 @@ from tornado.web import Application
 from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelInfoList
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.faces.responses.api import OneResponse, Responses
-from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.ops.admin import (
+    CaptchaPush,
+    InstanceList,
+    PoolHealthCheck,
+    PoolStatus,
+    PoolUpdate,
+    UpstreamCheck,
+)
 from server.ops.dashboard import (
     DASHBOARD_STATIC,
     DashboardData,
@@ -58,6 +65,7 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/token-pool/update", PoolUpdate),
     (r"/v1/instances", InstanceList),
     (r"/v1/captcha", CaptchaPush),
+    (r"/v1/upstream/check", UpstreamCheck),
     (r"/v1/keys", KeyList),
     (r"/v1/keys/([0-9a-f]{12})", OneKey),
     (r"/v1/usage", UsageReport),

@@ -381,9 +381,10 @@ class _Handler(RequestHandler):
             while not self.gone:
                 await asyncio.sleep(0.05)
             return
-        if self.fake.captcha_valid is not None and seen.path == "/api/config":
+        if seen.path == "/api/config":  # the real one always answers (PROTOCOL.md 6.2)
+            strict = self.fake.captcha_valid is not None
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"features": {"enable_captcha": True}}))
+            self.finish(json.dumps({"features": {"enable_captcha": strict}}))
             return
         bearer = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
         if seen.method == "GET" and seen.path == "/api/v1/auths/" and bearer in self.fake.accounts:

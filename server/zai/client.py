@@ -173,10 +173,10 @@ class ZaiClient:
 
     # Identity
 
-    async def guest_credential(self) -> Credential:
-        status, body = await self._fetch("GET", "/api/v1/auths/", None, {})
+    async def guest_credential(self, route: Route | None = None) -> Credential:
+        status, body = await self._fetch("GET", "/api/v1/auths/", None, {}, route)
         if status != 200:
-            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {})
+            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {}, route)
         if status != 200:
             raise http_failure(status, body)
         try:
@@ -265,14 +265,41 @@ class ZaiClient:
             return None
         return http_failure(exchange.status, body).kind == "waf_blocked"
 
+    # One step each, by a given route, for the self-check (nothing is cached or shared)
+
+    async def home_version(self, route: Route) -> str:
+        """The ``prod-fe-x.y.z`` the home page shows by ``route`` ("" when none)."""
+        status, body = await self._fetch("GET", "/", None, {"Accept": "text/html"}, route)
+        if status != 200:
+            raise http_failure(status, body)
+        found = _FE_VERSION.search(body)
+        return found[0].decode() if found else ""
+
+    async def config_captcha(self, route: Route) -> bool:
+        """Whether ``/api/config`` (read by ``route``) says ``features.enable_captcha``."""
+        status, body = await self._fetch("GET", "/api/config", None, {}, route)
+        if status != 200:
+            raise http_failure(status, body)
+        try:
+            config = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise GatewayError("bad_response", "/api/config is not JSON") from None
+        features = config.get("features") if isinstance(config, dict) else None
+        return isinstance(features, dict) and features.get("enable_captcha") is True
+
     async def _fetch(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        route: Route | None = None,
     ) -> tuple[int, bytes]:
         head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json", **headers}
         head.setdefault("Origin", self.base_url)
         if body is not None:
             head["Content-Type"] = "application/json"
-        exchange = await self._open(method, self.base_url + path, head, body, "")
+        exchange = await self._open(method, self.base_url + path, head, body, "", route)
         try:
             return exchange.status, await exchange.read_all(4 << 20)
         except TransportError as exc:
