@@ -74,6 +74,7 @@ def to_conversation(
         request_id=request_id,
         stop=list(req.stop_sequences or []),
         max_tokens=req.max_tokens,
+        captcha=req.zai_captcha or "",
     )
     if tool_support and req.tools:
         _tools(req, conv, referenced)
