@@ -17,9 +17,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from loguru import logger
+from redis.exceptions import RedisError
 from tornado.netutil import bind_sockets
 
 from server.app import make_server
+from server.banner import banner
 from server.logs import setup_logging
 from server.process import raise_fd_limit, supervise
 from server.services import make_services
@@ -27,7 +29,7 @@ from server.settings import Settings, SettingsError, load_settings
 from server.uniqueness import InstanceLockError, claim_instance_lock
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
     sockets = bind_sockets(
         settings.listen_port, settings.listen_host, reuse_port=settings.workers > 1
     )
@@ -44,6 +46,13 @@ async def serve(settings: Settings) -> None:
         "anonymous" if settings.anonymous_mode else "token",
         type(loop).__module__.split(".")[0],
     )
+    if banner_pipe is None or _claim(banner_pipe):  # once per start, not once per worker
+        try:
+            states: list[str] | None = [row.state for row in await services.pool.status()]
+        except (RedisError, OSError):
+            states = None  # Redis is down at start: say so, serve anyway (it comes back)
+        for line in banner(settings, states):
+            logger.info(line)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -65,6 +74,13 @@ async def serve(settings: Settings) -> None:
         logger.warning("some client connections would not close; leaving them")
     await asyncio.wait_for(services.stop(), _STOP_GRACE / 2)
     logger.info("stopped")
+
+
+def _claim(pipe: int) -> bool:
+    try:
+        return os.read(pipe, 1) == b"1"
+    except BlockingIOError:  # another worker took it
+        return False
 
 
 _STOP_GRACE = 10.0  # seconds after the drain deadline before the process gives up
@@ -95,7 +111,13 @@ def _event_loop(settings: Settings) -> Runner:
 
 def _run_workers(settings: Settings, run: Runner) -> int:
     """The parent's exit status: 0 once the workers stopped on SIGTERM, 1 when they kept dying."""
-    return supervise(settings.workers, lambda: run(serve(settings)))
+    # One byte in a pipe every worker inherits: the worker that reads it prints the banner, so
+    # it appears once per start (a worker started again later finds the pipe empty).
+    banner_pipe, write = os.pipe()
+    os.set_blocking(banner_pipe, False)
+    os.write(write, b"1")
+    os.close(write)
+    return supervise(settings.workers, lambda: run(serve(settings, banner_pipe)))
 
 
 def _file_descriptors(settings: Settings) -> None:

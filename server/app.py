@@ -12,7 +12,14 @@ from tornado.web import Application
 from server.faces.anthropic.api import CountTokens, Messages, ModelInfo, ModelInfoList
 from server.faces.openai.api import ChatCompletions, ModelList, OneModel
 from server.faces.responses.api import OneResponse, Responses
-from server.ops.admin import CaptchaPush, InstanceList, PoolHealthCheck, PoolStatus, PoolUpdate
+from server.ops.admin import (
+    CaptchaPush,
+    InstanceList,
+    PoolHealthCheck,
+    PoolStatus,
+    PoolUpdate,
+    UpstreamCheck,
+)
 from server.ops.dashboard import (
     DASHBOARD_STATIC,
     DashboardData,
@@ -58,6 +65,7 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/token-pool/update", PoolUpdate),
     (r"/v1/instances", InstanceList),
     (r"/v1/captcha", CaptchaPush),
+    (r"/v1/upstream/check", UpstreamCheck),
     (r"/v1/keys", KeyList),
     (r"/v1/keys/([0-9a-f]{12})", OneKey),
     (r"/v1/usage", UsageReport),
@@ -91,7 +99,7 @@ def make_server(services: Services, **options: object) -> EdgeServer:
     limits: dict[str, object] = {
         "max_body_size": settings.max_body_bytes + 1024,
         "body_timeout": settings.body_timeout,
-        "idle_connection_timeout": 75,
+        "idle_connection_timeout": settings.idle_connection_timeout,
         "max_header_size": settings.max_header_bytes,
         "max_connections": settings.max_connections,
     }

@@ -18,6 +18,8 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.core.catalogue import Catalogue
+from server.core.chats import ThrowawayChats
 from server.core.completion import CaptchaSource
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
@@ -27,8 +29,10 @@ from server.settings import Settings
 from server.transport import Timeouts
 from server.web.callers import Caller, static_callers
 from server.zai.client import VersionPolicy, ZaiClient
+from server.zai.identity import Credential
 from server.zai.request import Dialect
 from state.captcha import CaptchaPool
+from state.chats import ChatLedger
 from state.client_keys import ClientKeys
 from state.connection import connect
 from state.facts import Facts
@@ -61,6 +65,8 @@ class Services:
     client_keys: ClientKeys | None = None
     usage: UsageLog | None = None
     static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
+    catalogue: Catalogue | None = None
+    chats: ThrowawayChats | None = None
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -100,6 +106,8 @@ class Services:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.chats is not None:  # the deletes in flight; the ledger keeps the rest
+            await self.chats.drain(2.0)
         if self.usage is not None:
             await self._safely("writing usage", self.usage.flush())
         await self._safely("sending the last lease releases", self.pool.flush())
@@ -107,8 +115,22 @@ class Services:
         await self._safely("deregister", self.instances.deregister())
         await self._safely("closing the Redis client", self.redis.aclose())
 
+    async def listing_credentials(self) -> list[Credential]:
+        """Tokens to read the upstream's model lists with: a pooled user token (a read, no
+        cost) and, in anonymous mode, a fresh guest."""
+        creds = []
+        rows = [row for row in await self.pool.status() if row.state == "active"]
+        if rows:
+            token = (await self.pool.tokens()).get(rows[0].id)
+            if token:
+                creds.append(Credential(token, "", "user"))
+        if self.guests is not None:
+            creds.append(await self.client.guest_credential())
+        return creds
+
     async def health_check(self, ids: list[str] | None = None) -> list:
-        return await check_tokens(self.pool, self.client, ids)
+        grace = self.settings.pool_rotation_grace
+        return await check_tokens(self.pool, self.client, ids, grace=grace)
 
     async def _load(self, tokens: list[str]) -> None:
         ids = await self.pool.add(tokens)
@@ -129,6 +151,9 @@ class Services:
             if not self.draining:
                 await self._safely("heartbeat", self.instances.heartbeat(len(self.active)))
             await self._safely("lease renewal", self.pool.renew())
+            if self.chats is not None:
+                await self._safely("chat renewal", self.chats.renew())
+                await self._safely("chat sweep", self.chats.sweep())
             await self._safely("pool check", self._reload_if_lost())
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval
@@ -207,7 +232,7 @@ def make_services(settings: Settings) -> Services:
     captchas = CaptchaSource(
         settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
     )
-    return Services(
+    services = Services(
         settings,
         redis,
         keys,
@@ -222,6 +247,31 @@ def make_services(settings: Settings) -> Services:
         usage=UsageLog(redis, keys, settings.usage_retention_days),
         static_callers=static_callers(settings.api_keys),
     )
+    if settings.zai_chats == "throwaway":
+        services.chats = throwaway_chats(settings, redis, keys, client, egress)
+    services.catalogue = Catalogue(
+        client,
+        Facts(redis, keys),
+        settings.zai_models_ttl,
+        settings.zai_models == "live",
+        services.listing_credentials,
+    )
+    return services
+
+
+def throwaway_chats(
+    settings: Settings, redis: Redis, keys: Keys, client: ZaiClient, egress: Egress
+) -> ThrowawayChats:
+    async def pooled_token(tid: str) -> str | None:
+        return await redis.hget(keys.tokens, tid)
+
+    async def waf_open() -> bool:  # every route blocked (or half-open): deletes wait
+        return all(route["state"] != "ok" for route in await egress.status())
+
+    # A chat stays its replica's for two heartbeats without a renewal: then others may sweep.
+    hold = settings.instance_ttl * 2
+    ledger = ChatLedger(redis, keys)
+    return ThrowawayChats(ledger, client, hold, settings.zai_chat_retry, pooled_token, waf_open)
 
 
 def zai_client(

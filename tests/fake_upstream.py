@@ -44,15 +44,21 @@ from vcr.matchers import method, path
 from vcr.record_mode import RecordMode
 from vcr.request import Request
 
-from scripts.upstream_checks import refusal
+from scripts.upstream_checks import BAD_TOKEN, refusal
 from tests.fake_catalogue import catalogue
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 COMPLETIONS = "/api/v2/chat/completions"
+CHATS = "/api/v1/chats/"
 DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
 # How long a cut connection stays open after its last piece: the upstream dies a moment after
 # its last frame, and the client has read what was sent before the reset.
 CUT_DELAY = 0.05
+WAF_PAGE = (
+    b'<!doctypehtml><html lang="zh-cn"><title>403</title><body>'
+    b"<img src=https://errors.aliyun.com/images/TB1TpamHpXXXXaJXXXXeB7nYVXX-104-162.png>"
+    b"Sorry, your request has been blocked as it may cause potential threats</body></html>"
+)
 
 
 @dataclass
@@ -114,6 +120,19 @@ class FakeUpstream:
         # completion's model and features are checked against it as the upstream would.
         self.models: list[dict] = catalogue()
         self.guest_tokens = self._guest_tokens()
+        # token -> what GET /api/v1/auths/ with that bearer answers (a user account; its
+        # "token" may differ: a rotated token, PROTOCOL.md section 6.8). Others: cassettes.
+        self.accounts: dict[str, dict] = {}
+        # Strict roles (PROTOCOL.md section 6.7, one source): the v2 endpoint takes only
+        # role "user" messages and answers others with an in-band INTERNAL_ERROR.
+        self.strict_roles = False
+        # Chats the upstream keeps (PROTOCOL.md section 6.4): each accepted completion's
+        # chat_id -> its owner's token, until DELETE /api/v1/chats/{id} by that owner
+        # (true; anything else: 404 "We could not find..."). ``delete_failures``: that many
+        # deletes answer 500 first.
+        self.chats: dict[str, str] = {}
+        self.deleted: list[str] = []
+        self.delete_failures = 0
         self.base_url: str | None = None
         self._server: HTTPServer | None = None
 
@@ -160,6 +179,10 @@ class FakeUpstream:
             model, features = body["model"], body.get("features") or {}
         except (ValueError, KeyError, TypeError):
             return None
+        roles = {m.get("role") for m in body.get("messages") or [] if isinstance(m, dict)}
+        if self.strict_roles and roles - {"user"}:
+            detail = f"only user messages are accepted, got {sorted(map(str, roles))}"
+            return _inband({"code": "INTERNAL_ERROR", "detail": detail})
         row = next((r for r in self.models if r["id"] == model), None)
         guest = seen.query.get("token") in self.guest_tokens
         if row is not None and guest and not row.get("guest", True):
@@ -175,6 +198,24 @@ class FakeUpstream:
                 detail = f"reasoning_effort {effort!r} is not accepted for model {model}"
                 return _inband({"code": "INTERNAL_ERROR", "detail": detail})
         return None
+
+    def keep_chat(self, seen: Seen) -> None:
+        try:
+            chat_id = json.loads(seen.body).get("chat_id")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(chat_id, str) and chat_id:
+            self.chats.setdefault(chat_id, seen.query.get("token", ""))
+
+    def delete_chat(self, chat_id: str, token: str) -> object:
+        if self.delete_failures > 0:
+            self.delete_failures -= 1
+            raise _Status(500, {"detail": "Internal Server Error"})
+        if self.chats.get(chat_id) != token or not token:
+            raise _Status(404, {"detail": "We could not find what you're looking for :/"})
+        del self.chats[chat_id]
+        self.deleted.append(chat_id)
+        return True
 
     def _pick(self, request: Request) -> dict | None:
         candidates = []
@@ -286,6 +327,26 @@ class FakeUpstream:
             await asyncio.sleep(0.01)
 
 
+class _Status(Exception):
+    """An HTTP error answer from one of the fake's own routes."""
+
+    def __init__(self, status: int, body: dict) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+def _echo_token(body: bytes, token: str) -> bytes:
+    """A token check's answer names the token it was shown (the cassettes recorded a sign-in,
+    which hands out a new one); only a rotation changes it (``accounts``)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(answer, dict) or "token" not in answer:
+        return body
+    return json.dumps({**answer, "token": token}).encode()
+
+
 def _inband(error: dict) -> bytes:
     """One SSE event carrying an in-band error, shaped as the upstream sends them."""
     frame = {"data": {"data": {"done": True, "error": error}, "done": True, "error": error}}
@@ -355,9 +416,33 @@ class _Handler(RequestHandler):
             while not self.gone:
                 await asyncio.sleep(0.05)
             return
-        if self.fake.captcha_valid is not None and seen.path == "/api/config":
+        if seen.path == "/api/config":  # the real one always answers (PROTOCOL.md 6.2)
+            strict = self.fake.captcha_valid is not None
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"features": {"enable_captcha": True}}))
+            self.finish(json.dumps({"features": {"enable_captcha": strict}}))
+            return
+        bearer = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
+        if seen.method == "GET" and seen.path == "/api/v1/auths/" and bearer in self.fake.accounts:
+            answer = self.fake.accounts[bearer]
+            if answer == "waf":  # the Aliyun block page, which says nothing about the token
+                self.set_status(403)
+                self.set_header("Content-Type", "text/html")
+                self.finish(WAF_PAGE)
+                return
+            if isinstance(answer, int):  # an HTTP error with the upstream's JSON detail
+                self.set_status(answer)
+                answer = BAD_TOKEN if answer in (401, 403) else {"detail": f"HTTP {answer}"}
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(answer))
+            return
+        if seen.method == "DELETE" and seen.path.startswith(CHATS):
+            self.set_header("Content-Type", "application/json")
+            try:
+                answer = self.fake.delete_chat(seen.path[len(CHATS) :], bearer)
+            except _Status as err:
+                self.set_status(err.status)
+                answer = err.body
+            self.finish(json.dumps(answer))
             return
         if seen.method == "GET" and seen.path == "/api/models":
             token = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
@@ -365,6 +450,8 @@ class _Handler(RequestHandler):
             self.finish(json.dumps(self.fake.model_list(token)))
             return
         rejected = self.fake._reject(seen)
+        if not rejected and seen.method == "POST" and seen.path == COMPLETIONS:
+            self.fake.keep_chat(seen)
         if not rejected and seen.path == COMPLETIONS and self.fake.answers:
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.write(self.fake.answers.pop(0))
@@ -398,6 +485,8 @@ class _Handler(RequestHandler):
                     self.add_header(name, value)
             content_type = values[0] if name.lower() == "content-type" else content_type
         body = response["body"]["string"] or b""
+        if bearer and seen.path == "/api/v1/auths/":
+            body = _echo_token(body, bearer)
         if content_type.startswith("text/event-stream"):
             await self._stream(body)
         else:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, cli_reply, free_port
 
 SERVICE = "gw"
 
@@ -36,8 +36,7 @@ class SentinelSet:
         self.master.start()
         self.replica.start()
         self.replica.cli("REPLICAOF", "127.0.0.1", str(self.master.port))
-        binary = shutil.which("redis-server")
-        assert binary is not None
+        binary = self.master.binary  # the packaged valkey-server first, as for the others
         for port in self.sentinel_ports:
             conf = self.dir / f"sentinel-{port}.conf"
             conf.write_text(
@@ -58,13 +57,7 @@ class SentinelSet:
         return self
 
     def sentinel_cli(self, *args: str, port: int | None = None) -> str:
-        done = subprocess.run(
-            ["redis-cli", "-p", str(port or self.sentinel_ports[0]), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return done.stdout
+        return cli_reply(port or self.sentinel_ports[0], *args)
 
     def master_port(self) -> int:
         reply = self.sentinel_cli("SENTINEL", "get-master-addr-by-name", SERVICE).split()

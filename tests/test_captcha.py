@@ -7,11 +7,13 @@ redis-server; a stale param is retried once with another from the pool."""
 import asyncio
 import json
 
+import anthropic
 import openai
 import pytest
 from loguru import logger
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
 from tests.test_pool_gateway import ADMIN, TOKENS, admin
@@ -152,3 +154,26 @@ async def test_three_replicas_never_use_a_pool_param_twice(io_loop, tmp_path):
             r.log.close()
         await fake.close()
         redis.stop()
+
+
+async def test_the_anthropic_face_takes_the_callers_param_as_body_field_or_header(gateway):
+    gw = await gateway("home", "guest_auth", OK, zai_captcha="auto")
+    strict(gw, CAPTCHA, CAPTCHA + "2")
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
+    async with client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await client.messages.create(model="GLM-4.5", max_tokens=64, messages=HELLO)
+        assert info.value.status_code == 503
+        assert "POST /v1/captcha" in info.value.message and "zai_captcha" in info.value.message
+        reply = await client.messages.create(
+            model="GLM-4.5", max_tokens=64, messages=HELLO, extra_body={"zai_captcha": CAPTCHA}
+        )
+        assert reply.content[-1].text
+        reply = await client.messages.create(
+            model="GLM-4.5",
+            max_tokens=64,
+            messages=HELLO,
+            extra_headers={"X-Zai-Captcha": CAPTCHA + "2"},
+        )
+        assert reply.stop_reason == "end_turn"
+    assert sent_params(gw.fake) == [None, CAPTCHA, CAPTCHA + "2"]

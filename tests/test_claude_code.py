@@ -34,7 +34,10 @@ OUTPUT = "hello 42"  # what the command prints: only a real run produces it
 
 @pytest.fixture(scope="session")
 def claude_cli() -> Path:
-    return ensure_cli()
+    try:
+        return ensure_cli()
+    except FileNotFoundError as exc:  # no npm: say how to get it (a skip fails under CI=true)
+        pytest.skip(str(exc))
 
 
 class Tripwire:

@@ -17,6 +17,9 @@ import pytest
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import gateway_env
+from tests.redis_server import RedisServer
+
+POOLED = [f"eyJhbGciOiJFUzI1NiJ9.pooled-{n}.signature-{n}-abcdefgh" for n in range(2)]
 
 
 def _free_port() -> int:
@@ -96,6 +99,10 @@ async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     log.close()
     assert code == 0, text
     assert ("embedded fakeredis" in text) == (not redis_url)
+    # the banner, once per start whatever WORKERS is
+    assert text.count(f"docs: http://127.0.0.1:{port}/docs (OpenAI base URL") == 1, text
+    assert text.count("tokens: no pooled Z.AI tokens") == 1
+    assert text.count("anonymous mode on: a fresh guest token for every request") == 1
     expected_loop = "asyncio" if loop == "asyncio" else "uvloop"
     assert text.count(f"{expected_loop} loop)") == int(workers), text
     access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
@@ -104,3 +111,43 @@ async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     guest_token = fake.requests[1].query.get("token") or ""
     assert API_KEY not in text and "eyJ" not in text
     assert not guest_token or guest_token not in text
+
+
+async def test_banner_masks_the_redis_password_and_counts_the_pool(tmp_path):
+    password = "redis-pass-0123456789"
+    redis = RedisServer(extra=("--requirepass", password)).start()
+    fake = FakeUpstream("home", "guest_auth_user_role")
+    base = await fake.start()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=gateway_env(
+                AUTH_TOKEN=API_KEY,
+                ZAI_BASE_URL=base,
+                LISTEN_PORT=str(_free_port()),
+                LISTEN_HOST="127.0.0.1",
+                REDIS_URL=f"redis://:{password}@127.0.0.1:{redis.port}/0",
+                ZAI_TOKENS=",".join(POOLED),
+                ANONYMOUS_MODE="false",
+            ),
+        )
+    try:
+        for _ in range(300):  # the banner's last line, or the process's end
+            if "anonymous mode" in log_path.read_text() or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
+        await fake.close()
+        redis.stop()
+    text = log_path.read_text()
+    assert code == 0, text
+    assert f"redis: redis://:***@127.0.0.1:{redis.port}/0, shared by every" in text, text
+    assert "tokens: 2 pooled Z.AI tokens (2 active)" in text, text
+    assert "anonymous mode off: requests use pooled tokens only" in text
+    assert password not in text and not any(token in text for token in POOLED)

@@ -37,6 +37,9 @@ async def test_openapi_document_is_complete(gateway):
     assert {"model", "messages"} <= set(request["required"])
     assert "tools" in request["properties"] and "stream_options" in request["properties"]
     assert {"/v1/chat/completions", "/v1/models", "/metrics"} <= set(doc["paths"])
+    assert {"/v1/responses", "/v1/responses/{id}"} <= set(doc["paths"])
+    assert {"model", "input"} <= set(schemas["ResponsesRequest"]["required"])
+    assert "tools" in schemas["ResponsesRequest"]["properties"]
 
 
 async def test_served_bodies_match_the_documented_schemas(gateway):

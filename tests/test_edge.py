@@ -113,6 +113,19 @@ async def test_connections_over_max_connections_are_answered_503(gateway):
         writer.close()
 
 
+@pytest.mark.parametrize("sends", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"])
+async def test_a_connection_without_a_whole_request_head_is_closed(gateway, sends):
+    # Nothing at all, or a head that never ends (slowloris): closed after
+    # IDLE_CONNECTION_TIMEOUT (it was a fixed 75 s).
+    gw = await gateway(*BASE, idle_connection_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw.url))
+    writer.write(sends)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert time.monotonic() - started < 5
+    writer.close()
+
+
 def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -153,6 +153,8 @@ class _Listener:
         self.long = {
             close: self.sse_head[close] + _chunk(long) + b"0\r\n\r\n" for close in (False, True)
         }
+        self.user = answers.user
+        self.user_token = json.loads(answers.user)["token"].encode()
         self.json = {}
         for name, payload, kind in (
             ("home", answers.home, b"text/html; charset=utf-8"),
@@ -239,8 +241,13 @@ class _Conn(asyncio.Protocol):
         elif path in AUTHS:
             # A token check carries the token (a pooled user account); a sign-in carries none.
             stats.auths += 1
-            who = "user" if b"authorization" in headers else "guest"
-            self.transport.write(listener.json[who][close])
+            bearer = headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            if bearer:  # the account answers with the token it was shown (not rotated)
+                payload = listener.user.replace(listener.user_token, bearer)
+                head = _head("200 OK", b"application/json", close, len(payload))
+                self.transport.write(head + payload)
+            else:
+                self.transport.write(listener.json["guest"][close])
         elif path == b"/":
             stats.home += 1
             self.transport.write(listener.json["home"][close])

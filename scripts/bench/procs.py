@@ -14,7 +14,6 @@ import ctypes
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.redis_server import default_binary
 
 __all__ = [
     "Processes",
@@ -295,11 +296,8 @@ class RedisProbe:
 
 
 def redis_argv(port: int, workdir: Path) -> list[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
     return [
-        binary,
+        default_binary(),  # the packaged valkey-server first, as the suite does
         "--bind",
         "127.0.0.1",
         "--port",

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from loguru import logger
 from redis.exceptions import RedisError
 
+from server.core.catalogue import Catalogue
 from server.core.chat import Conversation, Sink
+from server.core.chats import ThrowawayChats
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
 from server.egress import Egress, Route
@@ -94,6 +96,8 @@ async def complete(
     attempts: Attempts | None = None,
     captchas: CaptchaSource | None = None,
     egress: Egress | None = None,
+    catalogue: Catalogue | None = None,
+    chats: ThrowawayChats | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
@@ -101,7 +105,18 @@ async def complete(
         # The schema goes into the prompt and the answer is checked (retried once) around
         # whole completions, each with its own upstream attempts below.
         async def once(attempt: Conversation, holder: Sink) -> None:
-            await complete(attempt, holder, tokens, client, settings, attempts, captchas, egress)
+            await complete(
+                attempt,
+                holder,
+                tokens,
+                client,
+                settings,
+                attempts,
+                captchas,
+                egress,
+                catalogue,
+                chats,
+            )
 
         await complete_structured(conv, sink, conv.output_format, once)
         return
@@ -150,6 +165,8 @@ async def complete(
                 param,
                 route,
                 settings.stream_holdback,
+                catalogue,
+                chats,
             )
             return
         except GatewayError as err:
@@ -201,11 +218,14 @@ async def _attempt(
     captcha: str,
     route: Route | None,
     holdback: int = 0,
+    catalogue: Catalogue | None = None,
+    chats: ThrowawayChats | None = None,
 ) -> None:
+    chat_id = chats.begin(cred) if chats is not None else None
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason, failure = "ok", "", None
     try:
-        exchange = await client.open_completion(cred, conv, captcha, route)
+        exchange = await client.open_completion(cred, conv, captcha, route, chat_id)
         stream = AnswerStream(conv.model.id, holdback)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:
@@ -233,10 +253,14 @@ async def _attempt(
             await sink.delta(reasoning, answer)
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
         await sink.finish(stream.finish_reason, stream.usage, *stream.final())
+        if catalogue is not None:
+            catalogue.offer(cred)  # a token that works reads its tier's model list, if stale
     except GatewayError as err:
         failure, outcome, reason = err, err.rule.token, f"{err.kind}: {err.detail}"[:200]
         raise
     finally:
+        if chats is not None and chat_id is not None:
+            chats.end(cred, chat_id)  # deleted upstream in the background, whatever happened
         wait = await tokens.release(cred, outcome, reason)
         if failure is not None and failure.retry_after is None and wait:
             failure.retry_after = wait  # a rate-limited token: when it is back

@@ -11,6 +11,8 @@ ever appear masked.
   (or a bare JSON list, meaning add); new tokens are checked before the answer.
   ``remove`` accepts tokens or their ids.
 - ``GET /v1/instances``: the gateway processes alive now.
+- ``GET /v1/upstream/check``: the self-check, step by step on every egress route
+  (``?complete=1`` adds a one-token completion); ``server/ops/upstream_check.py``.
 - ``POST /v1/captcha``: ``{"params": [...], "ttl": 75}`` adds single-use captcha params to the
   shared pool; answers the live depth. Params are never echoed or logged.
 """
@@ -22,11 +24,19 @@ import msgspec
 
 from server.core.errors import GatewayError
 from server.credentials.checks import TOKEN_PATTERN
+from server.ops.upstream_check import check_upstream
 from server.web.errors import decode_json, validation_error
 from server.web.handler import ApiHandler, api, check_api_key
 from state.keys import token_id
 
-__all__ = ["CaptchaPush", "InstanceList", "PoolHealthCheck", "PoolStatus", "PoolUpdate"]
+__all__ = [
+    "CaptchaPush",
+    "InstanceList",
+    "PoolHealthCheck",
+    "PoolStatus",
+    "PoolUpdate",
+    "UpstreamCheck",
+]
 
 
 class PoolChange(msgspec.Struct):
@@ -111,6 +121,14 @@ class InstanceList(AdminHandler):
     async def get(self) -> None:
         self.authenticate()
         self.write({"instances": await self.services.instances.live()})
+
+
+class UpstreamCheck(AdminHandler):
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        complete = self.get_query_argument("complete", "") in ("1", "true", "yes")
+        self.write(await check_upstream(self.services, complete))
 
 
 class CaptchaPush(AdminHandler):

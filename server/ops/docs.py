@@ -1,8 +1,9 @@
 """The API described: ``/openapi.json`` generated from the msgspec schemas, and ``/docs``.
 
 Owns ``openapi_document`` and the two routes. Request and response bodies are the Structs the
-gateway decodes requests with (``server.faces.openai.wire``) and describes its answers with
-(``server.ops.openapi_schema``), turned into JSON Schema by msgspec. ``/docs`` is Swagger UI,
+gateway decodes requests with (``server.faces.openai.wire``, ``server.faces.responses.wire``)
+and describes its answers with (``server.ops.openapi_schema``), turned into JSON Schema by
+msgspec. ``/docs`` is Swagger UI,
 served from the ``swagger-ui-py`` package's files (no CDN: it works offline) by ``DocsStatic``;
 every error of these routes (a missing file, a path with a NUL byte, a POST) is the JSON shape.
 """
@@ -15,6 +16,7 @@ import msgspec
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
 from server.faces.openai.wire import ChatRequest
+from server.faces.responses.wire import ResponsesRequest
 from server.ops.openapi_schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -47,7 +49,15 @@ def _errors(*codes: int) -> dict:
 @cache
 def openapi_document() -> dict:
     _, components = msgspec.json.schema_components(
-        [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, ModelObject, ErrorBody],
+        [
+            ChatRequest,
+            ResponsesRequest,
+            ChatCompletion,
+            ChatCompletionChunk,
+            ModelList,
+            ModelObject,
+            ErrorBody,
+        ],
         ref_template=_REF,
     )
     bearer = [{"apiKey": []}]
@@ -69,6 +79,20 @@ def openapi_document() -> dict:
             **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
         },
     }
+    response_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    stored = {"description": "a stored response object (see the README, 'The Responses API')"}
+    responses = {
+        "summary": "Create a response (OpenAI Responses API, what Codex speaks)",
+        "security": bearer,
+        "requestBody": {"required": True, "content": _json("ResponsesRequest")},
+        "responses": {
+            "200": {
+                "description": "a response object, or with stream=true an SSE stream of "
+                "response.* events ending with response.completed (see the README)",
+            },
+            **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
+        },
+    }
     admin = {
         "security": [{"adminToken": []}],
         "responses": {
@@ -85,6 +109,21 @@ def openapi_document() -> dict:
         },
         "paths": {
             "/v1/chat/completions": {"post": chat},
+            "/v1/responses": {"post": responses},
+            "/v1/responses/{id}": {
+                "get": {
+                    "summary": "A stored response",
+                    "security": bearer,
+                    "parameters": response_id,
+                    "responses": {"200": stored, **_errors(401, 404)},
+                },
+                "delete": {
+                    "summary": "Delete a stored response",
+                    "security": bearer,
+                    "parameters": response_id,
+                    "responses": {"200": {"description": "deleted"}, **_errors(401, 404)},
+                },
+            },
             "/v1/models": {
                 "get": {
                     "summary": "List models",

@@ -138,6 +138,11 @@ ROUTE_BLOCKED = Gauge(
     ["route"],
     registry=REGISTRY,
 )
+CHATS_PENDING = Gauge(
+    "zai_gateway_chats_pending_deletion",
+    "Throwaway upstream chats not yet deleted: answering, due, or retried later (shared).",
+    registry=REGISTRY,
+)
 INSTANCES = Gauge("zai_gateway_instances", "Gateway processes alive (shared).", registry=REGISTRY)
 UPSTREAM_OPEN = Gauge(
     "zai_gateway_upstream_connections",
@@ -192,6 +197,8 @@ class Metrics(RequestHandler):
             captcha = services.captchas.pool  # type: ignore[attr-defined]
             depth = await captcha.depth() if captcha is not None else 0
             routes = await services.egress.status()  # type: ignore[attr-defined]
+            chats = services.chats  # type: ignore[attr-defined]
+            pending = await chats.ledger.pending() if chats is not None else 0
         except (RedisError, OSError) as exc:
             logger.debug("metrics: shared state unreachable: {}", exc)
             REDIS_UP.set(0)
@@ -207,5 +214,6 @@ class Metrics(RequestHandler):
             CAPTCHA_DEPTH.set(depth)
             for route in routes:
                 ROUTE_BLOCKED.labels(route["id"]).set(route["blocked_for"])
+            CHATS_PENDING.set(pending)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(REGISTRY))

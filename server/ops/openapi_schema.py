@@ -105,11 +105,20 @@ class ChatCompletionChunk(Struct):
     usage: UsageOut | None = None
 
 
+class ModelCapabilities(Struct):
+    vision: bool = False
+    thinking: bool = True
+    search: bool = True
+    reasoning_effort: list[str] = []  # the upstream levels it takes: high, max
+
+
 class ModelObject(Struct):
     id: str
     created: int
     owned_by: str
     object: Literal["model"] = "model"
+    capabilities: ModelCapabilities | None = None
+    requires_user_token: bool = False  # guests may not use it: served by pooled user tokens
 
 
 class ModelList(Struct):

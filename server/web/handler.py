@@ -36,7 +36,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
 from server.core.errors import GatewayError, client_should_retry, shown
-from server.core.models import find_model
+from server.core.models import STATIC, Model, ModelTable
 from server.core.token_estimate import estimate_conversation
 from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
@@ -254,6 +254,18 @@ class ApiHandler(RequestHandler):
             logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
         return supported
 
+    async def find_model(self, name: str, claude: dict[str, str] | None = None) -> Model:
+        """The row for ``name`` in the live catalogue (a 404 listing the models if none)."""
+        catalogue = getattr(self.services, "catalogue", None)
+        if catalogue is None:
+            return STATIC.require(name, claude)
+        return await catalogue.require(name, claude)
+
+    async def model_table(self) -> ModelTable:
+        """What ``/v1/models`` lists now."""
+        catalogue = getattr(self.services, "catalogue", None)
+        return STATIC if catalogue is None else await catalogue.listing()
+
     async def complete(self, conv: Conversation, sink: Sink) -> None:
         """Run one completion into ``sink`` until it ends or the client leaves."""
         services = self.services
@@ -271,6 +283,8 @@ class ApiHandler(RequestHandler):
             self.attempts,
             services.captchas,
             services.egress,
+            services.catalogue,
+            services.chats,
         )
         deadline = asyncio.get_running_loop().call_later(
             services.settings.request_timeout, self._deadline_passed, sink
@@ -384,7 +398,9 @@ class ApiHandler(RequestHandler):
         ttfb = ((self.first_byte or now) - self.started_at) * 1000
         attempts = getattr(self.attempts, "count", 0)
         # Only table names become labels: clients' typos must not grow the series forever.
-        model = found.id if (found := find_model(self.model_name)) else "-"
+        catalogue = getattr(self.services, "catalogue", None)
+        table = catalogue.table if catalogue is not None else STATIC
+        model = found.id if (found := table.find(self.model_name)) else "-"
         status = CLIENT_CLOSED if self._left_unanswered else self.get_status()
         observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
         if self.caller is not None:

@@ -4,7 +4,8 @@ Owns ``ZaiClient``: reading the front-end version from the home page (cached, on
 time, re-read on a 426), creating guest credentials (``GET /api/v1/auths/``, falling back to
 ``POST /api/v1/auths/guest``), validating a token, and opening a completion stream. HTTP-level
 failures come back as ``GatewayError`` kinds (``failures.http_failure``); connection failures
-and timeouts as ``unavailable``/``timeout``. ``ZAI_BASE_URL`` moves every URL at once.
+and timeouts as ``unavailable``/``timeout``. ``models`` reads ``GET /api/models``.
+``ZAI_BASE_URL`` moves every URL at once.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from server.egress import Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
+from server.zai.models import UpstreamModel, decode_models
 from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
 from state.facts import Facts
 
@@ -171,10 +173,10 @@ class ZaiClient:
 
     # Identity
 
-    async def guest_credential(self) -> Credential:
-        status, body = await self._fetch("GET", "/api/v1/auths/", None, {})
+    async def guest_credential(self, route: Route | None = None) -> Credential:
+        status, body = await self._fetch("GET", "/api/v1/auths/", None, {}, route)
         if status != 200:
-            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {})
+            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {}, route)
         if status != 200:
             raise http_failure(status, body)
         try:
@@ -183,23 +185,56 @@ class ZaiClient:
             raise GatewayError("bad_response", f"guest sign-in answered {exc}") from None
 
     async def validate(self, token: str) -> Credential | None:
-        """The account behind a token, or ``None`` when the upstream says it is dead (401)."""
+        """The account behind a token, or ``None`` when the upstream says it is invalid (401,
+        or a 403 that is not the WAF's page). Its ``token`` may differ from ``token``: the
+        upstream rotated it. Any other answer raises: it says nothing about the token."""
         status, body = await self._fetch("GET", "/api/v1/auths/", None, _bearer(token))
-        if status == 401:
-            return None
+        if status != 200:
+            failure = http_failure(status, body)
+            if status in (401, 403) and failure.kind == "token_rejected":
+                return None
+            raise failure
+        return credential_from_auth(body)
+
+    # Models
+
+    async def models(self, token: str) -> list[UpstreamModel]:
+        """``GET /api/models`` as this token's tier sees it."""
+        status, body = await self._fetch("GET", "/api/models", None, _bearer(token))
         if status != 200:
             raise http_failure(status, body)
-        return credential_from_auth(body)
+        try:
+            return decode_models(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise GatewayError("bad_response", f"/api/models answered {exc}") from None
+
+    # Chats
+
+    async def delete_chat(self, token: str, chat_id: str) -> bool:
+        """``DELETE /api/v1/chats/{id}``: True when the chat is gone (deleted, or not found),
+        False when the token can no longer delete anything (401). Other answers raise."""
+        path = f"/api/v1/chats/{chat_id}"
+        status, body = await self._fetch("DELETE", path, None, _bearer(token))
+        if status in (200, 404):
+            return True
+        if status == 401:
+            return False
+        raise http_failure(status, body)
 
     # Completions
 
     async def open_completion(
-        self, cred: Credential, conv: Conversation, captcha: str = "", route: Route | None = None
+        self,
+        cred: Credential,
+        conv: Conversation,
+        captcha: str = "",
+        route: Route | None = None,
+        chat_id: str | None = None,
     ) -> Exchange:
         """Send the completion request (by ``route``); return the open 200 stream or raise
         GatewayError."""
         version = await self.fe_version()
-        req = build_completion(self.dialect, cred, conv, version, captcha=captcha)
+        req = build_completion(self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha)
         exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
         if exchange.status == 200:
             return exchange
@@ -230,14 +265,41 @@ class ZaiClient:
             return None
         return http_failure(exchange.status, body).kind == "waf_blocked"
 
+    # One step each, by a given route, for the self-check (nothing is cached or shared)
+
+    async def home_version(self, route: Route) -> str:
+        """The ``prod-fe-x.y.z`` the home page shows by ``route`` ("" when none)."""
+        status, body = await self._fetch("GET", "/", None, {"Accept": "text/html"}, route)
+        if status != 200:
+            raise http_failure(status, body)
+        found = _FE_VERSION.search(body)
+        return found[0].decode() if found else ""
+
+    async def config_captcha(self, route: Route) -> bool:
+        """Whether ``/api/config`` (read by ``route``) says ``features.enable_captcha``."""
+        status, body = await self._fetch("GET", "/api/config", None, {}, route)
+        if status != 200:
+            raise http_failure(status, body)
+        try:
+            config = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise GatewayError("bad_response", "/api/config is not JSON") from None
+        features = config.get("features") if isinstance(config, dict) else None
+        return isinstance(features, dict) and features.get("enable_captcha") is True
+
     async def _fetch(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        route: Route | None = None,
     ) -> tuple[int, bytes]:
         head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json", **headers}
         head.setdefault("Origin", self.base_url)
         if body is not None:
             head["Content-Type"] = "application/json"
-        exchange = await self._open(method, self.base_url + path, head, body, "")
+        exchange = await self._open(method, self.base_url + path, head, body, "", route)
         try:
             return exchange.status, await exchange.read_all(4 << 20)
         except TransportError as exc:

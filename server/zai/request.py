@@ -28,7 +28,9 @@ __all__ = ["COMPLETIONS_PATH", "Dialect", "UpstreamRequest", "build_completion"]
 COMPLETIONS_PATH = "/api/v2/chat/completions"
 
 _ROLE = {"system": "system", "user": "user", "assistant": "assistant"}
-_FLAT_LABEL = {"system": "System", "user": "User", "assistant": "Assistant"}
+# ZAI_HISTORY=fold: the whole conversation as ONE user message, each turn a labelled section
+# (the upstream reportedly takes only role "user" now, PROTOCOL.md section 6.7).
+_FOLD_TAG = {"system": "system", "user": "user", "assistant": "assistant"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class Dialect:
     base_url: str
     signature_key: str
     user_agent: str
-    history: str = "messages"  # or "flatten": the whole history as one user message
+    history: str = "messages"  # or "fold": the whole history as one user message
 
 
 def build_completion(
@@ -204,10 +206,18 @@ def _query(dialect: Dialect, **values: object) -> str:
 
 
 def _messages(conv: Conversation, history: str) -> list[dict[str, str]]:
-    if history == "flatten" and len(conv.turns) > 1:
-        lines = [f"{_FLAT_LABEL[turn.role]}: {turn.text}" for turn in conv.turns]
-        return [{"role": "user", "content": "\n\n".join(lines)}]
+    if history == "fold" and [turn.role for turn in conv.turns] != ["user"]:
+        return [{"role": "user", "content": fold(conv)}]
     return [{"role": _ROLE[turn.role], "content": turn.text} for turn in conv.turns]
+
+
+def fold(conv: Conversation) -> str:
+    """The conversation as one text: each turn in a section tagged with its role, oldest
+    first, so the last section is the message to answer. Tags, like the tool protocol's, are
+    rarer in real text than markdown headings."""
+    return "\n\n".join(
+        f"<{_FOLD_TAG[turn.role]}>\n{turn.text}\n</{_FOLD_TAG[turn.role]}>" for turn in conv.turns
+    )
 
 
 def _features(conv: Conversation) -> dict[str, object]:

@@ -64,7 +64,9 @@ def _npm() -> str:
         npm = shutil.which("npm")
     if not npm:
         raise FileNotFoundError(
-            "npm is needed to install the Claude Code CLI (Debian: apt-get install -y npm)"
+            f"npm is needed once to install the Claude Code CLI ({PACKAGE}@{VERSION}) into "
+            ".venv-tools/: Debian/Ubuntu `apt-get install -y npm`, macOS `brew install node`, "
+            "or Node.js 18+ from nodejs.org"
         )
     return npm
 

@@ -11,7 +11,7 @@ answer here, in Anthropic's ``ModelInfo`` shape (app.py routes them by that head
 import time
 
 from server.core.errors import GatewayError
-from server.core.models import MODELS, Model, require_model
+from server.core.models import Model
 from server.core.token_estimate import estimate_conversation
 from server.faces.anthropic.convert import to_conversation
 from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
@@ -46,7 +46,8 @@ class Messages(AnthropicHandler):
         req = decode_messages_request(self.request.body)
         self.model_name = req.model
         tool_support = self.tool_support(asked=bool(req.tools))
-        conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support)
+        model = await self.find_model(req.model, self.claude_targets())
+        conv = to_conversation(req, self.request_id, self.claude_targets(), tool_support, model)
         message_id = f"msg_{hex_id(24)}"
         # thinking: {"type": "disabled"} means no thinking blocks, even if the upstream thinks.
         show = conv.thinking is not False
@@ -73,13 +74,31 @@ class CountTokens(AnthropicHandler):
             )
         req = decode_messages_request(self.request.body, count_only=True)
         self.model_name = req.model
-        conv = to_conversation(req, self.request_id, self.claude_targets())
+        model = await self.find_model(req.model, self.claude_targets())
+        conv = to_conversation(req, self.request_id, self.claude_targets(), model=model)
         self.write({"input_tokens": estimate_conversation(conv)})
 
 
 def _model_info(model: Model) -> dict:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.created))
-    return {"type": "model", "id": model.id, "display_name": model.id, "created_at": created}
+    return {
+        "type": "model",
+        "id": model.id,
+        "display_name": model.id,
+        "created_at": created,
+        "capabilities": _capabilities(model),
+        "requires_user_token": not model.guest,
+    }
+
+
+def _capabilities(model: Model) -> dict:
+    # Anthropic's ModelCapabilities shape, for what the upstream tells.
+    effort = {"supported": model.effort}
+    return {
+        "image_input": {"supported": model.vision},
+        "thinking": {"supported": model.can_think},
+        "effort": {**effort, **{level: effort for level in ("low", "medium", "high", "max")}},
+    }
 
 
 class ModelInfoList(AnthropicHandler):
@@ -88,7 +107,7 @@ class ModelInfoList(AnthropicHandler):
     @api
     async def get(self) -> None:
         self.authenticate()
-        data = [_model_info(m) for m in MODELS.values()]
+        data = [_model_info(m) for m in (await self.model_table()).listed]
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
         self.write({"data": data, "has_more": False, "first_id": first, "last_id": last})
 
@@ -99,4 +118,4 @@ class ModelInfo(AnthropicHandler):
     @api
     async def get(self, name: str) -> None:
         self.authenticate()
-        self.write(_model_info(require_model(name, self.claude_targets())))
+        self.write(_model_info(await self.find_model(name, self.claude_targets())))

@@ -20,7 +20,7 @@ import msgspec
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import from_budget
 from server.core.errors import GatewayError
-from server.core.models import require_model
+from server.core.models import Model, require_model
 from server.faces.anthropic.wire import (
     DocumentBlock,
     ImageBlock,
@@ -38,9 +38,13 @@ _CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
 
 def to_conversation(
-    req: MessagesRequest, request_id: str, claude: dict[str, str], tool_support: bool = True
+    req: MessagesRequest,
+    request_id: str,
+    claude: dict[str, str],
+    tool_support: bool = True,
+    model: Model | None = None,
 ) -> Conversation:
-    model = require_model(req.model, claude)
+    model = model or require_model(req.model, claude)  # the handler passes the live row
     system = [_system_text(req.system)] if req.system else []
     turns: list[Turn] = []
     referenced: set[str] = set()  # deferred tools a tool_reference has loaded
@@ -70,6 +74,7 @@ def to_conversation(
         request_id=request_id,
         stop=list(req.stop_sequences or []),
         max_tokens=req.max_tokens,
+        captcha=req.zai_captcha or "",
     )
     if tool_support and req.tools:
         _tools(req, conv, referenced)

@@ -115,6 +115,9 @@ class MessagesRequest(Struct, kw_only=True):
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     metadata: dict[str, Any] | None = None
+    # The caller's single-use captcha_verify_param, as on the OpenAI face (or the
+    # X-Zai-Captcha header); never logged.
+    zai_captcha: Annotated[str, Meta(max_length=8192)] | None = None
 
 
 class CountTokensRequest(Struct, kw_only=True):

@@ -4,7 +4,7 @@ Owns the route handlers. Each reads top to bottom: authenticate -> decode and va
 neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or collected).
 """
 
-from server.core.models import MODELS, Model, require_model
+from server.core.models import Model, capabilities
 from server.faces.openai.convert import to_conversation
 from server.faces.openai.render import OpenAIResult, OpenAIStream
 from server.faces.openai.wire import decode_chat_request
@@ -24,7 +24,8 @@ class ChatCompletions(ApiHandler):
         req = decode_chat_request(self.request.body)
         self.model_name = req.model
         tool_support = self.tool_support(asked=bool(req.tools or req.functions))
-        conv = to_conversation(req, self.request_id, tool_support)
+        model = await self.find_model(req.model)
+        conv = to_conversation(req, self.request_id, tool_support, model)
         completion_id = f"chatcmpl-{hex_id(32)}"
         legacy = bool(conv.extra.get("legacy_functions"))
         if req.stream:
@@ -36,7 +37,14 @@ class ChatCompletions(ApiHandler):
 
 
 def _model_object(model: Model) -> dict:
-    return {"id": model.id, "object": "model", "created": model.created, "owned_by": "z.ai"}
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "z.ai",
+        "capabilities": capabilities(model),
+        "requires_user_token": not model.guest,
+    }
 
 
 class ModelList(ApiHandler):
@@ -45,7 +53,8 @@ class ModelList(ApiHandler):
     @api
     async def get(self) -> None:
         self.authenticate()
-        self.write({"object": "list", "data": [_model_object(m) for m in MODELS.values()]})
+        table = await self.model_table()
+        self.write({"object": "list", "data": [_model_object(m) for m in table.listed]})
 
 
 class OneModel(ApiHandler):
@@ -54,4 +63,4 @@ class OneModel(ApiHandler):
     @api
     async def get(self, name: str) -> None:
         self.authenticate()
-        self.write(_model_object(require_model(name)))
+        self.write(_model_object(await self.find_model(name)))

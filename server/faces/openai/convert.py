@@ -13,7 +13,7 @@ that structured output emulates.
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
-from server.core.models import require_model
+from server.core.models import Model, require_model
 from server.emulation.structured import output_format
 from server.emulation.tool_parse import new_call_id
 from server.faces.openai.wire import ChatRequest, ImagePart, Message
@@ -30,8 +30,10 @@ _ROLES = {
 }
 
 
-def to_conversation(req: ChatRequest, request_id: str, tool_support: bool = True) -> Conversation:
-    model = require_model(req.model)
+def to_conversation(
+    req: ChatRequest, request_id: str, tool_support: bool = True, model: Model | None = None
+) -> Conversation:
+    model = model or require_model(req.model)  # the handler passes the live catalogue's row
     if req.n is not None and req.n > 1:
         raise GatewayError("invalid_request", "only n=1 is supported", param="n")
     turns = _turns(req.messages)

@@ -114,7 +114,8 @@ class Responses(StoredResponses):
             earlier = await self.stored(req.previous_response_id, "previous_response_id")
             history = msgspec.convert(earlier.items, list[InputItem])
         tool_support = self.tool_support(asked=bool(req.tools))
-        converted = to_conversation(req, self.request_id, tool_support, history)
+        model = await self.find_model(req.model)
+        converted = to_conversation(req, self.request_id, tool_support, history, model)
         conv = converted.conv
         if converted.skipped_tools:
             skipped = ", ".join(sorted(set(converted.skipped_tools)))

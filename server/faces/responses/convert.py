@@ -23,7 +23,7 @@ import msgspec
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
-from server.core.models import require_model
+from server.core.models import Model, require_model
 from server.emulation.structured import output_format
 from server.emulation.tool_parse import new_call_id
 from server.faces.responses.wire import InputItem, Part, ResponsesRequest
@@ -54,10 +54,11 @@ def to_conversation(
     request_id: str,
     tool_support: bool = True,
     history: list[InputItem] | None = None,
+    model: Model | None = None,
 ) -> Converted:
     """``history``: the items of the stored ``previous_response_id`` (its input and output),
-    which come before this request's input."""
-    model = require_model(req.model)
+    which come before this request's input. ``model``: the live catalogue's row."""
+    model = model or require_model(req.model)
     for name, why in _STATELESS.items():
         if getattr(req, name) not in (None, False):
             raise _bad(f"{name} is not supported: {why}", name)

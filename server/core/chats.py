@@ -1,0 +1,140 @@
+"""Throwaway chats (``ZAI_CHATS=throwaway``): each request's upstream chat is deleted after it.
+
+Owns ``ThrowawayChats``. The gateway sends the whole history with a fresh ``chat_id`` per
+request, and the upstream keeps each as a chat in the account: left alone they pile up (and
+server history stacks on the re-sent one, PROTOCOL.md section 6.4). So ``begin`` names the
+chat and writes it down in Redis (in the background, while the request goes upstream: it
+costs the request no latency), and ``end`` deletes it upstream (``DELETE
+/api/v1/chats/{id}``) in the background once the answer is over, whatever the outcome: "not
+found" counts as deleted. What cannot be deleted now (an upstream error, the route's WAF
+breaker open, a replica killed mid-answer) stays in the ledger with a deadline; ``sweep``,
+run by every replica's upkeep, claims due chats and tries again, backing off per failure.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from loguru import logger
+from redis.exceptions import RedisError
+
+from server.core.errors import GatewayError
+from server.ids import uuid4_text
+from server.zai.client import ZaiClient
+from server.zai.identity import Credential
+from state.chats import ChatLedger, PendingChat
+from state.keys import token_id
+
+__all__ = ["ThrowawayChats"]
+
+_SWEEP_BATCH = 50
+_GIVE_UP = 30  # failed deletes of one chat before it is dropped from the ledger
+_BACKOFF_CAP = 600.0
+
+
+class ThrowawayChats:
+    """The chats this process opened upstream, and the shared ledger of those to delete.
+
+    Used as::
+
+        chat_id = chats.begin(cred)   # before the completion is sent
+        ...
+        chats.end(cred, chat_id)      # after it, in every outcome (deletes in the background)
+        await chats.sweep()           # from the upkeep loop: retries, and dead replicas' chats
+    """
+
+    def __init__(
+        self,
+        ledger: ChatLedger,
+        client: ZaiClient,
+        hold: float,
+        retry: float,
+        pooled_token: Callable[[str], Awaitable[str | None]],
+        waf_open: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.hold = hold  # seconds a chat stays ours without a renewal
+        self.retry = retry  # seconds before a failed delete is tried again (doubling)
+        self.pooled_token = pooled_token  # token id -> the pooled token, if still pooled
+        self.waf_open = waf_open
+        self.open: dict[str, asyncio.Future[None]] = {}  # chat id -> its ledger write
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<ThrowawayChats open={len(self.open)} deleting={len(self._tasks)}>"
+
+    def begin(self, cred: Credential) -> str:
+        chat_id = uuid4_text()
+        pooled = cred.role == "user"
+        guest, tid = ("", token_id(cred.token)) if pooled else (cred.token, "")
+        self.open[chat_id] = self._spawn(self._write(chat_id, guest, tid))
+        return chat_id
+
+    def end(self, cred: Credential, chat_id: str) -> None:
+        written = self.open.pop(chat_id, None)
+        self._spawn(self._delete_after(written, cred.token, chat_id))
+
+    async def renew(self) -> None:
+        """Keep the chats whose answers still stream here out of other replicas' sweeps."""
+        await self.ledger.renew(list(self.open), self.hold)
+
+    async def sweep(self) -> int:
+        """Delete the chats that are due (failed before, or left by a replica that died)."""
+        done = 0
+        for chat in await self.ledger.claim(_SWEEP_BATCH, self.hold):
+            token = chat.guest or (await self.pooled_token(chat.token_id) or "")
+            if not token:  # the token left the pool: nothing can delete its chats now
+                await self.ledger.done(chat.chat_id)
+                continue
+            done += await self._delete(token, chat)
+        return done
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for the deletes in flight, so a stopping replica leaves few behind."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _write(self, chat_id: str, guest: str, tid: str) -> None:
+        try:
+            await self.ledger.open(chat_id, guest, tid, self.hold)
+        except RedisError as exc:
+            logger.warning("chat {} not written down (shared state unreachable): {}", chat_id, exc)
+
+    async def _delete_after(
+        self, written: asyncio.Future[None] | None, token: str, chat_id: str
+    ) -> None:
+        if written is not None:
+            await written  # in the ledger first: if the delete fails, the sweep has it
+        await self._delete(token, PendingChat(chat_id, "", "", 0))
+
+    async def _delete(self, token: str, chat: PendingChat) -> int:
+        try:
+            if self.waf_open is not None and await self.waf_open():
+                await self.ledger.later(chat.chat_id, self.retry)  # send nothing while blocked
+                return 0
+            try:
+                gone = await self.client.delete_chat(token, chat.chat_id)
+            except GatewayError as exc:
+                if chat.tries + 1 >= _GIVE_UP:
+                    logger.warning("giving up deleting chat {}: {}", chat.chat_id, exc.message)
+                    await self.ledger.done(chat.chat_id)
+                    return 0
+                wait = min(_BACKOFF_CAP, self.retry * 2**chat.tries)
+                logger.info(
+                    "chat {} not deleted ({}); again in {:.0f} s", chat.chat_id, exc.kind, wait
+                )
+                await self.ledger.later(chat.chat_id, wait)
+                return 0
+            if not gone:
+                logger.info("chat {} cannot be deleted: its token is no longer valid", chat.chat_id)
+            await self.ledger.done(chat.chat_id)
+            return 1
+        except RedisError as exc:  # left in the ledger as it was: its deadline brings it back
+            logger.warning("chat {} ledger unreachable: {}", chat.chat_id, exc)
+            return 0

@@ -1,0 +1,233 @@
+"""Throwaway chats (issue 15 item 2; PROTOCOL.md section 6.4): none is left in the account.
+
+The fake upstream keeps a chat for every accepted completion, as the real one does, until its
+owner deletes it. Through the ``openai`` SDK: each answer's chat is deleted afterwards with
+the token that made it (stream and not, guests and pooled tokens); a failed delete waits in
+Redis and is retried; nothing is deleted while the WAF breaker is open; ``/metrics`` shows
+what waits; ``ZAI_CHATS=keep`` deletes nothing. Then the issue's acceptance: 100 requests over
+three replica processes sharing a redis-server, one SIGKILLed midway, and within a minute the
+upstream holds no chat of ours.
+"""
+
+import asyncio
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream
+from tests.processes import ROOT, gateway_env
+from tests.redis_server import RedisServer, free_port
+from tests.test_pool_gateway import TOKENS
+
+OK = "stream_glm5_plain_thinking"
+GUESTS = ("home", "guest_auth", OK)
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def settled(fake, timeout: float = 10.0) -> float:
+    """Seconds until the fake holds no chat (raises if it still holds some at ``timeout``)."""
+    began = time.monotonic()
+    while fake.chats:
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"{len(fake.chats)} chat(s) left upstream after {timeout} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - began
+
+
+async def pending_metric(gw) -> float:
+    reply = await AsyncHTTPClient().fetch(gw.url + "/metrics")
+    found = re.search(rb"^zai_gateway_chats_pending_deletion (\S+)$", reply.body, re.M)
+    assert found, "the gauge is missing"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_answers_chat_is_deleted_afterwards(gateway, stream):
+    gw = await gateway(*GUESTS)
+    async with gw.openai() as client:
+        for _ in range(3):
+            reply = await client.chat.completions.create(
+                model="GLM-4.7", messages=HI, stream=stream
+            )
+            if stream:
+                [chunk async for chunk in reply]
+    chats = [r.query["token"] for r in gw.completions_seen()]
+    assert len(chats) == 3
+    await settled(gw.fake)
+    deletes = [r for r in gw.fake.requests if r.method == "DELETE"]
+    assert len(deletes) == 3 and len(gw.fake.deleted) == 3
+    sent = {r.path.rsplit("/", 1)[1]: r.headers["Authorization"] for r in deletes}
+    for seen in gw.completions_seen():  # each by the token that made it
+        chat_id = seen.body.split(b'"chat_id":"')[1].split(b'"')[0].decode()
+        assert sent[chat_id] == "Bearer " + seen.query["token"]
+    chats = gw.services.chats
+    for _ in range(100):  # struck out of the ledger just after the fake answered the delete
+        if not chats._tasks and await chats.ledger.pending() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await chats.ledger.pending() == 0 and await pending_metric(gw) == 0
+    assert not chats.open and not chats._tasks  # nothing held once all is deleted
+
+
+async def test_pooled_tokens_chats_are_deleted_too(gateway):
+    gw = await gateway(
+        "home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS), anonymous_mode=False
+    )
+    async with gw.openai() as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="GLM-5.1", messages=HI)
+    await settled(gw.fake)
+    assert len(gw.fake.deleted) == 3
+
+
+async def test_a_failed_delete_waits_in_redis_and_is_retried(gateway):
+    gw = await gateway(*GUESTS, instance_ttl=0.6, zai_chat_retry=0.3)
+    gw.fake.delete_failures = 2
+    async with gw.openai() as client:
+        await client.chat.completions.create(model="GLM-4.7", messages=HI)
+    for _ in range(100):
+        if any(r.method == "DELETE" for r in gw.fake.requests):
+            break
+        await asyncio.sleep(0.02)
+    assert await pending_metric(gw) == 1  # it failed: it waits
+    await settled(gw.fake)
+    assert len([r for r in gw.fake.requests if r.method == "DELETE"]) == 3
+    for _ in range(100):
+        if await gw.services.chats.ledger.pending() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await gw.services.chats.ledger.pending() == 0
+
+
+async def test_a_chat_already_gone_counts_as_deleted(gateway):
+    gw = await gateway(*GUESTS)
+    gw.fake.keep_chat = lambda seen: None  # the upstream never kept it: the delete gets 404
+    async with gw.openai() as client:
+        await client.chat.completions.create(model="GLM-4.7", messages=HI)
+    for _ in range(100):
+        if await gw.services.chats.ledger.pending() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await gw.services.chats.ledger.pending() == 0
+    assert len([r for r in gw.fake.requests if r.method == "DELETE"]) == 1
+
+
+async def test_no_delete_while_the_waf_breaker_is_open(gateway):
+    gw = await gateway(*GUESTS, pace=0.02, instance_ttl=0.6, zai_chat_retry=0.3)
+    async with gw.openai() as client:
+        stream = await client.chat.completions.create(model="GLM-4.7", messages=HI, stream=True)
+        await gw.services.egress.breaker.trip()  # blocked while the answer streams
+        [chunk async for chunk in stream]
+    await asyncio.sleep(1.0)  # several sweeps
+    assert [r for r in gw.fake.requests if r.method == "DELETE"] == []
+    assert len(gw.fake.chats) == 1 and await gw.services.chats.ledger.pending() == 1
+    await gw.services.redis.delete(gw.services.keys.waf("direct"))  # the block is lifted
+    await settled(gw.fake)
+
+
+async def test_keep_mode_deletes_nothing(gateway):
+    gw = await gateway(*GUESTS, zai_chats="keep")
+    async with gw.openai() as client:
+        await client.chat.completions.create(model="GLM-4.7", messages=HI)
+    await asyncio.sleep(0.3)
+    assert len(gw.fake.chats) == 1 and gw.services.chats is None
+    assert [r for r in gw.fake.requests if r.method == "DELETE"] == []
+
+
+# Acceptance: three replicas, one killed midway
+
+
+class Replica:
+    def __init__(self, redis_url: str, upstream: str, log_dir) -> None:
+        self.port = free_port()
+        self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
+        env = gateway_env(
+            AUTH_TOKEN=API_KEY,
+            ZAI_BASE_URL=upstream,
+            LISTEN_HOST="127.0.0.1",
+            LISTEN_PORT=str(self.port),
+            REDIS_URL=redis_url,
+            INSTANCE_TTL="1.5",
+            ZAI_CHAT_RETRY="1",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
+                if reply.code == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"replica on {self.port} never became ready")
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.mark.timeout(150)
+async def test_100_requests_over_3_replicas_one_killed_leave_no_chat(io_loop, tmp_path):
+    redis = RedisServer().start()
+    fake = FakeUpstream(*GUESTS, pace=0.03)  # ~1.4 s per answer: many in flight at the kill
+    base = await fake.start()
+    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    clients: list[openai.AsyncOpenAI] = []
+    try:
+        await asyncio.gather(*(r.ready() for r in replicas))
+        clients += [r.client() for r in replicas]
+        outcomes: list[str] = []
+
+        async def one(client: openai.AsyncOpenAI) -> None:
+            try:
+                await client.chat.completions.create(model="GLM-4.7", messages=HI)
+                outcomes.append("ok")
+            except openai.APIError:
+                outcomes.append("failed")  # the killed replica's requests
+
+        first = [asyncio.ensure_future(one(clients[i % 3])) for i in range(50)]
+        deadline = time.monotonic() + 20
+        while len(fake.chats) < 9 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # until answers stream on every replica
+        replicas[0].proc.send_signal(signal.SIGKILL)
+        replicas[0].proc.wait(5)
+        killed_at, open_then = time.monotonic(), set(fake.chats)
+        await asyncio.gather(*first)
+        await asyncio.gather(*(one(clients[1 + i % 2]) for i in range(50)))
+        assert len(outcomes) == 100 and outcomes.count("ok") >= 60
+        made = len([r for r in fake.requests if r.path.endswith("/chat/completions")])
+        assert made >= 60 and len(open_then) >= 9  # answers in flight on all three at the kill
+        await settled(fake, timeout=60)
+        took, failed = time.monotonic() - killed_at, outcomes.count("failed")
+        print(f"{made} chats made, {failed} requests failed, none left {took:.1f} s after the kill")
+        assert open_then <= set(fake.deleted)  # the killed replica's too, by the others
+    finally:
+        for client in clients:
+            await client.close()
+        for replica in replicas:
+            replica.stop()
+        await fake.close()
+        redis.stop()
