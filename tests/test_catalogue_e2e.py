@@ -121,17 +121,17 @@ async def test_a_user_only_model_goes_to_user_tokens_never_to_a_guest(gateway):
         reply = await client.chat.completions.create(model="GLM-6", messages=HI)
         assert reply.choices[0].message.content
         assert gw.completions_seen()[-1].query["token"] in TOKENS
-        for token in TOKENS:  # every pooled token fails: guests stand in where they may
-            gw.fake.fail_tokens[token] = 500
+        for token in TOKENS:  # every pooled token is rate-limited: guests stand in where they may
+            gw.fake.fail_tokens[token] = 429
         for _ in TOKENS:
-            with pytest.raises(openai.InternalServerError):
+            with pytest.raises(openai.RateLimitError):
                 await client.chat.completions.create(model="GLM-4.7", messages=HI)
         served = await client.chat.completions.create(model="GLM-4.7", messages=HI)
         assert gw.completions_seen()[-1].query["token"] not in TOKENS
         with pytest.raises(openai.APIStatusError) as err:
             await client.chat.completions.create(model="GLM-6", messages=HI)
     assert served.choices[0].message.content
-    assert err.value.status_code == 503 and "needs a user token" in err.value.message
+    assert err.value.status_code == 429 and "needs a user token" in err.value.message
     assert gw.completions_seen()[-1].query["token"] not in TOKENS  # GLM-6 sent nowhere
 
 
