@@ -170,7 +170,7 @@ class TokenPool:
     local meta = redis.call('HMGET', KEYS[2], 'cooldown_until', 'cooled_at')
     local back = tonumber(meta[1] or 0) or 0
     if back > now then return back - now end
-    if tonumber(ARGV[8]) < (tonumber(meta[2] or 0) or 0) then return 0 end
+    if tonumber(ARGV[8]) <= (tonumber(meta[2] or 0) or 0) then return 0 end
     local failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
     local wait = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (failures - 1))
     back = now + wait
