@@ -61,6 +61,7 @@ async def test_a_wait_past_the_limit_is_429_and_sends_nothing(gateway):
         OK,
         zai_tokens=TOKENS[0],
         anonymous_mode=False,
+        pool_max_concurrency=0,  # one token, three requests at once: pacing, not the cap, decides
         zai_fe_version="prod-fe-1.1.95",
         zai_captcha="off",
         pacing_min_gap_ms=1000,
