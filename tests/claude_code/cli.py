@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
-import subprocess
 from pathlib import Path
+
+from tests.npm_cli import ensure_installed
+from tests.npm_cli import machine as npm_machine
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VERSION = "2.1.331"
@@ -37,9 +37,7 @@ def installed_version() -> str | None:
 
 def binary() -> Path | None:
     """The native executable from the platform package npm picked (no postinstall needed)."""
-    machine = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower(), platform.machine().lower()
-    )
+    machine = npm_machine()
     for pkg in sorted(MODULES.glob(f"claude-code-linux-{machine}*")):
         exe = pkg / "claude"
         if exe.is_file() and os.access(exe, os.X_OK):
@@ -47,60 +45,11 @@ def binary() -> Path | None:
     return None
 
 
-def _npm() -> str:
-    npm = shutil.which("npm")
-    if npm:
-        return npm
-    # A clean CI machine (Debian, root) may have no Node at all; npm is only needed to fetch
-    # the package, the CLI itself is a native binary.
-    if os.environ.get("CI") == "true" and shutil.which("apt-get") and os.geteuid() == 0:
-        quiet = {"stdout": subprocess.DEVNULL, "timeout": INSTALL_TIMEOUT, "check": True}
-        subprocess.run(["apt-get", "update", "-qq"], **quiet)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "npm"],
-            **quiet,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-        npm = shutil.which("npm")
-    if not npm:
-        raise FileNotFoundError(
-            f"npm is needed once to install the Claude Code CLI ({PACKAGE}@{VERSION}) into "
-            ".venv-tools/: Debian/Ubuntu `apt-get install -y npm`, macOS `brew install node`, "
-            "or Node.js 18+ from nodejs.org"
-        )
-    return npm
-
-
 def ensure_cli() -> Path:
     """Install the pinned CLI if needed and return its executable."""
-    exe = binary()
-    if installed_version() == VERSION and exe is not None:
-        return exe
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [
-            _npm(),
-            "install",
-            "--prefix",
-            str(PREFIX),
-            "--no-audit",
-            "--no-fund",
-            "--no-save",
-            "--loglevel=error",
-            f"{PACKAGE}@{VERSION}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-        check=False,
+    return ensure_installed(
+        PACKAGE, VERSION, PREFIX, INSTALL_TIMEOUT, installed_version, binary, "Claude Code CLI"
     )
-    exe = binary()
-    if result.returncode != 0 or installed_version() != VERSION or exe is None:
-        raise RuntimeError(
-            f"npm install {PACKAGE}@{VERSION} failed ({result.returncode}):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        )
-    return exe
 
 
 def cli_env(

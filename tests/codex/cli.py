@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
-from tests.claude_code.cli import _npm
+from tests.npm_cli import ensure_installed
+from tests.npm_cli import machine as npm_machine
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VERSION = "0.171.0"
@@ -63,9 +62,7 @@ def installed_version() -> str | None:
 
 def binary() -> Path | None:
     """The native executable of the platform package (the launcher script only finds it)."""
-    machine = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower(), platform.machine().lower()
-    )
+    machine = npm_machine()
     for exe in sorted(MODULES.glob(f"codex-linux-{machine}/vendor/*/bin/codex")):
         if exe.is_file() and os.access(exe, os.X_OK):
             return exe
@@ -74,34 +71,9 @@ def binary() -> Path | None:
 
 def ensure_cli() -> Path:
     """Install the pinned CLI if needed and return its executable."""
-    exe = binary()
-    if installed_version() == VERSION and exe is not None:
-        return exe
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [
-            _npm(),
-            "install",
-            "--prefix",
-            str(PREFIX),
-            "--no-audit",
-            "--no-fund",
-            "--no-save",
-            "--loglevel=error",
-            f"{PACKAGE}@{VERSION}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-        check=False,
+    return ensure_installed(
+        PACKAGE, VERSION, PREFIX, INSTALL_TIMEOUT, installed_version, binary, "Codex CLI"
     )
-    exe = binary()
-    if result.returncode != 0 or installed_version() != VERSION or exe is None:
-        raise RuntimeError(
-            f"npm install {PACKAGE}@{VERSION} failed ({result.returncode}):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        )
-    return exe
 
 
 def cli_env(home: Path, base_url: str, proxy_url: str, api_key: str) -> dict[str, str]:
