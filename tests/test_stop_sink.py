@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from server.core.chat import Conversation, ToolCall, ToolSpec, Usage
+from server.core.chat import Conversation, Ending, ToolCall, ToolSpec
 from server.core.completion import answer_sink
 from server.core.errors import GatewayError
 from server.core.models import require_model
@@ -34,15 +34,8 @@ class Recorder:
     async def tool_call(self, call: ToolCall) -> None:
         self.calls.append((call.name, json.loads(call.arguments)))
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        self.end = (reason, content, stop_sequence)
+    async def finish(self, end: Ending) -> None:
+        self.end = (end.reason, end.content, end.stop_sequence)
 
     async def fail(self, error: GatewayError) -> None:
         raise AssertionError(error)
@@ -59,7 +52,7 @@ async def run(answer: str, cuts: list[int], stop: list[str], tools: list[str]) -
             prev = cut
     except StopSequenceReached:
         pass
-    await sink.finish("stop", None, "", answer)
+    await sink.finish(Ending("stop", None, "", answer))
     return face
 
 

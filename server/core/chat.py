@@ -3,7 +3,7 @@
 Owns ``Conversation`` (what a client asked, whichever API it spoke: turns, tools, tool
 choice, structured output as an ``OutputFormat``), ``ToolSpec``/``ToolCall``, ``Usage``, and
 the ``Sink`` protocol: where the core sends what the model says (reasoning text, answer text,
-tool calls, the end with its reason and usage, or a failure). The OpenAI and Anthropic faces
+tool calls, the ``Ending`` with its reason and usage, or a failure). The OpenAI and Anthropic faces
 each turn their request into a ``Conversation`` and implement a ``Sink``; neither knows the
 upstream.
 """
@@ -18,6 +18,7 @@ from server.core.models import Model
 __all__ = [
     "CollectingSink",
     "Conversation",
+    "Ending",
     "OutputFormat",
     "Sink",
     "ToolCall",
@@ -108,6 +109,20 @@ class Usage:
     cached_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How one completion ended: ``reason`` is stop, length, tool_calls, content_filter or
+    stop_sequence (then ``stop_sequence`` says which); ``reasoning``/``content`` are the whole
+    final texts (authoritative). A sink in front of another passes on a changed copy
+    (``dataclasses.replace``)."""
+
+    reason: str = "stop"
+    usage: Usage | None = None
+    reasoning: str = ""
+    content: str = ""
+    stop_sequence: str | None = None
+
+
 class Sink(Protocol):
     """Receives one completion as it happens. ``started`` turns true with the first byte
     that reaches the client; until then a failure can still be retried or sent as an HTTP
@@ -119,17 +134,8 @@ class Sink(Protocol):
 
     async def tool_call(self, call: ToolCall) -> None: ...
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        """The end. ``reasoning``/``content`` are the whole final texts (authoritative);
-        ``reason`` is stop, length, tool_calls, content_filter or stop_sequence (then
-        ``stop_sequence`` says which)."""
+    async def finish(self, end: Ending) -> None:
+        """The end: how, with what usage, and the whole final texts."""
 
     async def fail(self, error: GatewayError) -> None: ...
 

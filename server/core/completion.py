@@ -26,7 +26,7 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from server.core.catalogue import Catalogue
-from server.core.chat import Conversation, Sink
+from server.core.chat import Conversation, Ending, Sink
 from server.core.chats import ThrowawayChats
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
@@ -252,7 +252,7 @@ async def _attempt(
         if reasoning or answer:
             await sink.delta(reasoning, answer)
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
-        await sink.finish(stream.finish_reason, stream.usage, *stream.final())
+        await sink.finish(Ending(stream.finish_reason, stream.usage, *stream.final()))
         if catalogue is not None:
             catalogue.offer(cred)  # a token that works reads its tier's model list, if stale
     except GatewayError as err:

@@ -10,7 +10,9 @@ call ends any text held back, and a call made before the stop keeps the reason `
 (the client has calls to run).
 """
 
-from server.core.chat import Sink, ToolCall, Usage
+from dataclasses import replace
+
+from server.core.chat import Ending, Sink, ToolCall
 from server.core.errors import GatewayError
 from server.emulation.holdback import partial_suffix
 
@@ -54,22 +56,15 @@ class StopSequenceSink:
         await self._send("", held)  # a sequence cannot span a call
         await self.inner.tool_call(call)
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        cut = self._first(content)
+    async def finish(self, end: Ending) -> None:
+        cut = self._first(end.content)
         if cut is not None:
-            content = content[:cut]
+            end = replace(end, content=end.content[:cut])
         elif self._held:
             await self._send("", self._held)
-        if self.hit is not None and reason != "tool_calls":
-            reason, stop_sequence = "stop_sequence", self.hit
-        await self.inner.finish(reason, usage, reasoning, content, stop_sequence=stop_sequence)
+        if self.hit is not None and end.reason != "tool_calls":
+            end = replace(end, reason="stop_sequence", stop_sequence=self.hit)
+        await self.inner.finish(end)
 
     async def fail(self, error: GatewayError) -> None:
         await self.inner.fail(error)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from server.core.chat import Conversation, OutputFormat, Sink, ToolCall, Turn, Usage
+from server.core.chat import Conversation, Ending, OutputFormat, Sink, ToolCall, Turn
 from server.core.errors import GatewayError
 from server.emulation.tool_parse import loads_repaired
 
@@ -147,16 +147,9 @@ class StructuredSink:
     async def tool_call(self, call: ToolCall) -> None:
         await self.inner.tool_call(call)
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        text = content or "".join(self.text)
-        if reason not in _UNCHECKED:
+    async def finish(self, end: Ending) -> None:
+        text = end.content or "".join(self.text)
+        if end.reason not in _UNCHECKED:
             value = extract(text)
             self.problem = answer_problem(value, self.fmt)
             if self.problem is not None:
@@ -165,7 +158,7 @@ class StructuredSink:
             text = msgspec.json.encode(value).decode()
         if text:
             await self.inner.delta("", text)
-        await self.inner.finish(reason, usage, reasoning, text, stop_sequence)
+        await self.inner.finish(dataclasses.replace(end, content=text))
 
     async def fail(self, error: GatewayError) -> None:
         await self.inner.fail(error)

@@ -8,7 +8,9 @@ by the sink inside this one, to the text the scanner lets through: once one is r
 blocks after it are not read.
 """
 
-from server.core.chat import Sink, ToolCall, Usage
+from dataclasses import replace
+
+from server.core.chat import Ending, Sink, ToolCall
 from server.core.errors import GatewayError
 from server.emulation.stop_sink import StopSequenceReached
 from server.emulation.tool_parse import ToolCallScanner
@@ -44,21 +46,11 @@ class ToolCallSink:
         self.calls.append(call)
         await self.inner.tool_call(call)
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
         if not self._stopped:
             await self._send("", self.scanner.close())
-        if self.calls:
-            reason = "tool_calls"
-        await self.inner.finish(
-            reason, usage, reasoning, "".join(self.text), stop_sequence=stop_sequence
-        )
+        reason = "tool_calls" if self.calls else end.reason
+        await self.inner.finish(replace(end, reason=reason, content="".join(self.text)))
 
     async def fail(self, error: GatewayError) -> None:
         await self.inner.fail(error)

@@ -10,7 +10,7 @@ notes the tokens a completion used, for settling the reservation and for the usa
 import hashlib
 from dataclasses import dataclass
 
-from server.core.chat import Conversation, Sink, Usage
+from server.core.chat import Conversation, Ending, Sink
 from server.core.errors import GatewayError
 from server.core.token_estimate import estimate_conversation, estimate_tokens
 from state.client_keys import Admission
@@ -105,20 +105,14 @@ class Metered:
     def used(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
+        usage = end.usage
         if usage is not None and usage.total_tokens:
             self.input_tokens, self.output_tokens = usage.prompt_tokens, usage.completion_tokens
         else:
             self.input_tokens = estimate_conversation(self.conv)
-            self.output_tokens = estimate_tokens(reasoning) + estimate_tokens(content)
-        await self.inner.finish(reason, usage, reasoning, content, stop_sequence)
+            self.output_tokens = estimate_tokens(end.reasoning) + estimate_tokens(end.content)
+        await self.inner.finish(end)
 
     async def fail(self, error: GatewayError) -> None:
         self.failed = True

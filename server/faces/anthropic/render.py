@@ -17,7 +17,7 @@ import hashlib
 import msgspec
 from tornado.iostream import StreamClosedError
 
-from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
 from server.core.errors import GatewayError
 
 __all__ = ["AnthropicResult", "AnthropicStream", "error_body"]
@@ -182,21 +182,17 @@ class AnthropicStream:
         self._writes += 1
         await self.out.flush()
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
         if not self.started:
             self._begin()
         self._stop_pinging()
         self._close()
-        delta = {"stop_reason": _STOP.get(reason, "end_turn"), "stop_sequence": stop_sequence}
+        delta = {
+            "stop_reason": _STOP.get(end.reason, "end_turn"),
+            "stop_sequence": end.stop_sequence,
+        }
         self._event(
-            "message_delta", {"type": "message_delta", "delta": delta, "usage": _usage(usage)}
+            "message_delta", {"type": "message_delta", "delta": delta, "usage": _usage(end.usage)}
         )
         self._event("message_stop", {"type": "message_stop"})
         await self.out.flush()
@@ -228,15 +224,9 @@ class AnthropicResult(CollectingSink):
     def __repr__(self) -> str:
         return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
         blocks: list[dict] = []
+        reasoning, content = end.reasoning, end.content
         if reasoning and self.show_thinking:
             blocks.append(
                 {"type": "thinking", "thinking": reasoning, "signature": signature_of(reasoning)}
@@ -252,9 +242,8 @@ class AnthropicResult(CollectingSink):
             }
             for call in self.calls
         ]
-        message = _message(
-            self.message_id, self.model, blocks, usage, _STOP.get(reason, "end_turn"), stop_sequence
-        )
+        stop = _STOP.get(end.reason, "end_turn")
+        message = _message(self.message_id, self.model, blocks, end.usage, stop, end.stop_sequence)
         self.out.set_header("Content-Type", "application/json")
         self.out.write(_encode(message))
 

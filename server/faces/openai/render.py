@@ -13,7 +13,7 @@ import time
 
 import msgspec
 
-from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
 from server.core.errors import GatewayError
 from server.web.errors import error_body
 
@@ -115,15 +115,8 @@ class OpenAIStream:
         self.calls += 1
         await self.out.flush()
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        reason = _REASON.get(reason, reason)
+    async def finish(self, end: Ending) -> None:
+        reason = _REASON.get(end.reason, end.reason)
         if not self.started:
             self._begin()
         if self.legacy:
@@ -139,7 +132,7 @@ class OpenAIStream:
                 "model": self.model,
                 "system_fingerprint": None,
                 "choices": [],
-                "usage": _usage(usage),
+                "usage": _usage(end.usage),
             }
             self.out.write(b"data: " + _encode(chunk) + b"\n\n")
         self.out.write(b"data: [DONE]\n\n")
@@ -168,26 +161,19 @@ class OpenAIResult(CollectingSink):
     def __repr__(self) -> str:
         return f"<OpenAIResult {self.completion_id} calls={len(self.calls)}>"
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
-        reason = _REASON.get(reason, reason)
-        message: dict = {"role": "assistant", "content": content or None, "refusal": None}
+    async def finish(self, end: Ending) -> None:
+        reason = _REASON.get(end.reason, end.reason)
+        message: dict = {"role": "assistant", "content": end.content or None, "refusal": None}
         if not self.calls:
-            message["content"] = content
+            message["content"] = end.content
         elif self.legacy:
             first = self.calls[0]
             message["function_call"] = {"name": first.name, "arguments": first.arguments}
             reason = _LEGACY_REASON.get(reason, reason)
         else:
             message["tool_calls"] = [_call_object(call) for call in self.calls]
-        if reasoning:
-            message["reasoning_content"] = reasoning
+        if end.reasoning:
+            message["reasoning_content"] = end.reasoning
         body = {
             "id": self.completion_id,
             "object": "chat.completion",
@@ -197,7 +183,7 @@ class OpenAIResult(CollectingSink):
             "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
             ],
-            "usage": _usage(usage),
+            "usage": _usage(end.usage),
         }
         self.out.set_header("Content-Type", "application/json")
         self.out.write(_encode(body))

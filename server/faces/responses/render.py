@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from server.core.chat import CollectingSink, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
 from server.core.errors import GatewayError
 from server.ids import hex_id
 
@@ -235,20 +235,13 @@ class ResponsesStream:
         self.output.append(item)
         await self.out.flush()
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
         if not self.started:
             self._begin()
         if not self.output and self.kind is None:
             self._open("message")  # an empty answer is still one (empty) message
         self._close()
-        response = await _kept(self.keep, _ended(self.head, reason, usage, self.output))
+        response = await _kept(self.keep, _ended(self.head, end.reason, end.usage, self.output))
         kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
         self._event(kind, {"response": response})
         await self.out.flush()
@@ -279,22 +272,15 @@ class ResponsesResult(CollectingSink):
     def __repr__(self) -> str:
         return f"<ResponsesResult {self.head['id']} calls={len(self.calls)}>"
 
-    async def finish(
-        self,
-        reason: str,
-        usage: Usage | None,
-        reasoning: str,
-        content: str,
-        stop_sequence: str | None = None,
-    ) -> None:
+    async def finish(self, end: Ending) -> None:
         output: list[dict] = []
-        if reasoning and self.show_reasoning:
-            output.append(_reasoning_item(_item_id("rs"), reasoning))
-        if content or not self.calls:
-            output.append(_message_item(_item_id("msg"), content))
+        if end.reasoning and self.show_reasoning:
+            output.append(_reasoning_item(_item_id("rs"), end.reasoning))
+        if end.content or not self.calls:
+            output.append(_message_item(_item_id("msg"), end.content))
         output += [_call_item(_item_id("fc"), call) for call in self.calls]
         self.out.set_header("Content-Type", "application/json")
-        response = await _kept(self.keep, _ended(self.head, reason, usage, output))
+        response = await _kept(self.keep, _ended(self.head, end.reason, end.usage, output))
         self.out.write(_encode(response))
 
 
