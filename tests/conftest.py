@@ -112,7 +112,7 @@ def _secrets() -> set[str]:
     from tests.recorded import interactions
 
     found = {API_KEY, test_pool_gateway.ADMIN, test_fuzz.ADMIN, *test_pool_gateway.TOKENS}
-    found.add(test_egress.PROXY_PASSWORD)
+    found |= {test_egress.PROXY_PASSWORD, test_egress.SOCKS_PASSWORD}
     for name in ("guest_auth", "guest_auth_user_role", "guest_auth_fallback"):
         body = interactions(name)[0]["response"]["body"]["string"]
         found.add(msgspec.json.decode(body)["token"])

@@ -5,7 +5,9 @@ Owns ``Tinyproxy`` and ``Dante``. Each sends its outgoing connections from its o
 address (``bind``, e.g. 127.0.0.2), so the fake upstream tells by the source address which
 route a request came by, as the real upstream's WAF tells egress IPs apart. The binaries are
 apt packages (``.ci/run`` installs them); the fixtures skip, and so fail under ``CI=true``,
-when one is missing.
+when one is missing. Dante checks SOCKS5 credentials (RFC 1929) against the system's password
+database only, so a ``Dante`` given a username creates that system user (no home, no shell)
+with the password for its life and deletes it after; that needs root, as CI has.
 """
 
 import os
@@ -109,6 +111,41 @@ class Tinyproxy(_Proxy):
 
 class Dante(_Proxy):
     scheme = "socks5"
+    _made_user = False
+
+    def start(self) -> "_Proxy":
+        if self.username:
+            self._add_user()
+        try:
+            return super().start()
+        except BaseException:
+            self._remove_user()
+            raise
+
+    def stop(self) -> None:
+        super().stop()
+        self._remove_user()
+
+    def _add_user(self) -> None:
+        if os.geteuid() != 0:
+            raise FileNotFoundError("a SOCKS5 proxy with credentials needs root (a system user)")
+        tool = _binary("useradd", "/usr/sbin/useradd")
+        subprocess.run(
+            [tool, "--no-create-home", "--shell", "/usr/sbin/nologin", self.username],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self._made_user = True
+        subprocess.run(
+            [_binary("chpasswd", "/usr/sbin/chpasswd")],
+            input=f"{self.username}:{self.password}\n".encode(),
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    def _remove_user(self) -> None:
+        if self._made_user:
+            tool = _binary("userdel", "/usr/sbin/userdel")
+            subprocess.run([tool, self.username], capture_output=True, timeout=30)
+            self._made_user = False
 
     def command(self) -> list[str]:
         lines = [
@@ -116,7 +153,8 @@ class Dante(_Proxy):
             f"internal: 127.0.0.1 port = {self.port}",
             f"external: {self.bind}",
             "clientmethod: none",
-            "socksmethod: none",
+            # username: RFC 1929, checked against the system's users (see _add_user)
+            f"socksmethod: {'username' if self.username else 'none'}",
         ]
         if os.geteuid() == 0:  # server settings come before the rules
             lines += ["user.privileged: root", "user.unprivileged: nobody"]

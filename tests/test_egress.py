@@ -7,6 +7,7 @@ no client error; with every route blocked the client gets 503 waf_blocked with t
 Retry-After; proxy credentials appear in no log line, status answer, metric or error."""
 
 import asyncio
+import os
 import ssl
 import subprocess
 
@@ -26,6 +27,8 @@ HELLO = [{"role": "user", "content": "hello"}]
 PROXY_USER = "route-user"
 PROXY_PASSWORD = "pr0xy-pass-7f3a9c"  # must never be shown anywhere
 HTTP_FROM, SOCKS_FROM = "127.0.0.2", "127.0.0.3"
+SOCKS_USER = f"zgw-socks-{os.getpid()}"  # a system user for its fixture's life (dante's rule)
+SOCKS_PASSWORD = "s0cks-pass-4e1d8b"  # must never be shown anywhere
 
 
 def _started(proxy):
@@ -45,6 +48,13 @@ def tinyproxy():
 @pytest.fixture(scope="module")
 def dante():
     proxy = _started(Dante(SOCKS_FROM))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def dante_login():
+    proxy = _started(Dante(SOCKS_FROM, SOCKS_USER, SOCKS_PASSWORD))
     yield proxy
     proxy.stop()
 
@@ -117,6 +127,38 @@ async def test_wrong_proxy_credentials_say_so_without_the_password(tinyproxy):
     text = str(info.value)
     assert "wants other credentials" in text and "http://***@127.0.0.1" in text
     assert PROXY_PASSWORD not in text and PROXY_USER not in text
+
+
+async def test_socks5_with_credentials_gets_through_and_never_shows_them(gateway, dante_login):
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    try:
+        gw = await gateway("home", "guest_auth", OK, upstream_proxies=dante_login.url, **_ADMIN)
+        async with gw.openai() as client:
+            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        _, status = await admin(gw, "GET", "/v1/token-pool/status")
+        _, check = await admin(gw, "GET", "/v1/upstream/check")
+        metrics = (await AsyncHTTPClient().fetch(gw.url + "/metrics")).body.decode()
+        port = dante_login.port
+        for who, words in [
+            (f"{SOCKS_USER}:not-{SOCKS_PASSWORD}", "rejected the credentials"),
+            ("", "accepts none of our authentication methods"),  # it really demands them
+        ]:
+            proxy = Proxy.parse(f"socks5://{who}{'@' if who else ''}127.0.0.1:{port}")
+            with pytest.raises(TransportError, match=words) as info:
+                await open_stream("GET", gw.fake.base_url + "/", {}, None, Timeouts(), proxy)
+            lines.append(str(info.value))
+    finally:
+        logger.remove(sink)
+    assert reply.choices[0].message.content
+    assert set(sources(gw)) == {SOCKS_FROM}  # every call, through the login-only proxy
+    assert status["routes"][0]["label"] == f"socks5://***@127.0.0.1:{port}"
+    assert check["ok"] and check["routes"][0]["label"] == status["routes"][0]["label"]
+    for text in ("\n".join(lines), str(status), str(check), metrics):
+        assert SOCKS_PASSWORD not in text and SOCKS_USER not in text
+
+
+_ADMIN = {"admin_token": ADMIN}
 
 
 def _two_routes(tinyproxy, dante, real_redis_server) -> dict:
