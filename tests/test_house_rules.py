@@ -1,4 +1,5 @@
-"""House rules that are not style: every docstring example runs, and ``__all__`` is true.
+"""House rules that are not style: every docstring example runs, ``__all__`` is true, and
+no local environment is committed.
 
 Every module of ``server/`` and ``state/`` is imported; its ``>>>`` examples run with
 doctest (an example that cannot run is written as a plain ``Usage::`` block instead), and
@@ -8,6 +9,7 @@ every name its ``__all__`` lists exists, so ``from module import *`` and readers
 import doctest
 import importlib
 import pathlib
+import subprocess
 
 import pytest
 
@@ -38,3 +40,18 @@ def test_examples_are_found() -> None:
     """The check itself: the answer text's example is collected and run."""
     module = importlib.import_module("server.zai.text")
     assert doctest.testmod(module).attempted > 0
+
+
+def test_no_environment_or_outside_link_is_tracked() -> None:
+    """A worktree's ``.venv`` link once slipped into a commit: merged into the shared checkout
+    it replaced the (ignored) virtualenv directory with a link to itself. No tracked path is a
+    ``.venv``, and no tracked link points outside the repository."""
+    staged = subprocess.run(
+        ["git", "ls-files", "--stage"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    paths = [line.split("\t", 1)[1] for line in staged]
+    assert paths, "git ls-files listed nothing"
+    assert [p for p in paths if ".venv" in pathlib.PurePath(p).parts] == []
+    links = [line.split("\t", 1)[1] for line in staged if line.startswith("120000")]
+    outside = [p for p in links if not (ROOT / p).resolve().is_relative_to(ROOT)]
+    assert outside == []
