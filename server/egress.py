@@ -139,6 +139,17 @@ class Egress:
             await asyncio.sleep(wait)
         return chosen
 
+    async def all_blocked(self) -> bool:
+        """Whether every route is blocked or waiting for its probe, in this process's view
+        (read from Redis at most once a second, as ``pick`` reads it)."""
+        await self._refresh()
+        if self._in_turn(open_only=True) or self.breaker is None:
+            return False
+        now = time.monotonic()
+        if now - self._checked >= _RECHECK:  # an operator may have lifted the block meanwhile
+            await self._read(now)
+        return not self._in_turn(open_only=True)
+
     def blocked_for(self) -> float:
         """Seconds until the first blocked route may return (0 when one is open); a route
         waiting for its probe counts as a few seconds away."""
@@ -210,6 +221,11 @@ class Egress:
             return
         if not self._in_turn(open_only=True) and not self._half_open():
             return  # every route known blocked: nothing to ask until the first window ends
+        await self._read(now)
+
+    async def _read(self, now: float) -> None:
+        if self.breaker is None:
+            return
         self._checked = now
         try:
             lefts = await self.breaker.open_for(*(route.id for route in self.routes))

@@ -266,12 +266,20 @@ def throwaway_chats(
         return await redis.hget(keys.tokens, tid)
 
     async def waf_open() -> bool:  # every route blocked (or half-open): deletes wait
-        return all(route["state"] != "ok" for route in await egress.status())
+        return await egress.all_blocked()
 
     # A chat stays its replica's for two heartbeats without a renewal: then others may sweep.
     hold = settings.instance_ttl * 2
     ledger = ChatLedger(redis, keys)
-    return ThrowawayChats(ledger, client, hold, settings.zai_chat_retry, pooled_token, waf_open)
+    return ThrowawayChats(
+        ledger,
+        client,
+        hold,
+        settings.zai_chat_retry,
+        pooled_token,
+        waf_open,
+        guests=settings.zai_delete_guest_chats,
+    )
 
 
 def zai_client(

@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     # retried by any replica); keep: chats stay in the account (the behaviour before)
     zai_chats: Literal["throwaway", "keep"] = "throwaway"
     zai_chat_retry: float = Field(30.0, gt=0)  # seconds before a failed delete is retried
+    # Delete guests' chats too (each guest serves one request and is never used again)
+    zai_delete_guest_chats: bool = False
     upstream_connect_timeout: float = Field(10.0, gt=0)
     upstream_header_timeout: float = Field(60.0, gt=0)
     upstream_idle_timeout: float = Field(120.0, gt=0)

@@ -21,6 +21,7 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from server.egress import _RECHECK as RECHECK
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ROOT, gateway_env
@@ -51,7 +52,7 @@ async def pending_metric(gw) -> float:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_each_answers_chat_is_deleted_afterwards(gateway, stream):
-    gw = await gateway(*GUESTS)
+    gw = await gateway(*GUESTS, zai_delete_guest_chats=True)
     async with gw.openai() as client:
         for _ in range(3):
             reply = await client.chat.completions.create(
@@ -89,7 +90,7 @@ async def test_pooled_tokens_chats_are_deleted_too(gateway):
 
 
 async def test_a_failed_delete_waits_in_redis_and_is_retried(gateway):
-    gw = await gateway(*GUESTS, instance_ttl=0.6, zai_chat_retry=0.3)
+    gw = await gateway(*GUESTS, instance_ttl=0.6, zai_chat_retry=0.3, zai_delete_guest_chats=True)
     gw.fake.delete_failures = 2
     async with gw.openai() as client:
         await client.chat.completions.create(model="GLM-4.7", messages=HI)
@@ -108,7 +109,7 @@ async def test_a_failed_delete_waits_in_redis_and_is_retried(gateway):
 
 
 async def test_a_chat_already_gone_counts_as_deleted(gateway):
-    gw = await gateway(*GUESTS)
+    gw = await gateway(*GUESTS, zai_delete_guest_chats=True)
     gw.fake.keep_chat = lambda seen: None  # the upstream never kept it: the delete gets 404
     async with gw.openai() as client:
         await client.chat.completions.create(model="GLM-4.7", messages=HI)
@@ -121,16 +122,33 @@ async def test_a_chat_already_gone_counts_as_deleted(gateway):
 
 
 async def test_no_delete_while_the_waf_breaker_is_open(gateway):
-    gw = await gateway(*GUESTS, pace=0.02, instance_ttl=0.6, zai_chat_retry=0.3)
+    gw = await gateway(
+        *GUESTS, pace=0.05, instance_ttl=0.6, zai_chat_retry=0.3, zai_delete_guest_chats=True
+    )
     async with gw.openai() as client:
         stream = await client.chat.completions.create(model="GLM-4.7", messages=HI, stream=True)
-        await gw.services.egress.breaker.trip()  # blocked while the answer streams
+        await gw.services.egress.breaker.trip()  # blocked while the answer streams, as by
+        await asyncio.sleep(RECHECK)  # another replica: seen once this one looks again
         [chunk async for chunk in stream]
     await asyncio.sleep(1.0)  # several sweeps
     assert [r for r in gw.fake.requests if r.method == "DELETE"] == []
     assert len(gw.fake.chats) == 1 and await gw.services.chats.ledger.pending() == 1
     await gw.services.redis.delete(gw.services.keys.waf("direct"))  # the block is lifted
     await settled(gw.fake)
+
+
+async def test_guests_chats_are_left_by_default(gateway):
+    """A guest serves one request and is never used again: deleting its chat would only be
+    one more upstream call (and its token would wait in Redis meanwhile)."""
+    gw = await gateway(*GUESTS)
+    async with gw.openai() as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="GLM-4.7", messages=HI)
+    await asyncio.sleep(0.3)
+    assert len(gw.fake.chats) == 3
+    assert [r for r in gw.fake.requests if r.method == "DELETE"] == []
+    assert await gw.services.chats.ledger.pending() == 0
+    assert await gw.services.redis.keys(gw.services.keys.chat("*")) == []
 
 
 async def test_keep_mode_deletes_nothing(gateway):
@@ -157,6 +175,7 @@ class Replica:
             REDIS_URL=redis_url,
             INSTANCE_TTL="1.5",
             ZAI_CHAT_RETRY="1",
+            ZAI_DELETE_GUEST_CHATS="true",
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server"],

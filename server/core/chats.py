@@ -9,6 +9,9 @@ costs the request no latency), and ``end`` deletes it upstream (``DELETE
 found" counts as deleted. What cannot be deleted now (an upstream error, the route's WAF
 breaker open, a replica killed mid-answer) stays in the ledger with a deadline; ``sweep``,
 run by every replica's upkeep, claims due chats and tries again, backing off per failure.
+A guest's chat is left alone unless ``ZAI_DELETE_GUEST_CHATS``: anonymous mode signs in a
+fresh guest for each request and never uses it again, so nobody sees that account's chats,
+while each delete is one more upstream call for the WAF to count and the pacer to slot.
 """
 
 import asyncio
@@ -50,6 +53,7 @@ class ThrowawayChats:
         retry: float,
         pooled_token: Callable[[str], Awaitable[str | None]],
         waf_open: Callable[[], Awaitable[bool]] | None = None,
+        guests: bool = False,
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -57,6 +61,7 @@ class ThrowawayChats:
         self.retry = retry  # seconds before a failed delete is tried again (doubling)
         self.pooled_token = pooled_token  # token id -> the pooled token, if still pooled
         self.waf_open = waf_open
+        self.guests = guests  # whether guests' chats are deleted too
         self.open: dict[str, asyncio.Future[None]] = {}  # chat id -> its ledger write
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -65,14 +70,19 @@ class ThrowawayChats:
 
     def begin(self, cred: Credential) -> str:
         chat_id = uuid4_text()
-        pooled = cred.role == "user"
-        guest, tid = ("", token_id(cred.token)) if pooled else (cred.token, "")
-        self.open[chat_id] = self._spawn(self._write(chat_id, guest, tid))
+        if self._deletes(cred):
+            pooled = cred.role == "user"
+            guest, tid = ("", token_id(cred.token)) if pooled else (cred.token, "")
+            self.open[chat_id] = self._spawn(self._write(chat_id, guest, tid))
         return chat_id
 
     def end(self, cred: Credential, chat_id: str) -> None:
-        written = self.open.pop(chat_id, None)
-        self._spawn(self._delete_after(written, cred.token, chat_id))
+        if self._deletes(cred):
+            written = self.open.pop(chat_id, None)
+            self._spawn(self._delete_after(written, cred.token, chat_id))
+
+    def _deletes(self, cred: Credential) -> bool:
+        return self.guests or cred.role == "user"
 
     async def renew(self) -> None:
         """Keep the chats whose answers still stream here out of other replicas' sweeps."""
