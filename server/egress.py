@@ -10,9 +10,11 @@ replicas must agree on, not the turn); with none left it raises ``waf_blocked`` 
 soonest return as Retry-After. ``pace`` holds every upstream call to its route's slot
 (``state/pacing.py``: a floor on the gap between calls, the same for all replicas), waiting
 rather than failing up to ``PACING_MAX_WAIT``. A process reads every breaker in one Lua call
-at most once a second, and not at all while it knows every route is open. Route ids (``direct``,
-``proxy-<hash>``) and labels never carry a proxy's credentials: they are what logs, the status
-API and metrics show.
+at most once a second, and not at all while it knows every route is open. A proxy that
+cannot be reached (refused, silent, or refusing our credentials) shuts its route the same way,
+with its own shorter backoff (``ROUTE_DOWN_BACKOFF_*``): the route is at fault, never a token
+or the upstream, and the same probe reopens it. Route ids (``direct``, ``proxy-<hash>``) and
+labels never carry a proxy's credentials: they are what logs, the status API and metrics show.
 """
 
 import asyncio
@@ -30,12 +32,27 @@ from server.transport import Proxy
 from state.pacing import Pacer
 from state.waf import HALF_OPEN, WafBreaker
 
-__all__ = ["DIRECT", "Egress", "Route", "parse_routes"]
+__all__ = ["DIRECT", "ROUTE_FAULTS", "Egress", "Route", "parse_routes"]
 
 _RECHECK = 1.0  # seconds a process trusts its view of the shared breakers
 _PROBE_LOCK = 20.0  # seconds one replica holds a route's probe (longer than a probe takes)
 _PROBE_WAIT = 5.0  # seconds a request waits for another replica's probe before a 503
 _PROBE_POLL = 0.25  # seconds between looks at the shared breaker while waiting for it
+
+# The failures that shut a route rather than blame a token: kind -> why the breaker says.
+_WHY = {"waf_blocked": "waf", "route_unreachable": "down"}
+ROUTE_FAULTS = frozenset(_WHY)
+# Per why: the kind a request hears when every route is shut so, the log line of a trip.
+_SHUT_KIND = {"waf": "waf_blocked", "down": "route_unreachable"}
+_SHUT_WORD = {"waf_blocked": "blocked", "route_unreachable": "unreachable"}
+_ALONE = {
+    "waf_blocked": "the shared breaker is open",
+    "route_unreachable": "the only route, {}, failed: held back",
+}
+_TRIPPED = {
+    "waf": "upstream WAF block on route {} ({}): completions held back on it for {:.1f} s",
+    "down": "egress proxy of route {} ({}) unreachable: route held back for {:.1f} s",
+}
 
 Prober = Callable[["Route"], Awaitable[bool | None]]  # True blocked, False clear, None unknown
 
@@ -78,9 +95,11 @@ class Egress:
     breaker: WafBreaker | None = None
     pacer: Pacer | None = None
     prober: Prober | None = None  # the dialect's bare probe of a route (ZaiClient.probe_waf)
+    down_backoff: tuple[float, float] = (10.0, 300.0)  # base, cap (s) for an unreachable proxy
     _turn: int = 0
     _shut: set[str] = field(default_factory=set)  # routes whose breaker is set (or half-open)
     _until: dict[str, float] = field(default_factory=dict)  # route id -> monotonic time
+    _why: dict[str, str] = field(default_factory=dict)  # route id -> why it is shut (_WHY)
     _checked: float = float("-inf")
     _probed: dict[str, float] = field(default_factory=dict)  # route id -> last probe try
 
@@ -103,10 +122,17 @@ class Egress:
         if open_routes:
             self._advance(open_routes[0])
             return open_routes[0]
-        left = self.blocked_for()
-        which = "the shared breaker is open" if len(self.routes) == 1 else "every egress route"
-        detail = which if len(self.routes) == 1 else f"{which} ({len(self.routes)}) is blocked"
-        raise GatewayError("waf_blocked", detail, model=model, retry_after=left)
+        kind, detail = self._all_shut()
+        if len(self.routes) == 1:
+            detail = _ALONE[kind].format(self.routes[0].label)
+        raise GatewayError(kind, detail, model=model, retry_after=self.blocked_for())
+
+    def _all_shut(self) -> tuple[str, str]:
+        """The kind a request hears when no route is open (an unreachable proxy only when
+        every route is down so: one WAF block is what the operator must hear of) and why."""
+        whys = {self._why.get(route.id, "waf") for route in self.routes}
+        kind = _SHUT_KIND["down" if whys == {"down"} else "waf"]
+        return kind, f"every egress route ({len(self.routes)}) is {_SHUT_WORD[kind]}"
 
     async def pace(self, route: Route | None, model: str = "") -> Route:
         """Wait for this call's slot on ``route`` (shared by every replica), or, with none
@@ -163,43 +189,44 @@ class Egress:
         return left if left > 0 else _PROBE_WAIT
 
     async def trip(self, route: Route, err: GatewayError) -> bool:
-        """Open ``route``'s breaker for every replica; returns whether another route is open
-        (the request may move there)."""
-        left = self.breaker.base if self.breaker is not None else 0.0
+        """Open ``route``'s breaker for every replica, for a failure of ``ROUTE_FAULTS``
+        (a WAF page, an unreachable proxy); returns whether another route is open (the
+        request may move there)."""
+        why = _WHY[err.kind]
+        base, cap = self.down_backoff if why == "down" else (None, None)
+        left = base or (self.breaker.base if self.breaker is not None else 0.0)
         if self.breaker is not None:
             try:
-                left = await self.breaker.trip(route.id)
+                left = await self.breaker.trip(route.id, why, base, cap)
             except RedisError as exc:
                 logger.warning("WAF breaker unreachable: {}", exc)
         self._until[route.id] = time.monotonic() + left
         self._shut.add(route.id)
-        logger.warning(
-            "upstream WAF block on route {} ({}): completions held back on it for {:.1f} s",
-            route.id,
-            route.label,
-            left,
-        )
+        self._why[route.id] = why
+        logger.warning(_TRIPPED[why], route.id, route.label, left)
         if self._in_turn(open_only=True):
             return True
         err.retry_after = self.blocked_for()  # the first route to come back, maybe another
         if len(self.routes) > 1:
-            err.detail = f"{err.detail}; every egress route ({len(self.routes)}) is blocked"
+            err.detail = f"{err.detail}; {self._all_shut()[1]}"
         return False
 
     async def status(self) -> list[dict]:
         """Each route as the status API shows it: id, label, ``state`` (ok, blocked,
-        half-open: waiting for a probe) and the seconds its breaker has left."""
-        lefts = [0.0] * len(self.routes)
+        half-open: waiting for a probe), the seconds its breaker has left and ``reason``, the
+        failure that shut it (``waf_blocked``, ``route_unreachable``; "" when ok)."""
+        states = [(0.0, "waf")] * len(self.routes)
         if self.breaker is not None:
-            lefts = await self.breaker.open_for(*(route.id for route in self.routes))
+            states = await self.breaker.states(*(route.id for route in self.routes))
         return [
             {
                 "id": route.id,
                 "label": route.label,
                 "state": "half-open" if left == HALF_OPEN else "blocked" if left else "ok",
                 "blocked_for": max(0.0, round(left, 3)),
+                "reason": _SHUT_KIND[why] if left else "",
             }
-            for route, left in zip(self.routes, lefts, strict=True)
+            for route, (left, why) in zip(self.routes, states, strict=True)
         ]
 
     def _in_turn(self, open_only: bool) -> list[Route]:
@@ -228,14 +255,15 @@ class Egress:
             return
         self._checked = now
         try:
-            lefts = await self.breaker.open_for(*(route.id for route in self.routes))
+            states = await self.breaker.states(*(route.id for route in self.routes))
         except RedisError as exc:
             logger.debug("WAF breakers unreachable: {}", exc)
             for route in self._half_open():  # no probe can be agreed on: its window is over
                 self._shut.discard(route.id)
             return
-        for route, left in zip(self.routes, lefts, strict=True):
+        for route, (left, why) in zip(self.routes, states, strict=True):
             self._until[route.id] = now + max(0.0, left)
+            self._why[route.id] = why
             if left:
                 self._shut.add(route.id)
             else:

@@ -204,6 +204,7 @@ def make_services(settings: Settings) -> Services:
             settings.pacing_max_wait,
         )
     egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
+    egress.down_backoff = (settings.route_down_backoff_base, settings.route_down_backoff_cap)
     client = zai_client(settings, Facts(redis, keys), egress)
     egress.prober = client.probe_waf
     pool = TokenPool(

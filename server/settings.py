@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # Egress routes (issue 14): http:// (CONNECT) and socks5:// proxies and "direct";
     # empty = direct only. Each route has its own WAF breaker.
     upstream_proxies: CommaList = []
+    # A route whose proxy cannot be reached is held back this long (s), doubling per failure
+    route_down_backoff_base: float = Field(10.0, gt=0)
+    route_down_backoff_cap: float = Field(300.0, gt=0)
 
     # Pacing (issue 14): a floor on the gap between upstream calls on each route, held by
     # every replica; the gap is drawn in [min, min + jitter] ms (PROTOCOL.md 6.3: 200-500 ms)

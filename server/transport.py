@@ -36,10 +36,15 @@ __all__ = ["Exchange", "Proxy", "Timeouts", "TransportError", "open_exchanges", 
 class TransportError(Exception):
     """The upstream could not be reached, timed out, or closed the connection early."""
 
-    def __init__(self, reason: str, timeout: bool = False, unanswered: bool = False) -> None:
+    def __init__(
+        self, reason: str, timeout: bool = False, unanswered: bool = False, proxy: bool = False
+    ) -> None:
         super().__init__(reason)
         self.timeout = timeout
         self.unanswered = unanswered  # not a byte came back: safe to try a fresh connection
+        # The egress proxy itself failed (unreachable, silent, or refusing us), not the
+        # upstream behind it: the route is at fault, never the upstream or a token.
+        self.proxy = proxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,18 +538,20 @@ async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     where = f"{host}:{port}" if proxy is None else f"{host}:{port} through {proxy.label}"
+    tunnel = _Tunnel()
     try:
         if proxy is None:
             connecting = loop.create_connection(
                 lambda: _Connection(key), host, port, ssl=tls, server_hostname=host if tls else None
             )
         else:
-            connecting = _through(proxy, key, tls)
+            connecting = _through(proxy, key, tls, tunnel)
         _, conn = await asyncio.wait_for(connecting, timeouts.connect)
     except (OSError, TimeoutError, _ProxyRefused) as exc:
         timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
+        blame = proxy is not None and not tunnel.open and not getattr(exc, "beyond", False)
         raise TransportError(
-            f"cannot connect to {where}: {exc or 'timeout'}", timeout=timed_out
+            f"cannot connect to {where}: {exc or 'timeout'}", timeout=timed_out, proxy=blame
         ) from None
     return conn
 
@@ -554,7 +561,21 @@ async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
 
 
 class _ProxyRefused(Exception):
-    """The proxy answered, but would not open the tunnel (the text is safe to show)."""
+    """The proxy answered, but would not open the tunnel (the text is safe to show);
+    ``beyond``: because it could not reach the upstream (the proxy itself works)."""
+
+    def __init__(self, reason: str, beyond: bool = False) -> None:
+        super().__init__(reason)
+        self.beyond = beyond
+
+
+@dataclass(slots=True)
+class _Tunnel:
+    open: bool = False  # the proxy's part is done: what fails after is the upstream's
+
+
+# SOCKS5 replies that say the proxy works but the upstream is out of its reach (RFC 1928 6).
+_SOCKS_BEYOND = {3, 4, 5, 6}
 
 
 _SOCKS_REPLIES = {
@@ -569,7 +590,7 @@ _SOCKS_REPLIES = {
 }
 
 
-async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None) -> tuple:
+async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None, tunnel: _Tunnel) -> tuple:
     loop = asyncio.get_running_loop()
     _, host, port, _ = key
     infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
@@ -584,6 +605,7 @@ async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None) -> tuple:
             await _connect_tunnel(loop, sock, proxy, host, port)
         else:
             await _socks5_tunnel(loop, sock, proxy, host, port)
+        tunnel.open = True
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return await loop.create_connection(
             lambda: _Connection(key), sock=sock, ssl=tls, server_hostname=host if tls else None
@@ -614,7 +636,10 @@ async def _connect_tunnel(
     code = status.split(" ", 2)[1] if status.count(" ") else ""
     if not code.startswith("2"):
         why = " (it wants other credentials)" if code in ("401", "407") else ""
-        raise _ProxyRefused(f"the proxy refused the tunnel: {status[:80]!r}{why}")
+        # 5xx: it tried the upstream and could not reach it (tinyproxy: 500, others 502/504)
+        raise _ProxyRefused(
+            f"the proxy refused the tunnel: {status[:80]!r}{why}", beyond=code.startswith("5")
+        )
     if not answer.endswith(b"\r\n\r\n"):
         raise _ProxyRefused("the proxy sent bytes after its answer to CONNECT")
 
@@ -648,7 +673,9 @@ async def _socks5_tunnel(
     _, reply, _, kind = await _recv_exactly(loop, sock, 4)
     if reply != 0:
         why = _SOCKS_REPLIES.get(reply, f"reply {reply}")
-        raise _ProxyRefused(f"the SOCKS5 proxy could not connect: {why}")
+        raise _ProxyRefused(
+            f"the SOCKS5 proxy could not connect: {why}", beyond=reply in _SOCKS_BEYOND
+        )
     size = {1: 4, 4: 16}.get(kind)
     if size is None:
         size = (await _recv_exactly(loop, sock, 1))[0]

@@ -20,6 +20,7 @@ from server.egress import parse_routes
 from server.settings import SettingsError, load_settings
 from server.transport import Proxy, Timeouts, TransportError, open_stream
 from tests.proxies import Dante, Tinyproxy
+from tests.redis_server import free_port
 from tests.test_pool_gateway import ADMIN, TOKENS, admin
 
 OK = "stream_glm5_plain_thinking"
@@ -261,3 +262,86 @@ def test_a_bad_proxy_setting_names_itself_but_not_its_password():
     text = str(info.value)
     assert "UPSTREAM_PROXIES" in text and "'ftp' is not supported" in text
     assert PROXY_PASSWORD not in text
+
+
+class SilentProxy:
+    """A proxy that accepts connections and never says a word (hung); counts them."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        async def hold(reader, writer):
+            self.accepted += 1
+            self._held.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def close(self) -> None:
+        for writer in self._held:
+            writer.close()
+        self.server.close()
+
+
+def _pooled(**more) -> dict:
+    return {
+        "zai_tokens": ",".join(TOKENS[:2]),
+        "anonymous_mode": False,
+        "admin_token": ADMIN,
+        "pool_max_concurrency": 0,
+        "upstream_connect_timeout": 0.5,  # how long the silent proxy holds a request back
+        "zai_chats": "keep",
+        "zai_models": "static",
+        **more,
+    }
+
+
+@pytest.mark.parametrize("dead", ["refused", "silent"])
+async def test_a_dead_proxy_shuts_its_route_never_a_token(gateway, tinyproxy, dead):
+    silent = SilentProxy()
+    dead_url = await silent.start() if dead == "silent" else f"http://127.0.0.1:{free_port()}"
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    try:
+        gw = await gateway(
+            "home", "guest_auth_user_role", OK, upstream_proxies=f"{dead_url},{tinyproxy.url}",
+            **_pooled(),
+        )  # fmt: skip
+        async with gw.openai() as client:
+            for _ in range(4):  # the dead route is first in turn: only the first call tries it
+                reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+                assert reply.choices[0].message.content
+        _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    finally:
+        logger.remove(sink)
+        if dead == "silent":
+            silent.close()
+    assert len(gw.completions_seen()) == 4 and set(sources(gw)) == {HTTP_FROM}
+    if dead == "silent":
+        assert silent.accepted == 1  # one call found it dead; every replica keeps off it
+    down, healthy = status["routes"]
+    assert down["state"] == "blocked" and down["reason"] == "route_unreachable"
+    assert 5 <= down["blocked_for"] <= 10 and down["label"] == dead_url
+    assert healthy["state"] == "ok" and healthy["reason"] == ""
+    assert status["summary"]["active"] == 2  # no token was blamed for the proxy
+    assert all(row["state"] == "active" and row["failures"] == 0 for row in status["tokens"])
+    assert any(down["id"] in line and "unreachable" in line for line in lines)
+
+
+async def test_the_only_route_dead_is_502_route_unreachable_with_retry_after(gateway):
+    dead_url = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{free_port()}"
+    gw = await gateway("home", "guest_auth_user_role", OK, upstream_proxies=dead_url, **_pooled())
+    async with gw.openai() as client:
+        for _ in range(2):  # the second is not even tried: the route is held back
+            with pytest.raises(openai.APIStatusError) as info:
+                await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+            err = info.value
+            assert err.status_code == 502 and err.code == "route_unreachable"
+            assert 5 <= int(err.response.headers["Retry-After"]) <= 10
+            assert "http://***@127.0.0.1" in err.message and PROXY_PASSWORD not in err.message
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    assert status["routes"][0]["reason"] == "route_unreachable"
+    assert not gw.fake.requests  # nothing reached the upstream
+    assert all(row["failures"] == 0 for row in status["tokens"])

@@ -30,7 +30,7 @@ from server.core.chat import Conversation, Ending, Sink
 from server.core.chats import ThrowawayChats
 from server.core.errors import GatewayError
 from server.credentials.sources import TokenSource
-from server.egress import Egress, Route
+from server.egress import ROUTE_FAULTS, Egress, Route
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
 from server.emulation.structured import complete_structured
 from server.emulation.tool_parse import ToolCallScanner
@@ -171,8 +171,8 @@ async def complete(
             return
         except GatewayError as err:
             last = err
-            moved = False  # a blocked route, another open: the request moves there
-            if err.kind == "waf_blocked" and route is not None and err.retry_after is None:
+            moved = False  # a shut route (WAF, dead proxy), another open: the request moves
+            if err.kind in ROUTE_FAULTS and route is not None and err.retry_after is None:
                 moved = await egress.trip(route, err)  # type: ignore[union-attr]
                 unseen = param if moved else ""
             rejected = err if err.kind == "captcha_required" else None

@@ -120,6 +120,13 @@ RULES: dict[str, Rule] = {
         "({detail}); every replica holds completions back until the Retry-After time (retrying "
         "sooner makes the block longer); lower the request rate or use another egress IP",
     ),
+    "route_unreachable": Rule(
+        502,
+        _UPSTREAM,
+        message="an egress proxy cannot be reached ({detail}); every replica holds that route "
+        "back until the Retry-After time and sends by the other routes: check the proxy, or "
+        "its entry in UPSTREAM_PROXIES",
+    ),
     "version_outdated": Rule(
         502,
         _UPSTREAM,

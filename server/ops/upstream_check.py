@@ -28,6 +28,8 @@ _BREAKER_WORDS = {
     "ok": "closed: completions may use this route",
     "blocked": "open after a WAF block page: no completion is sent on this route for {left:.0f} s",
     "half-open": "its window is over: the next request probes the route before using it",
+    "unreachable": "open after its proxy could not be reached: nothing is sent on this route "
+    "for {left:.0f} s",
 }
 
 
@@ -53,7 +55,9 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict:
         states = await services.egress.status()  # type: ignore[attr-defined]
         state = next(row for row in states if row["id"] == route.id)
         open_route = state["state"] == "ok"
-        words = _BREAKER_WORDS[state["state"]].format(left=state["blocked_for"])
+        down = state["state"] == "blocked" and state["reason"] == "route_unreachable"
+        words = _BREAKER_WORDS["unreachable" if down else state["state"]]
+        words = words.format(left=state["blocked_for"])
         step("breaker", open_route, words)
     except RedisError as exc:
         step("breaker", False, f"the shared state store (Redis) is unreachable: {exc}")

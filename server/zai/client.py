@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from server.core.chat import Conversation
 from server.core.errors import GatewayError
-from server.egress import Egress, Route
+from server.egress import ROUTE_FAULTS, Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
 from server.zai.identity import Credential, credential_from_auth
@@ -317,13 +317,21 @@ class ZaiClient:
         route: Route | None = None,
         timeouts: Timeouts | None = None,
     ) -> Exchange:
-        route = await self.egress.pace(route, model)
-        try:
-            return await open_stream(
-                method, url, headers, body, timeouts or self.timeouts, route.proxy
-            )
-        except TransportError as exc:
-            raise _transport_failure(exc, model) from None
+        """Send by ``route``, or, with none given, by the next route in turn: a call no
+        route is named for moves on when its route's proxy is unreachable (shutting that
+        route for everyone); a named route's failure is its caller's to handle."""
+        while True:  # each turn shuts a route: it ends by the last open one
+            chosen = await self.egress.pace(route, model)
+            try:
+                return await open_stream(
+                    method, url, headers, body, timeouts or self.timeouts, chosen.proxy
+                )
+            except TransportError as exc:
+                err = _transport_failure(exc, model)
+                if route is not None or err.kind not in ROUTE_FAULTS:
+                    raise err from None
+                if not await self.egress.trip(chosen, err):
+                    raise err from None
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -331,4 +339,5 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def _transport_failure(exc: TransportError, model: str) -> GatewayError:
-    return GatewayError("timeout" if exc.timeout else "unavailable", str(exc), model=model)
+    kind = "route_unreachable" if exc.proxy else "timeout" if exc.timeout else "unavailable"
+    return GatewayError(kind, str(exc), model=model)
