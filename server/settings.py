@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     # Responses API: how long a stored response (store, previous_response_id) is kept; 0 = none
     responses_ttl: float = Field(3600.0, ge=0)
 
+    # Vision: images per request (the page takes 10), bytes per image (the page: up to 50 MB),
+    # how long fetching an http(s) image may take, whether a host on a private address may
+    # be fetched, and how long an uploaded image's file id is reused (0 = upload every time)
+    image_max_count: int = Field(10, ge=1, le=50)
+    image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    image_fetch_timeout: float = Field(15.0, gt=0)
+    image_fetch_private: bool = False
+    image_cache_ttl: float = Field(3600.0, ge=0)
+
     # Usage per client key (counted in memory, written to Redis every interval)
     usage_flush_interval: float = Field(1.0, gt=0)
     usage_retention_days: int = Field(90, ge=1)

@@ -29,6 +29,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (per minute), d, d_at (per day) |
 | ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
 | ``<p>response:<id>`` | string | a stored Responses API response and its items (JSON), with a TTL |
+| ``<p>{f:<user>}:file:<sha>`` | string | the file an image was uploaded as, by that account, TTL |
 | ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
 | ``<p>traffic:<minute>`` | hash | requests, errors, ttfb_us of all completions in one minute |
 
@@ -129,6 +130,9 @@ class Keys:
 
     def response(self, response_id: str) -> str:
         return f"{self.prefix}response:{response_id}"
+
+    def file(self, user_id: str, digest: str) -> str:
+        return f"{self.prefix}{{f:{user_id}}}:file:{digest}"
 
     def client_key(self, kid: str) -> str:
         return f"{self.prefix}{{k:{kid}}}:key"

@@ -24,11 +24,13 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -50,6 +52,7 @@ from tests.fake_catalogue import catalogue
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 COMPLETIONS = "/api/v2/chat/completions"
 CHATS = "/api/v1/chats/"
+FILES = "/api/v1/files/"
 DROPPED = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
 # How long a cut connection stays open after its last piece: the upstream dies a moment after
 # its last frame, and the client has read what was sent before the reset.
@@ -133,6 +136,12 @@ class FakeUpstream:
         self.chats: dict[str, str] = {}
         self.deleted: list[str] = []
         self.delete_failures = 0
+        # Files (PROTOCOL.md section 6.9): POST /api/v1/files/ (multipart, user tokens only;
+        # a guest gets 401) answers a file object shaped like the cassette's upload (only a
+        # cassette holding one teaches the fake the endpoint); id -> (owner token, bytes).
+        # With verify=True a completion's files and image parts must name files its token
+        # uploaded, else 400.
+        self.files: dict[str, tuple[str, bytes]] = {}
         self.base_url: str | None = None
         self._server: HTTPServer | None = None
 
@@ -199,6 +208,49 @@ class FakeUpstream:
                 return _inband({"code": "INTERNAL_ERROR", "detail": detail})
         return None
 
+    def upload_template(self) -> dict | None:
+        """The file object a cassette recorded for an upload, if one did."""
+        for cassette in self._cassettes:
+            for request, response in zip(cassette.requests, cassette.responses, strict=True):
+                if request.method == "POST" and request.path == FILES:
+                    return json.loads(response["body"]["string"])
+        return None
+
+    def upload(self, token: str, parts: list) -> dict:
+        if not token or token in self.guest_tokens:
+            raise _Status(401, BAD_TOKEN)
+        if len(parts) != 1:
+            raise _Status(400, {"detail": "expected one multipart field 'file'"})
+        part = parts[0]
+        file = json.loads(json.dumps(self.upload_template()))
+        file_id = str(uuid.uuid4())
+        file.update(id=file_id, filename=part.filename, created_at=int(time.time()))
+        file["hash"] = hashlib.sha256(part.body).hexdigest()
+        file["meta"].update(name=part.filename, content_type=part.content_type)
+        file["meta"]["size"] = len(part.body)
+        file["meta"]["cdn_url"] = f"https://cdn.example/files/{file_id}.png"
+        self.files[file_id] = (token, part.body)
+        return file
+
+    def _file_refusal(self, seen: Seen) -> tuple[int, dict] | None:
+        """A completion naming a file its token did not upload: 400, as a test signal."""
+        if not self.verify or seen.method != "POST" or seen.path != COMPLETIONS:
+            return None
+        try:
+            body = json.loads(seen.body)
+        except ValueError:
+            return None
+        named = [entry.get("id") for entry in body.get("files") or []]
+        for message in body.get("messages") or []:
+            content = message.get("content")
+            if isinstance(content, list):
+                named += [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+        token = seen.query.get("token", "")
+        for file_id in named:
+            if self.files.get(file_id, ("",))[0] != token:
+                return 400, {"detail": f"file {file_id} not found for this user"}
+        return None
+
     def keep_chat(self, seen: Seen) -> None:
         try:
             chat_id = json.loads(seen.body).get("chat_id")
@@ -247,7 +299,7 @@ class FakeUpstream:
         failing = self.fail_tokens.get(seen.query["token"])
         if failing:
             return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}
-        return None
+        return self._file_refusal(seen)
 
     def _limit_refusal(self, seen: Seen) -> bytes | None:
         """The in-band rate-limit answer for a token in ``limit_tokens``, else None."""
@@ -422,6 +474,15 @@ class _Handler(RequestHandler):
             self.finish(json.dumps({"features": {"enable_captcha": strict}}))
             return
         bearer = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
+        if seen.method == "POST" and seen.path == FILES and self.fake.upload_template():
+            try:
+                answer = self.fake.upload(bearer, self.request.files.get("file") or [])
+            except _Status as err:
+                self.set_status(err.status)
+                answer = err.body
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(answer))
+            return
         if seen.method == "GET" and seen.path == "/api/v1/auths/" and bearer in self.fake.accounts:
             answer = self.fake.accounts[bearer]
             if answer == "waf":  # the Aliyun block page, which says nothing about the token

@@ -19,6 +19,7 @@ __all__ = [
     "CollectingSink",
     "Conversation",
     "Ending",
+    "Image",
     "OutputFormat",
     "Sink",
     "ToolCall",
@@ -53,9 +54,23 @@ class OutputFormat:
 
 
 @dataclass(slots=True)
+class Image:
+    """One picture a client sent: ``source`` is a ``data:`` URL or an http(s) URL until
+    ``server.core.images.gather`` reads it into ``data`` (``media_type`` from its bytes).
+    ``param`` is the request field it came in, for the errors that name it."""
+
+    param: str
+    source: str = field(default="", repr=False)
+    data: bytes = field(default=b"", repr=False)
+    media_type: str = ""
+    digest: str = ""  # SHA-256 of ``data``, hex: what the upload cache is keyed by
+
+
+@dataclass(slots=True)
 class Turn:
     role: str  # "system" | "user" | "assistant" | "tool"
     text: str
+    images: list[Image] = field(default_factory=list)  # vision input (user and tool turns)
     tool_calls: list[ToolCall] = field(default_factory=list)  # assistant turns
     tool_call_id: str = ""  # tool turns: which call this answers
     name: str = ""  # tool turns: the function's name
@@ -86,6 +101,10 @@ class Conversation:
             if turn.role == "user":
                 return turn.text
         return self.turns[-1].text if self.turns else ""
+
+    @property
+    def images(self) -> list[Image]:
+        return [image for turn in self.turns for image in turn.images]
 
     @property
     def upstream_effort(self) -> str | None:

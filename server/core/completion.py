@@ -13,6 +13,8 @@ checks the answer and asks once more when it is not valid.
 Each attempt leaves by an egress route whose WAF breaker is closed; a WAF block opens that
 route's breaker for every replica and moves the request to another open route (the client
 sees nothing), or, with none left, answers ``waf_blocked`` with the soonest return.
+Images (vision) are read once before the attempts (``server/core/images.py``); each attempt
+uploads them with its own user token, or finds them in the shared upload cache, first.
 When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
 the caller's own first, then one from the shared pool; a rejected param is retried once only
 with another param in hand, and the token is never blamed.
@@ -20,7 +22,7 @@ with another param in hand, and the token is never blamed.
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -29,6 +31,7 @@ from server.core.catalogue import Catalogue
 from server.core.chat import Conversation, Ending, Sink
 from server.core.chats import ThrowawayChats
 from server.core.errors import GatewayError
+from server.core.images import gather
 from server.credentials.sources import TokenSource
 from server.egress import ROUTE_FAULTS, Egress, Route
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
@@ -43,6 +46,7 @@ from server.zai.client import ZaiClient
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
 from state.captcha import CaptchaPool
+from state.files import FileCache
 
 __all__ = ["Attempts", "CaptchaSource", "answer_sink", "complete"]
 
@@ -98,9 +102,21 @@ async def complete(
     egress: Egress | None = None,
     catalogue: Catalogue | None = None,
     chats: ThrowawayChats | None = None,
+    files: FileCache | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
+    if any(not image.data for image in conv.images):
+        try:  # read once for all the attempts (and the structured retry) below
+            await gather(
+                conv,
+                settings.image_max_bytes,
+                settings.image_fetch_timeout,
+                settings.image_fetch_private,
+            )
+        except GatewayError as err:
+            await sink.fail(err)
+            return
     if conv.output_format is not None:
         # The schema goes into the prompt and the answer is checked (retried once) around
         # whole completions, each with its own upstream attempts below.
@@ -116,6 +132,7 @@ async def complete(
                 egress,
                 catalogue,
                 chats,
+                files,
             )
 
         await complete_structured(conv, sink, conv.output_format, once)
@@ -145,7 +162,10 @@ async def complete(
             if egress is not None:
                 route = await egress.pick(conv.model.id)
             try:
-                cred = await tokens.acquire(conv.model)
+                # Images are uploaded with the token that then asks: a user's (6.9).
+                cred = await tokens.acquire(
+                    replace(conv.model, guest=False) if conv.images else conv.model
+                )
             except GatewayError as err:
                 # No usable token is never retried (the next pick would find the same pool).
                 # A retry that finds none reports what the upstream said last (its 429, its
@@ -167,6 +187,7 @@ async def complete(
                 settings.stream_holdback,
                 catalogue,
                 chats,
+                files,
             )
             return
         except GatewayError as err:
@@ -220,12 +241,14 @@ async def _attempt(
     holdback: int = 0,
     catalogue: Catalogue | None = None,
     chats: ThrowawayChats | None = None,
+    files: FileCache | None = None,
 ) -> None:
     chat_id = chats.begin(cred) if chats is not None else None
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason, failure = "ok", "", None
     try:
-        exchange = await client.open_completion(cred, conv, captcha, route, chat_id)
+        uploaded = await _upload(conv, cred, client, route, files) if conv.images else None
+        exchange = await client.open_completion(cred, conv, captcha, route, chat_id, uploaded)
         stream = AnswerStream(conv.model.id, holdback)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
         try:
@@ -264,3 +287,33 @@ async def _attempt(
         wait = await tokens.release(cred, outcome, reason)
         if failure is not None and failure.retry_after is None and wait:
             failure.retry_after = wait  # a rate-limited token: when it is back
+
+
+async def _upload(
+    conv: Conversation,
+    cred: Credential,
+    client: ZaiClient,
+    route: Route | None,
+    cache: FileCache | None,
+) -> dict[str, dict]:
+    """The upstream file of every image, by digest: cached for this account, else uploaded
+    now (one at a time: each upload is an upstream call the route's pacing counts)."""
+    images = {image.digest: image for image in conv.images}
+    found: dict[str, dict] = {}
+    if cache is not None:
+        try:
+            found = await cache.get(cred.user_id, list(images))
+        except RedisError as exc:
+            logger.warning("{} image cache unreachable: {}", conv.request_id, exc)
+    new = {}
+    for digest, image in images.items():
+        if digest not in found:
+            new[digest] = await client.upload_image(cred, image, route)
+    if new:
+        logger.debug("{} uploaded {} image(s) as {}", conv.request_id, len(new), cred)
+        if cache is not None:
+            try:
+                await cache.put(cred.user_id, new)
+            except RedisError as exc:
+                logger.warning("{} image cache unreachable: {}", conv.request_id, exc)
+    return {digest: found.get(digest) or new[digest] for digest in images}

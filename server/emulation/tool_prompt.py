@@ -106,7 +106,8 @@ def render_for_upstream(conv: Conversation) -> Conversation:
         names.update((call.id, call.name) for call in turn.tool_calls)
         role, text = _text_of(turn, names)
         if turns and turns[-1].role == role and role != "system":
-            turns[-1] = Turn(role, f"{turns[-1].text}\n\n{text}")
+            last = turns[-1]
+            turns[-1] = Turn(role, f"{last.text}\n\n{text}", [*last.images, *turn.images])
         else:
-            turns.append(Turn(role, text))
+            turns.append(Turn(role, text, list(turn.images)))  # a tool result's images too
     return dataclasses.replace(conv, turns=turns)

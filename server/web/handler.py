@@ -36,13 +36,16 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
 from server.core.errors import GatewayError, client_should_retry, shown
+from server.core.images import check_images
 from server.core.models import STATIC, Model, ModelTable
 from server.core.token_estimate import estimate_conversation
+from server.credentials.sources import PooledTokens
 from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
 from state.client_keys import parse_secret
+from state.files import FileCache
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -270,6 +273,10 @@ class ApiHandler(RequestHandler):
         """Run one completion into ``sink`` until it ends or the client leaves."""
         services = self.services
         self.authenticate()
+        if conv.images:  # refused before a key is charged or anything is read or sent
+            settings = services.settings
+            user_tokens = isinstance(services.tokens, PooledTokens)
+            check_images(conv, await self.model_table(), settings.image_max_count, user_tokens)
         await self.admit(conv)
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
@@ -285,6 +292,7 @@ class ApiHandler(RequestHandler):
             services.egress,
             services.catalogue,
             services.chats,
+            _files(services) if conv.images else None,
         )
         deadline = asyncio.get_running_loop().call_later(
             services.settings.request_timeout, self._deadline_passed, sink
@@ -430,6 +438,11 @@ class ApiHandler(RequestHandler):
 
 
 _KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _files(services: Any) -> FileCache:
+    """The shared cache of uploaded images (a view on Redis: nothing to keep per process)."""
+    return FileCache(services.redis, services.keys, services.settings.image_cache_ttl)
 
 
 def write_json_error(

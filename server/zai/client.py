@@ -4,7 +4,8 @@ Owns ``ZaiClient``: reading the front-end version from the home page (cached, on
 time, re-read on a 426), creating guest credentials (``GET /api/v1/auths/``, falling back to
 ``POST /api/v1/auths/guest``), validating a token, and opening a completion stream. HTTP-level
 failures come back as ``GatewayError`` kinds (``failures.http_failure``); connection failures
-and timeouts as ``unavailable``/``timeout``. ``models`` reads ``GET /api/models``.
+and timeouts as ``unavailable``/``timeout``. ``models`` reads ``GET /api/models``;
+``upload_image`` posts one image to the file API (``server/zai/files.py``).
 ``ZAI_BASE_URL`` moves every URL at once.
 """
 
@@ -17,11 +18,13 @@ import msgspec
 from loguru import logger
 from redis.exceptions import RedisError
 
-from server.core.chat import Conversation
+from server.core.chat import Conversation, Image
 from server.core.errors import GatewayError
+from server.core.images import extension
 from server.egress import ROUTE_FAULTS, Egress, Route
 from server.transport import Exchange, Timeouts, TransportError, open_stream
 from server.zai.failures import http_failure
+from server.zai.files import FILES_PATH, upload_body, uploaded
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.models import UpstreamModel, decode_models
 from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
@@ -221,6 +224,38 @@ class ZaiClient:
             return False
         raise http_failure(status, body)
 
+    # Files (vision)
+
+    async def upload_image(
+        self, cred: Credential, image: Image, route: Route | None = None
+    ) -> dict:
+        """``POST /api/v1/files/`` of one image with ``cred`` (a user token: a guest gets a
+        401); the file object the upstream answered."""
+        name = f"image-{image.digest[:12]}.{extension(image.media_type)}"
+        body, content_type = upload_body(image.data, name, image.media_type)
+        head = {
+            **_bearer(cred.token),
+            "User-Agent": self.dialect.user_agent,
+            "Accept": "application/json",
+            "Content-Type": content_type,
+            "X-FE-Version": await self.fe_version(),
+            "Origin": self.base_url,
+            "Referer": f"{self.base_url}/",
+        }
+        exchange = await self._open("POST", self.base_url + FILES_PATH, head, body, "", route)
+        try:
+            answer = await exchange.read_all(_ERROR_BODY_LIMIT)
+        except TransportError as exc:
+            raise _transport_failure(exc, "") from None
+        finally:
+            exchange.close()
+        if exchange.status not in (200, 201):
+            raise http_failure(exchange.status, answer)
+        try:
+            return uploaded(answer)
+        except ValueError as exc:
+            raise GatewayError("bad_response", str(exc)) from None
+
     # Completions
 
     async def open_completion(
@@ -230,11 +265,14 @@ class ZaiClient:
         captcha: str = "",
         route: Route | None = None,
         chat_id: str | None = None,
+        files: dict[str, dict] | None = None,
     ) -> Exchange:
         """Send the completion request (by ``route``); return the open 200 stream or raise
-        GatewayError."""
+        GatewayError. ``files``: the uploaded file of each image, by digest."""
         version = await self.fe_version()
-        req = build_completion(self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha)
+        req = build_completion(
+            self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha, files=files
+        )
         exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
         if exchange.status == 200:
             return exchange

@@ -18,8 +18,9 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 import msgspec
 
-from server.core.chat import Conversation
+from server.core.chat import Conversation, Image
 from server.ids import uuid4_text
+from server.zai.files import file_entry, image_parts
 from server.zai.identity import Credential
 from server.zai.signature import sign
 
@@ -60,7 +61,9 @@ def build_completion(
     request_id: str | None = None,
     chat_id: str | None = None,
     captcha: str = "",
+    files: dict[str, dict] | None = None,
 ) -> UpstreamRequest:
+    """``files``: the uploaded file object of each image of ``conv``, by its digest."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     request_id = request_id or uuid4_text()
     chat_id = chat_id or uuid4_text()
@@ -94,10 +97,11 @@ def build_completion(
         "Referer": page,
         "User-Agent": dialect.user_agent,
     }
+    message_id = uuid4_text()
     body = {
         "stream": True,
         "model": conv.model.upstream,
-        "messages": _messages(conv, dialect.history),
+        "messages": _messages(conv, dialect.history, files or {}),
         "signature_prompt": prompt,
         "params": _params(conv),
         "extra": {},
@@ -114,11 +118,11 @@ def build_completion(
         },
         "chat_id": chat_id,
         "id": uuid4_text(),
-        "current_user_message_id": uuid4_text(),
+        "current_user_message_id": message_id,
         "current_user_message_parent_id": None,
         "background_tasks": {"title_generation": False, "tags_generation": False},
         "mcp_servers": [],
-        "files": [],
+        "files": [file_entry(file, message_id) for file in (files or {}).values()],
     }
     if captcha:
         body["captcha_verify_param"] = captcha  # single-use (PROTOCOL.md section 6.2)
@@ -205,10 +209,20 @@ def _query(dialect: Dialect, **values: object) -> str:
     return "".join(out)
 
 
-def _messages(conv: Conversation, history: str) -> list[dict[str, str]]:
+def _messages(conv: Conversation, history: str, files: dict[str, dict]) -> list[dict]:
     if history == "fold" and [turn.role for turn in conv.turns] != ["user"]:
-        return [{"role": "user", "content": fold(conv)}]
-    return [{"role": _ROLE[turn.role], "content": turn.text} for turn in conv.turns]
+        return [{"role": "user", "content": _content(fold(conv), conv.images, files)}]
+    return [
+        {"role": _ROLE[turn.role], "content": _content(turn.text, turn.images, files)}
+        for turn in conv.turns
+    ]
+
+
+def _content(text: str, images: list[Image], files: dict[str, dict]) -> str | list[dict]:
+    """A message's text, or with images its parts: the text and a reference to each file."""
+    if not images:
+        return text
+    return image_parts(text, [files[image.digest]["id"] for image in images])
 
 
 def fold(conv: Conversation) -> str:

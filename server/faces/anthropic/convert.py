@@ -5,7 +5,8 @@ Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MOD
 ``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
 tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``
 (``budget_tokens`` and ``output_config.effort`` become an effort level), ``stop_sequences``.
-Images and documents are refused with a 400 naming the block.
+``image`` blocks (base64 or url source, in user messages and tool results) become the turn's
+images (``server/core/images.py``); documents are refused with a 400 naming the block.
 ``system`` messages among the messages (Claude Code sends one) join the system turn.
 Inside a ``tool_result`` any block type is rendered as text: a ``tool_reference`` (what Claude
 Code's ToolSearch answers) names a deferred tool, which is then offered like the others.
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.chat import Conversation, Image, ToolCall, ToolSpec, Turn
 from server.core.effort import from_budget
 from server.core.errors import GatewayError
 from server.core.models import Model, require_model
@@ -115,6 +116,7 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
     turns: list[Turn] = []
     texts: list[str] = []
     calls: list[ToolCall] = []
+    images: list[Image] = []
     for j, block in enumerate(content):  # type: ignore[attr-defined]
         where = f"messages.{index}.content.{j}"
         if isinstance(block, TextBlock):
@@ -122,19 +124,25 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
         elif isinstance(block, ToolUseBlock):
             calls.append(ToolCall(block.id, block.name, msgspec.json.encode(block.input).decode()))
         elif isinstance(block, ToolResultBlock):
-            text = _result_text(block, where, referenced)
-            turns.append(Turn("tool", text, tool_call_id=block.tool_use_id))
+            text, shown = _result_text(block, where, referenced)
+            turns.append(Turn("tool", text, shown, tool_call_id=block.tool_use_id))
         elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             continue  # the upstream keeps no thinking of earlier turns
-        elif isinstance(block, ImageBlock | DocumentBlock):
+        elif isinstance(block, ImageBlock):
+            if role != "user":
+                raise GatewayError(
+                    "invalid_request", f"{where}: images are taken in user messages only", where
+                )
+            images.append(_image(block.source, where))
+        elif isinstance(block, DocumentBlock):
             raise GatewayError(
                 "invalid_request",
-                f"{where}: {block.__struct_config__.tag} input is not supported by this gateway",
+                f"{where}: document input is not supported by this gateway",
                 param=where,
             )
     text = "\n\n".join(t for t in texts if t)
-    if text or calls:
-        turns.append(Turn(role, text, tool_calls=calls))
+    if text or calls or images:
+        turns.append(Turn(role, text, images, tool_calls=calls))
     elif role == "user" and not turns:
         raise GatewayError(
             "invalid_request",
@@ -150,15 +158,39 @@ def _system_text(content: object) -> str:
     return "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
 
 
-def _result_text(block: ToolResultBlock, where: str, referenced: set[str]) -> str:
+def _result_text(
+    block: ToolResultBlock, where: str, referenced: set[str]
+) -> tuple[str, list[Image]]:
+    """A tool result's text, and its images (Claude Code's Read of a picture answers one)."""
+    images: list[Image] = []
     if isinstance(block.content, str):
         text = block.content
     else:
-        text = "\n".join(
-            _result_part(part, f"{where}.content.{k}", referenced)
-            for k, part in enumerate(block.content)
+        texts = []
+        for k, part in enumerate(block.content):
+            if part.get("type") == "image":
+                images.append(_image(part.get("source"), f"{where}.content.{k}"))
+            else:
+                texts.append(_result_part(part, f"{where}.content.{k}", referenced))
+        text = "\n".join(texts)
+    return (f"[error] {text}" if block.is_error else text), images
+
+
+def _image(source: Any, where: str) -> Image:
+    """An image block's source: ``base64`` (data and media_type) or ``url``."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(data := source.get("data"), str):
+        media = source.get("media_type")
+        return Image(
+            where, f"data:{media if isinstance(media, str) else 'image/png'};base64,{data}"
         )
-    return f"[error] {text}" if block.is_error else text
+    if kind == "url" and isinstance(url := source.get("url"), str):
+        return Image(where, url)
+    raise GatewayError(
+        "invalid_request",
+        f"{where}.source: an image source is base64 (data, media_type) or url (url)",
+        param=f"{where}.source",
+    )
 
 
 def _result_part(part: dict[str, Any], where: str, referenced: set[str]) -> str:
@@ -172,10 +204,10 @@ def _result_part(part: dict[str, Any], where: str, referenced: set[str]) -> str:
                 "invalid_request", f"{where}.text: a string is required", param=f"{where}.text"
             )
         return text
-    if kind in ("image", "document"):
+    if kind == "document":
         raise GatewayError(
             "invalid_request",
-            f"{where}: {kind} input is not supported by this gateway",
+            f"{where}: document input is not supported by this gateway",
             param=where,
         )
     if kind == "tool_reference" and isinstance(name := part.get("tool_name"), str):

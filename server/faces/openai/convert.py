@@ -1,8 +1,9 @@
 """From a decoded OpenAI request to the neutral ``Conversation``.
 
 Owns ``to_conversation``: the model looked up in the table (unknown -> 404 listing them all),
-messages to turns (text parts joined by newlines, images and ``n`` > 1 refused with a 400
-naming the field), ``reasoning_effort`` to thinking and an effort level, and tools:
+messages to turns (text parts joined by newlines; ``image_url`` parts, a data: URL or an
+http(s) URL, become the turn's images: ``server/core/images.py``; ``n`` > 1 refused with a
+400 naming the field), ``reasoning_effort`` to thinking and an effort level, and tools:
 ``tools``/``tool_choice``/``parallel_tool_calls`` and the legacy ``functions``/
 ``function_call``, with assistant ``tool_calls`` and ``tool``/``function`` results kept as
 history. With ``TOOL_SUPPORT`` off the tools are dropped (the handler says so in a header
@@ -10,7 +11,7 @@ and the log). ``response_format`` (json_schema, json_object) becomes the ``Outpu
 that structured output emulates.
 """
 
-from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.chat import Conversation, Image, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import Model, require_model
@@ -90,14 +91,20 @@ def _turns(messages: list[Message]) -> list[Turn]:
     turns: list[Turn] = []
     for index, msg in enumerate(messages):
         role = _ROLES[msg.role]
-        text = _text(index, msg)
-        if role == "user" and not text:
+        text, images = _content(index, msg)
+        if images and role != "user":
+            raise GatewayError(
+                "invalid_request",
+                f"messages[{index}]: images are taken in user messages only",
+                param=images[0].param,
+            )
+        if role == "user" and not text and not images:
             raise GatewayError(
                 "invalid_request",
                 f"messages[{index}]: a user message needs non-empty content",
                 param=f"messages[{index}].content",
             )
-        turn = Turn(role, text)
+        turn = Turn(role, text, images)
         if msg.tool_calls:
             turn.tool_calls = [
                 ToolCall(call.id or new_call_id(), call.function.name, call.function.arguments)
@@ -120,18 +127,26 @@ def _turns(messages: list[Message]) -> list[Turn]:
     return turns
 
 
-def _text(index: int, msg: Message) -> str:
+def _content(index: int, msg: Message) -> tuple[str, list[Image]]:
+    """A message's text (parts joined by newlines) and its images, in order."""
     content = msg.content
     if not isinstance(content, list):
-        return content or ""
-    parts = []
+        return content or "", []
+    parts, images = [], []
     for j, part in enumerate(content):
         if isinstance(part, ImagePart):
-            raise GatewayError(
-                "invalid_request",
-                f"messages[{index}].content[{j}]: image input is not supported",
-                param=f"messages[{index}].content[{j}]",
-            )
-        parts.append(part.text)
+            images.append(_image(part, f"messages[{index}].content[{j}]"))
+        else:
+            parts.append(part.text)
     # Separate parts stay separate words ("hi" + "there" is not "hithere").
-    return "\n".join(parts)
+    return "\n".join(parts), images
+
+
+def _image(part: ImagePart, where: str) -> Image:
+    spec = part.image_url
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    if not isinstance(url, str) or not url:
+        raise GatewayError(
+            "invalid_request", f"{where}.image_url.url: a URL is required", param=where
+        )
+    return Image(where, url)

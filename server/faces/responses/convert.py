@@ -2,7 +2,8 @@
 
 Owns ``to_conversation``. ``instructions`` and ``system``/``developer`` messages become the
 system text; ``input`` (a string, or items) becomes turns: messages (their text parts joined
-by newlines), ``function_call`` items (the calls of the assistant turn they follow) and
+by newlines, ``input_image`` parts the turn's images), ``function_call`` items (the calls of
+the assistant turn they follow) and
 ``function_call_output`` items (tool turns). ``reasoning`` items are accepted and not
 forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns thinking on
 (off with ``none``/``minimal``), ``max_output_tokens`` goes to the upstream's params,
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
+from server.core.chat import Conversation, Image, ToolCall, ToolSpec, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import Model, require_model
@@ -137,11 +138,13 @@ def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], lab
             role = _ROLES.get(item.role or "")
             if role is None:
                 raise _bad(f"{where}: unknown message role {item.role!r}", f"{where}.role")
-            text = _text(item.content, f"{where}.content")
-            if role == "user" and not text:
+            text, images = _content(item.content, f"{where}.content")
+            if images and role != "user":
+                raise _bad(f"{where}: images are taken in user messages only", images[0].param)
+            if role == "user" and not text and not images:
                 raise _bad(f"{where}: a user message needs text", f"{where}.content")
-            if text:
-                turns.append(Turn(role, text))
+            if text or images:
+                turns.append(Turn(role, text, images))
         elif kind == "function_call":
             if not item.name or item.call_id is None:
                 raise _bad(f"{where}: a function_call needs name and call_id", where)
@@ -168,15 +171,31 @@ def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], lab
 
 
 def _text(content: str | list[Part] | None, where: str) -> str:
+    text, images = _content(content, where)
+    if images:
+        raise _bad(f"{images[0].param}: images are taken in user messages only", images[0].param)
+    return text
+
+
+def _content(content: str | list[Part] | None, where: str) -> tuple[str, list[Image]]:
+    """The text of some content (parts joined by newlines) and its ``input_image`` parts."""
     if not isinstance(content, list):
-        return content or ""
-    parts = []
+        return content or "", []
+    parts, images = [], []
     for j, part in enumerate(content):
         if part.type in _TEXT_PARTS:
             parts.append(part.text or "")
         elif part.type == "refusal":
             parts.append(part.refusal or "")
+        elif part.type == "input_image" and part.image_url:
+            images.append(Image(f"{where}[{j}]", part.image_url))
+        elif part.type == "input_image":
+            raise _bad(
+                f"{where}[{j}]: an input_image needs image_url (a data: URL or an http(s) URL);"
+                " file_id refers to OpenAI's file store, which this gateway does not have",
+                f"{where}[{j}].image_url",
+            )
         else:
             raise _bad(f"{where}[{j}]: '{part.type}' input is not supported", f"{where}[{j}]")
     # Separate parts stay separate words ("hi" + "there" is not "hithere").
-    return "\n".join(p for p in parts if p)
+    return "\n".join(p for p in parts if p), images

@@ -26,6 +26,9 @@ class Part(Struct, omit_defaults=True):
     type: str
     text: str | None = None
     refusal: str | None = None
+    image_url: str | None = None  # input_image: a data: URL or an http(s) URL
+    file_id: str | None = None  # input_image/input_file: an OpenAI Files id
+    detail: str | None = None
 
 
 class SummaryPart(Struct, omit_defaults=True):
