@@ -256,3 +256,7 @@ async def test_recorded_requests_replayed(gateway, stream):
     assert _answer(final) == (FINAL_ANSWER, []) and final_stop == "end_turn"
     _, first, second = upstream_messages(gw)
     assert_tool_turn_upstream(first, second)
+    for messages in upstream_messages(gw):  # the per-request billing line is not the model's
+        system = messages[0]
+        assert system["role"] == "system" and "x-anthropic-billing-header" not in str(messages)
+        assert system["content"].startswith("You are a Claude agent, built on Anthropic's")

@@ -7,13 +7,16 @@ tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), `
 (``budget_tokens`` and ``output_config.effort`` become an effort level), ``stop_sequences``.
 ``image`` blocks (base64 or url source, in user messages and tool results) become the turn's
 images (``server/core/images.py``); documents are refused with a 400 naming the block.
-``system`` messages among the messages (Claude Code sends one) join the system turn.
+``system`` messages among the messages (Claude Code sends one) join the system turn; the
+``x-anthropic-billing-header: ...`` line Claude Code puts first in its system prompt is
+dropped (it is for Anthropic's billing, and changes every request).
 Inside a ``tool_result`` any block type is rendered as text: a ``tool_reference`` (what Claude
 Code's ToolSearch answers) names a deferred tool, which is then offered like the others.
 ``max_tokens`` goes to the upstream's ``params`` as on the OpenAI face (the README says it is
 applied; a ceiling such as Claude Code's is passed as it is).
 """
 
+import re
 from typing import Any
 
 import msgspec
@@ -152,10 +155,17 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
     return turns
 
 
+# Claude Code's first system block: a per-request line for Anthropic's billing (its 3 hex
+# digits change every request), meaningless to GLM and a cache-breaker for the prompt.
+_BILLING = re.compile(r"^x-anthropic-billing-header:[^\n]*(?:\n|$)", re.M)
+
+
 def _system_text(content: object) -> str:
     if isinstance(content, str):
-        return content
-    return "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
+        text = content
+    else:
+        text = "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
+    return _BILLING.sub("", text).strip() if "x-anthropic-billing-header:" in text else text
 
 
 def _result_text(
