@@ -47,10 +47,14 @@ class ToolCall:
 @dataclass(frozen=True, slots=True)
 class OutputFormat:
     """Structured output asked for: a JSON value valid against ``schema`` (None: any JSON
-    object, OpenAI's ``json_object``)."""
+    object, OpenAI's ``json_object``). With ``tool`` the value is the input of a call of
+    that tool (Anthropic's ``tool_choice`` naming one tool), answered as a tool call;
+    ``description`` is the tool's, for the prompt."""
 
     name: str = ""
     schema: dict | None = None
+    tool: str = ""
+    description: str = ""
 
 
 @dataclass(slots=True)

@@ -5,7 +5,8 @@ Owns ``schema_problem`` (a client's schema checked at the edge), ``instruction``
 written into the system prompt), ``extract`` (the JSON value in an answer: code fences and
 prose around it removed, almost-JSON repaired as for tool calls), ``answer_problem`` (the
 value validated with ``jsonschema``), ``StructuredSink`` (thinking passes through live, the
-answer's text is held back until the end, then sent as the validated JSON, compact) and
+answer's text is held back until the end, then sent as the validated JSON, compact; for a
+tool-forced format as the input of one call of that tool) and
 ``complete_structured``: one completion, and when its answer is not valid, one more with the
 problem told to the model; if that fails too, a ``structured_output_invalid`` error (502,
 naming the first problem), never the broken JSON with a normal finish. Answers cut short
@@ -22,7 +23,7 @@ import msgspec
 
 from server.core.chat import Conversation, Ending, OutputFormat, Sink, ToolCall, Turn
 from server.core.errors import GatewayError
-from server.emulation.tool_parse import loads_repaired
+from server.emulation.tool_parse import loads_repaired, new_call_id
 
 __all__ = [
     "StructuredSink",
@@ -85,6 +86,9 @@ def instruction(fmt: OutputFormat) -> str:
         return f"{rule} The value must be a JSON object."
     schema = msgspec.json.encode(fmt.schema).decode()
     named = f' (named "{fmt.name}")' if fmt.name else ""
+    if fmt.tool:  # the value is a tool's input: say what the tool is for
+        about = f": {fmt.description}" if fmt.description else ""
+        rule = f"{rule} The value is the input of the tool `{fmt.tool}`{about}."
     return f"{rule} It must be valid against this JSON Schema{named}:\n{schema}"
 
 
@@ -156,6 +160,10 @@ class StructuredSink:
                 self.answer = text
                 return  # complete_structured decides: another try, or the error
             text = msgspec.json.encode(value).decode()
+            if self.fmt.tool:  # the valid value is the input of a call of that tool
+                await self.inner.tool_call(ToolCall(new_call_id(), self.fmt.tool, text))
+                await self.inner.finish(dataclasses.replace(end, reason="tool_calls", content=""))
+                return
         if text:
             await self.inner.delta("", text)
         await self.inner.finish(dataclasses.replace(end, content=text))

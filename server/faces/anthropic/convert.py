@@ -3,7 +3,8 @@
 Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MODEL`` choose),
 ``system`` and messages to turns (``tool_use`` blocks become the assistant's tool calls,
 ``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
-tools and ``tool_choice`` (auto/any/tool/none, ``disable_parallel_tool_use``), ``thinking``
+tools and ``tool_choice`` (auto/any/none, ``disable_parallel_tool_use``; ``tool`` naming one
+tool is structured output: its input_schema's, answered as a ``tool_use``), ``thinking``
 (``budget_tokens`` and ``output_config.effort`` become an effort level), ``stop_sequences``.
 ``image`` blocks (base64 or url source, in user messages and tool results) become the turn's
 images (``server/core/images.py``); documents are refused with a 400 naming the block.
@@ -21,10 +22,11 @@ from typing import Any
 
 import msgspec
 
-from server.core.chat import Conversation, Image, ToolCall, ToolSpec, Turn
+from server.core.chat import Conversation, Image, OutputFormat, ToolCall, ToolSpec, Turn
 from server.core.effort import from_budget
 from server.core.errors import GatewayError
 from server.core.models import Model, require_model
+from server.emulation.structured import schema_problem
 from server.faces.anthropic.wire import (
     DocumentBlock,
     ImageBlock,
@@ -95,13 +97,28 @@ def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> No
     if choice is None:
         return
     if choice.type == "tool":
-        if choice.name not in {t.name for t in conv.tools}:
+        forced = next((t for t in conv.tools if t.name == choice.name), None)
+        if forced is None:
             raise GatewayError(
                 "invalid_request",
                 f"tool_choice names '{choice.name}', which is not among the tools",
                 param="tool_choice.name",
             )
-        conv.tool_choice = f"function:{choice.name}"
+        # One tool forced is how Anthropic clients ask for structured output: its input is
+        # emulated as structured output (schema in the prompt, answer validated, retried
+        # once) and answered as a tool_use of that tool; no tool protocol is needed.
+        problem = schema_problem(forced.parameters)
+        if problem is not None:
+            index = next(i for i, t in enumerate(req.tools or []) if t.name == choice.name)
+            raise GatewayError(
+                "invalid_request",
+                f"tools.{index}.input_schema is not a valid JSON Schema: {problem}",
+                param=f"tools.{index}.input_schema",
+            )
+        conv.output_format = OutputFormat(
+            forced.name, forced.parameters, tool=forced.name, description=forced.description
+        )
+        conv.tools = []
     else:
         conv.tool_choice = _CHOICE[choice.type]
     conv.parallel_tool_calls = not choice.disable_parallel_tool_use
