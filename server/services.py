@@ -31,6 +31,7 @@ from server.web.callers import Caller, static_callers
 from server.zai.client import VersionPolicy, ZaiClient
 from server.zai.identity import Credential
 from server.zai.request import Dialect
+from state.batch import WriteBehind
 from state.captcha import CaptchaPool
 from state.chats import ChatLedger
 from state.client_keys import ClientKeys
@@ -215,6 +216,7 @@ def make_services(settings: Settings) -> Services:
         max_concurrency=settings.pool_max_concurrency,
         lease_ttl=settings.lease_ttl,
         owner=instance_id,
+        batch=WriteBehind(redis),  # the off-path writes: lease releases, the chat ledger
     )
     guests = None
     if settings.anonymous_mode:
@@ -249,7 +251,7 @@ def make_services(settings: Settings) -> Services:
         static_callers=static_callers(settings.api_keys),
     )
     if settings.zai_chats == "throwaway":
-        services.chats = throwaway_chats(settings, redis, keys, client, egress)
+        services.chats = throwaway_chats(settings, keys, client, egress, pool.batch)
     services.catalogue = Catalogue(
         client,
         Facts(redis, keys),
@@ -261,8 +263,10 @@ def make_services(settings: Settings) -> Services:
 
 
 def throwaway_chats(
-    settings: Settings, redis: Redis, keys: Keys, client: ZaiClient, egress: Egress
+    settings: Settings, keys: Keys, client: ZaiClient, egress: Egress, batch: WriteBehind
 ) -> ThrowawayChats:
+    redis = batch.redis
+
     async def pooled_token(tid: str) -> str | None:
         return await redis.hget(keys.tokens, tid)
 
@@ -271,7 +275,7 @@ def throwaway_chats(
 
     # A chat stays its replica's for two heartbeats without a renewal: then others may sweep.
     hold = settings.instance_ttl * 2
-    ledger = ChatLedger(redis, keys)
+    ledger = ChatLedger(redis, keys, batch)
     return ThrowawayChats(
         ledger,
         client,

@@ -7,13 +7,16 @@ anyone may delete it, and ``<p>chat:<id>``, who owns it upstream), its deadline 
 its answer streams (``renew``), and struck out once the upstream says it is gone. A delete
 that failed, or a chat whose replica died mid-answer, simply reaches its deadline: any
 replica's sweep then ``claim``s it (one Lua call moves the deadline on, so two sweeps never
-take the same chat) and tries again.
+take the same chat) and tries again. Writing down and striking out go through the shared
+write-behind batch (``state.batch``): many requests' ledger writes cost one round trip.
 """
 
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
+from state.batch import WriteBehind
 from state.keys import Keys
 
 __all__ = ["ChatLedger", "PendingChat"]
@@ -57,20 +60,25 @@ class ChatLedger:
     return out
     """
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, batch: WriteBehind | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.batch = batch or WriteBehind(redis)
         self._claim = redis.register_script(self.CLAIM)
 
     def __repr__(self) -> str:
         return f"<ChatLedger {self.keys.chats}>"
 
     async def open(self, chat_id: str, guest: str, token_id: str, hold: float) -> None:
-        """Write a chat down before its completion starts; nobody deletes it for ``hold`` s."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.chat(chat_id), mapping={"guest": guest, "token_id": token_id})
-            pipe.zadd(self.keys.chats, {chat_id: _ms(time.time() + hold)})
-            await pipe.execute()
+        """Write a chat down before its completion starts; nobody deletes it for ``hold`` s.
+        The hash goes first: a sweep that sees the chat in the zset finds who owns it."""
+        keys, until = self.keys, _ms(time.time() + hold)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.hset(keys.chat(chat_id), mapping={"guest": guest, "token_id": token_id})
+            pipe.zadd(keys.chats, {chat_id: until})
+
+        await self.batch.add(build)
 
     async def renew(self, chat_ids: list[str], hold: float) -> None:
         """Push the deadline of chats whose answers are still streaming here."""
@@ -87,10 +95,13 @@ class ChatLedger:
 
     async def done(self, chat_id: str) -> None:
         """The upstream no longer has it (deleted, or not found)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.chats, chat_id)
-            pipe.delete(self.keys.chat(chat_id))
-            await pipe.execute()
+        keys = self.keys
+
+        def build(pipe: Pipeline) -> None:
+            pipe.zrem(keys.chats, chat_id)
+            pipe.delete(keys.chat(chat_id))
+
+        await self.batch.add(build)
 
     async def claim(self, limit: int, hold: float) -> list[PendingChat]:
         reply = await self._claim(

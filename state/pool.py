@@ -25,6 +25,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from state.batch import WriteBehind, evalsha
 from state.keys import Keys, mask, token_id
 
 __all__ = ["Lease", "Pick", "TokenPool", "TokenStatus", "Unavailable"]
@@ -228,6 +229,7 @@ class TokenPool:
         max_concurrency: int,
         lease_ttl: float,
         owner: str,
+        batch: WriteBehind | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -237,8 +239,6 @@ class TokenPool:
         self.lease_ttl = lease_ttl
         self.owner = owner
         self.held: set[Lease] = set()  # leases in flight in this process, renewed by heartbeat
-        self._queued: list[Lease] = []  # successful releases waiting for the next batch
-        self._flushing: asyncio.Task | None = None
         # Lease ids whose acquire or release got no answer (Redis frozen or gone): the call
         # may still run when Redis resumes, so each is revoked once Redis answers again.
         # lease id -> token id ("" when the acquire never said which token).
@@ -248,6 +248,8 @@ class TokenPool:
         self._release = redis.register_script(self.RELEASE)
         self._revoke = redis.register_script(self.REVOKE)
         self._verdict = redis.register_script(self.VERDICT)
+        self.batch = batch or WriteBehind(redis)  # shared with the other off-path writes
+        self.batch.uses(self._release)
 
     def __repr__(self) -> str:
         return f"<TokenPool {self.keys.prefix} held={len(self.held)}>"
@@ -286,38 +288,25 @@ class TokenPool:
 
     def release_soon(self, lease: Lease) -> None:
         """Release a lease that went well, off the caller's path: the releases queued while
-        the loop turns go to Redis together, one pipeline (one round trip) for all of them.
-        The lease stays in ``held`` (renewed) until its release is sent; if Redis fails, it
-        is revoked once Redis answers again (``unsettled``)."""
-        self._queued.append(lease)
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        the loop turns go to Redis together (``state.batch``: one round trip for all of
+        them). The lease stays in ``held`` (renewed) until its release is answered; if Redis
+        fails, it is revoked once Redis answers again (``unsettled``)."""
+        call = self._release_call(lease, "ok")
+        sent = self.batch.add(lambda pipe: evalsha(pipe, self._release, **call))
+        sent.add_done_callback(lambda future: self._released(lease, future))
 
     async def flush(self) -> None:
         """Wait for the queued releases to be sent (at shutdown)."""
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
+        await self.batch.flush()
+        await asyncio.sleep(0)  # their done callbacks run
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # the releases of this loop turn join the batch
-        batch, self._queued = self._queued, []
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for lease in batch:
-                    await self._release(**self._release_call(lease, "ok"), client=pipe)
-                await pipe.execute()
-        except (RedisError, asyncio.CancelledError) as exc:
-            # Revoked once Redis answers: else their slots stay taken for LEASE_TTL.
-            logger.warning("could not release {} lease(s) yet: {!r}", len(batch), exc)
-            for lease in batch:
-                self._unsettle(lease.lease_id, lease.token_id)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self.held.difference_update(batch)
-            self._flushing = None
-            if self._queued:  # queued while this batch was in flight
-                self._flushing = asyncio.get_running_loop().create_task(self._flush())
+    def _released(self, lease: Lease, sent: asyncio.Future[None]) -> None:
+        self.held.discard(lease)
+        failure = asyncio.CancelledError() if sent.cancelled() else sent.exception()
+        if failure is not None:
+            # Revoked once Redis answers: else its slot stays taken for LEASE_TTL.
+            logger.warning("could not release a lease on {} yet: {!r}", lease.token_id, failure)
+            self._unsettle(lease.lease_id, lease.token_id)
 
     def _release_call(self, lease: Lease, outcome: str, reason: str = "") -> dict:
         keys, tid = self.keys, lease.token_id

@@ -1,0 +1,104 @@
+"""Writes that need not hold up a request, sent to Redis together.
+
+Owns ``WriteBehind``. A successful lease's release, a throwaway chat written down or struck
+out: each is a write the request never waits on, and each would cost a round trip of its own.
+``add`` queues one (a function that puts its commands on a pipeline) and answers a future;
+everything queued while the event loop turns goes in ONE non-transactional pipeline (one
+round trip), and the future settles when Redis has answered (with the error if it failed, so
+the caller can mark what is left undone). Scripts go in with ``EVALSHA`` alone: redis-py's
+pipelines would ask ``SCRIPT EXISTS`` first, a second round trip per batch; a Redis that lost
+its scripts (restarted, failed over) answers NOSCRIPT, and those entries are sent once more
+with the scripts loaded.
+"""
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+__all__ = ["WriteBehind", "evalsha"]
+
+Build = Callable[[Pipeline], None]
+
+
+def evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence) -> None:
+    """Queue ``script`` on ``pipe`` by its digest only (see the module docstring)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class WriteBehind:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._queued: list[tuple[Build, asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def __repr__(self) -> str:
+        return f"<WriteBehind queued={len(self._queued)}>"
+
+    def uses(self, *scripts: AsyncScript) -> None:
+        """Scripts that entries send with ``evalsha``: loaded again on NOSCRIPT."""
+        self._scripts.update((script.sha, script) for script in scripts)
+
+    def add(self, build: Build) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((build, future))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        return future
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been answered (at shutdown)."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # what this loop turn queues joins the batch
+        batch, self._queued = self._queued, []
+        try:
+            again = await self._send(batch)
+            if again:
+                for script in self._scripts.values():
+                    await self.redis.script_load(script.script)
+                await self._send(again, last=True)
+        except Exception as exc:  # Redis unreachable, timed out: nothing was confirmed
+            _fail(batch, exc)
+        except asyncio.CancelledError:  # stopped mid-flight: nor was anything here
+            _fail(batch, asyncio.CancelledError("cancelled before Redis answered"))
+            raise
+        finally:
+            self._flushing = None
+            if self._queued:  # queued while this batch was in flight
+                self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _send(
+        self, batch: list[tuple[Build, asyncio.Future[None]]], last: bool = False
+    ) -> list[tuple[Build, asyncio.Future[None]]]:
+        """Send one pipeline; settle each entry's future; answer the entries that met
+        NOSCRIPT (to send again), unless this is the ``last`` try."""
+        spans = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for build, _ in batch:
+                start = len(pipe)
+                build(pipe)
+                spans.append((start, len(pipe)))
+            replies = await pipe.execute(raise_on_error=False)
+        again = []
+        for (build, future), (start, end) in zip(batch, spans, strict=True):
+            errors = [r for r in replies[start:end] if isinstance(r, Exception)]
+            if not last and any(isinstance(e, NoScriptError) for e in errors):
+                again.append((build, future))
+            elif errors:
+                future.set_exception(errors[0])
+            else:
+                future.set_result(None)
+        return again
+
+
+def _fail(batch: list[tuple[Build, asyncio.Future[None]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
