@@ -83,7 +83,9 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
 
 
 def make_app(services: Services) -> Application:
-    routes = [(path, handler, {"services": services}) for path, handler in ROUTES]
+    routes: list[tuple[str | PathMatches, type, dict[str, object]]] = [
+        (path, handler, {"services": services}) for path, handler in ROUTES
+    ]
     routes.append((r"/docs/static/(.*)", DocsStatic, {"path": SWAGGER_STATIC}))
     routes.append((r"/admin/static/(.*)", DocsStatic, {"path": DASHBOARD_STATIC}))
     return Application(

@@ -100,9 +100,10 @@ def supervise(count: int, work: Callable[[], None]) -> int:
                 break
             if pid == 0:
                 break
-            slot = next((s for s in slots if s.pid == pid), None)
-            if slot is None:
+            ended = next((s for s in slots if s.pid == pid), None)
+            if ended is None:
                 continue
+            slot = ended
             slot.pid, code = 0, os.waitstatus_to_exitcode(raw)
             if stopping:
                 status = status or (1 if code else 0)

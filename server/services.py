@@ -13,6 +13,7 @@ Build it inside each worker, after any fork.
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -61,10 +62,10 @@ class Services:
     guests: GuestTokens | None
     instances: Instances
     tokens: TokenSource
+    client_keys: ClientKeys
+    usage: UsageLog
     captchas: CaptchaSource = field(default_factory=CaptchaSource)
     egress: Egress = field(default_factory=Egress)
-    client_keys: ClientKeys | None = None
-    usage: UsageLog | None = None
     static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
     catalogue: Catalogue | None = None
     chats: ThrowawayChats | None = None
@@ -244,10 +245,10 @@ def make_services(settings: Settings) -> Services:
         guests,
         instances,
         tokens,
-        captchas,
-        egress,
-        client_keys=ClientKeys(redis, keys),
-        usage=UsageLog(redis, keys, settings.usage_retention_days),
+        ClientKeys(redis, keys),
+        UsageLog(redis, keys, settings.usage_retention_days),
+        captchas=captchas,
+        egress=egress,
         static_callers=static_callers(settings.api_keys),
     )
     if settings.zai_chats == "throwaway":
@@ -268,7 +269,7 @@ def throwaway_chats(
     redis = batch.redis
 
     async def pooled_token(tid: str) -> str | None:
-        return await redis.hget(keys.tokens, tid)
+        return cast(str | None, await redis.hget(keys.tokens, tid))
 
     async def waf_open() -> bool:  # every route blocked (or half-open): deletes wait
         return await egress.all_blocked()

@@ -7,7 +7,7 @@ setting here; ``.env.example`` documents each with its default.
 """
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(k for k in keys if k))
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read the settings; raise ``SettingsError`` with one line naming the bad variable."""
     try:
         return Settings(**overrides)

@@ -22,9 +22,11 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 
+from state.connection import Fields
 from state.keys import Keys
 
 __all__ = ["Admission", "ClientKey", "ClientKeys", "Limit", "new_secret", "parse_secret"]
@@ -228,17 +230,17 @@ class ClientKeys:
             created_at=str(int(time.time() * 1000)),
         )
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.client_key(kid), mapping=record)
+            pipe.hset(self.keys.client_key(kid), mapping=cast(Fields, record))
             pipe.sadd(self.keys.client_keys, kid)
             await pipe.execute()
         return _record(kid, record), secret
 
     async def get(self, kid: str) -> ClientKey | None:
-        raw = await self.redis.hgetall(self.keys.client_key(kid))
+        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.client_key(kid)))
         return _record(kid, raw) if raw.get("hash") else None
 
     async def list(self) -> list[ClientKey]:
-        ids = sorted(await self.redis.smembers(self.keys.client_keys))
+        ids = sorted(cast(set[str], await self.redis.smembers(self.keys.client_keys)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for kid in ids:
                 pipe.hgetall(self.keys.client_key(kid))

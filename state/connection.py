@@ -13,11 +13,19 @@ master died) or finds itself on a demoted master is dropped, so after a failover
 request reaches the new master, with the same fast-fail timeouts in between.
 """
 
+from collections.abc import Mapping
+
 from loguru import logger
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.typing import EncodableT, FieldT
 
-__all__ = ["connect", "sentinel_params"]
+__all__ = ["Fields", "connect", "sentinel_params"]
+
+# Every client decodes its replies (decode_responses=True), so what redis-py types as
+# ``bytes | str`` is a ``str`` here: the readers say so with ``typing.cast``. ``Fields`` is
+# what ``hset(mapping=...)`` takes; its key type is invariant, so a ``dict[str, str]`` is cast.
+Fields = Mapping[FieldT, EncodableT]
 
 SENTINEL_SCHEME = "redis+sentinel://"
 _SENTINEL_PORT = 26379
@@ -68,12 +76,12 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 class _SentinelMaster(Redis):
     """The master's client; closing it also closes the connections to the sentinels."""
 
-    sentinel: Sentinel | None = None
+    sentinels: Sentinel | None = None  # not "sentinel": that is Redis's SENTINEL command
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
 
 
 def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
@@ -82,14 +90,14 @@ def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
     asked = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "protocol": 2}
     sentinel = Sentinel(hosts, sentinel_kwargs=asked)
     logger.info("Redis master of {!r} from sentinels {}", service, hosts)
-    client = sentinel.master_for(
+    client: _SentinelMaster = sentinel.master_for(
         service,
         redis_class=_SentinelMaster,
         connection_pool_class=_BlockingSentinelPool,
         **options,
         **auth,
     )
-    client.sentinel = sentinel
+    client.sentinels = sentinel
     return client
 
 

@@ -5,6 +5,7 @@ the front-end version read from the home page.
 """
 
 import time
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -25,7 +26,7 @@ class Facts:
         value, at = await self.redis.hmget(self.keys.facts, [name, f"{name}_at"])
         if value is None or at is None or time.time() - float(at) > max_age:
             return None
-        return value
+        return cast(str, value)
 
     async def put(self, name: str, value: str) -> None:
         await self.redis.hset(self.keys.facts, mapping={name: value, f"{name}_at": time.time()})

@@ -11,8 +11,10 @@ import os
 import socket
 import time
 import uuid
+from typing import cast
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from state.keys import Keys
 
@@ -33,7 +35,7 @@ class Instances:
         self.keys = keys
         self.id = instance_id
         self.ttl = ttl
-        self.info = {
+        self.info: dict[FieldT, EncodableT] = {
             "id": instance_id,
             "host": socket.gethostname(),
             "pid": str(os.getpid()),
@@ -67,6 +69,6 @@ class Instances:
         ids = await self.redis.zrange(self.keys.instances, 0, -1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for iid in ids:
-                pipe.hgetall(self.keys.instance(iid))
+                pipe.hgetall(self.keys.instance(cast(str, iid)))
             rows = await pipe.execute()
         return [row for row in rows if row]

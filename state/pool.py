@@ -20,6 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from random import getrandbits
+from typing import cast
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -410,12 +411,12 @@ class TokenPool:
 
     async def tokens(self) -> dict[str, str]:
         """id -> token, for the health check (never for display)."""
-        return await self.redis.hgetall(self.keys.tokens)
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.tokens))
 
     async def status(self) -> list[TokenStatus]:
         keys = self.keys
         now = time.time()
-        tokens = await self.redis.hgetall(keys.tokens)
+        tokens = await self.tokens()
         ids = sorted(tokens)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(keys.rotation, 0, -1)

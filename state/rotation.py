@@ -10,6 +10,7 @@ nothing: it can neither cool nor kill the account.
 """
 
 import time
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -86,4 +87,4 @@ class TokenRotation:
 
     async def rotated_to(self, tid: str) -> str | None:
         """The id a token was rotated to, while its grace period lasts."""
-        return await self.redis.get(self.keys.rotated(tid))
+        return cast(str | None, await self.redis.get(self.keys.rotated(tid)))

@@ -16,9 +16,11 @@ which the dashboard draws with ``last_hour``.
 import datetime as dt
 import time
 from collections import defaultdict
+from typing import cast
 
 from redis.asyncio import Redis
 
+from state.connection import Fields
 from state.keys import Keys
 
 __all__ = ["FIELDS", "GROUPS", "UsageLog", "day_of"]
@@ -88,7 +90,7 @@ class UsageLog:
                             pipe.hincrby(key, f"{model}:{field}", value)
                     pipe.expire(key, self.retention)
                 if names:
-                    pipe.hset(self.keys.usage_keys, mapping=names)
+                    pipe.hset(self.keys.usage_keys, mapping=cast(Fields, names))
                 await pipe.execute()
         except BaseException:
             for kept, lost in ((self._counts, counts), (self._traffic, traffic)):
@@ -126,7 +128,7 @@ class UsageLog:
         }
 
     async def names(self) -> dict[str, str]:
-        return await self.redis.hgetall(self.keys.usage_keys)
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.usage_keys))
 
     async def query(
         self, kids: list[str] | None, first: dt.date, last: dt.date, group_by: tuple[str, ...]

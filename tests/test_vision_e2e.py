@@ -336,3 +336,27 @@ async def test_fold_keeps_the_images_on_the_one_message(gateway):
     (entry,) = body["files"]
     assert only["role"] == "user" and "<system>\nBe brief.\n</system>" in only["content"][0]["text"]
     assert only["content"][1] == {"type": "image_url", "image_url": {"url": entry["id"]}}
+
+
+async def test_anthropic_image_in_an_assistant_turn_is_a_400_naming_it(gateway):
+    """Found by mypy: the refusal passed its field positionally and was a 500 TypeError."""
+    gw = await vision_gateway(gateway)
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": DATA_URL.split(",")[1]},
+    }
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(
+                model="GLM-4.6V",
+                max_tokens=64,
+                messages=[
+                    {"role": "user", "content": QUESTION},
+                    {"role": "assistant", "content": [image]},
+                    {"role": "user", "content": QUESTION},
+                ],
+            )
+    assert "messages.1.content.0: images are taken in user messages only" in info.value.message
+    assert not uploads(gw) and not gw.completions_seen()

@@ -8,6 +8,7 @@ each turn their request into a ``Conversation`` and implement a ``Sink``; neithe
 upstream.
 """
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -151,7 +152,8 @@ class Sink(Protocol):
     that reaches the client; until then a failure can still be retried or sent as an HTTP
     error status."""
 
-    started: bool
+    @property
+    def started(self) -> bool: ...
 
     async def delta(self, reasoning: str, content: str) -> None: ...
 
@@ -170,7 +172,7 @@ class Writer(Protocol):
 
     def write(self, chunk: bytes) -> None: ...
 
-    def flush(self) -> object: ...
+    def flush(self) -> Awaitable[None]: ...
 
     def send_gateway_error(self, err: GatewayError) -> None:
         """An error answer (status, headers, body) before anything else was written."""

@@ -15,6 +15,7 @@ settings (``CLAUDE_*_MODEL``).
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from server.core.errors import GatewayError, shown
 
@@ -64,7 +65,7 @@ FAMILY: list[tuple[str, str, bool, bool, int, bool]] = [
 ]
 
 # suffix, the capability it needs, field overrides
-VARIANTS: list[tuple[str, str, dict[str, bool]]] = [
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("", "", {}),
     ("-Thinking", "can_think", {"thinking": True}),
     ("-Search", "can_search", {"search": True}),

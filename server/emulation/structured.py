@@ -18,8 +18,12 @@ first structured request (it costs idle memory every other deployment would pay 
 import dataclasses
 import re
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 from server.core.chat import Conversation, Ending, OutputFormat, Sink, ToolCall, Turn
 from server.core.errors import GatewayError
@@ -41,7 +45,7 @@ _UNCHECKED = {"tool_calls", "length", "content_filter"}
 _NOTHING = object()
 
 
-def _validator(schema: dict):
+def _validator(schema: dict) -> "Validator":
     from jsonschema.validators import validator_for
 
     return validator_for(schema)(schema)

@@ -66,7 +66,8 @@ def parse_call(body: str, known: set[str]) -> ToolCall | None:
     text = (fenced[1] if fenced else body).strip()
     value = loads_repaired(text) if text.startswith("{") else None
     if isinstance(value, dict):
-        inner = value.get("function") if isinstance(value.get("function"), dict) else value
+        function = value.get("function")
+        inner = function if isinstance(function, dict) else value
         name = inner.get("name")
         arguments = inner.get("arguments", inner.get("parameters", {}))
         if isinstance(arguments, str):

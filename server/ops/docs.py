@@ -28,10 +28,17 @@ from server.web.handler import write_json_error
 
 __all__ = ["SWAGGER_STATIC", "Docs", "DocsStatic", "OpenAPI", "openapi_document"]
 
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package is, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the {name} package is not installed")
+    return Path(spec.submodule_search_locations[0])
+
+
 # Located without importing the package (its import costs memory the server never uses).
-SWAGGER_STATIC = str(
-    Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
-)
+SWAGGER_STATIC = str(_package_dir("swagger_ui") / "static")
 _REF = "#/components/schemas/{name}"
 
 
@@ -60,7 +67,7 @@ def openapi_document() -> dict:
         ],
         ref_template=_REF,
     )
-    bearer = [{"apiKey": []}]
+    bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
     chat = {
         "summary": "Create a chat completion (OpenAI Chat Completions)",
         "security": bearer,

@@ -3,28 +3,33 @@
 Owns the two probe routes; no key needed, nothing secret in them.
 """
 
+from typing import TYPE_CHECKING
+
 from redis.exceptions import RedisError
 from tornado.web import RequestHandler
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 __all__ = ["Alive", "Ready"]
 
 
 class Alive(RequestHandler):
-    def initialize(self, services: object) -> None:
+    def initialize(self, services: "Services") -> None:
         self.services = services
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.write({"status": "ok"})
 
 
 class Ready(Alive):
     async def get(self) -> None:
-        if self.services.draining:  # type: ignore[attr-defined]
+        if self.services.draining:
             self.set_status(503)
             self.write({"status": "draining"})
             return
         try:
-            await self.services.redis.ping()  # type: ignore[attr-defined]
+            await self.services.redis.ping()
         except (RedisError, OSError) as exc:
             self.set_status(503)
             self.write({"status": "not ready", "redis": f"unreachable: {exc}"})

@@ -18,7 +18,7 @@ Owns the routes:
 """
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -56,7 +56,10 @@ class KeyChange(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     disabled: bool | msgspec.UnsetType = msgspec.UNSET
 
 
-def _decode(body: bytes, shape: type) -> msgspec.Struct:
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _decode(body: bytes, shape: type[_S]) -> _S:
     raw = decode_json(body, msgspec.json.decode)
     try:
         value = msgspec.convert(raw, shape)
@@ -64,7 +67,8 @@ def _decode(body: bytes, shape: type) -> msgspec.Struct:
         raise validation_error(exc) from None
     models = getattr(value, "models", msgspec.UNSET)
     if isinstance(models, list):
-        value.models = [_model_id(name, i) for i, name in enumerate(models)]  # type: ignore[attr-defined]
+        ids = [_model_id(name, i) for i, name in enumerate(models)]
+        value = msgspec.structs.replace(value, models=ids)
     return value
 
 

@@ -9,8 +9,9 @@ notes the tokens a completion used, for settling the reservation and for the usa
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
-from server.core.chat import Conversation, Ending, Sink
+from server.core.chat import Conversation, Ending, Sink, ToolCall
 from server.core.errors import GatewayError
 from server.core.token_estimate import estimate_conversation, estimate_tokens
 from state.client_keys import Admission
@@ -94,8 +95,14 @@ class Metered:
         self.output_tokens = 0
         self.failed = False
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    async def delta(self, reasoning: str, content: str) -> None:
+        await self.inner.delta(reasoning, content)
+
+    async def tool_call(self, call: ToolCall) -> None:
+        await self.inner.tool_call(call)
 
     @property
     def started(self) -> bool:

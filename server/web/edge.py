@@ -241,9 +241,7 @@ class _Acceptor:
 class EdgeServer(HTTPServer):
     """tornado's HTTP server with the gateway's own accept loop and connection limits."""
 
-    def initialize(  # type: ignore[override]
-        self, *args: Any, max_connections: int = 4096, **kwargs: Any
-    ) -> None:
+    def initialize(self, *args: Any, max_connections: int = 4096, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self.max_header_bytes = self.conn_params.max_header_size

@@ -26,7 +26,7 @@ import hmac
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -46,6 +46,9 @@ from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
 from state.client_keys import parse_secret
 from state.files import FileCache
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -123,7 +126,7 @@ class ApiHandler(RequestHandler):
     keyed = True  # the route wants a key: checked before a 100-continue body is sent
     admits = False  # the route runs a completion: an issued key is checked with its limits
 
-    def initialize(self, services: Any) -> None:
+    def initialize(self, services: "Services") -> None:
         self.services = services
         self.request_id = hex_id(12)
         self.model_name = "-"
@@ -259,14 +262,14 @@ class ApiHandler(RequestHandler):
 
     async def find_model(self, name: str, claude: dict[str, str] | None = None) -> Model:
         """The row for ``name`` in the live catalogue (a 404 listing the models if none)."""
-        catalogue = getattr(self.services, "catalogue", None)
+        catalogue = self.services.catalogue
         if catalogue is None:
             return STATIC.require(name, claude)
         return await catalogue.require(name, claude)
 
     async def model_table(self) -> ModelTable:
         """What ``/v1/models`` lists now."""
-        catalogue = getattr(self.services, "catalogue", None)
+        catalogue = self.services.catalogue
         return STATIC if catalogue is None else await catalogue.listing()
 
     async def complete(self, conv: Conversation, sink: Sink) -> None:
@@ -406,7 +409,7 @@ class ApiHandler(RequestHandler):
         ttfb = ((self.first_byte or now) - self.started_at) * 1000
         attempts = getattr(self.attempts, "count", 0)
         # Only table names become labels: clients' typos must not grow the series forever.
-        catalogue = getattr(self.services, "catalogue", None)
+        catalogue = self.services.catalogue
         table = catalogue.table if catalogue is not None else STATIC
         model = found.id if (found := table.find(self.model_name)) else "-"
         status = CLIENT_CLOSED if self._left_unanswered else self.get_status()

@@ -75,6 +75,7 @@ def _detail(text: str) -> str:
         body = msgspec.json.decode(text)
     except msgspec.DecodeError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return body["detail"][:300]
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail[:300]
     return " ".join(text.split())[:200]

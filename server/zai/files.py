@@ -45,7 +45,8 @@ def uploaded(body: bytes) -> dict:
 def file_entry(file: dict, message_id: str) -> dict:
     """One element of the completion's ``files``: an uploaded image, for message
     ``message_id`` (the body's ``current_user_message_id``)."""
-    meta = file.get("meta") if isinstance(file.get("meta"), dict) else {}
+    meta = file.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     return {
         "type": "image",
         "file": file,

@@ -10,6 +10,7 @@ answer here, in Anthropic's ``ModelInfo`` shape (app.py routes them by that head
 
 import time
 
+from server.core.chat import Sink
 from server.core.errors import GatewayError
 from server.core.models import Model
 from server.core.token_estimate import estimate_conversation
@@ -51,6 +52,7 @@ class Messages(AnthropicHandler):
         message_id = f"msg_{hex_id(24)}"
         # thinking: {"type": "disabled"} means no thinking blocks, even if the upstream thinks.
         show = conv.thinking is not False
+        sink: Sink
         if req.stream:
             sink = AnthropicStream(self, message_id, req.model, show)
         else:

@@ -18,6 +18,7 @@ applied; a ceiling such as Claude Code's is passed as it is).
 """
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from server.core.errors import GatewayError
 from server.core.models import Model, require_model
 from server.emulation.structured import schema_problem
 from server.faces.anthropic.wire import (
+    Block,
     DocumentBlock,
     ImageBlock,
     MessagesRequest,
@@ -124,7 +126,9 @@ def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> No
     conv.parallel_tool_calls = not choice.disable_parallel_tool_use
 
 
-def _turns(index: int, role: str, content: object, referenced: set[str]) -> list[Turn]:
+def _turns(
+    index: int, role: str, content: str | Sequence[Block], referenced: set[str]
+) -> list[Turn]:
     if isinstance(content, str):
         if role == "user" and not content:
             raise GatewayError(
@@ -137,7 +141,7 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
     texts: list[str] = []
     calls: list[ToolCall] = []
     images: list[Image] = []
-    for j, block in enumerate(content):  # type: ignore[attr-defined]
+    for j, block in enumerate(content):
         where = f"messages.{index}.content.{j}"
         if isinstance(block, TextBlock):
             texts.append(block.text)
@@ -151,7 +155,9 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
         elif isinstance(block, ImageBlock):
             if role != "user":
                 raise GatewayError(
-                    "invalid_request", f"{where}: images are taken in user messages only", where
+                    "invalid_request",
+                    f"{where}: images are taken in user messages only",
+                    param=where,
                 )
             images.append(_image(block.source, where))
         elif isinstance(block, DocumentBlock):
@@ -177,11 +183,11 @@ def _turns(index: int, role: str, content: object, referenced: set[str]) -> list
 _BILLING = re.compile(r"^x-anthropic-billing-header:[^\n]*(?:\n|$)", re.M)
 
 
-def _system_text(content: object) -> str:
+def _system_text(content: str | Sequence[Block]) -> str:
     if isinstance(content, str):
         text = content
     else:
-        text = "\n\n".join(b.text for b in content if isinstance(b, TextBlock))  # type: ignore
+        text = "\n\n".join(b.text for b in content if isinstance(b, TextBlock))
     return _BILLING.sub("", text).strip() if "x-anthropic-billing-header:" in text else text
 
 

@@ -4,6 +4,7 @@ Owns the route handlers. Each reads top to bottom: authenticate -> decode and va
 neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or collected).
 """
 
+from server.core.chat import Sink
 from server.core.models import Model, capabilities
 from server.faces.openai.convert import to_conversation
 from server.faces.openai.render import OpenAIResult, OpenAIStream
@@ -28,6 +29,7 @@ class ChatCompletions(ApiHandler):
         conv = to_conversation(req, self.request_id, tool_support, model)
         completion_id = f"chatcmpl-{hex_id(32)}"
         legacy = bool(conv.extra.get("legacy_functions"))
+        sink: Sink
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             sink = OpenAIStream(self, completion_id, conv.model.id, include_usage, legacy)

@@ -12,6 +12,7 @@ import msgspec
 from loguru import logger
 from redis.exceptions import RedisError
 
+from server.core.chat import Conversation
 from server.core.errors import GatewayError
 from server.faces.responses.convert import to_conversation
 from server.faces.responses.render import (
@@ -34,7 +35,7 @@ def _text_format(req: ResponsesRequest) -> dict:
     return {k: v for k, v in msgspec.structs.asdict(fmt).items() if v is not None}
 
 
-def _head(req: ResponsesRequest, response_id: str, conv, store: bool) -> dict:
+def _head(req: ResponsesRequest, response_id: str, conv: Conversation, store: bool) -> dict:
     tools = [
         {
             "type": "function",
