@@ -6,7 +6,9 @@ token source, the pool, the guest reserve and this process's registration; ``sta
 reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
 beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, and re-checks
 dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
-loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop).
+loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop); with a
+captcha solver sidecar, a third keeps the shared captcha pool at ``CAPTCHA_LOW_WATER`` every
+``CAPTCHA_REFILL_INTERVAL`` (``CaptchaSource.keep_up``: one replica at a time asks it).
 Build it inside each worker, after any fork.
 """
 
@@ -19,9 +21,10 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.captcha.sidecar import Sidecar
+from server.captcha.source import CaptchaSource
 from server.core.catalogue import Catalogue
 from server.core.chats import ThrowawayChats
-from server.core.completion import CaptchaSource
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
@@ -87,6 +90,8 @@ class Services:
             self.guests.refill_soon()
         self._tasks.append(asyncio.ensure_future(self._upkeep()))
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
+        if self.captchas.sidecar is not None and self.captchas.low_water:
+            self._tasks.append(asyncio.ensure_future(self._keep_captchas()))
 
     async def drain(self, deadline: float) -> int:
         """Stop taking work (readiness goes false) and wait up to ``deadline`` seconds for
@@ -166,6 +171,12 @@ class Services:
             await asyncio.sleep(self.settings.usage_flush_interval)
             await self._safely("writing usage", self.usage.flush())
 
+    async def _keep_captchas(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.captcha_refill_interval)
+            if not self.draining:
+                await self._safely("captcha refill", self.captchas.keep_up(self.client))
+
     async def _reload_if_lost(self) -> None:
         """A Redis that restarted empty lost the pool: put the configured tokens back."""
         if self.configured and not await self.redis.exists(self.keys.tokens):
@@ -234,7 +245,11 @@ def make_services(settings: Settings) -> Services:
         tokens = NoTokens()
     instances = Instances(redis, keys, instance_id, settings.instance_ttl, VERSION)
     captchas = CaptchaSource(
-        settings.zai_captcha, CaptchaPool(redis, keys), settings.captcha_retry_after
+        settings.zai_captcha,
+        CaptchaPool(redis, keys),
+        settings.captcha_retry_after,
+        sidecar(settings),
+        settings.captcha_low_water,
     )
     services = Services(
         settings,
@@ -261,6 +276,17 @@ def make_services(settings: Settings) -> Services:
         services.listing_credentials,
     )
     return services
+
+
+def sidecar(settings: Settings) -> Sidecar | None:
+    if not settings.captcha_url:
+        return None
+    return Sidecar(
+        settings.captcha_url,
+        settings.captcha_scene,
+        settings.captcha_region,
+        settings.captcha_timeout,
+    )
 
 
 def throwaway_chats(

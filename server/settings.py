@@ -21,7 +21,14 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 CommaList = Annotated[list[str], NoDecode]
 # Settings whose value is never echoed in a start-up error.
-_SECRET = {"AUTH_TOKEN", "AUTH_TOKENS", "ZAI_TOKENS", "ADMIN_TOKEN", "UPSTREAM_PROXIES"}
+_SECRET = {
+    "AUTH_TOKEN",
+    "AUTH_TOKENS",
+    "ZAI_TOKENS",
+    "ADMIN_TOKEN",
+    "UPSTREAM_PROXIES",
+    "CAPTCHA_URL",
+}
 
 
 class SettingsError(Exception):
@@ -90,6 +97,29 @@ class Settings(BaseSettings):
     zai_captcha: Literal["auto", "on", "off"] = "auto"
     captcha_ttl_max: float = Field(600.0, gt=0)  # the longest ttl POST /v1/captcha accepts
     captcha_retry_after: float = Field(10.0, gt=0)
+    # The solver sidecar (README "When chat.z.ai pushes back"): empty = none. The gateway POSTs
+    # {"scene", "region"} and gets {"param", "expires_in"}; the scene is the page's Aliyun
+    # Captcha V3 scene (PROTOCOL.md 6.2), sgp the Aliyun region of sites outside China.
+    captcha_url: str = ""
+    captcha_scene: str = "didk33e0"
+    captcha_region: str = "sgp"
+    captcha_timeout: float = Field(30.0, gt=0)  # seconds one solve may take
+    # Live params the replicas keep in the pool by asking the sidecar ahead of need (0 = only
+    # on demand), and how often each replica looks (one at a time asks, under a Redis lock)
+    captcha_low_water: int = Field(2, ge=0, le=100)
+    captcha_refill_interval: float = Field(2.0, gt=0)
+    # The reference sidecar (python -m server.captcha.helper, the "captcha" extra): it drives
+    # this Chromium (Playwright, no browser download) on the page, hooks the page's call to
+    # the captcha's init function and answers the param its success callback gets.
+    captcha_helper_listen: str = "127.0.0.1:8091"
+    captcha_helper_page_url: str = "https://chat.z.ai/"
+    captcha_helper_init: str = "initAliyunCaptcha"
+    captcha_helper_callback: str = "success"  # the success callback (V2: captchaVerifyCallback)
+    captcha_helper_trigger: str = ""  # a CSS selector to click; empty = the config's button
+    captcha_helper_timeout: float = Field(25.0, gt=0)
+    captcha_helper_browser: str = "/usr/bin/chromium"
+    captcha_helper_pages: int = Field(2, ge=1, le=32)  # solves at once (one page each)
+    captcha_helper_ttl: float = Field(75.0, gt=0)  # how long a fresh param lives upstream
 
     # WAF breaker (issue 14): shared by all replicas, seconds, doubling per block
     waf_backoff_base: float = Field(60.0, gt=0)
@@ -199,6 +229,21 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies(cls, value: list[str]) -> list[str]:
         parse_routes(value)  # a bad entry stops start-up with its reason (never its password)
+        return value
+
+    @field_validator("captcha_url")
+    @classmethod
+    def _captcha_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
+        return value
+
+    @field_validator("captcha_helper_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, like 127.0.0.1:8091")
         return value
 
     @field_validator("zai_fe_version")

@@ -16,18 +16,12 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from server.captcha.browser import CHROMIUM_ARGS
 from tests.conftest import API_KEY
 from tests.recorded import expected
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+ARGS = CHROMIUM_ARGS
 NAME = "stream_glm5_plain_thinking"
 
 STREAM_JS = """async ([url, key]) => {

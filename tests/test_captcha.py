@@ -177,3 +177,26 @@ async def test_the_anthropic_face_takes_the_callers_param_as_body_field_or_heade
         )
         assert reply.stop_reason == "end_turn"
     assert sent_params(gw.fake) == [None, CAPTCHA, CAPTCHA + "2"]
+
+
+async def test_the_responses_face_takes_the_callers_param_as_body_field_or_header(gateway):
+    gw = await gateway("home", "guest_auth", OK, zai_captcha="auto")
+    strict(gw, CAPTCHA, CAPTCHA + "2")
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.responses.create(model="GLM-4.5", input="hello")
+        assert info.value.status_code == 503 and info.value.code == "captcha_required"
+        assert "POST /v1/captcha" in info.value.message and "zai_captcha" in info.value.message
+        reply = await client.responses.create(
+            model="GLM-4.5", input="hello", extra_body={"zai_captcha": CAPTCHA}
+        )
+        assert reply.status == "completed" and reply.output_text
+        stream = await client.responses.create(
+            model="GLM-4.5",
+            input="hello",
+            stream=True,
+            extra_headers={"X-Zai-Captcha": CAPTCHA + "2"},
+        )
+        kinds = [event.type async for event in stream]
+        assert kinds[-1] == "response.completed"
+    assert sent_params(gw.fake) == [None, CAPTCHA, CAPTCHA + "2"]

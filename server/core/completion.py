@@ -16,8 +16,8 @@ sees nothing), or, with none left, answers ``waf_blocked`` with the soonest retu
 Images (vision) are read once before the attempts (``server/core/images.py``); each attempt
 uploads them with its own user token, or finds them in the shared upload cache, first.
 When the upstream wants a captcha (``ZAI_CAPTCHA``), each attempt carries one single-use param:
-the caller's own first, then one from the shared pool; a rejected param is retried once only
-with another param in hand, and the token is never blamed.
+the caller's own first, then one from the shared pool, then one from the solver sidecar; a
+rejected param is retried once only with another param in hand, and the token is never blamed.
 """
 
 import asyncio
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from loguru import logger
 from redis.exceptions import RedisError
 
+from server.captcha.source import CaptchaSource
 from server.core.catalogue import Catalogue
 from server.core.chat import Conversation, Ending, Sink
 from server.core.chats import ThrowawayChats
@@ -45,33 +46,9 @@ from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
-from state.captcha import CaptchaPool
 from state.files import FileCache
 
-__all__ = ["Attempts", "CaptchaSource", "answer_sink", "complete"]
-
-
-@dataclass(slots=True)
-class CaptchaSource:
-    """Where captcha params come from: ``mode`` is ZAI_CAPTCHA (auto|on|off)."""
-
-    mode: str = "auto"
-    pool: CaptchaPool | None = None
-    retry_after: float = 10.0
-
-    async def needed(self, client: ZaiClient) -> bool:
-        if self.mode == "off":
-            return False
-        return self.mode == "on" or await client.captcha_enabled()
-
-    async def take(self) -> str:
-        if self.pool is None:
-            return ""
-        try:
-            return await self.pool.take() or ""
-        except RedisError as exc:
-            logger.warning("captcha pool unreachable: {}", exc)
-            return ""
+__all__ = ["Attempts", "answer_sink", "complete"]
 
 
 @dataclass(slots=True)
@@ -142,6 +119,7 @@ async def complete(
     last: GatewayError | None = None  # the previous attempt's failure
     retries = settings.upstream_retries
     upstream_conv = render_for_upstream(conv)
+    missing = ""  # the sidecar's failure, when it was asked and gave no param
     unseen = ""  # a param sent on a blocked route: the WAF stopped it, the upstream never saw it
     while True:
         attempts.count += 1
@@ -153,7 +131,10 @@ async def complete(
         elif caller and captchas.mode != "off":
             param, caller = caller, ""
         elif await captchas.needed(client):
-            param = await captchas.take()
+            # A sidecar that failed once is not asked again for this request: a retry would
+            # only double the client's wait for the same answer.
+            param, why = await captchas.take(ask_sidecar=not missing)
+            missing = missing or why
         if rejected is not None and not param:
             await sink.fail(rejected)  # no other param to try: the first answer stands
             return
@@ -199,6 +180,8 @@ async def complete(
             rejected = err if err.kind == "captcha_required" else None
             if rejected is not None:
                 err.retry_after = captchas.retry_after
+                if missing and not param:  # why the sidecar had none: what to fix
+                    err.detail = f"{err.detail}; {missing}"
             ATTEMPT_ERRORS.labels(err.kind).inc()
             retry = not sink.started and (moved or attempts.count <= min(err.rule.retry, retries))
             logger.info(

@@ -154,8 +154,8 @@ RULES: dict[str, Rule] = {
         retry=1,  # only with another param in hand; never the token's fault
         message="the upstream demands a fresh single-use captcha_verify_param for this "
         "completion ({detail}): send one in the X-Zai-Captcha header (or the body field "
-        "zai_captcha), or have the operator or a solver push params to the shared pool with "
-        "POST /v1/captcha; retry once one is there",
+        "zai_captcha), have the operator or a solver push params to the shared pool with "
+        "POST /v1/captcha, or run a solver sidecar (CAPTCHA_URL); retry once one is there",
     ),
     "rate_limited": Rule(
         429,

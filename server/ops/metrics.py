@@ -19,6 +19,7 @@ from server.transport import open_exchanges
 __all__ = [
     "ACCEPT_PAUSES",
     "ATTEMPT_ERRORS",
+    "CAPTCHA_SIDECAR",
     "EDGE_REFUSED",
     "GUESTS",
     "PACING_WAIT",
@@ -123,6 +124,14 @@ UNSETTLED = Gauge(
 CAPTCHA_DEPTH = Gauge(
     "zai_gateway_captcha_pool_depth",
     "Live single-use captcha params in the shared pool (shared).",
+    registry=REGISTRY,
+)
+CAPTCHA_SIDECAR = Counter(
+    "zai_gateway_captcha_sidecar_fetches_total",
+    "Params asked of the solver sidecar (CAPTCHA_URL), by why (ahead: to keep the pool at "
+    "CAPTCHA_LOW_WATER; demand: a completion found the pool empty) and outcome (ok, timeout, "
+    "unreachable, refused, bad_answer).",
+    ["why", "outcome"],
     registry=REGISTRY,
 )
 PACING_WAIT = Histogram(

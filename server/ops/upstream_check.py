@@ -100,15 +100,27 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict:
                 depth = await captchas.pool.depth()
             except RedisError:
                 depth = 0
-        step(
-            "captcha",
-            depth > 0,
-            f"{depth} single-use param(s) in the shared pool"
-            if depth
-            else "the upstream demands a captcha_verify_param for each completion and the "
-            "shared pool is empty: push params with POST /v1/captcha, or callers send their own "
-            "(X-Zai-Captcha header or zai_captcha body field)",
-        )
+        failed = "no solver sidecar (CAPTCHA_URL) is set"
+        if not depth and captchas.sidecar is not None:
+            failed = await captchas.ask_ahead()  # the param it gets waits in the pool
+        if depth:
+            step("captcha", True, f"{depth} single-use param(s) in the shared pool")
+        elif not failed:
+            step(
+                "captcha",
+                True,
+                f"the shared pool was empty; the solver sidecar at {captchas.sidecar.label} "
+                "answered a param (now in the pool)",
+            )
+        else:
+            step(
+                "captcha",
+                False,
+                "the upstream demands a captcha_verify_param for each completion and the "
+                f"shared pool is empty ({failed}): push params with POST /v1/captcha, run a "
+                "solver sidecar (CAPTCHA_URL), or callers send their own (X-Zai-Captcha header "
+                "or zai_captcha body field)",
+            )
 
     if complete:
         if cred is None:
@@ -116,7 +128,7 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict:
         elif not open_route:
             step("completion", False, "not tried: the route's WAF breaker is not closed")
         else:
-            param = await captchas.take() if needed else ""
+            param = (await captchas.take())[0] if needed else ""
             try:
                 size = await _one_token(client, cred, route, param)
                 step("completion", True, f"a one-token completion answered ({size} characters)")
