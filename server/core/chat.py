@@ -27,6 +27,7 @@ __all__ = [
     "ToolSpec",
     "Turn",
     "Usage",
+    "WebSearch",
     "Writer",
 ]
 
@@ -96,6 +97,7 @@ class Conversation:
     stop: list[str] = field(default_factory=list)  # stop sequences
     parallel_tool_calls: bool = True
     output_format: OutputFormat | None = None  # structured output (emulation/structured.py)
+    search: bool = False  # the client asked for the upstream's web search (a server tool)
     extra: dict = field(default_factory=dict)
     captcha: str = field(default="", repr=False)  # the caller's single-use param; never shown
 
@@ -134,17 +136,27 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSearch:
+    """One search the upstream ran on its own while answering: what it looked for and the
+    sources it found, (title, url) in the order it listed them."""
+
+    query: str
+    results: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Ending:
     """How one completion ended: ``reason`` is stop, length, tool_calls, content_filter or
     stop_sequence (then ``stop_sequence`` says which); ``reasoning``/``content`` are the whole
-    final texts (authoritative). A sink in front of another passes on a changed copy
-    (``dataclasses.replace``)."""
+    final texts (authoritative); ``searches`` what the upstream's web search did. A sink in
+    front of another passes on a changed copy (``dataclasses.replace``)."""
 
     reason: str = "stop"
     usage: Usage | None = None
     reasoning: str = ""
     content: str = ""
     stop_sequence: str | None = None
+    searches: tuple[WebSearch, ...] = ()
 
 
 class Sink(Protocol):

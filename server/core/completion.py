@@ -258,7 +258,11 @@ async def _attempt(
         if reasoning or answer:
             await sink.delta(reasoning, answer)
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
-        await sink.finish(Ending(stream.finish_reason, stream.usage, *stream.final()))
+        reasoning, answer = stream.final()
+        found = stream.searches() if conv.search else ()
+        await sink.finish(
+            Ending(stream.finish_reason, stream.usage, reasoning, answer, None, found)
+        )
         if catalogue is not None:
             catalogue.offer(cred)  # a token that works reads its tier's model list, if stale
     except GatewayError as err:

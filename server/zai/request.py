@@ -235,13 +235,14 @@ def fold(conv: Conversation) -> str:
 
 
 def _features(conv: Conversation) -> dict[str, object]:
+    # Search: a -Search model, or a client's web search server tool (conv.search).
     # Only auto_web_search switches search on (web_search is mirrored back and does
     # nothing); with the caller's tools search stays off, else the model answers with the
     # site's own tool markers. reasoning_effort only where the model takes it (6.6).
     features: dict[str, object] = {
         "image_generation": False,
         "web_search": False,
-        "auto_web_search": conv.model.search and not conv.tools,
+        "auto_web_search": (conv.model.search or conv.search) and not conv.tools,
         "preview_mode": True,
         "flags": [],
         "enable_thinking": conv.wants_thinking,

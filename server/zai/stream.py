@@ -3,7 +3,8 @@
 Owns ``AnswerStream``. It chains the SSE reader, the frame decoder and the edited message
 text, and keeps what the frames say besides text: usage (which may arrive before the last
 answer delta, and several times in an agentic turn), the end (``phase: done`` only), a
-content-security stop, and in-band errors (classified by ``failures``). ``slices()`` returns
+content-security stop, in-band errors (classified by ``failures``) and the site's own tool
+calls (``searches``: what its web search did, ``server/zai/search.py``). ``slices()`` returns
 the (reasoning, answer) text that grew, coalescing the frames of one socket read into slices
 of about ``SLICE`` frames (a large frame counts one more per 256 bytes), so the reader can let
 other clients in between two slices of a long answer arriving faster than it is read.
@@ -14,10 +15,11 @@ from collections.abc import Iterator
 import msgspec
 from loguru import logger
 
-from server.core.chat import Usage
+from server.core.chat import Usage, WebSearch
 from server.core.errors import GatewayError
 from server.zai.failures import inband_failure, is_content_filter
 from server.zai.frames import FrameData, UpstreamUsage, decode_frame
+from server.zai.search import searches
 from server.zai.sse import SSEReader
 from server.zai.streamed import StreamingText
 
@@ -49,6 +51,7 @@ class AnswerStream:
         "frames",
         "malformed",
         "model",
+        "site_calls",
         "text",
         "usage",
     )
@@ -65,6 +68,7 @@ class AnswerStream:
         self.finish_reason = "stop"
         self.frames = 0
         self.malformed = 0
+        self.site_calls: list[list[str]] = []  # [name, arguments] of the site's own calls
 
     def __repr__(self) -> str:
         state = "done" if self.done else ("failed" if self.failure else "open")
@@ -128,6 +132,11 @@ class AnswerStream:
         """The whole (reasoning, answer) as the last frame left them."""
         return self.text.text.derive(final=True)
 
+    def searches(self) -> tuple[WebSearch, ...]:
+        """What the upstream's own web search looked for and found in this answer."""
+        calls = [(name, args) for name, args in self.site_calls]
+        return searches(calls, self.text.text.site_output())
+
     def _apply(self, payload: bytes) -> bool:
         try:
             frame = decode_frame(payload)
@@ -138,6 +147,10 @@ class AnswerStream:
         if frame is None:
             return False
         self.frames += 1
+        if frame.phase == "tool_call" and (frame.delta_name or frame.delta_arguments):
+            if frame.delta_name or not self.site_calls:  # a name opens the next call
+                self.site_calls.append([frame.delta_name or "", ""])
+            self.site_calls[-1][1] += frame.delta_arguments or ""
         changed = self._text(frame)
         if frame.usage is not None:
             self._count(frame.usage)

@@ -238,6 +238,10 @@ class AnswerText:
         self.channels[0].restore(r)
         self.channels[1].restore(a)
 
+    def site_output(self) -> str:
+        """Everything the site's own tools wrote (search results), for ``search.searches``."""
+        return "\n".join(self._tools)
+
     def _references(self) -> dict[str, tuple[str, str]]:
         if self._refs_seen < 0:
             self._refs = references("\n".join(self._tools))

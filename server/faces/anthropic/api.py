@@ -54,9 +54,9 @@ class Messages(AnthropicHandler):
         show = conv.thinking is not False
         sink: Sink
         if req.stream:
-            sink = AnthropicStream(self, message_id, req.model, show)
+            sink = AnthropicStream(self, message_id, req.model, show, conv.search)
         else:
-            sink = AnthropicResult(self, message_id, req.model, show)
+            sink = AnthropicResult(self, message_id, req.model, show, conv.search)
         await self.complete(conv, sink)
 
 

@@ -4,7 +4,9 @@ Owns ``to_conversation``: the model (Claude names map to the rows ``CLAUDE_*_MOD
 ``system`` and messages to turns (``tool_use`` blocks become the assistant's tool calls,
 ``tool_result`` blocks become tool turns, earlier ``thinking`` blocks are not sent back),
 tools and ``tool_choice`` (auto/any/none, ``disable_parallel_tool_use``; ``tool`` naming one
-tool is structured output: its input_schema's, answered as a ``tool_use``), ``thinking``
+tool is structured output: its input_schema's, answered as a ``tool_use``; the
+``web_search_*`` server tool switches the upstream's search on, ``web_fetch_*`` is a 400),
+``thinking``
 (``budget_tokens`` and ``output_config.effort`` become an effort level), ``stop_sequences``.
 ``image`` blocks (base64 or url source, in user messages and tool results) become the turn's
 images (``server/core/images.py``); documents are refused with a 400 naming the block.
@@ -34,10 +36,12 @@ from server.faces.anthropic.wire import (
     ImageBlock,
     MessagesRequest,
     RedactedThinkingBlock,
+    ServerToolUseBlock,
     TextBlock,
     ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
+    WebSearchResultBlock,
 )
 
 __all__ = ["to_conversation"]
@@ -95,6 +99,9 @@ def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> No
         for t in req.tools or []
         if t.type in (None, "custom") and (not t.defer_loading or t.name in referenced)
     ]
+    for index, tool in enumerate(req.tools or []):
+        if tool.type is not None and tool.type != "custom":
+            _server_tool(index, tool.type, conv)
     choice = req.tool_choice
     if choice is None:
         return
@@ -126,6 +133,39 @@ def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> No
     conv.parallel_tool_calls = not choice.disable_parallel_tool_use
 
 
+def _server_tool(index: int, kind: str, conv: Conversation) -> None:
+    """Anthropic's server tools: web search runs as the upstream's own search (answered as
+    ``server_tool_use`` + ``web_search_tool_result`` blocks); web fetch is refused; others
+    (code execution, editors) are not offered, as before."""
+    where = f"tools.{index}"
+    if kind.startswith("web_fetch_"):
+        raise GatewayError(
+            "invalid_request",
+            f"{where}: the {kind} server tool is not supported: the upstream opens pages only"
+            " inside its own search, so no fetched page can be returned; fetch on the client"
+            " side (a client tool) instead",
+            param=f"{where}.type",
+        )
+    if not kind.startswith("web_search_"):
+        return
+    if conv.tools:
+        raise GatewayError(
+            "invalid_request",
+            f"{where}: the web_search server tool cannot be combined with client tools on"
+            " this gateway (the upstream's search must be off while tools are emulated); ask"
+            " for the search in a request of its own, as Claude Code's WebSearch does",
+            param=f"{where}.type",
+        )
+    if not conv.model.can_search:
+        raise GatewayError(
+            "invalid_request",
+            f"{where}: model {conv.model.id} has no web search upstream; use a model whose"
+            " capabilities list search (GET /v1/models)",
+            param=f"{where}.type",
+        )
+    conv.search = True
+
+
 def _turns(
     index: int, role: str, content: str | Sequence[Block], referenced: set[str]
 ) -> list[Turn]:
@@ -152,6 +192,17 @@ def _turns(
             turns.append(Turn("tool", text, shown, tool_call_id=block.tool_use_id))
         elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             continue  # the upstream keeps no thinking of earlier turns
+        elif isinstance(block, ServerToolUseBlock):
+            texts.append(f"(Searched the web for: {block.input.get('query', '')})")
+        elif isinstance(block, WebSearchResultBlock):
+            found = block.content if isinstance(block.content, list) else []
+            texts.append(
+                "\n".join(
+                    f"- {r.get('title', '')}: {r.get('url', '')}"
+                    for r in found
+                    if isinstance(r, dict)
+                )
+            )
         elif isinstance(block, ImageBlock):
             if role != "user":
                 raise GatewayError(

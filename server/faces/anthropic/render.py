@@ -6,6 +6,9 @@ Owns ``AnthropicStream`` (the exact event sequence: ``message_start``, then per 
 ``stop_reason`` and usage, ``message_stop``; ``ping`` while the upstream is silent; an
 ``error`` event if it fails after it began), ``AnthropicResult`` (one ``message`` object) and
 ``error_body`` (``{"type": "error", "error": {...}}``, its type chosen by status).
+With the web_search server tool the upstream's searches come first as ``server_tool_use`` +
+``web_search_tool_result`` blocks (``search_blocks``), then the answer's text (streamed at
+the end, since the searches are known only then), and ``usage.server_tool_use`` counts them.
 Thinking blocks carry a signature the gateway makes (the upstream has none): an opaque
 digest of the thinking, so clients that require the field are satisfied.
 """
@@ -17,8 +20,9 @@ import hashlib
 import msgspec
 from tornado.iostream import StreamClosedError
 
-from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, WebSearch, Writer
 from server.core.errors import GatewayError
+from server.ids import hex_id
 
 __all__ = ["AnthropicResult", "AnthropicStream", "error_body"]
 
@@ -52,14 +56,49 @@ def signature_of(thinking: str) -> str:
     return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
 
 
-def _usage(usage: Usage | None) -> dict:
+def _usage(usage: Usage | None, searches: int | None = None) -> dict:
     usage = usage or Usage()
-    return {
+    out: dict = {
         "input_tokens": usage.prompt_tokens,
         "output_tokens": usage.completion_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "cache_creation_input_tokens": 0,
     }
+    if searches is not None:  # the web_search server tool was asked for
+        out["server_tool_use"] = {"web_search_requests": searches, "web_fetch_requests": 0}
+    return out
+
+
+def search_blocks(searches: tuple[WebSearch, ...]) -> list[dict]:
+    """The upstream's searches as Anthropic's blocks: each a ``server_tool_use`` of
+    ``web_search`` with its query, then its ``web_search_tool_result``. A result's
+    ``encrypted_content`` is opaque to clients (they send it back unread): here the source
+    itself, encoded."""
+    blocks: list[dict] = []
+    for search in searches:
+        tool_id = f"srvtoolu_{hex_id(24)}"
+        blocks.append(
+            {
+                "type": "server_tool_use",
+                "id": tool_id,
+                "name": "web_search",
+                "input": {"query": search.query},
+            }
+        )
+        results = [
+            {
+                "type": "web_search_result",
+                "title": title,
+                "url": url,
+                "encrypted_content": base64.b64encode(_encode([title, url])).decode(),
+                "page_age": None,
+            }
+            for title, url in search.results
+        ]
+        blocks.append(
+            {"type": "web_search_tool_result", "tool_use_id": tool_id, "content": results}
+        )
+    return blocks
 
 
 def _message(
@@ -69,6 +108,7 @@ def _message(
     usage: Usage | None,
     stop_reason: str | None,
     stop_sequence: str | None,
+    searches: int | None = None,
 ) -> dict:
     return {
         "id": message_id,
@@ -78,18 +118,28 @@ def _message(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": _usage(usage),
+        "usage": _usage(usage, searches),
     }
 
 
 class AnthropicStream:
     """Streams one completion as Messages API server-sent events."""
 
-    def __init__(self, out: Writer, message_id: str, model: str, thinking: bool = True) -> None:
+    def __init__(
+        self,
+        out: Writer,
+        message_id: str,
+        model: str,
+        thinking: bool = True,
+        search: bool = False,
+    ) -> None:
         self.out = out
         self.message_id = message_id
         self.model = model
         self.show_thinking = thinking  # False: the client disabled it; drop what comes anyway
+        # web_search asked: the answer's text comes at the end, after the search blocks
+        # (Anthropic's order), which are known only once the answer is whole
+        self.search = search
         self.started = False
         self.index = -1
         self.block: str | None = None  # type of the open block
@@ -166,12 +216,15 @@ class AnthropicStream:
                 self._open({"type": "thinking", "thinking": "", "signature": ""})
             self.thinking.append(reasoning)
             self._delta({"type": "thinking_delta", "thinking": reasoning})
-        if content:
-            if self.block != "text":
-                self._open({"type": "text", "text": ""})
-            self._delta({"type": "text_delta", "text": content})
+        if content and not self.search:
+            self._text(content)
         self._writes += 1
         await self.out.flush()
+
+    def _text(self, content: str) -> None:
+        if self.block != "text":
+            self._open({"type": "text", "text": ""})
+        self._delta({"type": "text_delta", "text": content})
 
     async def tool_call(self, call: ToolCall) -> None:
         if not self.started:
@@ -187,15 +240,32 @@ class AnthropicStream:
             self._begin()
         self._stop_pinging()
         self._close()
+        if self.search:
+            for block in search_blocks(end.searches):
+                self._search_block(block)
+            if end.content:
+                self._text(end.content)
+            self._close()
         delta = {
             "stop_reason": _STOP.get(end.reason, "end_turn"),
             "stop_sequence": end.stop_sequence,
         }
-        self._event(
-            "message_delta", {"type": "message_delta", "delta": delta, "usage": _usage(end.usage)}
-        )
+        usage = _usage(end.usage, len(end.searches) if self.search else None)
+        self._event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
         self._event("message_stop", {"type": "message_stop"})
         await self.out.flush()
+
+    def _search_block(self, block: dict) -> None:
+        """As Anthropic streams them: a server_tool_use opens with an empty input that one
+        input_json_delta fills; a result block comes whole in its start event."""
+        if block["type"] == "server_tool_use":
+            self._open({**block, "input": {}})
+            self._delta(
+                {"type": "input_json_delta", "partial_json": _encode(block["input"]).decode()}
+            )
+        else:
+            self._open(block)
+        self._close()
 
     async def fail(self, error: GatewayError) -> None:
         self._stop_pinging()
@@ -215,11 +285,19 @@ class AnthropicStream:
 class AnthropicResult(CollectingSink):
     """Collects one completion and writes a ``message`` object at the end."""
 
-    def __init__(self, out: Writer, message_id: str, model: str, thinking: bool = True) -> None:
+    def __init__(
+        self,
+        out: Writer,
+        message_id: str,
+        model: str,
+        thinking: bool = True,
+        search: bool = False,
+    ) -> None:
         super().__init__(out)
         self.message_id = message_id
         self.model = model
         self.show_thinking = thinking
+        self.search = search
 
     def __repr__(self) -> str:
         return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
@@ -231,6 +309,8 @@ class AnthropicResult(CollectingSink):
             blocks.append(
                 {"type": "thinking", "thinking": reasoning, "signature": signature_of(reasoning)}
             )
+        if self.search:
+            blocks += search_blocks(end.searches)
         if content:
             blocks.append({"type": "text", "text": content})
         blocks += [
@@ -243,7 +323,10 @@ class AnthropicResult(CollectingSink):
             for call in self.calls
         ]
         stop = _STOP.get(end.reason, "end_turn")
-        message = _message(self.message_id, self.model, blocks, end.usage, stop, end.stop_sequence)
+        searches = len(end.searches) if self.search else None
+        message = _message(
+            self.message_id, self.model, blocks, end.usage, stop, end.stop_sequence, searches
+        )
         self.out.set_header("Content-Type", "application/json")
         self.out.write(_encode(message))
 

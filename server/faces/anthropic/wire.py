@@ -1,11 +1,11 @@
 """Anthropic Messages request shapes, decoded once at the edge with msgspec.
 
 Owns the request Structs and ``decode_messages_request`` (errors name the field, like the
-OpenAI face's). Content blocks are a tagged union on ``type``: ``text``, ``image`` (refused
-later with a clear error), ``tool_use``, ``tool_result``, ``thinking``, ``redacted_thinking``
-and ``document``; inside a ``tool_result`` any block type is taken (see convert). Fields the
-gateway does not use (``cache_control``, ``citations``, ``metadata``, ``top_k``,
-``service_tier``...) are accepted and ignored.
+OpenAI face's). Content blocks are a tagged union on ``type``: ``text``, ``image``,
+``tool_use``, ``tool_result``, ``thinking``, ``redacted_thinking``, ``document`` and an
+earlier answer's ``server_tool_use``/``web_search_tool_result``; inside a ``tool_result`` any
+block type is taken (see convert). Fields the gateway does not use (``cache_control``,
+``citations``, ``metadata``, ``top_k``, ``service_tier``...) are accepted and ignored.
 """
 
 from typing import Annotated, Any, Literal
@@ -59,6 +59,19 @@ class RedactedThinkingBlock(Struct, tag_field="type", tag="redacted_thinking"):
     data: str = ""
 
 
+class ServerToolUseBlock(Struct, tag_field="type", tag="server_tool_use"):
+    """An earlier answer's web search, sent back with the history."""
+
+    id: str = ""
+    name: str = ""
+    input: dict[str, Any] = {}
+
+
+class WebSearchResultBlock(Struct, tag_field="type", tag="web_search_tool_result"):
+    tool_use_id: str = ""
+    content: Any = None  # web_search_result entries (title, url, ...), or an error object
+
+
 Block = (
     TextBlock
     | ImageBlock
@@ -67,6 +80,8 @@ Block = (
     | ToolResultBlock
     | ThinkingBlock
     | RedactedThinkingBlock
+    | ServerToolUseBlock
+    | WebSearchResultBlock
 )
 
 

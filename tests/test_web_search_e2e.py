@@ -1,0 +1,137 @@
+"""Anthropic's ``web_search`` server tool as the upstream's own search, through the SDK.
+
+A request carrying ``{"type": "web_search_20250305", "name": "web_search"}`` switches the
+upstream's search on (``features.auto_web_search``); what the search did comes back in
+Anthropic's wire format: a ``server_tool_use`` of ``web_search`` with the query the upstream
+searched for, its ``web_search_tool_result`` with the sources (title, url), then the answer's
+text with the citations linked, and ``usage.server_tool_use.web_search_requests``; streamed
+in that order too. Both upstream shapes: 2026 tool_call/tool_response frames (capture 07)
+and 2025 ``<glm_block>`` search results (capture 09). The history of such a turn is
+accepted back; ``web_fetch`` and web search beside client tools are 400s naming the tool.
+"""
+
+import anthropic
+import msgspec
+import pytest
+
+from tests.conftest import API_KEY
+from tests.recorded import expected
+
+BASE = ("home", "guest_auth")
+SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+ASK = [{"role": "user", "content": "What is in the news about Elon Musk this week?"}]
+CASES = {
+    "stream_v2_toolcall_search_2026": (
+        "Elon Musk news this week",
+        [
+            ("Weekly technology news roundup", "https://news.example.com/tech-roundup"),
+            ("Starship test flight update", "https://space.example.org/starship-update"),
+        ],
+    ),
+    "stream_search_glmblock_2025": (
+        "which calculus operations are faster in concurrency on CPU",
+        None,  # the first two of its search_result entries, checked below
+    ),
+}
+
+
+def client_for(gw) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
+
+
+def check_blocks(content: list, name: str) -> None:
+    query, sources = CASES[name]
+    kinds = [block.type for block in content]
+    assert kinds[-3:] == ["server_tool_use", "web_search_tool_result", "text"], kinds
+    use, result, text = content[-3:]
+    assert use.name == "web_search" and use.input == {"query": query}
+    assert use.id.startswith("srvtoolu_") and result.tool_use_id == use.id
+    found = [(r.title, r.url) for r in result.content]
+    assert all(r.type == "web_search_result" and r.encrypted_content for r in result.content)
+    if sources is not None:
+        assert found == sources
+    else:
+        assert found[:1] == [
+            (
+                "CPU Performance Bottlenecks Limit Parallel Processing",
+                "https://semiengineering.com/cpu-performance-bottlenecks-limit-parallel-processing-speedups",
+            )
+        ]
+    assert text.text == expected(name)["content"]  # citations linked, no site markup
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_web_search_blocks_non_stream(gateway, name):
+    gw = await gateway(*BASE, name)
+    async with client_for(gw) as client:
+        message = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=1024, messages=ASK, tools=[SEARCH]
+        )
+    check_blocks(message.content, name)
+    assert message.stop_reason == "end_turn"
+    assert message.usage.server_tool_use.web_search_requests == 1
+    body = msgspec.json.decode(gw.completions_seen()[0].body)
+    assert body["features"]["auto_web_search"] is True
+    assert "web_search" not in str(body["messages"])  # not offered as an emulated tool
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_web_search_blocks_streamed_in_order(gateway, name):
+    gw = await gateway(*BASE, name)
+    async with (
+        client_for(gw) as client,
+        client.messages.stream(
+            model="claude-sonnet-5-5", max_tokens=1024, messages=ASK, tools=[SEARCH]
+        ) as stream,
+    ):
+        starts = [e.content_block.type async for e in stream if e.type == "content_block_start"]
+        message = await stream.get_final_message()
+    assert starts[-3:] == ["server_tool_use", "web_search_tool_result", "text"]
+    check_blocks(message.content, name)
+    assert message.usage.server_tool_use.web_search_requests == 1
+
+
+async def test_the_turn_goes_back_in_the_history(gateway):
+    gw = await gateway(*BASE, "stream_v2_toolcall_search_2026", "stream_glm5_plain_thinking")
+    async with client_for(gw) as client:
+        first = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=1024, messages=ASK, tools=[SEARCH]
+        )
+        history = [
+            *ASK,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": "Thanks. Anything else?"},
+        ]
+        second = await client.messages.create(
+            model="claude-sonnet-5-5", max_tokens=1024, messages=history, tools=[SEARCH]
+        )
+    assert second.content[-1].type == "text"
+    sent = msgspec.json.decode(gw.completions_seen()[1].body)["messages"]
+    earlier = next(m for m in sent if m["role"] == "assistant")["content"]
+    assert "(Searched the web for: Elon Musk news this week)" in earlier
+    assert "- Starship test flight update: https://space.example.org/starship-update" in earlier
+
+
+@pytest.mark.parametrize(
+    ("tools", "param", "words"),
+    [
+        (
+            [
+                {"name": "get_time", "input_schema": {"type": "object"}},
+                SEARCH,
+            ],
+            "tools.1:",
+            "cannot be combined with client tools",
+        ),
+        ([{"type": "web_fetch_20250910", "name": "web_fetch"}], "tools.0:", "not supported"),
+    ],
+)
+async def test_refusals_name_the_tool(gateway, tools, param, words):
+    gw = await gateway(*BASE)
+    async with client_for(gw) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(
+                model="claude-sonnet-5-5", max_tokens=64, messages=ASK, tools=tools
+            )
+    assert param in info.value.message and words in info.value.message
+    assert not gw.completions_seen()
