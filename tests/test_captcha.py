@@ -13,10 +13,10 @@ import pytest
 from loguru import logger
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.accounts import ADMIN, TOKENS, admin, pool_gateway
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
 from tests.test_replicas import Replica
 
 OK = "stream_glm5_plain_thinking"
@@ -37,13 +37,9 @@ def sent_params(fake: FakeUpstream) -> list:
 
 
 async def test_no_param_is_503_captcha_required_and_the_token_is_kept(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=TOKENS[0],
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
+        tokens=TOKENS[:1],
         zai_captcha="auto",
     )
     strict(gw, CAPTCHA)

@@ -14,9 +14,9 @@ import msgspec
 import openai
 import pytest
 
+from tests.accounts import TOKENS
 from tests.conftest import API_KEY
 from tests.fake_catalogue import entry
-from tests.test_pool_gateway import TOKENS
 
 OK = "stream_glm5_plain_thinking"
 GUESTS = ("home", "guest_auth", OK)

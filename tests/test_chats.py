@@ -22,11 +22,11 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from server.egress import _RECHECK as RECHECK
+from tests.accounts import TOKENS
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ROOT, gateway_env
 from tests.redis_server import RedisServer, free_port
-from tests.test_pool_gateway import TOKENS
 
 OK = "stream_glm5_plain_thinking"
 GUESTS = ("home", "guest_auth", OK)

@@ -14,8 +14,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from state.client_keys import ClientKeys, parse_secret
 from state.keys import Keys
+from tests.accounts import ADMIN, admin
 from tests.conftest import API_KEY
-from tests.test_pool_gateway import ADMIN, admin
 
 OK = "stream_glm5_plain_thinking"
 BASE = ("home", "guest_auth")

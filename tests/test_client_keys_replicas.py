@@ -11,10 +11,10 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.accounts import ADMIN
 from tests.fake_upstream import FakeUpstream
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
-from tests.test_pool_gateway import ADMIN
 from tests.test_replicas import Replica, used
 
 HI = [{"role": "user", "content": "hi"}]

@@ -10,9 +10,9 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.accounts import ADMIN, TOKENS, admin, pool_gateway
 from tests.processes import ROOT
 from tests.test_browser import ARGS, CHROMIUM, chromium_or_skip
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
 
 OK = "stream_glm5_plain_thinking"
 HI = [{"role": "user", "content": "hi"}]
@@ -29,13 +29,8 @@ async def test_log_in_watch_a_cooldown_and_disable_a_key(gateway):
     from playwright.async_api import async_playwright, expect
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
         pool_cooldown_base=300,
         upstream_retries=0,
     )

@@ -19,9 +19,9 @@ from tornado.httpclient import AsyncHTTPClient
 from server.egress import parse_routes
 from server.settings import SettingsError, load_settings
 from server.transport import Proxy, Timeouts, TransportError, open_stream
+from tests.accounts import ADMIN, TOKENS, admin
 from tests.proxies import Dante, Tinyproxy
 from tests.redis_server import free_port
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
 
 OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]

@@ -10,10 +10,10 @@ import openai
 import pytest
 
 from server.transport import open_exchanges
+from tests.accounts import pool_gateway
 from tests.conftest import API_KEY
 from tests.recorded import expected
 from tests.redis_server import RedisServer
-from tests.test_pool_gateway import TOKENS
 
 BASE = ("home", "guest_auth")
 OK = "stream_glm5_plain_thinking"
@@ -89,13 +89,9 @@ async def raw_request(port: int, hang_up_after: int) -> None:
 
 @pytest.mark.timeout(60)
 async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
+    gw = await pool_gateway(
+        gateway,
         pace=0.02,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
         pool_max_concurrency=0,
         # The chat deletes' kept upstream connections are tasks of the fake's server in this
         # process; tests/test_chats.py checks the deletes leave nothing behind.
@@ -122,13 +118,9 @@ async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
 async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
     redis = RedisServer().start()
     try:
-        gw = await gateway(
-            "home",
-            "guest_auth_user_role",
-            OK,
+        gw = await pool_gateway(
+            gateway,
             redis_url=redis.url,
-            zai_tokens=",".join(TOKENS),
-            anonymous_mode=False,
             instance_ttl=0.6,
             redis_timeout=0.5,
             pool_max_concurrency=0,

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from tornado.httputil import HTTPHeaders
 
+from tests.accounts import TOKENS
 from tests.conftest import API_KEY
 from tests.fake_upstream import Seen
-from tests.test_pool_gateway import TOKENS
 
 OK = "stream_glm5_plain_thinking"
 GUESTS = ("home", "guest_auth", OK)

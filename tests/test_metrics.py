@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 from state.pool import Pick, TokenPool
-from tests.test_pool_gateway import TOKENS
+from tests.accounts import TOKENS
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from state.keys import Keys
 from state.pacing import Pacer
-from tests.test_pool_gateway import TOKENS
+from tests.accounts import TOKENS, pool_gateway
 
 OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -55,12 +55,9 @@ async def test_two_replicas_keep_the_gap_between_every_upstream_call(gateway, re
 
 
 async def test_a_wait_past_the_limit_is_429_and_sends_nothing(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=TOKENS[0],
-        anonymous_mode=False,
+    gw = await pool_gateway(
+        gateway,
+        tokens=TOKENS[:1],
         pool_max_concurrency=0,  # one token, three requests at once: pacing, not the cap, decides
         zai_fe_version="prod-fe-1.1.95",
         zai_captcha="off",

@@ -2,62 +2,20 @@
 the admin API; guest fallback and reserve; Redis trouble."""
 
 import asyncio
-import base64
-import collections
 import json
 
-import msgspec
 import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from state.keys import token_id
+from tests.accounts import ADMIN, HELLO, OK, TOKENS, admin, pool_gateway, tokens_used
 from tests.redis_server import free_port
-
-OK = "stream_glm5_plain_thinking"
-HELLO = [{"role": "user", "content": "hello"}]
-ADMIN = "admin-secret-0123456789"
-
-
-def jwt(n: int) -> str:
-    payload = (
-        base64.urlsafe_b64encode(
-            json.dumps({"id": f"user-{n}", "email": f"u{n}@example.com"}).encode()
-        )
-        .decode()
-        .rstrip("=")
-    )
-    return f"eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.sig-{n:04d}-abcdefgh"
-
-
-TOKENS = [jwt(i) for i in range(3)]
-
-
-async def admin(gw, method: str, path: str, body: object = None, token: str | None = ADMIN):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = await AsyncHTTPClient().fetch(
-        gw.url + path,
-        method=method,
-        headers=headers,
-        raise_error=False,
-        body=None if body is None else json.dumps(body),
-        allow_nonstandard_methods=True,
-    )
-    return response.code, msgspec.json.decode(response.body) if response.body else None
-
-
-def tokens_used(gw) -> collections.Counter:
-    return collections.Counter(r.query["token"] for r in gw.completions_seen())
 
 
 async def test_configured_tokens_are_validated_and_rotated(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
     )
     async with gw.openai() as client:
         for _ in range(9):
@@ -71,13 +29,8 @@ async def test_configured_tokens_are_validated_and_rotated(gateway):
 
 
 async def test_rate_limited_token_cools_down_and_others_serve(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
         pool_cooldown_base=60,
     )
     gw.fake.fail_tokens[TOKENS[0]] = 429
@@ -94,13 +47,8 @@ async def test_rate_limited_token_cools_down_and_others_serve(gateway):
 
 
 async def test_an_upstream_500_leaves_the_pool_usable_once_it_recovers(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
     )
     for token in TOKENS:
         gw.fake.fail_tokens[token] = 500
@@ -118,12 +66,8 @@ async def test_an_upstream_500_leaves_the_pool_usable_once_it_recovers(gateway):
 
 
 async def test_a_429_storm_reaches_the_client_as_429_with_retry_after(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
+    gw = await pool_gateway(
+        gateway,
         pool_cooldown_base=42,
         pool_max_concurrency=0,
     )
@@ -184,13 +128,9 @@ async def test_guest_and_dead_tokens_are_refused_with_reasons(gateway):
 
 
 async def test_token_rejected_midway_leaves_rotation(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS[:2]),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
+        tokens=TOKENS[:2],
     )
     gw.fake.fail_tokens[TOKENS[0]] = 401
     async with gw.openai() as client:

@@ -8,8 +8,8 @@ import openai
 import pytest
 
 from server.ops.metrics import RETRIES
+from tests.accounts import HELLO, OK, TOKENS, admin, pool_gateway, tokens_used
 from tests.recorded import expected
-from tests.test_pool_gateway import ADMIN, HELLO, OK, TOKENS, admin, tokens_used
 
 LIMITS = [429, "MODEL_CONCURRENCY_LIMIT", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS"]
 
@@ -23,13 +23,9 @@ async def answer(client: openai.AsyncOpenAI, stream: bool) -> str:
 
 @pytest.mark.parametrize("code", LIMITS)
 async def test_an_inband_rate_limit_cools_the_token_briefly_and_another_answers(gateway, code):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS[:2]),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
+        tokens=TOKENS[:2],
     )
     gw.fake.limit_tokens[TOKENS[0]] = code
     async with gw.openai() as client:
@@ -59,13 +55,10 @@ async def test_a_rate_limit_on_every_token_is_a_429_the_sdk_can_wait_out(gateway
 
 
 async def test_one_account_gets_one_conversation_at_a_time_by_default(gateway):
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
+    gw = await pool_gateway(
+        gateway,
+        tokens=TOKENS[:2],
         pace=0.02,
-        zai_tokens=",".join(TOKENS[:2]),
-        anonymous_mode=False,
     )
     assert gw.services.settings.pool_max_concurrency == 1
     async with gw.openai() as client:

@@ -13,8 +13,8 @@ from redis.exceptions import RedisError
 
 from state.keys import Keys
 from state.pool import Pick, TokenPool
+from tests.accounts import ADMIN, HELLO, OK, TOKENS, admin, jwt
 from tests.redis_server import RedisServer
-from tests.test_pool_gateway import ADMIN, HELLO, OK, TOKENS, admin, jwt
 
 FREEZE = 4.0  # seconds Redis is stopped
 SLOTS = [jwt(i) for i in range(10, 14)]

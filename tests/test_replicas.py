@@ -20,11 +20,11 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.accounts import ADMIN, TOKENS
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ROOT, gateway_env
 from tests.redis_server import RedisServer, free_port
-from tests.test_pool_gateway import ADMIN, TOKENS
 
 TTL = 1.5
 

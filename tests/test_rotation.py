@@ -15,7 +15,7 @@ import pytest
 from state.keys import Keys, token_id
 from state.pool import Pick
 from state.rotation import TokenRotation
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
+from tests.accounts import ADMIN, TOKENS, admin
 from tests.test_state_pool import alive, make_pool
 
 OLD, NEW, OTHER = "tok-old-0123456789abcdef", "tok-new-0123456789abcdef", "tok-3rd-0123456789ab"

@@ -12,8 +12,8 @@ import pytest
 
 from server.settings import SettingsError, load_settings
 from state.connection import sentinel_params
+from tests.accounts import admin, pool_gateway
 from tests.redis_sentinel import SentinelSet
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
 
 OK = "stream_glm5_plain_thinking"
 HI = [{"role": "user", "content": "hi"}]
@@ -50,13 +50,8 @@ def sentinel_set():
 
 async def test_the_gateway_follows_a_failover(sentinel_set, gateway):  # gateway stops first
     sset = sentinel_set
-    gw = await gateway(
-        "home",
-        "guest_auth_user_role",
-        OK,
-        zai_tokens=",".join(TOKENS),
-        anonymous_mode=False,
-        admin_token=ADMIN,
+    gw = await pool_gateway(
+        gateway,
         redis_url=sset.url,
         lease_ttl=2,
     )

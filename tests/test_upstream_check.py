@@ -4,8 +4,8 @@ step where it breaks, in plain words, with no token or proxy password in the ans
 
 import pytest
 
+from tests.accounts import ADMIN, admin
 from tests.redis_server import free_port
-from tests.test_pool_gateway import ADMIN, admin
 
 OK = "stream_glm5_plain_thinking"
 STEPS = ["breaker", "home page", "config", "sign-in", "captcha", "completion"]

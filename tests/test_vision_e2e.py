@@ -22,8 +22,8 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from tests.accounts import jwt
 from tests.conftest import API_KEY
-from tests.test_pool_gateway import jwt
 
 TOKEN = jwt(7)
 CASSETTES = ("home", "guest_auth_user_role", "vision_upload")

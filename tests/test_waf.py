@@ -10,7 +10,7 @@ import pytest
 from server.zai.request import COMPLETIONS_PATH
 from state.keys import Keys
 from state.waf import HALF_OPEN, WafBreaker
-from tests.test_pool_gateway import ADMIN, TOKENS, admin
+from tests.accounts import ADMIN, TOKENS, admin
 
 OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
