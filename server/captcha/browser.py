@@ -17,9 +17,13 @@ import asyncio
 import json
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.captcha.wire import SolveAnswer
 from server.core.errors import shown
+
+if TYPE_CHECKING:  # the optional "captcha" extra: imported when a browser starts
+    from playwright.async_api import Browser, BrowserContext, Playwright
 
 __all__ = ["CHROMIUM_ARGS", "BrowserSolver", "PageSetup", "SolveFailed"]
 
@@ -97,9 +101,9 @@ class BrowserSolver:
         self.setup = setup
         self.solving = 0
         self._slots = asyncio.Semaphore(pages)
-        self._playwright = None
-        self._browser = None
-        self._context = None
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._context: BrowserContext | None = None
 
     def __repr__(self) -> str:
         return f"<BrowserSolver {self.setup.url} solving={self.solving}>"
@@ -109,17 +113,17 @@ class BrowserSolver:
         from playwright.async_api import Error as BrowserError  # the optional "captcha" extra
         from playwright.async_api import async_playwright
 
-        self._playwright = await async_playwright().start()
+        playwright = self._playwright = await async_playwright().start()
         try:
-            self._browser = await self._playwright.chromium.launch(
+            browser = self._browser = await playwright.chromium.launch(
                 executable_path=self.executable, headless=True, args=CHROMIUM_ARGS
             )
         except BrowserError as exc:
             await self.stop()
             reason = f"cannot start Chromium at {self.executable}: {_first(exc)}"
             raise SolveFailed(503, reason) from None
-        self._context = await self._browser.new_context()
-        return self._browser.version
+        self._context = await browser.new_context()
+        return browser.version
 
     @property
     def running(self) -> bool:
@@ -133,7 +137,8 @@ class BrowserSolver:
         self._browser = self._context = self._playwright = None
 
     async def solve(self, scene: str, region: str) -> SolveAnswer:
-        if self._context is None:
+        context = self._context
+        if context is None:
             raise SolveFailed(503, "the browser is not running")
         from playwright.async_api import Error as BrowserError
 
@@ -143,7 +148,7 @@ class BrowserSolver:
                 async with self._slots:
                     self.solving += 1
                     try:
-                        return await self._solve(scene, region, stage)
+                        return await self._solve(context, scene, region, stage)
                     finally:
                         self.solving -= 1
         except TimeoutError:
@@ -153,11 +158,13 @@ class BrowserSolver:
         except BrowserError as exc:  # the page did not load, the trigger is not there, ...
             raise SolveFailed(502, f"the browser failed {stage[0]}: {_first(exc)}") from None
 
-    async def _solve(self, scene: str, region: str, stage: list[str]) -> SolveAnswer:
+    async def _solve(
+        self, context: "BrowserContext", scene: str, region: str, stage: list[str]
+    ) -> SolveAnswer:
         setup = self.setup
         reports: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         binding = f"__zaiCaptcha{secrets.token_hex(4)}"
-        page = await self._context.new_page()  # type: ignore[union-attr]
+        page = await context.new_page()
         try:
             await page.expose_function(binding, lambda kind, got: reports.put_nowait((kind, got)))
             opts = {
