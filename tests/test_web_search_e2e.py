@@ -75,6 +75,26 @@ async def test_web_search_blocks_non_stream(gateway, name):
     assert "web_search" not in str(body["messages"])  # not offered as an emulated tool
 
 
+async def test_claude_codes_websearch_request(gateway):
+    """What Claude Code 2.1.331's WebSearch sends (read from its bundle): the server tool
+    alone, forced with tool_choice, thinking disabled, streamed."""
+    gw = await gateway(*BASE, "stream_v2_toolcall_search_2026")
+    async with client_for(gw) as client:
+        message = await client.messages.create(
+            model="claude-haiku-5-5",
+            max_tokens=8192,
+            system="You are an assistant for performing a web search tool use",
+            messages=[
+                {"role": "user", "content": "Perform a web search for the query: Elon Musk news"}
+            ],
+            tools=[{**SEARCH, "max_uses": 8}],
+            tool_choice={"type": "tool", "name": "web_search"},
+            thinking={"type": "disabled"},
+        )
+    check_blocks(message.content, "stream_v2_toolcall_search_2026")
+    assert message.content[0].type == "server_tool_use"  # no thinking block
+
+
 @pytest.mark.parametrize("name", list(CASES))
 async def test_web_search_blocks_streamed_in_order(gateway, name):
     gw = await gateway(*BASE, name)

@@ -105,6 +105,9 @@ def _tools(req: MessagesRequest, conv: Conversation, referenced: set[str]) -> No
     choice = req.tool_choice
     if choice is None:
         return
+    searching = {t.name for t in req.tools or [] if (t.type or "").startswith("web_search_")}
+    if choice.type == "tool" and choice.name in searching:
+        return  # forcing the search (Claude Code's WebSearch does): the upstream searches
     if choice.type == "tool":
         forced = next((t for t in conv.tools if t.name == choice.name), None)
         if forced is None:
