@@ -155,3 +155,44 @@ async def test_refusals_name_the_tool(gateway, tools, param, words):
             )
     assert param in info.value.message and words in info.value.message
     assert not gw.completions_seen()
+
+
+async def test_responses_web_search_tool(gateway):
+    """Responses ``web_search`` alone: the upstream's search, as a web_search_call item."""
+    gw = await gateway(*BASE, "stream_v2_toolcall_search_2026")
+    async with gw.openai() as client:
+        response = await client.responses.create(
+            model="GLM-4.7", input=ASK[0]["content"], tools=[{"type": "web_search"}]
+        )
+        async with client.responses.stream(
+            model="GLM-4.7", input=ASK[0]["content"], tools=[{"type": "web_search"}]
+        ) as stream:
+            kinds = [event.type async for event in stream]
+            streamed = await stream.get_final_response()
+    want = expected("stream_v2_toolcall_search_2026")["content"]
+    query, sources = CASES["stream_v2_toolcall_search_2026"]
+    for answer in (response, streamed):
+        call, message = [i for i in answer.output if i.type != "reasoning"]
+        assert call.type == "web_search_call" and call.status == "completed"
+        assert call.action.query == query
+        assert [s.url for s in call.action.sources] == [url for _, url in sources]
+        assert message.type == "message" and answer.output_text == want
+    assert "response.web_search_call.completed" in kinds
+    assert kinds.index("response.web_search_call.completed") < kinds.index(
+        "response.output_text.delta"
+    )
+    for seen in gw.completions_seen():
+        assert msgspec.json.decode(seen.body)["features"]["auto_web_search"] is True
+
+
+async def test_responses_web_search_beside_functions_is_not_offered(gateway):
+    """Codex sends web_search with its function tools: search stays off, the header says."""
+    gw = await gateway(*BASE, "tools_single")
+    fn = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+    async with gw.openai() as client:
+        raw = await client.responses.with_raw_response.create(
+            model="GLM-4.7", input="What time is it?", tools=[fn, {"type": "web_search"}]
+        )
+    assert raw.headers["X-Gateway-Tools"] == "not offered: web_search"
+    body = msgspec.json.decode(gw.completions_seen()[0].body)
+    assert body["features"]["auto_web_search"] is False

@@ -138,7 +138,7 @@ class Responses(StoredResponses):
 
         show = conv.thinking is not False
         sink_type = ResponsesStream if req.stream else ResponsesResult
-        sink = sink_type(self, head, show, keep if store is not None else None)
+        sink = sink_type(self, head, show, keep if store is not None else None, conv.search)
         await self.complete(conv, sink)
 
 

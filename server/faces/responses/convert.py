@@ -11,10 +11,11 @@ forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns t
 ``previous_response_id``'s stored items (given as ``history``) come before the input;
 ``conversation`` and ``background`` are refused with a 400 naming the field (nothing keeps
 conversations or runs answers in the background), so a client never silently loses its
-history. Only ``function`` tools are emulated; the other tool types (``web_search``,
-``namespace``, ``custom``, ...) are not offered to the model and are listed in
-``Converted.skipped_tools`` (the handler says so in a header and the log) rather than
-refused, because Codex always sends some.
+history. Only ``function`` tools are emulated; ``web_search`` without function tools is the
+upstream's own search (``Conversation.search``); the other tool types (``namespace``,
+``custom``, ``web_search`` beside function tools, ...) are not offered to the model and are
+listed in ``Converted.skipped_tools`` (the handler says so in a header and the log) rather
+than refused, because Codex always sends some.
 """
 
 from dataclasses import dataclass, field
@@ -103,16 +104,27 @@ def to_conversation(
 
 def _tools(req: ResponsesRequest, out: Converted) -> None:
     conv = out.conv
+    searching = False
     for index, tool in enumerate(req.tools or []):
+        if tool.type.startswith("web_search"):  # web_search, web_search_preview, dated ones
+            searching = True
         if tool.type != "function":
             out.skipped_tools.append(tool.type)
             continue
         if not tool.name:
             raise _bad(f"tools[{index}]: a function tool needs a name", f"tools[{index}].name")
         conv.tools.append(ToolSpec(tool.name, tool.description or "", tool.parameters or {}))
+    if searching and not conv.tools and conv.model.can_search:
+        # Alone, web_search is the upstream's own search (answered with web_search_call
+        # items); beside function tools (Codex) it is not offered: the upstream's search
+        # must be off while tools are emulated (PROTOCOL.md section 6.6).
+        conv.search = True
+        out.skipped_tools = [t for t in out.skipped_tools if not t.startswith("web_search")]
     choice = req.tool_choice
     if choice is None or isinstance(choice, str):
         conv.tool_choice = choice or "auto"
+    elif choice.type.startswith("web_search") and conv.search:
+        conv.tool_choice = "auto"
     elif choice.type != "function":
         raise _bad(
             f"tool_choice: '{choice.type}' tools are not supported, only function tools",
@@ -162,7 +174,7 @@ def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], lab
             turns.append(
                 Turn("tool", text, tool_call_id=item.call_id, name=names.get(item.call_id, ""))
             )
-        elif kind != "reasoning":
+        elif kind not in ("reasoning", "web_search_call"):  # the answer after it has the links
             raise _bad(
                 f"{where}: input items of type '{kind}' are not supported (message,"
                 " function_call, function_call_output and reasoning are)",

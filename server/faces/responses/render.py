@@ -11,7 +11,10 @@ with, inside, ``response.reasoning_summary_part.added`` / ``reasoning_summary_te
 ``response.failed`` after an ``error`` event when it fails midway) and ``ResponsesResult``
 (one ``response`` object); both hand the finished response to ``keep`` (the store) first when
 it is to be stored. The thinking is a ``reasoning`` item whose one summary part holds
-it: Codex and the SDKs show summaries, and the upstream has no separate summary.
+it: Codex and the SDKs show summaries, and the upstream has no separate summary. With the
+``web_search`` tool the upstream's searches are ``web_search_call`` items (``action.query``,
+``action.sources``) before the message, whose text then comes at the end (streamed:
+``response.web_search_call.in_progress`` / ``.searching`` / ``.completed``).
 """
 
 import time
@@ -19,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, WebSearch, Writer
 from server.core.errors import GatewayError
 from server.ids import hex_id
 
@@ -90,6 +93,12 @@ def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict:
     }
 
 
+def _search_item(search: WebSearch, status: str = "completed") -> dict:
+    sources = [{"type": "url", "url": url} for _, url in search.results]
+    action = {"type": "search", "query": search.query, "sources": sources}
+    return {"type": "web_search_call", "id": _item_id("ws"), "status": status, "action": action}
+
+
 def _ended(head: dict, reason: str, usage: Usage | None, output: list[dict]) -> dict:
     status, why = _STATUS.get(reason, ("completed", None))
     return {
@@ -111,12 +120,20 @@ class ResponsesStream:
     """Streams one response as Responses API server-sent events."""
 
     def __init__(
-        self, out: Writer, head: dict, show_reasoning: bool = True, keep: Keep | None = None
+        self,
+        out: Writer,
+        head: dict,
+        show_reasoning: bool = True,
+        keep: Keep | None = None,
+        search: bool = False,
     ) -> None:
         self.out = out
         self.keep = keep
         self.head = head  # the response object's fields that do not change
         self.show_reasoning = show_reasoning
+        # web_search asked: the message comes at the end, after its web_search_call items
+        # (known only once the answer is whole)
+        self.search = search
         self.started = False
         self.seq = 0
         self.output: list[dict] = []
@@ -208,14 +225,28 @@ class ResponsesStream:
                 "response.reasoning_summary_text.delta",
                 {**self._where(), "summary_index": 0, "delta": reasoning},
             )
-        if content:
-            self._open("message")
-            self.parts.append(content)
-            self._event(
-                "response.output_text.delta",
-                {**self._where(), "content_index": 0, "delta": content, "logprobs": []},
-            )
+        if content and not self.search:
+            self._text(content)
         await self.out.flush()
+
+    def _text(self, content: str) -> None:
+        self._open("message")
+        self.parts.append(content)
+        self._event(
+            "response.output_text.delta",
+            {**self._where(), "content_index": 0, "delta": content, "logprobs": []},
+        )
+
+    def _search(self, search: WebSearch) -> None:
+        self._close()
+        index, item = len(self.output), _search_item(search, "in_progress")
+        where = {"item_id": item["id"], "output_index": index}
+        self._event("response.output_item.added", {"output_index": index, "item": item})
+        for step in ("in_progress", "searching", "completed"):
+            self._event(f"response.web_search_call.{step}", where)
+        done = {**item, "status": "completed"}
+        self._event("response.output_item.done", {"output_index": index, "item": done})
+        self.output.append(done)
 
     async def tool_call(self, call: ToolCall) -> None:
         if not self.started:
@@ -238,6 +269,11 @@ class ResponsesStream:
     async def finish(self, end: Ending) -> None:
         if not self.started:
             self._begin()
+        if self.search:
+            for search in end.searches:
+                self._search(search)
+            if end.content:
+                self._text(end.content)
         if not self.output and self.kind is None:
             self._open("message")  # an empty answer is still one (empty) message
         self._close()
@@ -262,12 +298,18 @@ class ResponsesResult(CollectingSink):
     """Collects one response and writes the ``response`` object at the end."""
 
     def __init__(
-        self, out: Writer, head: dict, show_reasoning: bool = True, keep: Keep | None = None
+        self,
+        out: Writer,
+        head: dict,
+        show_reasoning: bool = True,
+        keep: Keep | None = None,
+        search: bool = False,
     ) -> None:
         super().__init__(out)
         self.keep = keep
         self.head = head
         self.show_reasoning = show_reasoning
+        self.search = search
 
     def __repr__(self) -> str:
         return f"<ResponsesResult {self.head['id']} calls={len(self.calls)}>"
@@ -276,6 +318,8 @@ class ResponsesResult(CollectingSink):
         output: list[dict] = []
         if end.reasoning and self.show_reasoning:
             output.append(_reasoning_item(_item_id("rs"), end.reasoning))
+        if self.search:
+            output += [_search_item(search) for search in end.searches]
         if end.content or not self.calls:
             output.append(_message_item(_item_id("msg"), end.content))
         output += [_call_item(_item_id("fc"), call) for call in self.calls]
