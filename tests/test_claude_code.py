@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from scripts.claude_code_cassettes import BASH_INPUT, FINAL_ANSWER, PLAIN_ANSWER
+from scripts.claude_code_cassettes import (
+    BASH_INPUT,
+    FINAL_ANSWER,
+    PLAIN_ANSWER,
+    SEARCH_ANSWER,
+    SEARCH_QUERY,
+)
 from tests.claude_code.cli import INSTALL_TIMEOUT, argv, cli_env, ensure_cli
 from tests.conftest import API_KEY
 
@@ -151,6 +157,37 @@ async def test_cli_runs_a_tool(gateway, claude_cli, tmp_path):
     assert (tmp_path / "work" / "greeting.txt").read_text() == OUTPUT + "\n"
     assert proxied == []
     assert_tool_turn_upstream(*upstream_messages(gw))
+
+
+async def test_cli_runs_a_websearch_turn(gateway, claude_cli, tmp_path):
+    """WebSearch: ToolSearch loads the deferred tool, the model calls it, Claude Code sends
+    its own search request (the web_search server tool alone), the gateway answers it with
+    the upstream's search as server_tool_use + web_search_tool_result, and Claude Code hands
+    the results back to the model for the answer."""
+    gw = await gateway(*BASE, "claude_code_websearch")
+    result, stderr, proxied = await run_claude(
+        claude_cli,
+        tmp_path,
+        gw.url,
+        "Search the web for this week's news about Elon Musk and summarise it.",
+        "--allowedTools",
+        "WebSearch",
+        "--max-turns",
+        "5",
+        auth_token=API_KEY,
+    )
+    bodies = [json.loads(seen.body) for seen in gw.completions_seen()]
+    assert result["is_error"] is False, (result, stderr, [b["messages"][-1] for b in bodies])
+    assert result["result"] == SEARCH_ANSWER
+    assert proxied == []
+    assert len(bodies) == 4
+    search = bodies[2]  # Claude Code's own WebSearch request: the upstream searched
+    assert search["features"]["auto_web_search"] is True
+    assert SEARCH_QUERY in search["signature_prompt"]
+    final = json.dumps(bodies[3]["messages"])
+    # the results Claude Code got from the gateway's web_search_tool_result went back
+    assert "https://news.example.com/tech-roundup" in final
+    assert "Starship test flight update" in final
 
 
 def _fixture(name: str, **changes: object) -> bytes:
