@@ -171,6 +171,11 @@ class Sink(Protocol):
 
     async def tool_call(self, call: ToolCall) -> None: ...
 
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        """The upstream's web search ran (only when the client asked for it with a search
+        tool): called once, before the first answer text, so a face can put its search
+        blocks first; ``Ending.searches`` holds them all (any that came later too)."""
+
     async def finish(self, end: Ending) -> None:
         """The end: how, with what usage, and the whole final texts."""
 
@@ -205,6 +210,9 @@ class CollectingSink:
 
     async def tool_call(self, call: ToolCall) -> None:
         self.calls.append(call)
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        return None  # a whole answer puts Ending.searches in place at the end
 
     async def fail(self, error: GatewayError) -> None:
         self.out.send_gateway_error(error)

@@ -234,11 +234,16 @@ async def _attempt(
         exchange = await client.open_completion(cred, conv, captcha, route, chat_id, uploaded)
         stream = AnswerStream(conv.model.id, holdback)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
+        # With a search tool the client sees each search before the answer text after it
+        mark: tuple[int, int, int] | None = None
         try:
             try:
                 async for chunk in exchange:
                     answering = True
                     for reasoning, answer in stream.slices(chunk):
+                        if conv.search and answer and mark != stream.search_mark():
+                            mark = stream.search_mark()
+                            reasoning = await _searched(sink, stream, reasoning)
                         if reasoning or answer:
                             await sink.delta(reasoning, answer)
                         if stream.tired():
@@ -255,6 +260,8 @@ async def _attempt(
             raise GatewayError(kind, str(exc), model=conv.model.id) from None
         finally:
             exchange.close(drain=stream.done)  # the connection is kept once the answer ends
+        if conv.search and answer and mark != stream.search_mark():
+            reasoning = await _searched(sink, stream, reasoning)
         if reasoning or answer:
             await sink.delta(reasoning, answer)
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
@@ -274,6 +281,15 @@ async def _attempt(
         wait = await tokens.release(cred, outcome, reason)
         if failure is not None and failure.retry_after is None and wait:
             failure.retry_after = wait  # a rate-limited token: when it is back
+
+
+async def _searched(sink: Sink, stream: AnswerStream, reasoning: str) -> str:
+    """Before answer text that follows new search output: the thinking so far, then the
+    searches (the face sends the ones it has not sent). Returns the reasoning left to send."""
+    if reasoning:
+        await sink.delta(reasoning, "")
+    await sink.searched(stream.searches())
+    return ""
 
 
 async def _upload(

@@ -12,7 +12,7 @@ call ends any text held back, and a call made before the stop keeps the reason `
 
 from dataclasses import replace
 
-from server.core.chat import Ending, Sink, ToolCall
+from server.core.chat import Ending, Sink, ToolCall, WebSearch
 from server.core.errors import GatewayError
 from server.emulation.holdback import partial_suffix
 
@@ -55,6 +55,9 @@ class StopSequenceSink:
         held, self._held = self._held, ""
         await self._send("", held)  # a sequence cannot span a call
         await self.inner.tool_call(call)
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        await self.inner.searched(searches)
 
     async def finish(self, end: Ending) -> None:
         cut = self._first(end.content)

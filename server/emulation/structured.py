@@ -25,7 +25,15 @@ import msgspec
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-from server.core.chat import Conversation, Ending, OutputFormat, Sink, ToolCall, Turn
+from server.core.chat import (
+    Conversation,
+    Ending,
+    OutputFormat,
+    Sink,
+    ToolCall,
+    Turn,
+    WebSearch,
+)
 from server.core.errors import GatewayError
 from server.emulation.tool_parse import loads_repaired, new_call_id
 
@@ -154,6 +162,9 @@ class StructuredSink:
 
     async def tool_call(self, call: ToolCall) -> None:
         await self.inner.tool_call(call)
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        await self.inner.searched(searches)
 
     async def finish(self, end: Ending) -> None:
         text = end.content or "".join(self.text)

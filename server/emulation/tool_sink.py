@@ -10,7 +10,7 @@ blocks after it are not read.
 
 from dataclasses import replace
 
-from server.core.chat import Ending, Sink, ToolCall
+from server.core.chat import Ending, Sink, ToolCall, WebSearch
 from server.core.errors import GatewayError
 from server.emulation.stop_sink import StopSequenceReached
 from server.emulation.tool_parse import ToolCallScanner
@@ -45,6 +45,9 @@ class ToolCallSink:
     async def tool_call(self, call: ToolCall) -> None:
         self.calls.append(call)
         await self.inner.tool_call(call)
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        await self.inner.searched(searches)
 
     async def finish(self, end: Ending) -> None:
         if not self._stopped:

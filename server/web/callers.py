@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from server.core.chat import Conversation, Ending, Sink, ToolCall
+from server.core.chat import Conversation, Ending, Sink, ToolCall, WebSearch
 from server.core.errors import GatewayError
 from server.core.token_estimate import estimate_conversation, estimate_tokens
 from state.client_keys import Admission
@@ -103,6 +103,9 @@ class Metered:
 
     async def tool_call(self, call: ToolCall) -> None:
         await self.inner.tool_call(call)
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        await self.inner.searched(searches)
 
     @property
     def started(self) -> bool:

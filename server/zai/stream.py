@@ -132,6 +132,10 @@ class AnswerStream:
         """The whole (reasoning, answer) as the last frame left them."""
         return self.text.text.derive(final=True)
 
+    def search_mark(self) -> tuple[int, int, int]:
+        """Changes whenever what ``searches`` would read does (cheap)."""
+        return (len(self.site_calls), *self.text.text.site_mark())
+
     def searches(self) -> tuple[WebSearch, ...]:
         """What the upstream's own web search looked for and found in this answer."""
         calls = [(name, args) for name, args in self.site_calls]

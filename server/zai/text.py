@@ -238,6 +238,10 @@ class AnswerText:
         self.channels[0].restore(r)
         self.channels[1].restore(a)
 
+    def site_mark(self) -> tuple[int, int]:
+        """Changes whenever the site's tool output does (cheap: no text is joined)."""
+        return len(self._tools), len(self._tools[-1]) if self._tools else 0
+
     def site_output(self) -> str:
         """Everything the site's own tools wrote (search results), for ``search.searches``."""
         return "\n".join(self._tools)

@@ -7,8 +7,9 @@ Owns ``AnthropicStream`` (the exact event sequence: ``message_start``, then per 
 ``error`` event if it fails after it began), ``AnthropicResult`` (one ``message`` object) and
 ``error_body`` (``{"type": "error", "error": {...}}``, its type chosen by status).
 With the web_search server tool the upstream's searches come first as ``server_tool_use`` +
-``web_search_tool_result`` blocks (``search_blocks``), then the answer's text (streamed at
-the end, since the searches are known only then), and ``usage.server_tool_use`` counts them.
+``web_search_tool_result`` blocks (``search_blocks``), sent when the core says the search
+ran (``searched``, before the answer's first text), then the text streams; a search that
+came later is sent at the end; ``usage.server_tool_use`` counts them.
 Thinking blocks carry a signature the gateway makes (the upstream has none): an opaque
 digest of the thinking, so clients that require the field are satisfied.
 """
@@ -137,9 +138,10 @@ class AnthropicStream:
         self.message_id = message_id
         self.model = model
         self.show_thinking = thinking  # False: the client disabled it; drop what comes anyway
-        # web_search asked: the answer's text comes at the end, after the search blocks
-        # (Anthropic's order), which are known only once the answer is whole
-        self.search = search
+        # web_search asked: the answer's text waits for the search blocks (Anthropic's
+        # order), sent by ``searched`` before the first text, or at the end
+        self.search_asked = self.search = search
+        self.searches_sent = 0  # search blocks already streamed (see ``searched``)
         self.started = False
         self.index = -1
         self.block: str | None = None  # type of the open block
@@ -226,6 +228,21 @@ class AnthropicStream:
             self._open({"type": "text", "text": ""})
         self._delta({"type": "text_delta", "text": content})
 
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        """Before answer text: the blocks of the searches not sent yet, then the text
+        streams (a text block open before a new search is closed: text, search, text)."""
+        if not self.search_asked:
+            return
+        if not self.started:
+            self._begin()
+        self.search = False  # the text no longer waits
+        new = searches[self.searches_sent :]
+        for block in search_blocks(new):
+            self._search_block(block)
+        self.searches_sent += len(new)
+        self._writes += 1
+        await self.out.flush()
+
     async def tool_call(self, call: ToolCall) -> None:
         if not self.started:
             self._begin()
@@ -240,17 +257,17 @@ class AnthropicStream:
             self._begin()
         self._stop_pinging()
         self._close()
-        if self.search:
-            for block in search_blocks(end.searches):
-                self._search_block(block)
-            if end.content:
-                self._text(end.content)
-            self._close()
+        held = self.search  # no searched() call: the text waited for the search blocks
+        for block in search_blocks(end.searches[self.searches_sent :]):
+            self._search_block(block)
+        if held and end.content:
+            self._text(end.content)
+        self._close()
         delta = {
             "stop_reason": _STOP.get(end.reason, "end_turn"),
             "stop_sequence": end.stop_sequence,
         }
-        usage = _usage(end.usage, len(end.searches) if self.search else None)
+        usage = _usage(end.usage, len(end.searches) if self.search_asked else None)
         self._event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
         self._event("message_stop", {"type": "message_stop"})
         await self.out.flush()

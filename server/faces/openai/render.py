@@ -13,7 +13,7 @@ import time
 
 import msgspec
 
-from server.core.chat import CollectingSink, Ending, ToolCall, Usage, Writer
+from server.core.chat import CollectingSink, Ending, ToolCall, Usage, WebSearch, Writer
 from server.core.errors import GatewayError
 from server.web.errors import error_body
 
@@ -114,6 +114,9 @@ class OpenAIStream:
             self._chunk(b'"tool_calls":' + _encode([rest]))
         self.calls += 1
         await self.out.flush()
+
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        return None  # Chat Completions has no search blocks (links are in the text)
 
     async def finish(self, end: Ending) -> None:
         reason = _REASON.get(end.reason, end.reason)

@@ -13,8 +13,8 @@ with, inside, ``response.reasoning_summary_part.added`` / ``reasoning_summary_te
 it is to be stored. The thinking is a ``reasoning`` item whose one summary part holds
 it: Codex and the SDKs show summaries, and the upstream has no separate summary. With the
 ``web_search`` tool the upstream's searches are ``web_search_call`` items (``action.query``,
-``action.sources``) before the message, whose text then comes at the end (streamed:
-``response.web_search_call.in_progress`` / ``.searching`` / ``.completed``).
+``action.sources``) before the message (streamed when the core says the search ran, before
+the first text: ``response.web_search_call.in_progress`` / ``.searching`` / ``.completed``).
 """
 
 import time
@@ -131,9 +131,10 @@ class ResponsesStream:
         self.keep = keep
         self.head = head  # the response object's fields that do not change
         self.show_reasoning = show_reasoning
-        # web_search asked: the message comes at the end, after its web_search_call items
-        # (known only once the answer is whole)
-        self.search = search
+        # web_search asked: the message waits for its web_search_call items, sent by
+        # ``searched`` before the first text, or at the end
+        self.search_asked = self.search = search
+        self.searches_sent = 0
         self.started = False
         self.seq = 0
         self.output: list[dict] = []
@@ -237,6 +238,19 @@ class ResponsesStream:
             {**self._where(), "content_index": 0, "delta": content, "logprobs": []},
         )
 
+    async def searched(self, searches: tuple[WebSearch, ...]) -> None:
+        """Before answer text: the searches not sent yet, then the message streams."""
+        if not self.search_asked:
+            return
+        if not self.started:
+            self._begin()
+        self.search = False
+        new = searches[self.searches_sent :]
+        for search in new:
+            self._search(search)
+        self.searches_sent += len(new)
+        await self.out.flush()
+
     def _search(self, search: WebSearch) -> None:
         self._close()
         index, item = len(self.output), _search_item(search, "in_progress")
@@ -269,11 +283,10 @@ class ResponsesStream:
     async def finish(self, end: Ending) -> None:
         if not self.started:
             self._begin()
-        if self.search:
-            for search in end.searches:
-                self._search(search)
-            if end.content:
-                self._text(end.content)
+        for search in end.searches[self.searches_sent :]:
+            self._search(search)
+        if self.search and end.content:
+            self._text(end.content)
         if not self.output and self.kind is None:
             self._open("message")  # an empty answer is still one (empty) message
         self._close()
