@@ -1,5 +1,5 @@
-"""House rules that are not style: every docstring example runs, ``__all__`` is true, and
-no local environment is committed.
+"""House rules that are not style: the types check, every docstring example runs,
+``__all__`` is true, and no local environment is committed.
 
 Every module of ``server/`` and ``state/`` is imported; its ``>>>`` examples run with
 doctest (an example that cannot run is written as a plain ``Usage::`` block instead), and
@@ -10,6 +10,7 @@ import doctest
 import importlib
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +20,16 @@ MODULES = sorted(
     for p in [*ROOT.glob("server/**/*.py"), *ROOT.glob("state/**/*.py")]
     if p.name not in {"__init__.py", "__main__.py"}
 )
+
+
+@pytest.mark.timeout(180)
+def test_types_check() -> None:
+    """mypy, strict on server/ and state/ (``[tool.mypy]`` in pyproject.toml). A test, not a
+    step of ./run alone, so every targeted run with this file checks the types too."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=170
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("name", MODULES)
