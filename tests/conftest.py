@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import anthropic
 import msgspec
 import openai
 import pytest
@@ -38,6 +39,11 @@ class Gateway:
     def openai(self, api_key: str = API_KEY) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
             base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20
+        )
+
+    def anthropic(self, api_key: str = API_KEY) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=self.url, api_key=api_key, max_retries=0, timeout=20
         )
 
     def completions_seen(self) -> list:

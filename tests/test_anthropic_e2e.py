@@ -28,15 +28,11 @@ WEATHER_TOOL = {
 }
 
 
-def client_for(gw, key: str = API_KEY) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=key, max_retries=0, timeout=20)
-
-
 @pytest.mark.parametrize("name", ["stream_glm5_plain_thinking", "stream_glm46_details_thinking"])
 async def test_thinking_and_text_non_stream(gateway, name):
     gw = await gateway(*BASE, name)
     want = expected(name)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="claude-sonnet-5-5",
             max_tokens=1024,
@@ -61,7 +57,7 @@ async def test_stream_event_sequence(gateway):
     name = "stream_glm5_plain_thinking"
     gw = await gateway(*BASE, name, split="random", pace=0.0005)
     want = expected(name)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         stream = await client.messages.create(
             model="claude-opus-5-5",
             max_tokens=1024,
@@ -92,7 +88,7 @@ async def test_stream_event_sequence(gateway):
 
 async def test_sdk_stream_helper_accumulates_the_message(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
-    client = client_for(gw)
+    client = gw.anthropic()
     async with (
         client,
         client.messages.stream(model="claude-haiku-5-5", max_tokens=100, messages=HI) as stream,
@@ -109,7 +105,7 @@ async def test_sdk_stream_helper_accumulates_the_message(gateway):
 async def test_tool_use_round_trip(gateway, stream):
     gw = await gateway(*BASE, "tools_single", "tools_final_answer")
     messages = [{"role": "user", "content": "What's the weather in Paris?"}]
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         if stream:
             async with client.messages.stream(
                 model="claude-sonnet-5-5", max_tokens=500, messages=messages, tools=[WEATHER_TOOL]
@@ -148,7 +144,7 @@ async def test_tool_use_round_trip(gateway, stream):
 
 async def test_tool_choice_any_and_none(gateway):
     gw = await gateway(*BASE, "tools_single")
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         await client.messages.create(
             model="claude-sonnet-5-5",
             max_tokens=50,
@@ -171,7 +167,7 @@ async def test_tool_choice_any_and_none(gateway):
 @pytest.mark.parametrize("stream", [False, True])
 async def test_stop_sequences(gateway, stream):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         if stream:
             async with client.messages.stream(
                 model="claude-sonnet-5-5",
@@ -194,7 +190,7 @@ async def test_stop_sequences(gateway, stream):
 
 async def test_count_tokens_is_an_honest_estimate(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         small = await client.messages.count_tokens(model="claude-sonnet-5-5", messages=HI)
         words = [{"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 50}]
         big = await client.messages.count_tokens(model="claude-sonnet-5-5", messages=words)
@@ -209,12 +205,12 @@ async def test_count_tokens_is_an_honest_estimate(gateway):
 
 async def test_errors_are_anthropic_shaped(gateway):
     gw = await gateway(*BASE, "error_inband_model_403")
-    async with client_for(gw, key="sk-wrong") as client:
+    async with gw.anthropic("sk-wrong") as client:
         with pytest.raises(anthropic.AuthenticationError) as info:
             await client.messages.create(model="claude-sonnet-5-5", max_tokens=5, messages=HI)
     assert info.value.body["type"] == "error"
     assert info.value.body["error"]["type"] == "authentication_error"
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         with pytest.raises(anthropic.NotFoundError) as info:
             await client.messages.create(model="gpt-4o", max_tokens=5, messages=HI)
         assert info.value.body["error"]["type"] == "not_found_error"
@@ -247,7 +243,7 @@ async def test_errors_are_anthropic_shaped(gateway):
 
 async def test_failure_midway_is_an_error_event(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking", cut_after=10)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         stream = await client.messages.create(
             model="claude-sonnet-5-5", max_tokens=50, messages=HI, stream=True
         )

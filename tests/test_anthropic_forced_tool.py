@@ -12,7 +12,6 @@ import anthropic
 import msgspec
 import pytest
 
-from tests.conftest import API_KEY
 from tests.test_structured import ASK, EVENT, SCHEMA
 
 BASE = ("home", "guest_auth")
@@ -25,10 +24,6 @@ OTHER = {"name": "get_time", "description": "The time", "input_schema": {"type":
 FORCED = {"type": "tool", "name": "record_event"}
 
 
-def client_for(gw) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
-
-
 def systems(gw) -> list[str]:
     return [msgspec.json.decode(s.body)["messages"][0]["content"] for s in gw.completions_seen()]
 
@@ -36,7 +31,7 @@ def systems(gw) -> list[str]:
 @pytest.mark.parametrize("name", ["structured_fenced", "structured_repairable"])
 async def test_forced_tool_answers_one_valid_tool_use(gateway, name):
     gw = await gateway(*BASE, name)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="claude-sonnet-5-5",
             max_tokens=1024,
@@ -58,7 +53,7 @@ async def test_forced_tool_answers_one_valid_tool_use(gateway, name):
 async def test_forced_tool_streamed(gateway):
     gw = await gateway(*BASE, "structured_fenced")
     async with (
-        client_for(gw) as client,
+        gw.anthropic() as client,
         client.messages.stream(
             model="claude-sonnet-5-5",
             max_tokens=1024,
@@ -77,7 +72,7 @@ async def test_forced_tool_streamed(gateway):
 
 async def test_forced_tool_retries_once_then_answers(gateway):
     gw = await gateway(*BASE, "structured_retry")
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="claude-sonnet-5-5",
             max_tokens=1024,
@@ -93,7 +88,7 @@ async def test_forced_tool_retries_once_then_answers(gateway):
 
 async def test_forced_tool_invalid_twice_is_an_anthropic_error(gateway):
     gw = await gateway(*BASE, "structured_invalid_twice")
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         with pytest.raises(anthropic.APIStatusError) as info:
             await client.messages.create(
                 model="claude-sonnet-5-5",
@@ -111,7 +106,7 @@ async def test_forced_tool_invalid_twice_is_an_anthropic_error(gateway):
 async def test_forced_tool_with_a_bad_schema_is_a_400_naming_it(gateway):
     gw = await gateway(*BASE)
     bad = {**RECORD, "input_schema": {"type": "object", "properties": {"x": {"type": 5}}}}
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         with pytest.raises(anthropic.BadRequestError) as info:
             await client.messages.create(
                 model="claude-sonnet-5-5",

@@ -248,10 +248,6 @@ async def test_cors_off_by_default(gateway):
     assert "Access-Control-Allow-Origin" not in models.headers
 
 
-def anthropic_client(gw) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
-
-
 async def test_openai_text_parts_are_separate_lines(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
     parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]
@@ -274,7 +270,7 @@ async def test_no_thinking_blocks_when_thinking_is_disabled(gateway, stream):
         messages=HI,
         thinking={"type": "disabled"},
     )
-    async with anthropic_client(gw) as client:
+    async with gw.anthropic() as client:
         if stream:
             async with client.messages.stream(**args) as s:
                 events = [event async for event in s]
@@ -296,7 +292,7 @@ async def test_no_thinking_blocks_when_thinking_is_disabled(gateway, stream):
 
 async def test_anthropic_max_tokens_is_applied(gateway):
     gw = await gateway(*BASE, "stream_glm5_plain_thinking")
-    async with anthropic_client(gw) as client:
+    async with gw.anthropic() as client:
         await client.messages.create(model="claude-sonnet-5-5", max_tokens=77, messages=HI)
     body = msgspec.json.decode(gw.completions_seen()[0].body)
     assert body["params"]["max_tokens"] == 77
@@ -304,7 +300,7 @@ async def test_anthropic_max_tokens_is_applied(gateway):
 
 async def test_models_in_anthropic_shape_for_the_anthropic_sdk(gateway):
     gw = await gateway(*BASE)
-    async with anthropic_client(gw) as client:
+    async with gw.anthropic() as client:
         one = await client.models.retrieve("GLM-4.7")
         page = await client.models.list()
         with pytest.raises(anthropic.NotFoundError) as caught:

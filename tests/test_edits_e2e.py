@@ -9,10 +9,8 @@ client already has: with ``STREAM_HOLDBACK`` covering it the stream is exact; wi
 client keeps what it had and gets the final text from the changed word on.
 """
 
-import anthropic
 import pytest
 
-from tests.conftest import API_KEY
 from tests.recorded import expected
 
 BASE = ("home", "guest_auth")
@@ -20,15 +18,11 @@ EDITED = ["stream_utf16_edit_rewind", "stream_snapshot_2026"]
 HI = [{"role": "user", "content": "hi"}]
 
 
-def client_for(gw) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
-
-
 @pytest.mark.parametrize("name", EDITED)
 async def test_anthropic_non_stream_is_the_final_text(gateway, name):
     gw = await gateway(*BASE, name)
     want = expected(name)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="claude-opus-5-5",
             max_tokens=1024,
@@ -46,7 +40,7 @@ async def test_anthropic_non_stream_is_the_final_text(gateway, name):
 async def test_anthropic_stream_is_the_final_text(gateway, name, split):
     gw = await gateway(*BASE, name, split=split, pace=0.0005 if split == "random" else 0)
     want = expected(name)
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         stream = await client.messages.create(
             model="claude-opus-5-5",
             max_tokens=1024,
@@ -76,7 +70,7 @@ SENT = "The capital of Australia is Sydney \U0001f1e6\U0001f1fa, a big city."
 async def test_holdback_gives_a_streaming_client_the_rewritten_text_exactly(gateway):
     gw = await gateway(*BASE, "edit_rewrites_streamed", pace=0.01, stream_holdback=64)
     assert await openai_stream(gw) == FINAL
-    async with client_for(gw) as client:
+    async with gw.anthropic() as client:
         text = ""
         async with client.messages.stream(
             model="claude-haiku-5-5", max_tokens=100, messages=HI

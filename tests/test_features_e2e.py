@@ -7,13 +7,11 @@ capabilities lack it, or a level other than high/max, or without thinking. So an
 arrives whole is itself a check, and the tests also read what was sent.
 """
 
-import anthropic
 import msgspec
 import pytest
 from tornado.httputil import HTTPHeaders
 
 from tests.accounts import TOKENS
-from tests.conftest import API_KEY
 from tests.fake_upstream import Seen
 
 OK = "stream_glm5_plain_thinking"
@@ -33,10 +31,6 @@ def features(gw) -> dict:
 
 async def pooled(gateway):
     return await gateway(*USERS, zai_tokens=",".join(TOKENS), anonymous_mode=False)
-
-
-def claude(gw) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20)
 
 
 async def test_search_models_set_auto_web_search_not_web_search(gateway):
@@ -71,7 +65,7 @@ async def test_search_is_off_when_the_caller_sends_tools(gateway, stream):
 
 async def test_search_is_off_with_anthropic_tools(gateway):
     gw = await gateway(*GUESTS)
-    async with claude(gw) as client:
+    async with gw.anthropic() as client:
         await client.messages.create(
             model="GLM-4.7-Search",
             max_tokens=256,
@@ -120,7 +114,7 @@ async def test_openai_effort_elsewhere_only_switches_thinking(gateway, effort, t
 @pytest.mark.parametrize(("budget", "level"), [(4000, "high"), (10000, "high"), (31999, "max")])
 async def test_anthropic_thinking_budget_picks_the_level(gateway, budget, level):
     gw = await pooled(gateway)
-    async with claude(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="GLM-5.3",
             max_tokens=40000,
@@ -134,7 +128,7 @@ async def test_anthropic_thinking_budget_picks_the_level(gateway, budget, level)
 
 async def test_anthropic_output_effort_forces_thinking_where_the_model_takes_it(gateway):
     gw = await pooled(gateway)
-    async with claude(gw) as client:
+    async with gw.anthropic() as client:
         await client.messages.create(
             model="GLM-5.3", max_tokens=256, messages=HI, output_config={"effort": "max"}
         )
@@ -145,7 +139,7 @@ async def test_anthropic_output_effort_forces_thinking_where_the_model_takes_it(
 async def test_anthropic_output_effort_elsewhere_leaves_thinking_alone(gateway):
     # Claude Code sends output_config.effort on every turn: it must not switch thinking on.
     gw = await gateway(*GUESTS)
-    async with claude(gw) as client:
+    async with gw.anthropic() as client:
         await client.messages.create(
             model="claude-sonnet-5-5", max_tokens=256, messages=HI, output_config={"effort": "high"}
         )
@@ -155,7 +149,7 @@ async def test_anthropic_output_effort_elsewhere_leaves_thinking_alone(gateway):
 
 async def test_anthropic_disabled_thinking_wins_over_effort(gateway):
     gw = await pooled(gateway)
-    async with claude(gw) as client:
+    async with gw.anthropic() as client:
         message = await client.messages.create(
             model="GLM-5.3",
             max_tokens=256,
