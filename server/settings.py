@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(120.0, gt=0)
     pool_rotation_grace: float = Field(300.0, gt=0)  # seconds a rotated token stays marked
     guest_reserve: int = Field(4, ge=0, le=1000)
+    guest_reserve_max: int = Field(500, ge=0, le=5000)  # how far demand may grow the reserve
     admin_token: str = ""
 
     # Claude model names (claude-opus-*, claude-sonnet-*, claude-haiku-*) map to these rows

@@ -6,10 +6,15 @@ and keep them for its next requests, so most requests pay no Redis round trip ei
 Whichever replica notices the reserve below half of ``GUEST_RESERVE`` takes a short lock and
 refills it in the background; a replica that takes guests also tops it up every half second,
 so a sustained load finds it full rather than draining it to half first.
-Entries older than ``max_age`` are discarded rather than trusted.
+The reserve follows demand: each take counts the guests asked for, per second, in Redis (in
+the same script, so no round trip of its own), and a refill fills to what all replicas asked
+for in the last ``_HORIZON`` seconds (at least ``GUEST_RESERVE``, at most
+``GUEST_RESERVE_MAX``), so a sustained load is served from the reserve instead of signing in
+on the request's path. Entries older than ``max_age`` are discarded rather than trusted.
 """
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +28,8 @@ __all__ = ["GuestReserve", "StoredGuest"]
 
 
 _SIGNINS_AT_ONCE = 16  # upstream sign-ins in flight per refill (pacing still spaces them)
+_WINDOW = 5  # seconds of demand the rate is measured over
+_HORIZON = 2.0  # seconds of demand a refill stocks: a sign-in batch's time, and the next top-up
 
 
 class StoredGuest(msgspec.Struct):
@@ -33,43 +40,82 @@ class StoredGuest(msgspec.Struct):
 
 
 class GuestReserve:
-    # KEYS[1] the reserve list; ARGV[1] how many to pop
-    # Returns {entries, length left}
+    # KEYS[1] the reserve list, KEYS[2] the demand hash; ARGV[1] how many to pop
+    # Returns {entries, length left}; the demand hash counts the ask under the Redis clock's
+    # second (kept 2 windows).
     TAKE = """
     local entries = redis.call('LPOP', KEYS[1], ARGV[1]) or {}
+    redis.call('HINCRBY', KEYS[2], redis.call('TIME')[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
     return {entries, redis.call('LLEN', KEYS[1])}
     """
+    # KEYS[1] the demand hash; ARGV[1] the window (s). Returns the asks of the last full
+    # window's seconds, and forgets older ones.
+    DEMAND = """
+    local now = tonumber(redis.call('TIME')[1])
+    local total = 0
+    local flat = redis.call('HGETALL', KEYS[1])
+    for i = 1, #flat, 2 do
+        local at = tonumber(flat[i])
+        if at < now - 2 * ARGV[1] then
+            redis.call('HDEL', KEYS[1], flat[i])
+        elseif at < now and at >= now - ARGV[1] then
+            total = total + tonumber(flat[i + 1])
+        end
+    end
+    return total
+    """
 
-    def __init__(self, redis: Redis, keys: Keys, size: int, max_age: float = 3600.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        size: int,
+        max_age: float = 3600.0,
+        max_size: int = 0,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.size = size
+        self.max_size = max(size, max_size)  # how far demand may grow it
+        self.target = size  # what the last refill here filled to
         self.max_age = max_age
         self._take = redis.register_script(self.TAKE)
+        self._demand = redis.register_script(self.DEMAND)
 
     def __repr__(self) -> str:
         return f"<GuestReserve size={self.size}>"
 
     async def take(self, count: int = 1) -> tuple[list[StoredGuest], int]:
         """Pop up to ``count`` guests still young enough to use, and how many are left."""
-        entries, left = await self._take(keys=[self.keys.guests], args=[count])
+        keys = [self.keys.guests, self.keys.guest_demand]
+        entries, left = await self._take(keys=keys, args=[count, 2 * _WINDOW])
         guests = [msgspec.json.decode(entry, type=StoredGuest) for entry in entries]
         return [guest for guest in guests if self.fresh(guest)], int(left)
 
     def low(self, left: int) -> bool:
-        """Below half: refill now."""
-        return left < max(1, self.size // 2)
+        """Below half of what the demand asks for: refill now."""
+        return left < max(1, self.target // 2)
+
+    async def wanted(self) -> int:
+        """How many the reserve should hold: the last seconds' demand, within bounds."""
+        if self.max_size <= self.size:
+            return self.size
+        asked = int(await self._demand(keys=[self.keys.guest_demand], args=[_WINDOW]))
+        return min(self.max_size, max(self.size, math.ceil(asked / _WINDOW * _HORIZON)))
 
     def fresh(self, guest: StoredGuest) -> bool:
         return time.time() - guest.at <= self.max_age
 
     async def refill(self, fetch: Callable[[], Awaitable[StoredGuest]]) -> int:
-        """Top the reserve up to its size, if no other replica is doing it; returns added."""
+        """Top the reserve up to what demand asks, if no other replica is doing it; returns
+        how many were added."""
         lock = Lock(self.redis, self.keys.lock("guest-refill"), 30)
         if not await lock.acquire():
             return 0
         try:
-            missing = self.size - await self.redis.llen(self.keys.guests)
+            self.target = await self.wanted()
+            missing = self.target - await self.redis.llen(self.keys.guests)
             added = 0
             while added < missing:  # some sign-ins at a time, pushed in one command
                 count = min(_SIGNINS_AT_ONCE, missing - added)

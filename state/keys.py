@@ -18,6 +18,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>chats`` | zset | throwaway chats to delete upstream -> ms time anyone may delete it |
 | ``<p>chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id), tries |
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
+| ``<p>guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
@@ -106,6 +107,10 @@ class Keys:
     @property
     def guests(self) -> str:
         return f"{self.prefix}guests"
+
+    @property
+    def guest_demand(self) -> str:
+        return f"{self.prefix}guests:demand"
 
     @property
     def facts(self) -> str:

@@ -64,6 +64,38 @@ async def test_a_burst_of_anonymous_requests_pops_its_guests_in_one_round_trip(r
     assert guests._refill is None  # never short of its size: nothing to top up
 
 
+async def test_the_reserve_grows_with_what_every_replica_asks_for(redis):
+    a = GuestReserve(redis, KEYS, size=4, max_size=30)
+    b = GuestReserve(redis, KEYS, size=4, max_size=30)
+    made = 0
+
+    async def fetch() -> StoredGuest:
+        nonlocal made
+        made += 1
+        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
+
+    assert await a.refill(fetch) == 4  # no demand yet: its floor
+    for reserve in (a, b) * 10:  # 40 asked in one second, by two replicas, mostly unmet
+        await reserve.take(2)
+    await asyncio.sleep(1.05)  # that second is over: it counts
+    # 40 over the 5 s window is 8/s, and a refill stocks 2 s of it: 16
+    assert await b.refill(fetch) == 16 and b.target == 16 and not b.low(8) and b.low(7)
+    for reserve in (a, b) * 40:
+        await reserve.take(2)
+    await asyncio.sleep(1.05)
+    assert await a.refill(fetch) == 30  # 200 asked: 80 wanted, capped at 30
+    fixed = GuestReserve(redis, KEYS, size=4)  # no max: the size, whatever the demand
+    assert await fixed.wanted() == 4
+
+
+async def test_demand_older_than_two_windows_is_forgotten(redis):
+    reserve = GuestReserve(redis, KEYS, size=2, max_size=100)
+    now = int((await redis.time())[0])
+    await redis.hset(KEYS.guest_demand, mapping={now - 3: 50, now - 30: 1000})
+    assert await reserve.wanted() == 20  # 50 over 5 s, 2 s of it; the old ask is not counted
+    assert await redis.hkeys(KEYS.guest_demand) == [str(now - 3)]
+
+
 async def test_refill_is_done_by_one_replica_at_a_time(redis):
     a, b = GuestReserve(redis, KEYS, size=3), GuestReserve(redis, KEYS, size=3)
 

@@ -88,7 +88,7 @@ class GuestTokens:
             guests, left = [], reserve.size
         finally:
             self._taking = None
-        if reserve.low(left) or (left < reserve.size and time.monotonic() >= self._top_up_at):
+        if reserve.low(left) or (left < reserve.target and time.monotonic() >= self._top_up_at):
             # Below half: refill now. Otherwise top it up at most twice a second, so a
             # sustained load finds it full instead of draining it to half first.
             self._top_up_at = time.monotonic() + _TOP_UP_EVERY
