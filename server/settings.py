@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     image_fetch_timeout: float = Field(15.0, gt=0)
     image_fetch_private: bool = False
     image_cache_ttl: float = Field(3600.0, ge=0)
+    # A request with images to a model without vision is served by this model (a row with
+    # vision, e.g. GLM-4.6V); empty: such a request is a 400 naming the image
+    vision_model: str = ""
 
     # Usage per client key (counted in memory, written to Redis every interval)
     usage_flush_interval: float = Field(1.0, gt=0)
@@ -203,6 +206,16 @@ class Settings(BaseSettings):
     def _known_model(cls, value: str) -> str:
         if find_model(value) is None:
             raise ValueError("is not a model of the table (see GET /v1/models)")
+        return value
+
+    @field_validator("vision_model")
+    @classmethod
+    def _vision_model(cls, value: str) -> str:
+        if not value:
+            return value
+        found = find_model(value)
+        if found is None or not found.vision:
+            raise ValueError("is not a model of the table with vision (see GET /v1/models)")
         return value
 
     @field_validator("zai_history", mode="before")

@@ -22,6 +22,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
+from server.settings import SettingsError, load_settings
 from tests.accounts import jwt
 from tests.conftest import API_KEY
 
@@ -360,3 +361,35 @@ async def test_anthropic_image_in_an_assistant_turn_is_a_400_naming_it(gateway):
             )
     assert "messages.1.content.0: images are taken in user messages only" in info.value.message
     assert not uploads(gw) and not gw.completions_seen()
+
+
+async def test_vision_model_serves_images_sent_to_a_model_without_vision(gateway):
+    """VISION_MODEL: Claude Code's claude-* names map to GLM-4.7 (no vision); a pasted
+    screenshot is then answered by GLM-4.6V instead of refused."""
+    gw = await vision_gateway(gateway, vision_model="GLM-4.6V")
+    source = {"type": "base64", "media_type": "image/png", "data": DATA_URL.split(",")[1]}
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, api_key=API_KEY, max_retries=0, timeout=20
+    ) as client:
+        message = await client.messages.create(
+            model="claude-sonnet-5-5",
+            max_tokens=512,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": source},
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ],
+        )
+    assert message.content[-1].text == ANSWER and message.model == "claude-sonnet-5-5"
+    body = msgspec.json.decode(gw.completions_seen()[0].body)
+    assert body["model"] == "glm-4.6v"
+    assert_sent_with_the_image(gw, body)
+
+
+def test_vision_model_must_have_vision():
+    with pytest.raises(SettingsError, match="VISION_MODEL: is not a model of the table with"):
+        load_settings(_env_file=None, auth_token="k", vision_model="GLM-4.7")

@@ -277,9 +277,17 @@ class ApiHandler(RequestHandler):
         services = self.services
         self.authenticate()
         if conv.images:  # refused before a key is charged or anything is read or sent
-            settings = services.settings
+            settings, table = services.settings, await self.model_table()
+            if not conv.model.vision and settings.vision_model:
+                logger.info(
+                    "{} {} has no vision: images served by VISION_MODEL {}",
+                    self.request_id,
+                    conv.model.id,
+                    settings.vision_model,
+                )
+                conv.model = table.require(settings.vision_model)
             user_tokens = isinstance(services.tokens, PooledTokens)
-            check_images(conv, await self.model_table(), settings.image_max_count, user_tokens)
+            check_images(conv, table, settings.image_max_count, user_tokens)
         await self.admit(conv)
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
