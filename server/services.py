@@ -47,6 +47,7 @@ from state.keys import Keys
 from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
+from state.tasks import stop_tasks
 from state.usage import UsageLog
 from state.waf import WafBreaker
 
@@ -110,9 +111,7 @@ class Services:
         return len(late)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         if self.chats is not None:  # the deletes in flight; the ledger keeps the rest
             await self.chats.drain(2.0)
         if self.usage is not None:

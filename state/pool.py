@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from state.batch import WriteBehind, evalsha
 from state.keys import Keys, mask, token_id
+from state.tasks import stop_tasks
 
 __all__ = ["Lease", "Pick", "TokenPool", "TokenStatus", "Unavailable"]
 
@@ -352,8 +353,7 @@ class TokenPool:
     async def stop(self) -> None:
         """Stop retrying revocations (process exit: the leases lapse with their deadline)."""
         if self._settling is not None:
-            self._settling.cancel()
-            await asyncio.gather(self._settling, return_exceptions=True)
+            await stop_tasks([self._settling])
 
     async def renew(self) -> None:
         """Push the deadline of every lease this process holds (called by the heartbeat)."""

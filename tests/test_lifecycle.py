@@ -14,6 +14,8 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from server.services import make_services
+from server.settings import load_settings
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ROOT, gateway_env
@@ -182,3 +184,38 @@ async def test_a_second_start_with_the_same_service_name_refuses(tmp_path, proce
     first.proc.send_signal(signal.SIGTERM)
     assert await first.wait() == 0
     lock.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("store", ["embedded", "real"])
+async def test_stop_ends_the_upkeep_even_when_a_redis_call_swallows_the_cancel(request, store):
+    # On Python 3.11 redis-py's send (asyncio.wait_for) loses a cancel that lands a few loop
+    # turns into a command; the upkeep then ran on and stop() waited for it for ever.
+    url = request.getfixturevalue("real_redis_server").url if store == "real" else ""
+    for turns in range(8):
+        settings = load_settings(
+            _env_file=None,
+            auth_token=API_KEY,
+            redis_url=url,
+            redis_prefix=f"stop-{uuid.uuid4().hex[:6]}:",
+            anonymous_mode=False,
+            zai_base_url="http://127.0.0.1:9",
+            instance_ttl=0.03,  # a heartbeat every 10 ms
+        )
+        services = make_services(settings)
+        began = asyncio.Event()
+        heartbeat = services.instances.heartbeat
+
+        async def watched(inflight: int, heartbeat=heartbeat, began=began) -> None:
+            began.set()
+            await heartbeat(inflight)
+
+        services.instances.heartbeat = watched
+        await services.start()
+        began.clear()
+        await began.wait()  # the upkeep is inside a heartbeat's Redis command
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(services.stop())
+        done, _ = await asyncio.wait([stopping], timeout=5)
+        assert done, f"stop() hung: its cancel landed {turns} loop turns into a heartbeat"
+        assert all(task.done() for task in services._tasks)
