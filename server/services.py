@@ -4,7 +4,8 @@ Owns ``Services``: settings, the Redis client (real or embedded), the upstream c
 token source, the pool, the guest reserve and this process's registration; ``start()``
 (register, load configured tokens into the shared pool, check the new ones, fill the guest
 reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
-beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, and re-checks
+beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, re-checks tokens
+still pending (their first check could not reach the upstream) with back-off, and re-checks
 dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
 loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop); with a
 captcha solver sidecar, a third keeps the shared captcha pool at ``CAPTCHA_LOW_WATER`` every
@@ -77,6 +78,10 @@ class Services:
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    # monotonic time of the next re-check of pending tokens: set when a check could not reach
+    # the upstream, so an idle pool costs nothing
+    _pending_due: float = float("inf")
+    _pending_wait: float = 0.0  # its back-off: one beat, doubling while the upstream is away
 
     def __repr__(self) -> str:
         return f"<Services {self.instances.id} inflight={len(self.active)} {self.tokens!r}>"
@@ -136,7 +141,10 @@ class Services:
 
     async def health_check(self, ids: list[str] | None = None) -> list:
         grace = self.settings.pool_rotation_grace
-        return await check_tokens(self.pool, self.client, ids, grace=grace)
+        results = await check_tokens(self.pool, self.client, ids, grace=grace)
+        if any(row.verdict == "unknown" for row in results) and self._pending_wait == 0:
+            self._pending_due = time.monotonic() + self.settings.instance_ttl / 3
+        return results
 
     async def _load(self, tokens: list[str]) -> None:
         ids = await self.pool.add(tokens)
@@ -161,6 +169,7 @@ class Services:
                 await self._safely("chat renewal", self.chats.renew())
                 await self._safely("chat sweep", self.chats.sweep())
             await self._safely("pool check", self._reload_if_lost())
+            await self._safely("pending check", self._recheck_pending())
             if settings.pool_health_interval and time.monotonic() >= next_check:
                 next_check = time.monotonic() + settings.pool_health_interval
                 await self._safely("health check", self._recheck_dead())
@@ -182,12 +191,34 @@ class Services:
             logger.warning("the token pool is gone from Redis (restarted?): reloading it")
             await self._load(self.configured)
 
+    async def _recheck_pending(self) -> None:
+        """Tokens whose check could not reach the upstream (start-up, or a Redis restarted
+        empty, while the upstream was down) are checked again, backing off from one beat
+        doubling up to POOL_HEALTH_INTERVAL, instead of staying pending until a manual check."""
+        now = time.monotonic()
+        if now < self._pending_due:
+            return
+        pending = [row.id for row in await self.pool.status() if row.state == "pending"]
+        if not pending:
+            self._pending_wait, self._pending_due = 0.0, float("inf")
+            return
+        beat = self.settings.instance_ttl / 3
+        cap = max(beat, self.settings.pool_health_interval or _PENDING_CAP)
+        self._pending_wait = min(cap, self._pending_wait * 2 or beat)
+        self._pending_due = now + self._pending_wait
+        if not await self._lock("pending-check", self._pending_wait):
+            return  # another replica checks them this time
+        for row in await self.health_check(pending):
+            logger.info("re-check pending token {}: {} {}", row.masked, row.verdict, row.reason)
+
     async def _recheck_dead(self) -> None:
         if not await self._lock("health-check", max(1.0, self.settings.pool_health_interval)):
             return
-        dead = [row.id for row in await self.pool.status() if row.state == "dead"]
-        if dead:
-            for row in await self.health_check(dead):
+        # Pending ones too: the replica whose check could not reach the upstream re-checks
+        # them sooner, but it may have stopped since; this is every replica's safety net.
+        stale = [row.id for row in await self.pool.status() if row.state in ("dead", "pending")]
+        if stale:
+            for row in await self.health_check(stale):
                 logger.info("re-check token {}: {} {}", row.masked, row.verdict, row.reason)
 
     async def _lock(self, name: str, seconds: float) -> bool:
@@ -199,6 +230,11 @@ class Services:
             await work  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("{} failed (shared state unreachable?): {}", what, exc)
+
+
+_PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when
+# POOL_HEALTH_INTERVAL is 0 (checks on demand only): a pending token is never used, so it
+# cannot wait for a demand that will not come.
 
 
 def make_services(settings: Settings) -> Services:

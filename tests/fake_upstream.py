@@ -100,6 +100,7 @@ class FakeUpstream:
         # token -> in-band error code its completions get on a 200 stream (PROTOCOL.md section
         # 6.7: 429, "MODEL_CONCURRENCY_LIMIT", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS")
         self.limit_tokens: dict[str, int | str] = {}
+        self.fail_paths: dict[str, int] = {}  # path -> HTTP status (e.g. the token check)
         # Strict captcha mode (PROTOCOL.md section 6.2): when a set, /api/config says
         # enable_captcha and a completion needs one of these params, each good once.
         self.captcha_valid: set[str] | None = None
@@ -504,6 +505,11 @@ class _Handler(RequestHandler):
                 self.set_status(err.status)
                 answer = err.body
             self.finish(json.dumps(answer))
+            return
+        failing = self.fake.fail_paths.get(seen.path)
+        if failing:
+            self.set_status(failing)
+            self.finish({"detail": f"failing on purpose (HTTP {failing})"})
             return
         if seen.method == "GET" and seen.path == "/api/models":
             token = (seen.headers.get("Authorization") or "").removeprefix("Bearer ")
