@@ -413,6 +413,25 @@ class TokenPool:
         """id -> token, for the health check (never for display)."""
         return cast(dict[str, str], await self.redis.hgetall(self.keys.tokens))
 
+    async def counts(self) -> dict[str, int]:
+        """How many tokens are in each state (as in ``status``), in one round trip of O(1)
+        commands: for the readiness probe, which runs every few seconds on every replica."""
+        keys, now = self.keys, _ms(time.time())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hlen(keys.tokens)
+            pipe.zcard(keys.rotation)
+            pipe.zcount(keys.cooldown, "-inf", now)  # ended: active until the next pick
+            pipe.zcount(keys.cooldown, f"({now}", "+inf")
+            pipe.scard(keys.dead)
+            total, rotation, ended, cooling, dead = await pipe.execute()
+        active = rotation + ended
+        return {
+            "active": active,
+            "cooling": cooling,
+            "pending": max(0, total - active - cooling - dead),
+            "dead": dead,
+        }
+
     async def status(self) -> list[TokenStatus]:
         keys = self.keys
         now = time.time()

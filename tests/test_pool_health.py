@@ -39,10 +39,7 @@ def pooled(gateway, **settings):
         "home",
         "guest_auth_user_role",
         OK,
-        admin_token=ADMIN,
-        anonymous_mode=False,
-        instance_ttl=0.3,
-        **settings,
+        **{"admin_token": ADMIN, "anonymous_mode": False, "instance_ttl": 0.3, **settings},
     )
 
 
@@ -58,6 +55,11 @@ async def test_a_token_whose_first_check_failed_is_rechecked_with_backoff(gatewa
     gw.fake.fail_paths[AUTHS] = 503  # the upstream is down when the token arrives
     code, status = await admin(gw, "POST", "/v1/token-pool/update", [TOKENS[0]])
     assert code == 200 and [r["state"] for r in status["tokens"]] == ["pending"]
+    # Still ready (every replica shares this pool), and it says it can serve nothing.
+    code, ready = await admin(gw, "GET", "/readyz", token=None)
+    assert code == 200 and ready["serves"] == "nothing", ready
+    assert ready["tokens"] == {"active": 0, "cooling": 0, "pending": 1, "dead": 0}
+    assert "1 pending" in ready["detail"] and "ANONYMOUS_MODE is off" in ready["detail"]
     async with gw.openai() as client:
         with pytest.raises(openai.APIStatusError) as info:
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
@@ -71,6 +73,17 @@ async def test_a_token_whose_first_check_failed_is_rechecked_with_backoff(gatewa
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].finish_reason == "stop"
     assert [r.state for r in await gw.services.pool.status()] == ["active"]
+    code, ready = await admin(gw, "GET", "/readyz", token=None)
+    assert code == 200 and ready["serves"] == "pooled" and ready["tokens"]["active"] == 1
+
+
+async def test_readiness_says_guests_stand_in_when_no_pooled_token_is_usable(gateway):
+    gw = await pooled(gateway, anonymous_mode=True)
+    gw.fake.fail_paths[AUTHS] = 503
+    await admin(gw, "POST", "/v1/token-pool/update", [TOKENS[0]])
+    code, ready = await admin(gw, "GET", "/readyz", token=None)
+    assert code == 200 and ready["serves"] == "guests", ready
+    assert ready["detail"].startswith("no pooled upstream token is usable (1 pending)")
 
 
 async def test_a_pending_token_another_replica_left_is_checked_by_the_periodic_check(gateway):

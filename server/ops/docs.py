@@ -175,9 +175,9 @@ def openapi_document() -> dict:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Ready to serve (Redis answers, not draining)",
+                    "summary": "Ready for traffic (Redis answers, not draining)",
                     "responses": {
-                        "200": {"description": "ready"},
+                        "200": {"description": "ready; serves: pooled, guests or nothing"},
                         "503": {"description": "not ready"},
                     },
                 }
