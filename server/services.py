@@ -31,7 +31,7 @@ from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
 from server.settings import Settings
-from server.transport import Timeouts
+from server.transport import NativeTransport, Timeouts, Transport
 from server.web.callers import Caller, static_callers
 from server.zai.client import VersionPolicy, ZaiClient
 from server.zai.identity import Credential
@@ -125,6 +125,7 @@ class Services:
         await self.pool.stop()
         await self._safely("deregister", self.instances.deregister())
         await self._safely("closing the Redis client", self.redis.aclose())
+        await self.client.close()  # the upstream transport's connections
 
     async def listing_credentials(self) -> list[Credential]:
         """Tokens to read the upstream's model lists with: a pooled user token (a read, no
@@ -360,6 +361,12 @@ def zai_client(
         signature_key=settings.zai_signature_key,
         user_agent=settings.zai_user_agent,
         history=settings.zai_history,
+        origin=settings.zai_origin,
+        referer=settings.zai_referer,
+        sec_ch_ua=settings.zai_sec_ch_ua,
+        sec_ch_ua_mobile=settings.zai_sec_ch_ua_mobile,
+        sec_ch_ua_platform=settings.zai_sec_ch_ua_platform,
+        accept_language=settings.zai_accept_language,
     )
     timeouts = Timeouts(
         connect=settings.upstream_connect_timeout,
@@ -371,4 +378,14 @@ def zai_client(
         fallback=settings.zai_fe_version_fallback,
         ttl=settings.zai_fe_version_ttl,
     )
-    return ZaiClient(dialect, timeouts, versions, facts, egress)
+    return ZaiClient(dialect, timeouts, versions, facts, egress, upstream_transport(settings))
+
+
+def upstream_transport(settings: Settings) -> Transport:
+    """``UPSTREAM_TRANSPORT``: the native client, or curl_cffi's browser fingerprint (an
+    optional extra, imported only when asked for; the settings checked it is installed)."""
+    if settings.upstream_transport == "native":
+        return NativeTransport()
+    from server.impersonate import Impersonator
+
+    return Impersonator(settings.upstream_impersonate)

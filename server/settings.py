@@ -6,6 +6,7 @@ value of the undocumented upstream (base URL, front-end version, signature key, 
 setting here; ``.env.example`` documents each with its default.
 """
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -171,10 +172,18 @@ class Settings(BaseSettings):
     zai_fe_version_fallback: str = "prod-fe-1.1.95"
     zai_fe_version_ttl: float = Field(3600.0, gt=0)
     zai_signature_key: str = DEFAULT_KEY
+    # The browser the upstream sees: each header a setting (empty = not sent), matching
+    # UPSTREAM_IMPERSONATE's Chrome (a User-Agent that disagrees with the TLS is a tell)
     zai_user_agent: str = (
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/146.0.0.0 Safari/537.36"
+        "(KHTML, like Gecko) Chrome/152.0.0.0 Safari/537.36"
     )
+    zai_sec_ch_ua: str = '"Chromium";v="152", "Not?A_Brand";v="24", "Google Chrome";v="152"'
+    zai_sec_ch_ua_mobile: str = "?0"
+    zai_sec_ch_ua_platform: str = '"Windows"'
+    zai_accept_language: str = "en-US,en;q=0.9"
+    zai_origin: str = ""  # empty: ZAI_BASE_URL
+    zai_referer: str = ""  # empty: the page the call is made from (a chat's, or the home page)
     zai_history: Literal["messages", "fold"] = "messages"
     # live: /v1/models and model names follow the upstream's GET /api/models (shared in
     # Redis for ZAI_MODELS_TTL seconds) over the built-in table; static: the table alone
@@ -186,6 +195,10 @@ class Settings(BaseSettings):
     zai_chat_retry: float = Field(30.0, gt=0)  # seconds before a failed delete is retried
     # Delete guests' chats too (each guest serves one request and is never used again)
     zai_delete_guest_chats: bool = False
+    # native: the built-in HTTP/1.1 client (Python's TLS); impersonate: libcurl through
+    # curl_cffi with a browser's TLS and HTTP/2 fingerprint (the impersonate extra)
+    upstream_transport: Literal["native", "impersonate"] = "native"
+    upstream_impersonate: str = "chrome152"
     upstream_connect_timeout: float = Field(10.0, gt=0)
     upstream_header_timeout: float = Field(60.0, gt=0)
     upstream_idle_timeout: float = Field(120.0, gt=0)
@@ -260,6 +273,17 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, like 127.0.0.1:8091")
         return value
 
+    @field_validator("upstream_transport")
+    @classmethod
+    def _transport(cls, value: str) -> str:
+        if value == "impersonate" and importlib.util.find_spec("curl_cffi") is None:
+            raise ValueError(
+                "impersonate needs the curl_cffi package, which is not installed: install "
+                "the gateway with its impersonate extra (pip install 'zai-gateway[impersonate]'"
+                ", or RUN_EXTRAS=impersonate ./run), or set UPSTREAM_TRANSPORT=native"
+            )
+        return value
+
     @field_validator("zai_fe_version")
     @classmethod
     def _fe_version(cls, value: str) -> str:
@@ -278,6 +302,18 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a readable file")
         return value
+
+    @model_validator(mode="after")
+    def _impersonation(self) -> "Settings":
+        if self.upstream_transport == "impersonate":
+            from curl_cffi import Curl  # the optional extra, there when impersonate is asked
+
+            if Curl().impersonate(self.upstream_impersonate, default_headers=False):
+                raise ValueError(
+                    f"UPSTREAM_IMPERSONATE: curl_cffi cannot impersonate "
+                    f"{self.upstream_impersonate!r} (e.g. chrome152)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _some_key(self) -> "Settings":

@@ -28,9 +28,20 @@ import time
 import weakref
 import zlib
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Exchange", "Proxy", "Timeouts", "TransportError", "open_exchanges", "open_stream"]
+__all__ = [
+    "SOCKS_REPLIES",
+    "Exchange",
+    "NativeTransport",
+    "Proxy",
+    "Timeouts",
+    "Transport",
+    "TransportError",
+    "open_exchanges",
+    "open_stream",
+]
 
 
 class TransportError(Exception):
@@ -155,6 +166,28 @@ class _Connection(asyncio.Protocol):
         then keep the connection; give up after a moment."""
         self.exchange = None
         self._draining = asyncio.get_running_loop().call_later(_DRAIN_FOR, self.close)
+
+    # What an ``Exchange`` asks of its connection (``server/impersonate.py`` has the same)
+
+    def pause(self) -> None:
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        if not self.lost:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def release(self, exchange: "Exchange", drain: bool) -> None:
+        """``exchange`` is closed: keep this connection if its answer was read to its end
+        (or, with ``drain``, can be read out quietly), else close it."""
+        if exchange._error is not None or self.lost or not self.reusable:
+            self.close()
+        elif exchange._complete:
+            self.exchange = None
+            _give_idle(self)
+        elif drain and not exchange._paused and exchange.status:
+            self.drain()
+        else:
+            self.close()
 
     # asyncio.Protocol
 
@@ -313,7 +346,9 @@ class Exchange:
     exchange.close()   # at any time: the socket is closed at once
     """
 
-    def __init__(self, conn: _Connection, method: str, timeouts: Timeouts) -> None:
+    def __init__(self, conn: "_Connection", method: str, timeouts: Timeouts) -> None:
+        global _open
+        _open += 1
         loop = asyncio.get_running_loop()
         self.method = method
         self.status = 0
@@ -366,8 +401,8 @@ class Exchange:
         item = self._chunks.popleft()
         if self._paused and len(self._chunks) < _QUEUE_DEPTH:
             self._paused = False
-            if not self.closed and not self._conn.lost:
-                self._conn.transport.resume_reading()  # type: ignore[union-attr]
+            if not self.closed:
+                self._conn.resume()
         if item is _END:
             self._chunks.appendleft(_END)
             if self._error is not None:
@@ -395,17 +430,8 @@ class Exchange:
         self.closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        conn = self._conn
-        if conn.exchange is self:
-            if self._error is not None or conn.lost or not conn.reusable:
-                conn.close()
-            elif self._complete:
-                conn.exchange = None
-                _give_idle(conn)
-            elif drain and not self._paused and self.status:
-                conn.drain()
-            else:
-                conn.close()
+        if self._conn.exchange is self:
+            self._conn.release(self, drain)
         self._push(_END)
         self._answered()
 
@@ -418,7 +444,7 @@ class Exchange:
         self._last_data = self._loop.time()
         if len(self._chunks) >= _QUEUE_DEPTH and not self._paused and not self.closed:
             self._paused = True
-            self._conn.transport.pause_reading()  # type: ignore[union-attr]
+            self._conn.pause()
 
     def _finish(self) -> None:
         self._complete = True
@@ -578,7 +604,8 @@ class _Tunnel:
 _SOCKS_BEYOND = {3, 4, 5, 6}
 
 
-_SOCKS_REPLIES = {
+# SOCKS5 reply codes (RFC 1928 section 6) in words, for both transports' messages.
+SOCKS_REPLIES = {
     1: "general SOCKS server failure",
     2: "connection not allowed by the proxy's rules",
     3: "network unreachable",
@@ -672,7 +699,7 @@ async def _socks5_tunnel(
     await loop.sock_sendall(sock, b"\x05\x01\x00" + address + struct.pack(">H", port))
     _, reply, _, kind = await _recv_exactly(loop, sock, 4)
     if reply != 0:
-        why = _SOCKS_REPLIES.get(reply, f"reply {reply}")
+        why = SOCKS_REPLIES.get(reply, f"reply {reply}")
         raise _ProxyRefused(
             f"the SOCKS5 proxy could not connect: {why}", beyond=reply in _SOCKS_BEYOND
         )
@@ -692,10 +719,37 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return data
 
 
+class Transport(Protocol):
+    """What carries upstream calls: this module's ``NativeTransport`` or, for a browser's
+    TLS fingerprint, ``server.impersonate.Impersonator``."""
+
+    async def open_stream(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+        proxy: Proxy | None = None,
+    ) -> Exchange: ...
+
+    async def close(self) -> None: ...
+
+
+class NativeTransport:
+    """``open_stream`` of this module as a ``Transport`` (its pool is per event loop)."""
+
+    open_stream = staticmethod(open_stream)
+
+    def __repr__(self) -> str:
+        return "<NativeTransport>"
+
+    async def close(self) -> None:
+        return None
+
+
 async def _exchange(conn: _Connection, method: str, raw: bytes, timeouts: Timeouts) -> Exchange:
-    global _open
     exchange = Exchange(conn, method, timeouts)
-    _open += 1
     if conn.lost or conn.transport is None or conn.transport.is_closing():
         exchange.close()
         raise TransportError("the upstream connection closed before sending", unanswered=True)

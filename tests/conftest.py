@@ -24,6 +24,7 @@ from state.connection import connect
 from tests.fake_upstream import FakeUpstream
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer, server_binaries
+from tests.transports import transport  # noqa: F401  (the fixture: both upstream transports)
 
 API_KEY = "sk-test-0123456789abcdef"
 SERVER_BINARIES = server_binaries()  # packaged valkey-server first, then PATH's redis-server

@@ -4,7 +4,9 @@ how the fake upstream (and the real WAF) tells the routes apart. Every upstream 
 a route; HTTPS is tunnelled (real TLS through both); a route the fake blocks gets its own
 breaker opened, shared through a real redis-server, and traffic moves to the other route with
 no client error; with every route blocked the client gets 503 waf_blocked with the soonest
-Retry-After; proxy credentials appear in no log line, status answer, metric or error."""
+Retry-After; proxy credentials appear in no log line, status answer, metric or error. What
+goes through a proxy is checked on both transports (UPSTREAM_TRANSPORT native and
+impersonate); a dead proxy shuts its route, never a token."""
 
 import asyncio
 import os
@@ -18,7 +20,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from server.egress import parse_routes
 from server.settings import SettingsError, load_settings
-from server.transport import Proxy, Timeouts, TransportError, open_stream
+from server.transport import Proxy, Timeouts, TransportError
 from tests.accounts import ADMIN, TOKENS, admin
 from tests.proxies import Dante, Tinyproxy
 from tests.redis_server import free_port
@@ -66,9 +68,11 @@ def sources(gw, completions_only: bool = False) -> list[str]:
 
 
 @pytest.mark.parametrize("which", ["tinyproxy", "dante"])
-async def test_every_upstream_call_leaves_through_the_route(gateway, request, which):
+async def test_every_upstream_call_leaves_through_the_route(gateway, request, which, transport):
     proxy = request.getfixturevalue(which)
-    gw = await gateway("home", "guest_auth", OK, upstream_proxies=proxy.url)
+    gw = await gateway(
+        "home", "guest_auth", OK, upstream_proxies=proxy.url, upstream_transport=transport.name
+    )
     async with gw.openai() as client:
         reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
     assert reply.choices[0].message.content
@@ -94,7 +98,7 @@ def tls_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["tinyproxy", "dante"])
-async def test_https_is_tunnelled_through_the_proxy(request, monkeypatch, tls_files, which):
+async def test_https_is_tunnelled_through_the_proxy(request, transport, tls_files, which):
     proxy = request.getfixturevalue(which)
     key, cert = tls_files
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -109,8 +113,7 @@ async def test_https_is_tunnelled_through_the_proxy(request, monkeypatch, tls_fi
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=served)
     port = server.sockets[0].getsockname()[1]
-    trusted = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr("server.transport._ssl_context", trusted)
+    open_stream = transport.trust(str(cert))
     try:
         url = f"https://localhost:{port}/x"
         exchange = await open_stream("GET", url, {}, None, Timeouts(), Proxy.parse(proxy.url))
@@ -121,20 +124,25 @@ async def test_https_is_tunnelled_through_the_proxy(request, monkeypatch, tls_fi
         server.close()
 
 
-async def test_wrong_proxy_credentials_say_so_without_the_password(tinyproxy):
+async def test_wrong_proxy_credentials_say_so_without_the_password(tinyproxy, transport):
     wrong = Proxy.parse(f"http://{PROXY_USER}:not-{PROXY_PASSWORD}@127.0.0.1:{tinyproxy.port}")
     with pytest.raises(TransportError) as info:
-        await open_stream("GET", "http://127.0.0.1:9/", {}, None, Timeouts(), wrong)
+        await transport.open_stream("GET", "http://127.0.0.1:9/", {}, None, Timeouts(), wrong)
     text = str(info.value)
     assert "wants other credentials" in text and "http://***@127.0.0.1" in text
     assert PROXY_PASSWORD not in text and PROXY_USER not in text
 
 
-async def test_socks5_with_credentials_gets_through_and_never_shows_them(gateway, dante_login):
+async def test_socks5_with_credentials_gets_through_and_never_shows_them(
+    gateway, dante_login, transport
+):
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
     try:
-        gw = await gateway("home", "guest_auth", OK, upstream_proxies=dante_login.url, **_ADMIN)
+        gw = await gateway(
+            "home", "guest_auth", OK, upstream_proxies=dante_login.url, **_ADMIN,
+            upstream_transport=transport.name,
+        )  # fmt: skip
         async with gw.openai() as client:
             reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
         _, status = await admin(gw, "GET", "/v1/token-pool/status")
@@ -147,7 +155,8 @@ async def test_socks5_with_credentials_gets_through_and_never_shows_them(gateway
         ]:
             proxy = Proxy.parse(f"socks5://{who}{'@' if who else ''}127.0.0.1:{port}")
             with pytest.raises(TransportError, match=words) as info:
-                await open_stream("GET", gw.fake.base_url + "/", {}, None, Timeouts(), proxy)
+                url = gw.fake.base_url + "/"
+                await transport.open_stream("GET", url, {}, None, Timeouts(), proxy)
             lines.append(str(info.value))
     finally:
         logger.remove(sink)
@@ -299,7 +308,7 @@ def _pooled(**more) -> dict:
 
 
 @pytest.mark.parametrize("dead", ["refused", "silent"])
-async def test_a_dead_proxy_shuts_its_route_never_a_token(gateway, tinyproxy, dead):
+async def test_a_dead_proxy_shuts_its_route_never_a_token(gateway, tinyproxy, dead, transport):
     silent = SilentProxy()
     dead_url = await silent.start() if dead == "silent" else f"http://127.0.0.1:{free_port()}"
     lines: list[str] = []
@@ -307,7 +316,7 @@ async def test_a_dead_proxy_shuts_its_route_never_a_token(gateway, tinyproxy, de
     try:
         gw = await gateway(
             "home", "guest_auth_user_role", OK, upstream_proxies=f"{dead_url},{tinyproxy.url}",
-            **_pooled(),
+            **_pooled(upstream_transport=transport.name),
         )  # fmt: skip
         async with gw.openai() as client:
             for _ in range(4):  # the dead route is first in turn: only the first call tries it
@@ -330,9 +339,12 @@ async def test_a_dead_proxy_shuts_its_route_never_a_token(gateway, tinyproxy, de
     assert any(down["id"] in line and "unreachable" in line for line in lines)
 
 
-async def test_the_only_route_dead_is_502_route_unreachable_with_retry_after(gateway):
+async def test_the_only_route_dead_is_502_route_unreachable_with_retry_after(gateway, transport):
     dead_url = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{free_port()}"
-    gw = await gateway("home", "guest_auth_user_role", OK, upstream_proxies=dead_url, **_pooled())
+    gw = await gateway(
+        "home", "guest_auth_user_role", OK, upstream_proxies=dead_url,
+        **_pooled(upstream_transport=transport.name),
+    )  # fmt: skip
     async with gw.openai() as client:
         for _ in range(2):  # the second is not even tried: the route is held back
             with pytest.raises(openai.APIStatusError) as info:

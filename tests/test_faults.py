@@ -1,5 +1,6 @@
 """Upstream faults, client hang-ups and a Redis that dies under load: what the client sees,
-and that nothing hangs or leaks."""
+and that nothing hangs or leaks. The upstream's own faults (timeouts, hang-ups, kept and stale
+connections) are checked on both transports (``UPSTREAM_TRANSPORT`` native and impersonate)."""
 
 import asyncio
 import random
@@ -20,9 +21,14 @@ OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway):
+async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway, transport):
     gw = await gateway(
-        *BASE, OK, stall_headers=True, upstream_header_timeout=0.3, upstream_retries=1
+        *BASE,
+        OK,
+        stall_headers=True,
+        upstream_header_timeout=0.3,
+        upstream_retries=1,
+        upstream_transport=transport.name,
     )
     started = time.monotonic()
     async with gw.openai() as client:
@@ -35,8 +41,15 @@ async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway):
     assert open_exchanges() == 0
 
 
-async def test_timeout_between_frames(gateway):
-    gw = await gateway(*BASE, OK, stall_after=10, upstream_idle_timeout=0.3, upstream_retries=1)
+async def test_timeout_between_frames(gateway, transport):
+    gw = await gateway(
+        *BASE,
+        OK,
+        stall_after=10,
+        upstream_idle_timeout=0.3,
+        upstream_retries=1,
+        upstream_transport=transport.name,
+    )
     async with gw.openai() as client:
         stream = await client.chat.completions.create(model="GLM-4.5", messages=HELLO, stream=True)
         with pytest.raises(openai.APIError) as info:
@@ -88,7 +101,7 @@ async def raw_request(port: int, hang_up_after: int) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
+async def test_clients_hanging_up_at_random_points_leak_nothing(gateway, transport):
     gw = await pool_gateway(
         gateway,
         pace=0.02,
@@ -96,6 +109,7 @@ async def test_clients_hanging_up_at_random_points_leak_nothing(gateway):
         # The chat deletes' kept upstream connections are tasks of the fake's server in this
         # process; tests/test_chats.py checks the deletes leave nothing behind.
         zai_chats="keep",
+        upstream_transport=transport.name,
     )
     port = int(gw.url.rsplit(":", 1)[1])
     await asyncio.sleep(0.2)
@@ -164,9 +178,11 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
         redis.stop()
 
 
-async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(gateway):
+async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(gateway, transport):
     # static models, chats kept: the catalogue read and the chat deletes are requests too
-    gw = await gateway(*BASE, OK, zai_models="static", zai_chats="keep")
+    gw = await gateway(
+        *BASE, OK, zai_models="static", zai_chats="keep", upstream_transport=transport.name
+    )
     async with gw.openai() as client:
         for _ in range(3):
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)

@@ -1,9 +1,11 @@
-"""The upstream HTTP/1.1 client against a raw socket server that answers with exact bytes.
+"""Both upstream transports (native and impersonate) against a raw socket server that
+answers with exact bytes.
 
 Every framing the upstream (or a proxy in front of it) may use reaches the caller as the same
 body: sized, chunked (with extensions and trailers), until-close, gzip; split at any byte.
 What is not HTTP fails cleanly; kept-alive connections are reused only when the previous
-response was read to its end, or drained after the caller saw its last event.
+response was read to its end, or drained after the caller saw its last event; a slow reader
+pauses the socket; closing an exchange closes the upstream connection at once.
 """
 
 import asyncio
@@ -11,7 +13,7 @@ import gzip
 
 import pytest
 
-from server.transport import Timeouts, TransportError, open_exchanges, open_stream
+from server.transport import Timeouts, TransportError, open_exchanges
 
 BODY = b'data: {"type":"chat:completion","data":{"phase":"answer","delta_content":"hi"}}\n\n' * 3
 
@@ -75,7 +77,9 @@ class RawServer:
         await self.server.wait_closed()
 
 
-async def fetch(base: str, path: str = "/x", body: bytes | None = b"{}") -> tuple[int, dict, bytes]:
+async def fetch(
+    open_stream, base: str, path: str = "/x", body: bytes | None = b"{}"
+) -> tuple[int, dict, bytes]:
     exchange = await open_stream(
         "POST", base + path, {"Content-Type": "application/json"}, body, Timeouts(1, 1, 1)
     )
@@ -101,14 +105,14 @@ FRAMINGS = {
 
 @pytest.mark.parametrize("split", [0, 1, 13])
 @pytest.mark.parametrize("framing", list(FRAMINGS))
-async def test_every_framing_gives_the_same_body(framing, split):
+async def test_every_framing_gives_the_same_body(transport, framing, split):
     until_close = framing == "until close"
     server = RawServer(*[FRAMINGS[framing]] * 2, split=split, close_after=until_close)
     base = await server.start()
     try:
-        status, headers, body = await fetch(base)
+        status, headers, body = await fetch(transport.open_stream, base)
         assert (status, body) == (200, BODY)
-        assert (await fetch(base))[2] == BODY
+        assert (await fetch(transport.open_stream, base))[2] == BODY
     finally:
         await server.close()
     assert server.connections == (2 if until_close else 1)  # kept alive where HTTP allows
@@ -129,73 +133,79 @@ async def test_every_framing_gives_the_same_body(framing, split):
         (b"", "closed the connection before answering"),
     ],
 )
-async def test_what_is_not_http_fails_cleanly(answer, words):
+async def test_what_is_not_http_fails_cleanly(transport, answer, words):
     server = RawServer(answer, close_after=True)
     base = await server.start()
     try:
         with pytest.raises(TransportError, match=words):
-            await fetch(base)
+            await fetch(transport.open_stream, base)
     finally:
         await server.close()
     await asyncio.sleep(0)
     assert open_exchanges() == 0
 
 
-async def test_no_headers_in_time_is_a_timeout():
+async def test_no_headers_in_time_is_a_timeout(transport):
     server = RawServer()  # reads the request, never answers
     base = await server.start()
+    started = asyncio.get_running_loop().time()
     try:
         with pytest.raises(TransportError, match=r"no response headers within 0\.2 s") as info:
-            exchange = await open_stream("GET", base, {}, None, Timeouts(1, 0.2, 1))
+            exchange = await transport.open_stream("GET", base, {}, None, Timeouts(0.3, 0.2, 1))
             exchange.close()
     finally:
         await server.close()
-    assert info.value.timeout
+    assert info.value.timeout and asyncio.get_running_loop().time() - started < 0.5
 
 
-async def test_a_header_value_cannot_smuggle_a_header():
+async def test_a_header_value_cannot_smuggle_a_header(transport):
     with pytest.raises(ValueError, match="line break"):
-        await open_stream("GET", "http://127.0.0.1:9/", {"X-A": "1\r\nX-B: 2"}, None, Timeouts())
+        await transport.open_stream(
+            "GET", "http://127.0.0.1:9/", {"X-A": "1\r\nX-B: 2"}, None, Timeouts()
+        )
 
 
-async def test_connections_are_reused_only_after_a_whole_response():
+async def test_connections_are_reused_only_after_a_whole_response(transport):
+    open_stream = transport.open_stream
     sized = FRAMINGS["sized"]
     server = RawServer(sized, FRAMINGS["chunked"], head("Content-Length: 1000") + BODY)
     base = await server.start()
     try:
         for _ in range(2):
-            assert (await fetch(base))[2] == BODY
+            assert (await fetch(open_stream, base))[2] == BODY
         assert server.connections == 1
         exchange = await open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 1))
         exchange.close()  # abandoned before its end: this socket is not reused
         server.responses.append(sized)
-        assert (await fetch(base))[2] == BODY
+        assert (await fetch(open_stream, base))[2] == BODY
         assert server.connections == 2
     finally:
         await server.close()
 
 
-async def test_an_answer_left_after_its_last_event_is_drained_and_its_connection_kept():
+async def test_an_answer_left_after_its_last_event_is_drained_and_its_connection_kept(
+    transport,
+):
     server = RawServer(FRAMINGS["chunked"], FRAMINGS["chunked"], split=40)
     base = await server.start()
     try:
-        exchange = await open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 1))
+        exchange = await transport.open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 1))
         first = await exchange.__anext__()
         assert first and len(first) < len(BODY)
         exchange.close(drain=True)  # the caller saw what it needed; the rest is read quietly
         await asyncio.sleep(0.2)
-        assert (await fetch(base))[2] == BODY
+        assert (await fetch(transport.open_stream, base))[2] == BODY
         assert server.connections == 1
     finally:
         await server.close()
 
 
-async def test_a_slow_reader_pauses_the_socket_and_loses_nothing():
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(transport):
     big = bytes(range(256)) * 4096  # 1 MiB
     server = RawServer(head("Transfer-Encoding: chunked") + chunked(big, 4096), split=65536)
     base = await server.start()
     try:
-        exchange = await open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 5))
+        exchange = await transport.open_stream("POST", base + "/x", {}, b"{}", Timeouts(1, 1, 5))
         await asyncio.sleep(0.3)  # the caller is busy: the upstream's bytes wait in the kernel
         assert exchange.bytes_read < len(big) // 2
         got = await exchange.read_all(2 << 20)

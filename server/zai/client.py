@@ -22,12 +22,12 @@ from server.core.chat import Conversation, Image
 from server.core.errors import GatewayError
 from server.core.images import extension
 from server.egress import ROUTE_FAULTS, Egress, Route
-from server.transport import Exchange, Timeouts, TransportError, open_stream
+from server.transport import Exchange, NativeTransport, Timeouts, Transport, TransportError
 from server.zai.failures import http_failure
 from server.zai.files import FILES_PATH, upload_body, uploaded
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.models import UpstreamModel, decode_models
-from server.zai.request import COMPLETIONS_PATH, Dialect, build_completion
+from server.zai.request import COMPLETIONS_PATH, Dialect, browser_headers, build_completion
 from state.facts import Facts
 
 __all__ = ["VersionPolicy", "ZaiClient"]
@@ -62,10 +62,14 @@ class ZaiClient:
         versions: VersionPolicy,
         facts: Facts | None = None,
         egress: Egress | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.base_url = dialect.base_url
         self.egress = egress or Egress()
+        self.transport = transport or NativeTransport()  # closed by ``close``
+        self._open_stream = self.transport.open_stream
         self.dialect = dialect
+        self._browser = browser_headers(dialect)  # on every call but completions (their page)
         self.timeouts = timeouts
         self._pinned_version = versions.pinned
         self._fallback_version = versions.fallback
@@ -79,6 +83,9 @@ class ZaiClient:
 
     def __repr__(self) -> str:
         return f"<ZaiClient {self.base_url} fe={self._pinned_version or self._version or '?'}>"
+
+    async def close(self) -> None:
+        await self.transport.close()
 
     # Front-end version
 
@@ -289,8 +296,7 @@ class ZaiClient:
         unauthenticated ``POST {}`` to the completions path; the block page -> True, any
         other answer (``{"detail": "Not authenticated"}`` or the like) -> False, no answer ->
         None. It spends no token and no captcha."""
-        head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json"}
-        head.update({"Content-Type": "application/json", "Origin": self.base_url})
+        head = {**self._browser, "Accept": "application/json", "Content-Type": "application/json"}
         url = self.base_url + COMPLETIONS_PATH
         try:
             exchange = await self._open("POST", url, head, b"{}", "", route, _PROBE_TIMEOUTS)
@@ -333,8 +339,7 @@ class ZaiClient:
         headers: dict[str, str],
         route: Route | None = None,
     ) -> tuple[int, bytes]:
-        head = {"User-Agent": self.dialect.user_agent, "Accept": "application/json", **headers}
-        head.setdefault("Origin", self.base_url)
+        head = {**self._browser, "Accept": "application/json", **headers}
         if body is not None:
             head["Content-Type"] = "application/json"
         exchange = await self._open(method, self.base_url + path, head, body, "", route)
@@ -361,7 +366,7 @@ class ZaiClient:
         while True:  # each turn shuts a route: it ends by the last open one
             chosen = await self.egress.pace(route, model)
             try:
-                return await open_stream(
+                return await self._open_stream(
                     method, url, headers, body, timeouts or self.timeouts, chosen.proxy
                 )
             except TransportError as exc:

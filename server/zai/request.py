@@ -24,7 +24,7 @@ from server.zai.files import file_entry, image_parts
 from server.zai.identity import Credential
 from server.zai.signature import sign
 
-__all__ = ["COMPLETIONS_PATH", "Dialect", "UpstreamRequest", "build_completion"]
+__all__ = ["COMPLETIONS_PATH", "Dialect", "UpstreamRequest", "browser_headers", "build_completion"]
 
 COMPLETIONS_PATH = "/api/v2/chat/completions"
 
@@ -50,6 +50,39 @@ class Dialect:
     signature_key: str
     user_agent: str
     history: str = "messages"  # or "fold": the whole history as one user message
+    # What the page's browser says of itself on every call (empty: not sent); origin ""
+    # is the base URL, referer "" the page the call is made from.
+    origin: str = ""
+    referer: str = ""
+    sec_ch_ua: str = ""
+    sec_ch_ua_mobile: str = ""
+    sec_ch_ua_platform: str = ""
+    accept_language: str = "en-US,en;q=0.9"
+
+
+def browser_headers(dialect: Dialect, page: str = "") -> dict[str, str]:
+    """The headers Chrome adds to the page's own ``fetch()`` calls, in its order: client
+    hints, User-Agent, Origin, the fetch metadata of a same-origin request, Referer (``page``,
+    else the home page) and Accept-Language; a setting left empty is not sent.
+
+    >>> d = Dialect("https://chat.z.ai", "k", "UA", sec_ch_ua_mobile="?0")
+    >>> list(browser_headers(d))[:3], browser_headers(d)["Referer"]
+    (['sec-ch-ua-mobile', 'User-Agent', 'Origin'], 'https://chat.z.ai/')
+    """
+    origin = dialect.origin or dialect.base_url
+    pairs = (
+        ("sec-ch-ua", dialect.sec_ch_ua),
+        ("sec-ch-ua-mobile", dialect.sec_ch_ua_mobile),
+        ("sec-ch-ua-platform", dialect.sec_ch_ua_platform),
+        ("User-Agent", dialect.user_agent),
+        ("Origin", origin),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("Sec-Fetch-Mode", "cors"),
+        ("Sec-Fetch-Dest", "empty"),
+        ("Referer", dialect.referer or page or f"{origin}/"),
+        ("Accept-Language", dialect.accept_language),
+    )
+    return {name: value for name, value in pairs if value}
 
 
 def build_completion(
@@ -92,10 +125,7 @@ def build_completion(
         "X-Device-Id": "uid_" + hashlib.sha256(cred.user_id.encode()).hexdigest()[:16],
         "Content-Type": "application/json",
         "Accept": "*/*",
-        "Accept-Language": "en-US,en;q=0.9",
-        "Origin": base,
-        "Referer": page,
-        "User-Agent": dialect.user_agent,
+        **browser_headers(dialect, page),
     }
     message_id = uuid4_text()
     body = {
