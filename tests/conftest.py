@@ -7,6 +7,7 @@ stops both after the test. Under ``CI=true`` a skipped test fails the run.
 
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 
 import anthropic
@@ -201,3 +202,20 @@ def redis(request, io_loop):
         io_loop.run_sync(client.flushall)
     yield client
     io_loop.run_sync(client.aclose)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A throwaway key and self-signed certificate for localhost (openssl), for TLS tests."""
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("openssl is not installed (see .ci/run)")
+    return key, cert

@@ -11,7 +11,6 @@ impersonate); a dead proxy shuts its route, never a token."""
 import asyncio
 import os
 import ssl
-import subprocess
 
 import openai
 import pytest
@@ -79,22 +78,6 @@ async def test_every_upstream_call_leaves_through_the_route(gateway, request, wh
     paths = {r.path for r in gw.fake.requests}
     assert {"/", "/api/v1/auths/", "/api/v2/chat/completions"} <= paths
     assert set(sources(gw)) == {proxy.bind}  # home page, sign-in, config, completion: all
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    try:
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-    except FileNotFoundError:
-        pytest.skip("openssl is not installed (see .ci/run)")
-    return key, cert
 
 
 @pytest.mark.parametrize("which", ["tinyproxy", "dante"])

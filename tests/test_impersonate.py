@@ -4,8 +4,10 @@ The TLS ClientHello each transport sends is read off the wire by a bare TCP serv
 impersonating one has Chrome's marks (GREASE values, the ALPS extension, ALPN h2), the native
 one none of them. Every upstream call carries the browser headers of the settings (client
 hints, User-Agent, Origin, fetch metadata, Referer, Accept-Language), on both transports, each
-changeable and each dropped when set empty. Asked for without curl_cffi installed, the gateway
-stops at start-up with one line naming the extra to install.
+changeable and each dropped when set empty. Behind an HTTP/2 TLS front (nginx), answers
+stream whole, connections are kept and a closed answer is cut at once, on both transports.
+Asked for without curl_cffi installed, the gateway stops at start-up with one line naming the
+extra to install.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ import pytest
 
 from server.settings import SettingsError, load_settings
 from server.transport import Timeouts, TransportError
+from tests.nginx import Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 OK = "stream_glm5_plain_thinking"
@@ -167,3 +170,110 @@ def test_an_unknown_impersonation_target_is_named():
             upstream_transport="impersonate",
             upstream_impersonate="ie6",
         )
+
+
+EVENT = b'data: {"type":"chat:completion","data":{"phase":"answer","delta_content":"hi"}}\n\n'
+H2_FRONT = """worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    log_format proto '$server_protocol $connection $status $request_uri';
+    access_log {logs}/access.log proto;
+    upstream origin {{ server 127.0.0.1:{origin}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class Origin:
+    """Streams 10 events 20 ms apart at /stream; at /slow one event, then waits for the
+    client to leave (counted in ``left``)."""
+
+    def __init__(self) -> None:
+        self.left = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                slow = b" /slow " in head.split(b"\r\n", 1)[0]
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for _ in range(1 if slow else 10):
+                    writer.write(b"%x\r\n%s\r\n" % (len(EVENT), EVENT))
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+                if slow:
+                    if not await reader.read(1):  # nothing more comes: the client left
+                        self.left += 1
+                    return
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_streams_over_http2_are_whole_kept_alive_and_cut_at_once(
+    transport, tls_files, tmp_path
+):
+    """Behind a TLS front that speaks HTTP/2 (Debian's nginx), as chat.z.ai's does: the
+    impersonating transport streams over one HTTP/2 connection (the native one over HTTP/1.1
+    keep-alive), each answer arrives in pieces as sent, and closing an answer midway reaches
+    the origin at once."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (see .ci/run)")
+    key, cert = tls_files
+    origin = Origin()
+    origin_port = await origin.start()
+    front = Nginx(tmp_path, [origin_port], config="listen 8080;\nserver 127.0.0.1:1 ;\n")
+    front.conf.write_text(
+        H2_FRONT.format(
+            logs=tmp_path / "logs", origin=origin_port, port=front.port, cert=cert, key=key
+        )
+    )
+    front.start(binary)
+    open_stream = transport.trust(str(cert))
+    base = f"https://localhost:{front.port}"
+    try:
+        for _ in range(3):
+            exchange = await open_stream("GET", base + "/stream", {}, None, Timeouts(5, 5, 5))
+            chunks = [chunk async for chunk in exchange]
+            exchange.close()
+            assert exchange.status == 200 and b"".join(chunks) == EVENT * 10
+            assert len(chunks) >= 5  # as the origin sent them, 20 ms apart: not buffered
+        exchange = await open_stream("GET", base + "/slow", {}, None, Timeouts(5, 5, 5))
+        assert await exchange.__anext__() == EVENT
+        exchange.close()  # the client is gone: the front drops the origin's request
+        deadline = asyncio.get_running_loop().time() + 3
+        while not origin.left and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert origin.left == 1
+        exchange = await open_stream("GET", base + "/stream", {}, None, Timeouts(5, 5, 5))
+        assert await exchange.read_all() == EVENT * 10
+        exchange.close()
+        await asyncio.sleep(0.1)  # the access log line of the last answer
+        lines = [line.split() for line in front.access()]
+    finally:
+        front.stop()
+        origin.server.close()
+    protocol = {"impersonate": "HTTP/2.0", "native": "HTTP/1.1"}[transport.name]
+    assert {line[0] for line in lines} == {protocol}
+    streams = [line[1] for line in lines if line[3] == "/stream"]
+    assert len(streams) == 4 and len(set(streams[:3])) == 1  # kept alive
+    if transport.name == "impersonate":  # HTTP/2: a reset stream leaves the connection up
+        assert len(set(streams)) == 1
