@@ -12,8 +12,11 @@ COPY pyproject.toml run README.md ./
 COPY server/ server/
 COPY state/ state/
 # Runtime dependencies only, into /opt/venv; the project itself is installed editable
-# (pip install -e .), so the source stays at /app in the final image as well.
-RUN RUN_VENV=/opt/venv RUN_EXTRAS="" ./run install \
+# (pip install -e .), so the source stays at /app in the final image as well. The impersonate
+# extra (curl_cffi, a manylinux wheel) is in by default so UPSTREAM_TRANSPORT=impersonate works
+# without a rebuild; `--build-arg RUN_EXTRAS=` leaves it out.
+ARG RUN_EXTRAS=impersonate
+RUN RUN_VENV=/opt/venv RUN_EXTRAS="$RUN_EXTRAS" ./run install \
     && /opt/venv/bin/python -m compileall -q server state
 
 # --- runtime: the venv and the source at the same paths, run as a non-root user ---------------

@@ -2,9 +2,10 @@
 
 Owns ``banner()`` and ``mask_url()``. After the first worker listens it says where to point a
 client and the docs, which Redis holds the shared state (the embedded fakeredis, or the URL
-with its password masked), how many pooled Z.AI tokens there are and in which state, and
-whether anonymous (guest) mode stands in, with the setting that changes each. The
-``listening on`` line itself stays the one every worker prints.
+with its password masked), which TLS the upstream sees (a WAF looks at it), how many pooled
+Z.AI tokens there are and in which state, and whether anonymous (guest) mode stands in, with
+the setting that changes each. The ``listening on`` line itself stays the one every worker
+prints.
 """
 
 from collections import Counter
@@ -61,6 +62,12 @@ def _anonymous(settings: Settings, pooled: bool) -> str:
     return "anonymous mode off and no pooled token: every request is a 503 until tokens are added"
 
 
+def _transport(settings: Settings) -> str:
+    if settings.upstream_transport == "impersonate":
+        return f"{settings.upstream_impersonate}'s TLS and HTTP/2 fingerprint (UPSTREAM_TRANSPORT)"
+    return "Python's TLS (UPSTREAM_TRANSPORT=impersonate: Chrome's)"
+
+
 def banner(settings: Settings, states: list[str] | None) -> list[str]:
     """The lines to log once at start, given each pooled token's state (None: unknown).
 
@@ -69,6 +76,7 @@ def banner(settings: Settings, states: list[str] | None) -> list[str]:
     >>> print("\\n".join(banner(s, ["active", "active", "dead"])))
     docs: http://localhost:9000/docs (OpenAI base URL http://localhost:9000/v1, Anthropic http://localhost:9000)
     redis: redis://:***@r:6379/0, shared by every worker and replica
+    upstream: https://chat.z.ai over Python's TLS (UPSTREAM_TRANSPORT=impersonate: Chrome's)
     tokens: 3 pooled Z.AI tokens (2 active, 1 dead)
     anonymous mode on: a fresh guest token when no pooled token is free (ANONYMOUS_MODE=false: off)
     """
@@ -80,6 +88,7 @@ def banner(settings: Settings, states: list[str] | None) -> list[str]:
     return [
         f"docs: {base}/docs (OpenAI base URL {base}/v1, Anthropic {base})",
         f"redis: {redis}",
+        f"upstream: {settings.zai_base_url} over {_transport(settings)}",
         f"tokens: {_tokens(states)}",
         _anonymous(settings, bool(states)),
     ]

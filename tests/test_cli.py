@@ -102,6 +102,7 @@ async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     # the banner, once per start whatever WORKERS is
     assert text.count(f"docs: http://127.0.0.1:{port}/docs (OpenAI base URL") == 1, text
     assert text.count("tokens: no pooled Z.AI tokens") == 1
+    assert text.count("over Python's TLS (UPSTREAM_TRANSPORT=impersonate") == 1, text
     assert text.count("anonymous mode on: a fresh guest token for every request") == 1
     expected_loop = "asyncio" if loop == "asyncio" else "uvloop"
     assert text.count(f"{expected_loop} loop)") == int(workers), text
@@ -133,6 +134,7 @@ async def test_banner_masks_the_redis_password_and_counts_the_pool(tmp_path):
                 REDIS_URL=f"redis://:{password}@127.0.0.1:{redis.port}/0",
                 ZAI_TOKENS=",".join(POOLED),
                 ANONYMOUS_MODE="false",
+                UPSTREAM_TRANSPORT="impersonate",
             ),
         )
     try:
@@ -148,6 +150,7 @@ async def test_banner_masks_the_redis_password_and_counts_the_pool(tmp_path):
     text = log_path.read_text()
     assert code == 0, text
     assert f"redis: redis://:***@127.0.0.1:{redis.port}/0, shared by every" in text, text
+    assert f"upstream: {base} over chrome152's TLS and HTTP/2 fingerprint" in text, text
     assert "tokens: 2 pooled Z.AI tokens (2 active)" in text, text
     assert "anonymous mode off: requests use pooled tokens only" in text
     assert password not in text and not any(token in text for token in POOLED)

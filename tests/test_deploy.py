@@ -268,7 +268,9 @@ def test_dockerfile_installs_with_the_tested_command():
     build, runtime = stages()
     installs = [args for word, args in dockerfile() if word == "RUN" and "install" in args]
     assert len(installs) == 1 and "pip install" not in installs[0], installs
-    assert installs[0].startswith('RUN_VENV=/opt/venv RUN_EXTRAS="" ./run install'), installs
+    assert installs[0].startswith('RUN_VENV=/opt/venv RUN_EXTRAS="$RUN_EXTRAS" ./run install')
+    # runtime deps plus the impersonate extra only (never the test extra)
+    assert ("ARG", "RUN_EXTRAS=impersonate") in build, build
     assert any(word == "RUN" and "./run install" in args for word, args in build)
     for stage in (build, runtime):
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm( AS \w+)?", stage[0][1]), stage[0]
@@ -342,7 +344,11 @@ def build_like_the_dockerfile(app: Path, venv: Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / src, target / Path(src).name)
     (install,) = [args for word, args in dockerfile() if word == "RUN" and "./run install" in args]
-    words = shlex.split(install.split("&&")[0].replace("/opt/venv", str(venv)))
+    args = dict(a.split("=", 1) for word, a in stages()[0] if word == "ARG" and "=" in a)
+    line = install.split("&&")[0].replace("/opt/venv", str(venv))
+    for name, default in args.items():
+        line = line.replace(f"${name}", default)
+    words = shlex.split(line)
     settings = dict(w.split("=", 1) for w in words if "=" in w)
     command = [w for w in words if "=" not in w]
     result = run(
@@ -385,6 +391,7 @@ def test_image_entrypoint_serves_and_stops_on_sigterm():
         "SINGLE_INSTANCE": "off",
         "ZAI_FE_VERSION": "prod-fe-1.1.95",
         "ZAI_BASE_URL": "http://127.0.0.1:9",  # nothing listens: no upstream is reached
+        "UPSTREAM_TRANSPORT": "impersonate",  # the image has the extra: start-up checks it
     }
     server = subprocess.Popen(
         entrypoint, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
