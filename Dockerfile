@@ -13,9 +13,10 @@ COPY server/ server/
 COPY state/ state/
 # Runtime dependencies only, into /opt/venv; the project itself is installed editable
 # (pip install -e .), so the source stays at /app in the final image as well. The impersonate
-# extra (curl_cffi, a manylinux wheel) is in by default so UPSTREAM_TRANSPORT=impersonate works
-# without a rebuild; `--build-arg RUN_EXTRAS=` leaves it out.
-ARG RUN_EXTRAS=impersonate
+# extra (curl_cffi, a manylinux wheel) and the otel extra (OpenTelemetry traces) are in by
+# default so UPSTREAM_TRANSPORT=impersonate and OTEL_EXPORTER_OTLP_ENDPOINT work without a
+# rebuild; `--build-arg RUN_EXTRAS=` leaves them out.
+ARG RUN_EXTRAS=impersonate,otel
 RUN RUN_VENV=/opt/venv RUN_EXTRAS="$RUN_EXTRAS" ./run install \
     && /opt/venv/bin/python -m compileall -q server state
 

@@ -23,6 +23,7 @@ from tornado.netutil import bind_sockets
 from server.app import make_server
 from server.banner import banner
 from server.logs import setup_logging
+from server.ops.tracing import setup_tracing, stop_tracing
 from server.process import raise_fd_limit, supervise
 from server.services import make_services
 from server.settings import Settings, SettingsError, load_settings
@@ -33,6 +34,7 @@ async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
     sockets = bind_sockets(
         settings.listen_port, settings.listen_host, reuse_port=settings.workers > 1
     )
+    setup_tracing(settings)  # after the fork: one exporter thread per worker
     services = make_services(settings)
     await services.start()
     server = make_server(services, xheaders=True)
@@ -73,6 +75,10 @@ async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
     except TimeoutError:
         logger.warning("some client connections would not close; leaving them")
     await asyncio.wait_for(services.stop(), _STOP_GRACE / 2)
+    try:  # sends the spans still queued, off the loop, bounded: a dead collector waits no more
+        await asyncio.wait_for(loop.run_in_executor(None, stop_tracing), _STOP_GRACE / 2)
+    except TimeoutError:
+        logger.warning("the trace collector did not take the last spans in time; leaving them")
     logger.info("stopped")
 
 

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from server.core.errors import GatewayError
 from server.ops.metrics import PACING_WAIT
+from server.ops.tracing import traced
 from server.transport import Proxy
 from state.pacing import Pacer
 from state.waf import HALF_OPEN, WafBreaker
@@ -134,6 +135,7 @@ class Egress:
         kind = _SHUT_KIND["down" if whys == {"down"} else "waf"]
         return kind, f"every egress route ({len(self.routes)}) is {_SHUT_WORD[kind]}"
 
+    @traced("pacing wait")
     async def pace(self, route: Route | None, model: str = "") -> Route:
         """Wait for this call's slot on ``route`` (shared by every replica), or, with none
         given (a call the WAF does not gate: home page, sign-in, config), on whichever route

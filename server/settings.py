@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     scan_limit: int = Field(200_000, ge=1)
     stream_holdback: int = Field(0, ge=0, le=100_000)
     debug_logging: bool = False
+    # Traces (the otel extra): OTLP/HTTP collector base URL; empty = no tracing
+    otel_exporter_otlp_endpoint: str = ""
+    otel_service_name: str = "zai-gateway"
 
     # Captcha gate (issue 14): auto = when the upstream's /api/config says enable_captcha
     zai_captcha: Literal["auto", "on", "off"] = "auto"
@@ -281,6 +284,21 @@ class Settings(BaseSettings):
                 "impersonate needs the curl_cffi package, which is not installed: install "
                 "the gateway with its impersonate extra (pip install 'zai-gateway[impersonate]'"
                 ", or RUN_EXTRAS=impersonate ./run), or set UPSTREAM_TRANSPORT=native"
+            )
+        return value
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otel(cls, value: str) -> str:
+        if not value:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be the collector's http(s) base URL, like http://otel:4318")
+        if importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError(
+                "traces need the opentelemetry SDK, which is not installed: install the "
+                "gateway with its otel extra (pip install 'zai-gateway[otel]', or "
+                "RUN_EXTRAS=otel ./run), or leave OTEL_EXPORTER_OTLP_ENDPOINT empty"
             )
         return value
 

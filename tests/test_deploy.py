@@ -269,8 +269,8 @@ def test_dockerfile_installs_with_the_tested_command():
     installs = [args for word, args in dockerfile() if word == "RUN" and "install" in args]
     assert len(installs) == 1 and "pip install" not in installs[0], installs
     assert installs[0].startswith('RUN_VENV=/opt/venv RUN_EXTRAS="$RUN_EXTRAS" ./run install')
-    # runtime deps plus the impersonate extra only (never the test extra)
-    assert ("ARG", "RUN_EXTRAS=impersonate") in build, build
+    # runtime deps plus the impersonate and otel extras only (never the test extra)
+    assert ("ARG", "RUN_EXTRAS=impersonate,otel") in build, build
     assert any(word == "RUN" and "./run install" in args for word, args in build)
     for stage in (build, runtime):
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm( AS \w+)?", stage[0][1]), stage[0]
@@ -391,7 +391,8 @@ def test_image_entrypoint_serves_and_stops_on_sigterm():
         "SINGLE_INSTANCE": "off",
         "ZAI_FE_VERSION": "prod-fe-1.1.95",
         "ZAI_BASE_URL": "http://127.0.0.1:9",  # nothing listens: no upstream is reached
-        "UPSTREAM_TRANSPORT": "impersonate",  # the image has the extra: start-up checks it
+        "UPSTREAM_TRANSPORT": "impersonate",  # the image has the extras: start-up checks both
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # exports fail quietly, off-loop
     }
     server = subprocess.Popen(
         entrypoint, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

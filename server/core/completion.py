@@ -41,6 +41,7 @@ from server.emulation.tool_parse import ToolCallScanner
 from server.emulation.tool_prompt import render_for_upstream
 from server.emulation.tool_sink import ToolCallSink
 from server.ops.metrics import ATTEMPT_ERRORS, RETRIES
+from server.ops.tracing import traced
 from server.settings import Settings
 from server.transport import TransportError
 from server.zai.client import ZaiClient
@@ -213,6 +214,27 @@ def answer_sink(sink: Sink, conv: Conversation, scan_limit: int) -> Sink:
     return out
 
 
+def _attempt_attrs(
+    conv: Conversation,
+    sink: Sink,
+    cred: Credential,
+    tokens: TokenSource,
+    client: ZaiClient,
+    captcha: str,
+    route: Route | None,
+    *rest: object,
+) -> dict[str, object]:
+    """What the trace's span of one upstream attempt says (nothing secret)."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "z.ai",
+        "gen_ai.request.model": conv.model.upstream,
+        "zai.credential": cred.role,
+        "zai.route": route.label if route is not None else "direct",
+    }
+
+
+@traced("chat upstream", _attempt_attrs, client=True)
 async def _attempt(
     conv: Conversation,
     sink: Sink,

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from server.core.errors import GatewayError
 from server.core.models import Model
 from server.ops.metrics import GUESTS
+from server.ops.tracing import traced
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
 from state.guests import GuestReserve, StoredGuest
@@ -60,6 +61,7 @@ class GuestTokens:
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
 
+    @traced("pick guest", lambda self, model: {"zai.source": "guests"})
     async def acquire(self, model: Model) -> Credential:
         reserve = self.reserve
         while reserve is not None and reserve.size:
@@ -132,6 +134,7 @@ class PooledTokens:
     def __repr__(self) -> str:
         return f"<PooledTokens {self.pool!r} guest_fallback={self.guests is not None}>"
 
+    @traced("pick token", lambda self, model: {"zai.source": "pool"})
     async def acquire(self, model: Model) -> Credential:
         if self.guests is not None and model.guest and time.monotonic() < self._empty_until:
             return await self.guests.acquire(model)

@@ -94,6 +94,8 @@ class Metered:
         self.input_tokens = 0
         self.output_tokens = 0
         self.failed = False
+        self.finish_reason = ""
+        self.error = ""  # the failure's kind
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -122,8 +124,10 @@ class Metered:
         else:
             self.input_tokens = estimate_conversation(self.conv)
             self.output_tokens = estimate_tokens(end.reasoning) + estimate_tokens(end.content)
+        self.finish_reason = end.reason
         await self.inner.finish(end)
 
     async def fail(self, error: GatewayError) -> None:
         self.failed = True
+        self.error = error.kind
         await self.inner.fail(error)

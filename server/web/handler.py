@@ -42,6 +42,7 @@ from server.core.token_estimate import estimate_conversation
 from server.credentials.sources import PooledTokens
 from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
+from server.ops.tracing import end_request_span, request_attrs, request_span, within
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
 from server.web.errors import error_body
 from state.client_keys import parse_secret
@@ -143,6 +144,7 @@ class ApiHandler(RequestHandler):
         self._charged = False  # its request was counted against its limits
         self._rate_headers: dict[str, str] = {}
         self.metered: Metered | None = None
+        self.span: Any = None  # the request's trace span, while tracing is on
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -292,6 +294,10 @@ class ApiHandler(RequestHandler):
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
         self.metered = sink = Metered(sink, conv)
+        attrs = request_attrs(conv, self.route)
+        self.span = request_span(
+            "chat", conv.model.id, self.request.headers, attrs, self.started_at
+        )
         work = complete(
             conv,
             sink,
@@ -305,6 +311,8 @@ class ApiHandler(RequestHandler):
             services.chats,
             _files(services) if conv.images else None,
         )
+        if self.span is not None:
+            work = within(self.span, work)
         deadline = asyncio.get_running_loop().call_later(
             services.settings.request_timeout, self._deadline_passed, sink
         )
@@ -427,6 +435,8 @@ class ApiHandler(RequestHandler):
         if self.admits:
             failed = status >= 400 or (self.metered is not None and self.metered.failed)
             self.services.usage.observe(failed, ttfb)
+        if self.span is not None:
+            self.end_span(status, ttfb / 1000, attempts)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
@@ -438,6 +448,22 @@ class ApiHandler(RequestHandler):
             ttfb,
             attempts,
         )
+
+    def end_span(self, status: int, ttfb: float, attempts: int) -> None:
+        metered = self.metered
+        attrs: dict[str, object] = {
+            "http.response.status_code": status,
+            "zai.upstream_attempts": attempts,
+        }
+        if self.first_byte is not None:
+            attrs["gen_ai.response.time_to_first_chunk"] = ttfb
+        if metered is not None:
+            attrs["gen_ai.usage.input_tokens"] = metered.input_tokens
+            attrs["gen_ai.usage.output_tokens"] = metered.output_tokens
+            if metered.finish_reason:
+                attrs["gen_ai.response.finish_reasons"] = [metered.finish_reason]
+        error = metered.error if metered is not None else ""
+        end_request_span(self.span, attrs, error or (str(status) if status >= 400 else ""))
 
     def count_usage(self, caller: Caller, model: str, status: int) -> None:
         metered = self.metered
