@@ -81,7 +81,8 @@ def _custom_input(arguments: str) -> str:
     except msgspec.DecodeError:
         return arguments
     sent = decoded.get("input") if isinstance(decoded, dict) else None
-    return sent if isinstance(sent, str) else arguments  # not the one-string shape it was offered: hand over what came
+    # not the one-string shape it was offered: hand over what came
+    return sent if isinstance(sent, str) else arguments
 
 
 def call_item(
