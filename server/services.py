@@ -40,11 +40,11 @@ from state.batch import WriteBehind
 from state.captcha import CaptchaPool
 from state.chats import ChatLedger
 from state.client_keys import ClientKeys
-from state.connection import connect
+from state.connection import connect, is_cluster
 from state.facts import Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
-from state.keys import Keys
+from state.keys import Keys, cluster_prefix
 from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
@@ -240,7 +240,8 @@ _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, whe
 
 def make_services(settings: Settings) -> Services:
     redis = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
-    keys = Keys(settings.redis_prefix)
+    prefix = settings.redis_prefix
+    keys = Keys(cluster_prefix(prefix) if is_cluster(settings.redis_url) else prefix)
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
     pacer = None

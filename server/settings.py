@@ -16,7 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from server.core.models import find_model
 from server.egress import parse_routes
 from server.zai.signature import DEFAULT_KEY
-from state.connection import SENTINEL_SCHEME, sentinel_params
+from state.connection import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEME,
+    cluster_params,
+    is_cluster,
+    sentinel_params,
+)
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -242,10 +248,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        schemes = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME, *CLUSTER_SCHEMES)
+        if value and not value.startswith(schemes):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel://,"
+                " redis+cluster:// or rediss+cluster://"
+            )
         if value.startswith(SENTINEL_SCHEME):
             sentinel_params(value)  # a ValueError names what is missing
+        if is_cluster(value):
+            cluster_params(value)
         return value
 
     @field_validator("zai_base_url")

@@ -43,11 +43,26 @@ only other form of a token that may be shown or logged.
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["Keys", "mask", "token_id"]
+__all__ = ["Keys", "cluster_prefix", "mask", "token_id"]
 
 
 def token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def cluster_prefix(prefix: str) -> str:
+    """The prefix on a Redis Cluster: one hash tag (``zai:`` -> ``{zai}:``), so every key
+    hashes to one slot and a script or transaction over several keys stays on one node. A
+    prefix that already holds a tag is kept. (Client keys' own ``{k:<id>}`` tags then no
+    longer pick a slot: the first tag of a name is the one that counts.)
+
+    >>> cluster_prefix("zai:"), cluster_prefix("{gw}:")
+    ('{zai}:', '{gw}:')
+    """
+    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
+        return prefix
+    stem = prefix.rstrip(":") or "zai"
+    return "{" + stem + "}:"
 
 
 def mask(secret: str) -> str:

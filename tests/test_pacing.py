@@ -87,13 +87,13 @@ async def test_a_wait_past_the_limit_is_429_and_sends_nothing(gateway):
 
 @pytest.mark.parametrize("wait_limit", [5.0])
 async def test_the_soonest_route_is_booked_and_a_refusal_books_nothing(redis, wait_limit):
-    pacer = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=wait_limit)
+    pacer = Pacer(redis, Keys("{p}:"), min_gap_ms=300, jitter_ms=0, max_wait=wait_limit)
     assert await pacer.reserve(["a", "b"]) == (0, 0)  # a tie goes to the first
     index, _ = await pacer.reserve(["a", "b"])
     assert index == 1  # b is free now, a only in 0.3 s
     index, wait = await pacer.reserve(["a", "b"])
     assert index == 0 and 0.25 <= wait <= 0.3
-    tight = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=0.1)
+    tight = Pacer(redis, Keys("{p}:"), min_gap_ms=300, jitter_ms=0, max_wait=0.1)
     index, wait = await tight.reserve(["b"])
     assert index == -1 and 0.25 <= wait <= 0.3
     index, wait = await tight.reserve(["b"])  # the refusal did not move b's next slot
