@@ -52,6 +52,7 @@ async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, cluster_set):
         for _ in range(4):
             reply = await client.chat.completions.create(model="GLM-4.5", messages=HI)
             assert reply.choices[0].message.content
+    await gw.services.pool.flush()  # the releases sent after the answers (write-behind)
     rows = await gw.services.pool.status()
     assert sorted(row.uses for row in rows) == [2, 2] and all(r.leases == 0 for r in rows)
     assert cluster_set.cli("ZCARD", "{zai}:rotation").strip() == "2"
