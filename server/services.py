@@ -245,13 +245,14 @@ def make_services(settings: Settings) -> Services:
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
     pacer = None
-    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms:
+    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms or settings.pacing_token_min_gap_ms:
         pacer = Pacer(
             redis,
             keys,
             settings.pacing_min_gap_ms,
             settings.pacing_jitter_ms,
             settings.pacing_max_wait,
+            settings.pacing_token_min_gap_ms,
         )
     egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
     egress.down_backoff = (settings.route_down_backoff_base, settings.route_down_backoff_cap)

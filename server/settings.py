@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     pacing_min_gap_ms: int = Field(200, ge=0, le=60_000)
     pacing_jitter_ms: int = Field(300, ge=0, le=60_000)
     pacing_max_wait: float = Field(30.0, ge=0)
+    # ... and between calls with one pooled token, whichever route they take (0 = off: the WAF
+    # keys on the address, which the route gap covers; guests are one-shot and never paced so)
+    pacing_token_min_gap_ms: int = Field(0, ge=0, le=600_000)
 
     # State
     redis_url: str = ""

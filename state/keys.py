@@ -23,7 +23,8 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 | ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
-| ``<p>pace:<route>`` | string | ms time (Redis clock) the next call on that route may leave |
+| ``<p>slots:<route>`` | zset | booked call slots on that route, ``<start>:<end>`` (ms) by start |
+| ``<p>pace:token:<id>`` | string | ms time the next call with that pooled token may leave |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
@@ -139,7 +140,10 @@ class Keys:
         return f"{self.prefix}waf:{route}"
 
     def pace(self, route: str) -> str:
-        return f"{self.prefix}pace:{route}"
+        return f"{self.prefix}slots:{route}"
+
+    def pace_token(self, tid: str) -> str:
+        return f"{self.prefix}pace:token:{tid}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"

@@ -75,7 +75,8 @@ RULES: dict[str, Rule] = {
         429,
         "rate_limit_error",
         message="the gateway spaces its upstream calls (PACING_MIN_GAP_MS on each egress route, "
-        "shared by every replica, so the upstream's firewall does not block it) and the queue "
+        "PACING_TOKEN_MIN_GAP_MS per pooled token, shared by every replica, so the upstream's "
+        "firewall does not block it) and the queue "
         "is longer than PACING_MAX_WAIT ({detail}): retry after Retry-After, or add egress "
         "routes (UPSTREAM_PROXIES)",
     ),
