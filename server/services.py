@@ -26,6 +26,7 @@ from server.captcha.sidecar import Sidecar
 from server.captcha.source import CaptchaSource
 from server.core.catalogue import Catalogue
 from server.core.chats import ThrowawayChats
+from server.core.continuation import Continuations
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
@@ -41,6 +42,7 @@ from state.captcha import CaptchaPool
 from state.chats import ChatLedger
 from state.client_keys import ClientKeys
 from state.connection import connect, is_cluster
+from state.conversations import ConversationStore
 from state.facts import Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
@@ -74,6 +76,7 @@ class Services:
     static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
     catalogue: Catalogue | None = None
     chats: ThrowawayChats | None = None
+    continuations: Continuations | None = None  # ZAI_CHATS=continue
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -306,8 +309,12 @@ def make_services(settings: Settings) -> Services:
         egress=egress,
         static_callers=static_callers(settings.api_keys),
     )
-    if settings.zai_chats == "throwaway":
+    if settings.zai_chats in ("throwaway", "continue"):
+        # continue: requests that name no conversation are throwaway ones
         services.chats = throwaway_chats(settings, keys, client, egress, pool.batch)
+    if settings.zai_chats == "continue":
+        store = ConversationStore(redis, keys, settings.zai_conversation_ttl, pool.batch)
+        services.continuations = Continuations(store, settings.zai_conversation_wait)
     services.catalogue = Catalogue(
         client,
         Facts(redis, keys),

@@ -202,8 +202,13 @@ class Settings(BaseSettings):
     zai_models: Literal["live", "static"] = "live"
     zai_models_ttl: float = Field(300.0, gt=0)
     # throwaway: every request's upstream chat is deleted after it (in the background,
-    # retried by any replica); keep: chats stay in the account (the behaviour before)
-    zai_chats: Literal["throwaway", "keep"] = "throwaway"
+    # retried by any replica); keep: chats stay in the account (the behaviour before);
+    # continue: a client conversation goes on in one upstream chat (only the new turn sent)
+    zai_chats: Literal["throwaway", "keep", "continue"] = "throwaway"
+    # continue: seconds a conversation's mapping lives after its last turn
+    zai_conversation_ttl: float = Field(21600.0, gt=0)
+    # continue: seconds a turn waits for the conversation's previous turn before a 409
+    zai_conversation_wait: float = Field(10.0, ge=0)
     zai_chat_retry: float = Field(30.0, gt=0)  # seconds before a failed delete is retried
     # Delete guests' chats too (each guest serves one request and is never used again)
     zai_delete_guest_chats: bool = False

@@ -17,6 +17,8 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
 | ``<p>chats`` | zset | throwaway chats to delete upstream -> ms time anyone may delete it |
 | ``<p>chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id), tries |
+| ``<p>conv:<key>`` | hash | a continued conversation: token_id, chat_id, parent_id, count, ... |
+| ``<p>conv:<key>:turn`` | string | the request running its turn (one at a time) |
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
 | ``<p>guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
@@ -119,6 +121,12 @@ class Keys:
 
     def chat(self, chat_id: str) -> str:
         return f"{self.prefix}chat:{chat_id}"
+
+    def conversation(self, key: str) -> str:
+        return f"{self.prefix}conv:{key}"
+
+    def conversation_turn(self, key: str) -> str:
+        return f"{self.prefix}conv:{key}:turn"
 
     @property
     def guests(self) -> str:

@@ -279,12 +279,23 @@ class ZaiClient:
         route: Route | None = None,
         chat_id: str | None = None,
         files: dict[str, dict] | None = None,
+        parent_id: str | None = None,
+        message_id: str | None = None,
     ) -> Exchange:
         """Send the completion request (by ``route``); return the open 200 stream or raise
-        GatewayError. ``files``: the uploaded file of each image, by digest."""
+        GatewayError. ``files``: the uploaded file of each image, by digest; ``parent_id``
+        continues a chat under that assistant message, ``message_id`` names the answer's."""
         version = await self.fe_version()
         req = build_completion(
-            self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha, files=files
+            self.dialect,
+            cred,
+            conv,
+            version,
+            chat_id=chat_id,
+            captcha=captcha,
+            files=files,
+            parent_id=parent_id,
+            message_id=message_id,
         )
         exchange = await self._open(
             "POST", req.url, req.headers, req.body, conv.model.id, route, token=_paced(cred)

@@ -95,6 +95,7 @@ def to_conversation(
         effort=effort,
         request_id=request_id,
         captcha=req.zai_captcha or "",
+        thread=req.user or "",  # the conversation's name (ZAI_CHATS=continue), hashed before use
     )
     fmt = req.text.format if req.text is not None else None
     if fmt is not None:
