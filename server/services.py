@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
+import msgspec
 from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,6 +32,7 @@ from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
+from server.ops.upstream_check import check_upstream
 from server.settings import Settings
 from server.transport import NativeTransport, Timeouts, Transport
 from server.web.callers import Caller, static_callers
@@ -43,7 +45,7 @@ from state.chats import ChatLedger
 from state.client_keys import ClientKeys
 from state.connection import connect, is_cluster
 from state.conversations import ConversationStore
-from state.facts import Facts
+from state.facts import SELF_CHECK, Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys, cluster_prefix
@@ -101,6 +103,8 @@ class Services:
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         if self.captchas.sidecar is not None and self.captchas.low_water:
             self._tasks.append(asyncio.ensure_future(self._keep_captchas()))
+        if settings.self_check_interval:
+            self._tasks.append(asyncio.ensure_future(self._self_check()))
 
     async def drain(self, deadline: float) -> int:
         """Stop taking work (readiness goes false) and wait up to ``deadline`` seconds for
@@ -189,6 +193,38 @@ class Services:
             if not self.draining:
                 await self._safely("captcha refill", self.captchas.keep_up(self.client))
 
+    async def _self_check(self) -> None:
+        """Every SELF_CHECK_INTERVAL, one replica (the one that takes the lock) runs the
+        self-check and shares its report (``SELF_CHECK``), which every replica's
+        ``/metrics`` exports."""
+        interval = self.settings.self_check_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.draining or not await self._locked("self-check", interval * 0.9):
+                continue
+            try:
+                report = {**await check_upstream(self, complete=True), "at": time.time()}
+            except (RedisError, OSError) as exc:
+                logger.warning("self-check failed (shared state unreachable?): {}", exc)
+                continue
+            if not report["ok"]:
+                broken = [
+                    f"{route['label']}: {step['name']}"
+                    for route in report["routes"]
+                    for step in route["steps"]
+                    if not step["ok"]
+                ]
+                logger.warning("self-check: upstream steps failing: {}", "; ".join(broken))
+            facts = Facts(self.redis, self.keys)
+            await self._safely("self-check report", facts.put(SELF_CHECK, _json(report)))
+
+    async def _locked(self, name: str, seconds: float) -> bool:
+        try:
+            return await self._lock(name, seconds)
+        except (RedisError, OSError) as exc:
+            logger.warning("{} lock failed (shared state unreachable?): {}", name, exc)
+            return False
+
     async def _reload_if_lost(self) -> None:
         """A Redis that restarted empty lost the pool: put the configured tokens back."""
         if self.configured and not await self.redis.exists(self.keys.tokens):
@@ -234,6 +270,10 @@ class Services:
             await work  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("{} failed (shared state unreachable?): {}", what, exc)
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # gets "concurrent conversation limit"); no capture shows an account allowed more.
     pool_max_concurrency: int = Field(1, ge=0)
     pool_health_interval: float = Field(600.0, ge=0)
+    self_check_interval: float = Field(0.0, ge=0)
     lease_ttl: float = Field(120.0, gt=0)
     pool_rotation_grace: float = Field(300.0, gt=0)  # seconds a rotated token stays marked
     guest_reserve: int = Field(4, ge=0, le=1000)

@@ -8,7 +8,9 @@ route and waits for its pacing slot like real traffic; the completion spends a g
 and, when the upstream wants one, a param from the shared pool, so it is asked for
 explicitly. A route whose breaker is open gets no completion (it would lengthen the block).
 Nothing secret is shown: no token, no param, proxy credentials masked; the details are the
-error table's messages, which carry the upstream's own words.
+error table's messages, which carry the upstream's own words. With SELF_CHECK_INTERVAL
+one replica at a time runs it in the background (``server.services``) and shares the report
+in ``state.facts`` (``SELF_CHECK``); ``/metrics`` exports it on every replica.
 """
 
 from redis.exceptions import RedisError
