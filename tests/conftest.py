@@ -176,22 +176,25 @@ def real_redis_server(redis_servers):
     return redis_servers(next(iter(SERVER_BINARIES)))
 
 
-@pytest.fixture(scope="session")
-def real_sentinel_set():
+def started(make):
+    """A set of servers (``SentinelSet``, ``ClusterSet``) started, or the test skipped (a
+    failure under ``CI=true``) when no server binary is found."""
     try:
-        sset = SentinelSet().start()
+        return make().start()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def real_sentinel_set():
+    sset = started(SentinelSet)
     yield sset
     sset.stop()
 
 
 @pytest.fixture(scope="session")
 def real_cluster_set():
-    try:
-        cset = ClusterSet().start()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    cset = started(ClusterSet)
     yield cset
     cset.stop()
 

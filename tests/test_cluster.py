@@ -10,7 +10,6 @@ import pytest
 from state.connection import cluster_params
 from state.keys import Keys, cluster_prefix
 from tests.accounts import ADMIN
-from tests.redis_cluster import ClusterSet
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -31,14 +30,8 @@ def test_every_key_shares_one_hash_tag():
     assert all(name.startswith("{zai}:") for name in names)  # the first tag is the slot
 
 
-@pytest.fixture(scope="module")
-def cluster_set():
-    cset = ClusterSet().start()
-    yield cset
-    cset.stop()
-
-
-async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, cluster_set):
+async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, real_cluster_set):
+    cluster_set = real_cluster_set  # the state tests' cluster (conftest); they use {t}: keys
     gw = await gateway(
         "home",
         "guest_auth_user_role",

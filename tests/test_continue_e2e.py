@@ -12,7 +12,7 @@ import json
 import openai
 import pytest
 
-from tests.accounts import TOKENS
+from tests.accounts import TOKENS, pool_gateway
 
 CONV = {"X-Zai-Conversation": "test-conversation-1"}
 
@@ -140,3 +140,24 @@ async def test_a_second_turn_waits_for_the_first(gateway):
         )
         assert (await first).choices[0].message.content == "Turn 1."
         assert second.choices[0].message.content == "Turn 2."  # continued after the first
+
+
+async def test_the_openai_user_field_names_the_conversation(gateway):
+    """No header: OpenAI's ``user`` names the conversation."""
+    gw = await pool_gateway(gateway, zai_chats="continue")
+    gw.fake.converse = True
+    msgs = [{"role": "user", "content": "one two three"}]
+    usages = []
+    async with gw.openai() as client:
+        for i in range(3):
+            r = await client.chat.completions.create(model="GLM-4.7", messages=msgs, user="conv-1")
+            usages.append(r.usage.prompt_tokens_details.cached_tokens)
+            answer = r.choices[0].message.content
+            msgs += [
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": f"more {i}"},
+            ]
+    bodies = [json.loads(s.body) for s in gw.completions_seen()]
+    assert [len(b["messages"]) for b in bodies] == [1, 1, 1]
+    assert bodies[1]["current_user_message_parent_id"] == bodies[0]["id"]
+    assert usages[2] > usages[1] > 0
