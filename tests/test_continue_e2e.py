@@ -161,3 +161,55 @@ async def test_the_openai_user_field_names_the_conversation(gateway):
     assert [len(b["messages"]) for b in bodies] == [1, 1, 1]
     assert bodies[1]["current_user_message_parent_id"] == bodies[0]["id"]
     assert usages[2] > usages[1] > 0
+
+
+async def _first_turn(gw, client) -> list[dict]:
+    history = [{"role": "user", "content": "first question"}]
+    reply = await client.chat.completions.create(
+        model="GLM-5.1", messages=history, extra_headers=CONV
+    )
+    history.append({"role": "assistant", "content": reply.choices[0].message.content})
+    await gw.services.pool.batch.flush()  # the mapping is saved write-behind
+    return history
+
+
+async def test_an_edited_history_starts_a_fresh_chat(gateway):
+    """The client changed an earlier turn (edited, regenerated): what the upstream chat holds is
+    no longer the conversation, so it is sent whole on a fresh chat."""
+    gw = await gateway("home", "guest_auth_user_role", **pooled())
+    gw.fake.converse = True
+    async with gw.openai() as client:
+        history = await _first_turn(gw, client)
+        history[0] = {"role": "user", "content": "an edited first question"}
+        history.append({"role": "user", "content": "second question"})
+        reply = await client.chat.completions.create(
+            model="GLM-5.1", messages=history, extra_headers=CONV
+        )
+        assert reply.choices[0].message.content == "Turn 1."  # a chat of its own
+    first, second = [json.loads(s.body) for s in gw.completions_seen()]
+    assert second["chat_id"] != first["chat_id"]
+    assert second.get("current_user_message_parent_id") is None
+    assert "an edited first question" in json.dumps(second["messages"])
+
+
+async def test_the_upstreams_session_busy_is_retried_then_a_clear_409(gateway):
+    gw = await gateway("home", "guest_auth_user_role", **pooled())
+    gw.fake.converse = True
+    async with gw.openai() as client:
+        client = client.with_options(max_retries=0)
+        history = await _first_turn(gw, client)
+        (chat_id,) = gw.fake.threads
+        gw.fake.busy_chats.add(chat_id)  # the upstream still runs a turn of this chat
+        history.append({"role": "user", "content": "second question"})
+        with pytest.raises(openai.ConflictError) as caught:
+            await client.chat.completions.create(
+                model="GLM-5.1", messages=history, extra_headers=CONV
+            )
+        assert caught.value.response.headers["x-should-retry"] == "true"
+        tries = [json.loads(s.body) for s in gw.completions_seen()][1:]
+        assert len(tries) >= 2 and {t["chat_id"] for t in tries} == {chat_id}  # retried there
+        gw.fake.busy_chats.clear()  # the upstream's turn ended: the conversation goes on
+        reply = await client.chat.completions.create(
+            model="GLM-5.1", messages=history, extra_headers=CONV
+        )
+        assert reply.choices[0].message.content == "Turn 2."
