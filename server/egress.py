@@ -8,7 +8,8 @@ WAF blocks per IP address, so a block seen on one route opens that route's break
 hands out the routes whose breakers are closed in turn (per process: the breakers are what
 replicas must agree on, not the turn); with none left it raises ``waf_blocked`` with the
 soonest return as Retry-After. ``pace`` holds every upstream call to its route's slot
-(``state/pacing.py``: a floor on the gap between calls, the same for all replicas), waiting
+(``state/pacing.py``: a floor on the gap between calls, the same for all replicas, and one
+per pooled token when ``PACING_TOKEN_MIN_GAP_MS`` is set), waiting
 rather than failing up to ``PACING_MAX_WAIT``. A process reads every breaker in one Lua call
 at most once a second, and not at all while it knows every route is open. A proxy that
 cannot be reached (refused, silent, or refusing our credentials) shuts its route the same way,
@@ -30,6 +31,7 @@ from server.core.errors import GatewayError
 from server.ops.metrics import PACING_WAIT
 from server.ops.tracing import traced
 from server.transport import Proxy
+from state.keys import token_id
 from state.pacing import Pacer
 from state.waf import HALF_OPEN, WafBreaker
 
@@ -136,11 +138,12 @@ class Egress:
         return kind, f"every egress route ({len(self.routes)}) is {_SHUT_WORD[kind]}"
 
     @traced("pacing wait")
-    async def pace(self, route: Route | None, model: str = "") -> Route:
+    async def pace(self, route: Route | None, model: str = "", token: str = "") -> Route:
         """Wait for this call's slot on ``route`` (shared by every replica), or, with none
         given (a call the WAF does not gate: home page, sign-in, config), on whichever route
-        can send soonest, open ones first. ``pacing_backlog`` when the wait would be longer
-        than ``PACING_MAX_WAIT``."""
+        can send soonest, open ones first; with a pooled ``token``, no sooner than that
+        token's own floor (``PACING_TOKEN_MIN_GAP_MS``). ``pacing_backlog`` when the wait
+        would be longer than ``PACING_MAX_WAIT``."""
         if route is not None:
             candidates = [route]
         else:
@@ -148,7 +151,8 @@ class Egress:
         chosen, wait = candidates[0], 0.0
         if self.pacer is not None:
             try:
-                index, wait = await self.pacer.reserve([r.id for r in candidates])
+                tid = token_id(token) if token else ""  # the key holds no token
+                index, wait = await self.pacer.reserve([r.id for r in candidates], tid)
             except RedisError as exc:
                 logger.debug("pacing state unreachable, sending unpaced: {}", exc)
                 index, wait = 0, 0.0

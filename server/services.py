@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
+import msgspec
 from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -26,11 +27,12 @@ from server.captcha.sidecar import Sidecar
 from server.captcha.source import CaptchaSource
 from server.core.catalogue import Catalogue
 from server.core.chats import ThrowawayChats
+from server.core.continuation import Continuations
 from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
-from server.ops.upstream_check import store_check
+from server.ops.upstream_check import check_upstream
 from server.settings import Settings
 from server.transport import NativeTransport, Timeouts, Transport
 from server.web.callers import Caller, static_callers
@@ -41,11 +43,12 @@ from state.batch import WriteBehind
 from state.captcha import CaptchaPool
 from state.chats import ChatLedger
 from state.client_keys import ClientKeys
-from state.connection import connect
-from state.facts import Facts
+from state.connection import connect, is_cluster
+from state.conversations import ConversationStore
+from state.facts import SELF_CHECK, Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
-from state.keys import Keys
+from state.keys import Keys, cluster_prefix
 from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
@@ -75,6 +78,7 @@ class Services:
     static_callers: list[Caller] = field(default_factory=list)  # one per AUTH_TOKEN(S) key
     catalogue: Catalogue | None = None
     chats: ThrowawayChats | None = None
+    continuations: Continuations | None = None  # ZAI_CHATS=continue
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -190,12 +194,36 @@ class Services:
                 await self._safely("captcha refill", self.captchas.keep_up(self.client))
 
     async def _self_check(self) -> None:
+        """Every SELF_CHECK_INTERVAL, one replica (the one that takes the lock) runs the
+        self-check and shares its report (``SELF_CHECK``), which every replica's
+        ``/metrics`` exports."""
         interval = self.settings.self_check_interval
         while True:
             await asyncio.sleep(interval)
-            # The lock is never released: it expires, so one replica probes per interval.
-            if not self.draining and await self._lock("self-check", interval):
-                await self._safely("self-check", store_check(self, interval))
+            if self.draining or not await self._locked("self-check", interval * 0.9):
+                continue
+            try:
+                report = {**await check_upstream(self, complete=True), "at": time.time()}
+            except (RedisError, OSError) as exc:
+                logger.warning("self-check failed (shared state unreachable?): {}", exc)
+                continue
+            if not report["ok"]:
+                broken = [
+                    f"{route['label']}: {step['name']}"
+                    for route in report["routes"]
+                    for step in route["steps"]
+                    if not step["ok"]
+                ]
+                logger.warning("self-check: upstream steps failing: {}", "; ".join(broken))
+            facts = Facts(self.redis, self.keys)
+            await self._safely("self-check report", facts.put(SELF_CHECK, _json(report)))
+
+    async def _locked(self, name: str, seconds: float) -> bool:
+        try:
+            return await self._lock(name, seconds)
+        except (RedisError, OSError) as exc:
+            logger.warning("{} lock failed (shared state unreachable?): {}", name, exc)
+            return False
 
     async def _reload_if_lost(self) -> None:
         """A Redis that restarted empty lost the pool: put the configured tokens back."""
@@ -244,6 +272,10 @@ class Services:
             logger.warning("{} failed (shared state unreachable?): {}", what, exc)
 
 
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when
 # POOL_HEALTH_INTERVAL is 0 (checks on demand only): a pending token is never used, so it
 # cannot wait for a demand that will not come.
@@ -251,17 +283,19 @@ _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, whe
 
 def make_services(settings: Settings) -> Services:
     redis = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
-    keys = Keys(settings.redis_prefix)
+    prefix = settings.redis_prefix
+    keys = Keys(cluster_prefix(prefix) if is_cluster(settings.redis_url) else prefix)
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
     pacer = None
-    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms:
+    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms or settings.pacing_token_min_gap_ms:
         pacer = Pacer(
             redis,
             keys,
             settings.pacing_min_gap_ms,
             settings.pacing_jitter_ms,
             settings.pacing_max_wait,
+            settings.pacing_token_min_gap_ms,
         )
     egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
     egress.down_backoff = (settings.route_down_backoff_base, settings.route_down_backoff_cap)
@@ -315,8 +349,12 @@ def make_services(settings: Settings) -> Services:
         egress=egress,
         static_callers=static_callers(settings.api_keys),
     )
-    if settings.zai_chats == "throwaway":
+    if settings.zai_chats in ("throwaway", "continue"):
+        # continue: requests that name no conversation are throwaway ones
         services.chats = throwaway_chats(settings, keys, client, egress, pool.batch)
+    if settings.zai_chats == "continue":
+        store = ConversationStore(redis, keys, settings.zai_conversation_ttl, pool.batch)
+        services.continuations = Continuations(store, settings.zai_conversation_wait)
     services.catalogue = Catalogue(
         client,
         Facts(redis, keys),

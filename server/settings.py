@@ -16,7 +16,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from server.core.models import find_model
 from server.egress import parse_routes
 from server.zai.signature import DEFAULT_KEY
-from state.connection import SENTINEL_SCHEME, sentinel_params
+from state.connection import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEME,
+    cluster_params,
+    is_cluster,
+    sentinel_params,
+)
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -78,7 +84,6 @@ class Settings(BaseSettings):
     # gets "concurrent conversation limit"); no capture shows an account allowed more.
     pool_max_concurrency: int = Field(1, ge=0)
     pool_health_interval: float = Field(600.0, ge=0)
-    # Off by default: every probe is real upstream calls per route that the WAF counts.
     self_check_interval: float = Field(0.0, ge=0)
     lease_ttl: float = Field(120.0, gt=0)
     pool_rotation_grace: float = Field(300.0, gt=0)  # seconds a rotated token stays marked
@@ -144,6 +149,9 @@ class Settings(BaseSettings):
     pacing_min_gap_ms: int = Field(200, ge=0, le=60_000)
     pacing_jitter_ms: int = Field(300, ge=0, le=60_000)
     pacing_max_wait: float = Field(30.0, ge=0)
+    # ... and between calls with one pooled token, whichever route they take (0 = off: the WAF
+    # keys on the address, which the route gap covers; guests are one-shot and never paced so)
+    pacing_token_min_gap_ms: int = Field(0, ge=0, le=600_000)
 
     # State
     redis_url: str = ""
@@ -195,8 +203,13 @@ class Settings(BaseSettings):
     zai_models: Literal["live", "static"] = "live"
     zai_models_ttl: float = Field(300.0, gt=0)
     # throwaway: every request's upstream chat is deleted after it (in the background,
-    # retried by any replica); keep: chats stay in the account (the behaviour before)
-    zai_chats: Literal["throwaway", "keep"] = "throwaway"
+    # retried by any replica); keep: chats stay in the account (the behaviour before);
+    # continue: a client conversation goes on in one upstream chat (only the new turn sent)
+    zai_chats: Literal["throwaway", "keep", "continue"] = "throwaway"
+    # continue: seconds a conversation's mapping lives after its last turn
+    zai_conversation_ttl: float = Field(21600.0, gt=0)
+    # continue: seconds a turn waits for the conversation's previous turn before a 409
+    zai_conversation_wait: float = Field(10.0, ge=0)
     zai_chat_retry: float = Field(30.0, gt=0)  # seconds before a failed delete is retried
     # Delete guests' chats too (each guest serves one request and is never used again)
     zai_delete_guest_chats: bool = False
@@ -244,10 +257,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        schemes = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME, *CLUSTER_SCHEMES)
+        if value and not value.startswith(schemes):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel://,"
+                " redis+cluster:// or rediss+cluster://"
+            )
         if value.startswith(SENTINEL_SCHEME):
             sentinel_params(value)  # a ValueError names what is missing
+        if is_cluster(value):
+            cluster_params(value)
         return value
 
     @field_validator("zai_base_url")

@@ -8,14 +8,18 @@ round trip), and the future settles when Redis has answered (with the error if i
 the caller can mark what is left undone). Scripts go in with ``EVALSHA`` alone: redis-py's
 pipelines would ask ``SCRIPT EXISTS`` first, a second round trip per batch; a Redis that lost
 its scripts (restarted, failed over) answers NOSCRIPT, and those entries are sent once more
-with the scripts loaded.
+with the scripts loaded. On a Redis Cluster, whose redis-py pipeline refuses ``EVALSHA``, the
+entries are sent at once side by side (each one's commands in order) instead of in one
+pipeline: the same futures and NOSCRIPT handling, a round trip per command.
 """
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -27,6 +31,22 @@ Build = Callable[[Pipeline], None]
 def evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence) -> None:
     """Queue ``script`` on ``pipe`` by its digest only (see the module docstring)."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class _Calls:
+    """Stands in for a pipeline: records what a build puts on it, to be sent one by one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args, kwargs))
+
+        return record
 
 
 class WriteBehind:
@@ -80,12 +100,15 @@ class WriteBehind:
         """Send one pipeline; settle each entry's future; answer the entries that met
         NOSCRIPT (to send again), unless this is the ``last`` try."""
         spans = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for build, _ in batch:
-                start = len(pipe)
-                build(pipe)
-                spans.append((start, len(pipe)))
-            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(self.redis, RedisCluster):
+            replies = await self._send_apart(batch, spans)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for build, _ in batch:
+                    start = len(pipe)
+                    build(pipe)
+                    spans.append((start, len(pipe)))
+                replies = await pipe.execute(raise_on_error=False)
         again = []
         for (build, future), (start, end) in zip(batch, spans, strict=True):
             errors = [r for r in replies[start:end] if isinstance(r, Exception)]
@@ -96,6 +119,30 @@ class WriteBehind:
             else:
                 future.set_result(None)
         return again
+
+    async def _send_apart(
+        self, batch: list[tuple[Build, asyncio.Future[None]]], spans: list[tuple[int, int]]
+    ) -> list[object]:
+        """Every entry at once, each one's commands in order; replies (or errors) in order."""
+        entries = []
+        for build, _ in batch:
+            calls = _Calls()
+            build(cast(Pipeline, calls))
+            start = spans[-1][1] if spans else 0
+            spans.append((start, start + len(calls)))
+            entries.append(calls.calls)
+
+        async def send(calls: list[tuple[str, tuple, dict]]) -> list[object]:
+            replies: list[object] = []
+            for name, args, kwargs in calls:
+                try:
+                    replies.append(await getattr(self.redis, name)(*args, **kwargs))
+                except Exception as exc:
+                    replies.append(exc)
+            return replies
+
+        answered = await asyncio.gather(*(send(calls) for calls in entries))
+        return [reply for replies in answered for reply in replies]
 
 
 def _fail(batch: list[tuple[Build, asyncio.Future[None]]], exc: BaseException) -> None:

@@ -11,16 +11,34 @@ those sentinels (port 26379 by default) which server is the master of ``<service
 password is the master's. A new connection asks again, and a connection that fails (the
 master died) or finds itself on a demoted master is dropped, so after a failover the next
 request reaches the new master, with the same fast-fail timeouts in between.
+
+``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` (``rediss+cluster://`` for
+TLS) is a Redis Cluster, found from those nodes (port 6379 by default). ``is_cluster`` tells
+the caller, which must then give ``state.keys.Keys`` a prefix holding a hash tag
+(``state.keys.cluster_prefix``): every key of the gateway then hashes to one slot, so the
+Lua scripts and transactions that touch several keys (and build some names inside the
+script) run on one node, as they do on a single Redis.
 """
 
 from collections.abc import Mapping
+from typing import cast
 
 from loguru import logger
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.typing import EncodableT, FieldT
 
-__all__ = ["Fields", "connect", "sentinel_params"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "Fields",
+    "cluster_params",
+    "connect",
+    "is_cluster",
+    "sentinel_params",
+]
 
 # Every client decodes its replies (decode_responses=True), so what redis-py types as
 # ``bytes | str`` is a ``str`` here: the readers say so with ``typing.cast``. ``Fields`` is
@@ -29,6 +47,12 @@ Fields = Mapping[FieldT, EncodableT]
 
 SENTINEL_SCHEME = "redis+sentinel://"
 _SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_REDIS_PORT = 6379
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
 
 
 def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
@@ -61,6 +85,8 @@ def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
     }
     if url.startswith(SENTINEL_SCHEME):
         return _sentinel_master(url, timeout, options)
+    if is_cluster(url):
+        return _cluster(url, options)
     pool = BlockingConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
@@ -101,6 +127,51 @@ def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
     return client
 
 
+def _cluster(url: str, options: dict) -> Redis:
+    nodes, auth = cluster_params(url)
+    logger.info("Redis Cluster from nodes {}", nodes)
+    # Its pools are per node and do not wait for a free connection: allow more of them.
+    # ``timeout`` is the blocking pool's wait, which a cluster has not.
+    options = {k: v for k, v in options.items() if k != "timeout"}
+    options["max_connections"] = max(options["max_connections"], 256)
+    # One retry, at once, after a MOVED/ASK or a node failing over: the cluster's own
+    # redirections; a Redis that does not answer still fails within REDIS_TIMEOUT.
+    options["retry"] = Retry(NoBackoff(), 1)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        ssl=url.startswith("rediss+"),
+        **options,
+        **auth,
+    )
+    # The state code uses only commands, scripts and pipelines a cluster client has too.
+    return cast(Redis, client)
+
+
+def cluster_params(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """``(nodes, auth)`` of a ``redis+cluster://`` URL.
+
+    >>> cluster_params("redis+cluster://:pw@a:7000,b")
+    ([('a', 7000), ('b', 6379)], {'password': 'pw', 'username': None})
+    """
+    rest = url.split("://", 1)[1]
+    netloc = rest.partition("/")[0]
+    hostlist, username, password = _userinfo(netloc)
+    nodes = [_host(part, _REDIS_PORT) for part in hostlist.split(",") if part]
+    if not nodes:
+        raise ValueError("needs at least one node: redis+cluster://host:6379[,host:6379...]")
+    return nodes, {"password": password, "username": username}
+
+
+def _userinfo(netloc: str) -> tuple[str, str | None, str | None]:
+    """(hosts, username, password) of ``[[user]:password@]hosts``."""
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (user or None, secret or None) if colon else (None, user or None)
+    return hostlist, username, password
+
+
 def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     """``(sentinels, service, master options)`` of a ``redis+sentinel://`` URL.
 
@@ -109,12 +180,8 @@ def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     """
     rest = url.removeprefix(SENTINEL_SCHEME)
     netloc, _, path = rest.partition("/")
-    userinfo, at, hostlist = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username, password = (user or None, secret or None) if colon else (None, user or None)
-    hosts = [_host(part) for part in hostlist.split(",") if part]
+    hostlist, username, password = _userinfo(netloc)
+    hosts = [_host(part, _SENTINEL_PORT) for part in hostlist.split(",") if part]
     service, _, db = path.partition("/")
     if not hosts or not service:
         raise ValueError("needs sentinels and a service: redis+sentinel://host:26379/<service>")
@@ -123,12 +190,12 @@ def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     return hosts, service, {"db": int(db or 0), "password": password, "username": username}
 
 
-def _host(part: str) -> tuple[str, int]:
+def _host(part: str, default_port: int) -> tuple[str, int]:
     if part.startswith("["):  # [::1]:26379
         host, _, port = part[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = part.partition(":")
     if port and not port.isdigit():
-        raise ValueError(f"bad sentinel port in {part!r}")
-    return host, int(port or _SENTINEL_PORT)
+        raise ValueError(f"bad port in {part!r}")
+    return host, int(port or default_port)

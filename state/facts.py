@@ -1,7 +1,8 @@
 """Facts about the upstream that every replica should learn once, not each on its own.
 
 Owns ``Facts``: a small hash (``<p>facts``) of values with the time they were learned, e.g.
-the front-end version read from the home page.
+the front-end version read from the home page, or the last background self-check's report
+(``SELF_CHECK``, JSON).
 """
 
 import time
@@ -11,7 +12,9 @@ from redis.asyncio import Redis
 
 from state.keys import Keys
 
-__all__ = ["Facts"]
+__all__ = ["SELF_CHECK", "Facts"]
+
+SELF_CHECK = "self_check"
 
 
 class Facts:

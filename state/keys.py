@@ -17,13 +17,16 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
 | ``<p>chats`` | zset | throwaway chats to delete upstream -> ms time anyone may delete it |
 | ``<p>chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id), tries |
+| ``<p>conv:<key>`` | hash | a continued conversation: token_id, chat_id, parent_id, count, ... |
+| ``<p>conv:<key>:turn`` | string | the request running its turn (one at a time) |
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
 | ``<p>guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 | ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
-| ``<p>pace:<route>`` | string | ms time (Redis clock) the next call on that route may leave |
+| ``<p>slots:<route>`` | zset | booked call slots on that route, ``<start>:<end>`` (ms) by start |
+| ``<p>pace:token:<id>`` | string | ms time the next call with that pooled token may leave |
 | ``<p>keys`` | set | ids of the client keys the admin API issued |
 | ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
@@ -43,11 +46,26 @@ only other form of a token that may be shown or logged.
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["Keys", "mask", "token_id"]
+__all__ = ["Keys", "cluster_prefix", "mask", "token_id"]
 
 
 def token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def cluster_prefix(prefix: str) -> str:
+    """The prefix on a Redis Cluster: one hash tag (``zai:`` -> ``{zai}:``), so every key
+    hashes to one slot and a script or transaction over several keys stays on one node. A
+    prefix that already holds a tag is kept. (Client keys' own ``{k:<id>}`` tags then no
+    longer pick a slot: the first tag of a name is the one that counts.)
+
+    >>> cluster_prefix("zai:"), cluster_prefix("{gw}:")
+    ('{zai}:', '{gw}:')
+    """
+    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
+        return prefix
+    stem = prefix.rstrip(":") or "zai"
+    return "{" + stem + "}:"
 
 
 def mask(secret: str) -> str:
@@ -104,6 +122,12 @@ class Keys:
     def chat(self, chat_id: str) -> str:
         return f"{self.prefix}chat:{chat_id}"
 
+    def conversation(self, key: str) -> str:
+        return f"{self.prefix}conv:{key}"
+
+    def conversation_turn(self, key: str) -> str:
+        return f"{self.prefix}conv:{key}:turn"
+
     @property
     def guests(self) -> str:
         return f"{self.prefix}guests"
@@ -124,14 +148,13 @@ class Keys:
         return f"{self.prefix}waf:{route}"
 
     def pace(self, route: str) -> str:
-        return f"{self.prefix}pace:{route}"
+        return f"{self.prefix}slots:{route}"
+
+    def pace_token(self, tid: str) -> str:
+        return f"{self.prefix}pace:token:{tid}"
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
-
-    @property
-    def self_check(self) -> str:
-        return f"{self.prefix}self-check"
 
     @property
     def client_keys(self) -> str:

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from state.batch import WriteBehind, evalsha
+from state.conversations import Mapping, Thread
 from state.keys import Keys, mask, token_id
 from state.tasks import stop_tasks
 
@@ -47,11 +48,14 @@ class Pick:
     user_id: str
     role: str
     name: str
+    mapping: Mapping | None = None  # a continued conversation's chat, on its own token
 
 
 @dataclass(frozen=True, slots=True)
 class Unavailable:
-    reason: str  # "busy" (every token at its cap), "cooling", "empty"
+    # "busy" (every token at its cap), "cooling", "empty", "conv_busy" (another turn of
+    # the conversation in flight)
+    reason: str
     retry_after: float  # seconds until a token should be usable again
 
 
@@ -98,32 +102,36 @@ class TokenPool:
     # Returns {id, token, user_id, role, name}, or {"", reason, retry_after_ms} with reason
     # "busy" (all at their cap), "cooling" (all cooling down), "empty" (no token in rotation) or
     # "revoked" (the caller gave up on this lease id: a call that ran late, after a freeze).
-    ACQUIRE = """
+    _HEAD = """
+    local now = tonumber(ARGV[1])
+    local cap = tonumber(ARGV[4])
+    local function take(id)
+        local leases = ARGV[5] .. 'leases:' .. id
+        redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+        if cap ~= 0 and redis.call('ZCARD', leases) >= cap then return nil end
+        redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), id)
+        redis.call('ZADD', leases, now + tonumber(ARGV[3]), ARGV[2])
+        redis.call('PEXPIRE', leases, tonumber(ARGV[3]))
+        local info = ARGV[5] .. 'token:' .. id
+        redis.call('HSET', info, 'last_used', now)
+        redis.call('HINCRBY', info, 'uses', 1)
+        local meta = redis.call('HMGET', info, 'user_id', 'role', 'name')
+        return {id, redis.call('HGET', KEYS[4], id), meta[1] or '', meta[2] or '', meta[3] or ''}
+    end
     if redis.call('EXISTS', ARGV[5] .. 'revoked:' .. ARGV[2]) == 1 then
         return {'', 'revoked', 0}
     end
-    local now = tonumber(ARGV[1])
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
         redis.call('ZREM', KEYS[2], id)
         redis.call('ZADD', KEYS[1], 0, id)
         redis.call('HSET', ARGV[5] .. 'token:' .. id, 'cooldown_until', 0)
     end
-    local cap = tonumber(ARGV[4])
+    """
+    _PICK = """
     local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
     for _, id in ipairs(ids) do
-        local leases = ARGV[5] .. 'leases:' .. id
-        redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-        if cap == 0 or redis.call('ZCARD', leases) < cap then
-            redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), id)
-            redis.call('ZADD', leases, now + tonumber(ARGV[3]), ARGV[2])
-            redis.call('PEXPIRE', leases, tonumber(ARGV[3]))
-            local info = ARGV[5] .. 'token:' .. id
-            redis.call('HSET', info, 'last_used', now)
-            redis.call('HINCRBY', info, 'uses', 1)
-            local meta = redis.call('HMGET', info, 'user_id', 'role', 'name')
-            return {id, redis.call('HGET', KEYS[4], id), meta[1] or '', meta[2] or '',
-                    meta[3] or ''}
-        end
+        local got = take(id)
+        if got then return got end
     end
     if #ids > 0 then
         return {'', 'busy', 1000}
@@ -134,6 +142,31 @@ class TokenPool:
     end
     return {'', 'empty', 0}
     """
+    ACQUIRE = _HEAD + _PICK
+    # A turn of a continued conversation (state.conversations), the same pick with:
+    # KEYS[5] the conversation hash; KEYS[6] its turn key; ARGV[6] the request holding the turn.
+    # Another request's turn in flight: {"", "conv_busy", its ms left}. Else the turn is taken
+    # (again, by the same request: a retry) and the token the chat belongs to is leased if it
+    # is in rotation and under its cap, answering the mapping after the five fields
+    # {chat_id, parent_id, count, prefix, answer}; otherwise any token, as ACQUIRE (the core
+    # then starts a fresh chat with the whole history).
+    _PINNED = """
+    local held = redis.call('GET', KEYS[6])
+    if held and held ~= ARGV[6] then
+        return {'', 'conv_busy', redis.call('PTTL', KEYS[6])}
+    end
+    redis.call('SET', KEYS[6], ARGV[6], 'PX', tonumber(ARGV[3]))
+    local conv = redis.call('HMGET', KEYS[5], 'token_id', 'chat_id', 'parent_id', 'count',
+                            'prefix', 'answer')
+    if conv[1] and redis.call('ZSCORE', KEYS[1], conv[1]) then
+        local got = take(conv[1])
+        if got then
+            for i = 2, 6 do table.insert(got, conv[i] or '') end
+            return got
+        end
+    end
+    """
+    ACQUIRE_PINNED = _HEAD + _PINNED + _PICK
 
     # KEYS[1] leases zset of the token
     # KEYS[2] token info hash
@@ -247,6 +280,7 @@ class TokenPool:
         self.unsettled: dict[str, str] = {}
         self._settling: asyncio.Task | None = None
         self._acquire = redis.register_script(self.ACQUIRE)
+        self._acquire_pinned = redis.register_script(self.ACQUIRE_PINNED)
         self._release = redis.register_script(self.RELEASE)
         self._revoke = redis.register_script(self.REVOKE)
         self._verdict = redis.register_script(self.VERDICT)
@@ -256,16 +290,27 @@ class TokenPool:
     def __repr__(self) -> str:
         return f"<TokenPool {self.keys.prefix} held={len(self.held)}>"
 
-    async def acquire(self) -> Pick | Unavailable:
+    async def acquire(self, thread: Thread | None = None) -> Pick | Unavailable:
+        """Lease a token; with ``thread`` (a continued conversation) also take its turn and
+        prefer the token its chat belongs to, answering the chat's mapping in ``Pick``."""
         keys = self.keys
         # The id is made here, not in Redis, so an acquire that gets no answer can be revoked.
         lease_id = f"{self.owner}:{getrandbits(48):012x}"
         now = _ms(time.time())
+        script, names = self._acquire, [keys.rotation, keys.cooldown, keys.seq, keys.tokens]
+        args: list[str | int] = [
+            now,
+            lease_id,
+            _ms(self.lease_ttl),
+            self.max_concurrency,
+            keys.prefix,
+        ]
+        if thread is not None:
+            script = self._acquire_pinned
+            names += [keys.conversation(thread.key), keys.conversation_turn(thread.key)]
+            args.append(thread.holder)
         try:
-            reply = await self._acquire(
-                keys=[keys.rotation, keys.cooldown, keys.seq, keys.tokens],
-                args=[now, lease_id, _ms(self.lease_ttl), self.max_concurrency, keys.prefix],
-            )
+            reply = await script(keys=names, args=args)
         except (RedisError, asyncio.CancelledError):
             # No answer (or the caller hung up while waiting): the script may still run.
             self._unsettle(lease_id, "")
@@ -274,7 +319,10 @@ class TokenPool:
             return Unavailable(reply[1], max(0, int(reply[2])) / 1000)
         lease = Lease(reply[0], lease_id, now)
         self.held.add(lease)
-        return Pick(lease, reply[1], reply[2], reply[3], reply[4])
+        mapping = None
+        if len(reply) > 5 and reply[5]:
+            mapping = Mapping(reply[5], reply[6], int(reply[7] or 0), reply[8], reply[9])
+        return Pick(lease, reply[1], reply[2], reply[3], reply[4], mapping)
 
     async def release(self, lease: Lease, outcome: str, reason: str = "") -> float:
         """Drop the lease and record the outcome; returns the cooldown given (seconds)."""

@@ -23,6 +23,7 @@ from server.services import Services, make_services
 from server.settings import load_settings
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
+from tests.redis_cluster import ClusterSet
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer, server_binaries
 from tests.transports import transport  # noqa: F401  (the fixture: both upstream transports)
@@ -175,25 +176,42 @@ def real_redis_server(redis_servers):
     return redis_servers(next(iter(SERVER_BINARIES)))
 
 
-@pytest.fixture(scope="session")
-def real_sentinel_set():
+def started(make):
+    """A set of servers (``SentinelSet``, ``ClusterSet``) started, or the test skipped (a
+    failure under ``CI=true``) when no server binary is found."""
     try:
-        sset = SentinelSet().start()
+        return make().start()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def real_sentinel_set():
+    sset = started(SentinelSet)
     yield sset
     sset.stop()
 
 
-@pytest.fixture(params=["fakeredis", *(SERVER_BINARIES or ["redis-server"]), "sentinel"])
+@pytest.fixture(scope="session")
+def real_cluster_set():
+    cset = started(ClusterSet)
+    yield cset
+    cset.stop()
+
+
+@pytest.fixture(params=["fakeredis", *(SERVER_BINARIES or ["redis-server"]), "sentinel", "cluster"])
 def redis(request, io_loop):
-    """The same state code on the embedded fakeredis, on every real server binary found, and
-    on the master of a real Sentinel set (found through its sentinels, as REDIS_URL names it)."""
+    """The same state code on the embedded fakeredis, on every real server binary found, on
+    the master of a real Sentinel set (found through its sentinels, as REDIS_URL names it) and
+    on a real three-master Redis Cluster. The tests' key prefix ``{t}:`` holds a hash tag, as
+    the gateway's does on a cluster (``state.keys.cluster_prefix``)."""
     if request.param == "fakeredis":
         client = connect("", 0.5)
     else:
         if request.param == "sentinel":
             url = request.getfixturevalue("real_sentinel_set").url
+        elif request.param == "cluster":
+            url = request.getfixturevalue("real_cluster_set").url
         elif request.param in SERVER_BINARIES:
             url = request.getfixturevalue("redis_servers")(request.param).url
         else:

@@ -135,6 +135,17 @@ class FakeUpstream:
         # (true; anything else: 404 "We could not find..."). ``delete_failures``: that many
         # deletes answer 500 first.
         self.chats: dict[str, str] = {}
+        # Conversation mode (PROTOCOL.md section 6.4): with ``converse`` set, completions are
+        # answered by the fake itself ("Turn <n>." after ``turn_time`` s), keeping each chat's
+        # history server-side (``threads``): a turn with current_user_message_parent_id must
+        # name the last assistant message the chat issued (the body's ``id`` of the turn before)
+        # and come from the chat's owner, else 400; a turn while one is in flight on the same
+        # chat (or a chat in ``busy_chats``) gets HTTP 409 SESSION_BUSY; usage reports the
+        # history it already held as cached_tokens (a word is a token).
+        self.converse = False
+        self.turn_time = 0.0
+        self.threads: dict[str, Thread] = {}
+        self.busy_chats: set[str] = set()
         self.deleted: list[str] = []
         self.delete_failures = 0
         # Files (PROTOCOL.md section 6.9): POST /api/v1/files/ (multipart, user tokens only;
@@ -380,6 +391,24 @@ class FakeUpstream:
             await asyncio.sleep(0.01)
 
 
+@dataclass
+class Thread:
+    """One chat's server-side history in conversation mode."""
+
+    owner: str
+    messages: list[dict]
+    last_id: str = ""
+    busy: bool = False
+
+
+def _words(messages: list[dict]) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in messages)
+
+
+def _frame(data: dict) -> bytes:
+    return b"data: " + json.dumps({"type": "chat:completion", "data": data}).encode() + b"\n\n"
+
+
 class _Status(Exception):
     """An HTTP error answer from one of the fake's own routes."""
 
@@ -519,6 +548,9 @@ class _Handler(RequestHandler):
         rejected = self.fake._reject(seen)
         if not rejected and seen.method == "POST" and seen.path == COMPLETIONS:
             self.fake.keep_chat(seen)
+            if self.fake.converse:
+                await self._converse(seen)
+                return
         if not rejected and seen.path == COMPLETIONS and self.fake.answers:
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.write(self.fake.answers.pop(0))
@@ -558,6 +590,49 @@ class _Handler(RequestHandler):
             await self._stream(body)
         else:
             self.finish(body)
+
+    async def _converse(self, seen: Seen) -> None:
+        """Answer one turn of a chat the fake keeps (conversation mode)."""
+        fake, body = self.fake, json.loads(seen.body)
+        token, chat_id = seen.query.get("token", ""), body["chat_id"]
+        parent = body.get("current_user_message_parent_id")
+        thread = fake.threads.get(chat_id)
+        error: tuple[int, dict] | None = None
+        if chat_id in fake.busy_chats or (thread is not None and thread.busy):
+            error = 409, {"code": "SESSION_BUSY", "detail": "a turn of this chat is in progress"}
+        elif parent is not None and (thread is None or thread.owner != token):
+            error = 400, {"detail": f"chat {chat_id} not found for this user"}
+        elif parent is not None and parent != thread.last_id:  # type: ignore[union-attr]
+            error = 400, {"detail": f"parent message {parent} not found in chat {chat_id}"}
+        if error is not None:
+            self.set_status(error[0])
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(error[1]))
+            return
+        if thread is None:
+            thread = fake.threads[chat_id] = Thread(token, [])
+        held = _words(thread.messages)
+        thread.busy = True
+        try:
+            answer = f"Turn {1 + sum(m['role'] == 'assistant' for m in thread.messages)}."
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.write(_frame({"phase": "answer", "delta_content": answer}))
+            await self.flush()
+            if fake.turn_time:
+                await asyncio.sleep(fake.turn_time)
+            prompt = held + _words(body["messages"])
+            usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+            self.write(_frame({"phase": "other", "usage": {**usage, "cached_tokens": held}}))
+            self.write(_frame({"phase": "done", "done": True}))
+            await self.finish()
+        except StreamClosedError:
+            fake.streams_aborted += 1
+            return
+        finally:
+            thread.busy = False
+        thread.messages += [*body["messages"], {"role": "assistant", "content": answer}]
+        thread.last_id = body["id"]
+        fake.streams_completed += 1
 
     async def _stream(self, body: bytes) -> None:
         try:

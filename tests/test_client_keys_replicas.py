@@ -1,5 +1,6 @@
 """Issue 17's acceptance for limits: 200 concurrent requests from 3 replica processes on one
-key limited to 50 a minute, on a real redis-server and on a real Sentinel set: exactly 50
+key limited to 50 a minute, on a real redis-server, on a real Sentinel set and on a real
+three-master Redis Cluster: exactly 50
 succeed, the other 150 get a 429 with Retry-After and OpenAI's x-ratelimit-* headers, and
 the upstream sees exactly 50."""
 
@@ -13,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.accounts import ADMIN
 from tests.fake_upstream import FakeUpstream
+from tests.redis_cluster import ClusterSet
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 from tests.test_replicas import Replica, used
@@ -20,18 +22,27 @@ from tests.test_replicas import Replica, used
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(params=["redis-server", "sentinel"])
+@pytest.fixture(params=["redis-server", "sentinel", "cluster"])
 def cluster(request, io_loop, tmp_path):
-    """Three replicas as in test_replicas, on a plain redis-server or on a Sentinel set, with
-    a Redis timeout fit for a burst: each process opens its connections during the burst
-    itself, and on this shared 2-core machine a connect can take longer than 0.5 s."""
-    sset = SentinelSet().start() if request.param == "sentinel" else None
-    redis = sset.master if sset is not None else RedisServer().start()
+    """Three replicas as in test_replicas, on a plain redis-server, a Sentinel set or a Redis
+    Cluster, with a Redis timeout fit for a burst: each process opens its connections during
+    the burst itself, and on this shared 2-core machine a connect can take longer than 0.5 s."""
+    sset: SentinelSet | ClusterSet | None = None
+    if request.param == "sentinel":
+        sset = SentinelSet().start()
+        redis = sset.master
+    elif request.param == "cluster":
+        sset = ClusterSet().start()
+        redis = sset.nodes[0]
+    else:
+        redis = RedisServer().start()
     url = sset.url if sset is not None else redis.url
+    # where the gateway's keys are read: a cluster's prefix holds a hash tag
+    store, prefix = (sset, "{zai}:") if isinstance(sset, ClusterSet) else (redis, "zai:")
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
     replicas = [Replica(url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
-    yield redis, fake, replicas
+    yield store, prefix, fake, replicas
     codes = [replica.stop() for replica in replicas]
     for replica in replicas:
         replica.log.close()
@@ -42,7 +53,7 @@ def cluster(request, io_loop, tmp_path):
 
 @pytest.mark.timeout(120)
 async def test_fifty_a_minute_is_fifty_across_three_replicas(cluster):
-    redis, fake, replicas = cluster
+    store, prefix, fake, replicas = cluster
     await asyncio.gather(*(r.ready() for r in replicas))
     reply = await AsyncHTTPClient().fetch(
         replicas[0].url + "/v1/keys",
@@ -82,7 +93,7 @@ async def test_fifty_a_minute_is_fifty_across_three_replicas(cluster):
             assert headers["x-ratelimit-reset-requests"].endswith("s")
     remaining = sorted(int(h["x-ratelimit-remaining-requests"]) for c, h in results if c == 200)
     assert remaining == list(range(50))  # each success saw its own place in the minute
-    log = f"zai:{{k:{created['id']}}}:rpm"
-    assert redis.cli("ZCARD", log).strip() == "50"
+    log = f"{prefix}{{k:{created['id']}}}:rpm"
+    assert store.cli("ZCARD", log).strip() == "50"
     # every replica refused some and let some through: the limit is shared, not per process
     assert len({i % 3 for i, (code, _) in enumerate(results) if code == 429}) == 3

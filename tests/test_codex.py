@@ -131,7 +131,8 @@ async def _post(gw, body: bytes) -> tuple[str, str]:
     except HTTPClientError as exc:
         detail = exc.response.body.decode() if exc.response else ""
         pytest.fail(f"{exc.code} from the gateway: {detail}")
-    assert response.headers["X-Gateway-Tools"] == "not offered: namespace, web_search"
+    # its web_search beside function tools is not offered; its namespace's members are
+    assert response.headers["X-Gateway-Tools"] == "not offered: web_search"
     return response.headers.get("Content-Type", ""), response.body.decode()
 
 
@@ -180,6 +181,9 @@ async def test_recorded_requests_replayed(gateway, stream):
     # the recorded function_call_output went back to the model as a tool result
     head = f'<tool_result name="exec_command" id="{output["call_id"]}">'
     assert any(head in m["content"] and OUTPUT in m["content"] for m in sent)
+    # the multi_agent_v1 namespace's tools are offered under their namespace
+    system = sent[0]["content"]
+    assert '"name":"multi_agent_v1.spawn_agent"' in system and "(multi_agent_v1)" in system
     # the reasoning item Codex sent back is not forwarded (the upstream takes no thinking)
     (thinking,) = [item for item in recorded if item["type"] == "reasoning"]
     assert not any(thinking["summary"][0]["text"] in m["content"] for m in sent)

@@ -187,6 +187,119 @@ async def test_tool_round_trip(gateway, stream):
     assert result in two[3]["content"] and '"temp_c": 18' in two[3]["content"]
 
 
+PATCH = "*** Begin Patch\n*** Add File: hi.txt\n+hello\n*** End Patch\n"
+CUSTOM = {  # Codex's apply_patch, a free-form tool with a grammar
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: "*** Begin Patch" LF body "*** End Patch" LF?',
+    },
+}
+NAMESPACE = {  # a group of tools, as an MCP server's are
+    "type": "namespace",
+    "name": "crm",
+    "description": "Customer records",
+    "tools": [
+        {
+            "type": "function",
+            "name": "find_customer",
+            "description": "Look a customer up by email",
+            "parameters": {"type": "object", "properties": {"email": {"type": "string"}}},
+        }
+    ],
+}
+
+
+def _calling(name: str, arguments: dict) -> bytes:
+    """An upstream answer that calls ``name`` in the gateway's tool protocol, in small deltas."""
+    text = "Doing it.\n<tool_call>\n" + json.dumps({"name": name, "arguments": arguments})
+    text += "\n</tool_call>"
+    frames = [
+        {"type": "chat:completion", "data": {"delta_content": text[i : i + 7], "phase": "answer"}}
+        for i in range(0, len(text), 7)
+    ]
+    frames.append({"type": "chat:completion", "data": {"phase": "done", "done": True}})
+    return b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames)
+
+
+async def _respond(client, stream: bool, **body):
+    if not stream:
+        return await client.responses.create(**body), []
+    async with client.responses.stream(**body) as events:
+        kinds = [event.type async for event in events]
+        return await events.get_final_response(), kinds
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_custom_and_namespace_tools_round_trip(gateway, stream):
+    """A custom tool's call is a custom_tool_call with the free-form input; a namespaced
+    function's call names its namespace; both outputs go back to the model as results."""
+    gw = await gateway(*BASE, "tools_final_answer")
+    gw.fake.answers += [
+        _calling("apply_patch", {"input": PATCH}),
+        _calling("crm.find_customer", {"email": "ada@example.com"}),
+    ]
+    tools = [CUSTOM, NAMESPACE]
+    history: list = [{"role": "user", "content": "Add hi.txt, then find Ada."}]
+    async with gw.openai() as client:
+        first, kinds = await _respond(client, stream, model="GLM-4.7", input=history, tools=tools)
+        (patch,) = [item for item in first.output if item.type == "custom_tool_call"]
+        assert (patch.name, patch.input, patch.id[:4]) == ("apply_patch", PATCH, "ctc_")
+        assert not [item for item in first.output if item.type == "function_call"]
+        if stream:
+            assert "response.custom_tool_call_input.delta" in kinds
+            assert "response.custom_tool_call_input.done" in kinds
+            assert "response.function_call_arguments.delta" not in kinds
+        history += [item.model_dump(exclude_none=True) for item in first.output]
+        history.append(
+            {"type": "custom_tool_call_output", "call_id": patch.call_id, "output": "ok"}
+        )
+        second, _ = await _respond(client, stream, model="GLM-4.7", input=history, tools=tools)
+        (find,) = [item for item in second.output if item.type == "function_call"]
+        assert (find.namespace, find.name) == ("crm", "find_customer")
+        assert json.loads(find.arguments) == {"email": "ada@example.com"}
+        history += [item.model_dump(exclude_none=True) for item in second.output]
+        history.append({"type": "function_call_output", "call_id": find.call_id, "output": "{}"})
+        third, _ = await _respond(client, stream, model="GLM-4.7", input=history, tools=tools)
+        assert third.output_text and third.status == "completed"
+        assert [t.type for t in third.tools] == ["custom", "namespace"]  # echoed as given
+    one, _, three = [msgspec.json.decode(seen.body)["messages"] for seen in gw.completions_seen()]
+    system = one[0]["content"]
+    assert '"name":"apply_patch"' in system and "lark grammar" in system
+    assert '"name":"crm.find_customer"' in system and "(crm) Look a customer up" in system
+    said = [m["content"] for m in three]
+    assert any('"name":"apply_patch","arguments":{"input":"*** Begin Patch' in m for m in said)
+    assert any(f'<tool_result name="apply_patch" id="{patch.call_id}">' in m for m in said)
+    assert any(f'<tool_result name="crm.find_customer" id="{find.call_id}">' in m for m in said)
+
+
+async def test_tool_choice_names_a_custom_tool(gateway):
+    gw = await gateway(*BASE, "tools_final_answer")
+    gw.fake.answers.append(_calling("apply_patch", {"input": PATCH}))
+    async with gw.openai() as client:
+        response = await client.responses.create(
+            model="GLM-4.7",
+            input="Add hi.txt",
+            tools=[CUSTOM, *TOOLS],
+            tool_choice={"type": "custom", "name": "apply_patch"},
+        )
+        assert (response.tool_choice.type, response.tool_choice.name) == ("custom", "apply_patch")
+        assert [item.type for item in response.output][-1] == "custom_tool_call"
+        with pytest.raises(openai.BadRequestError) as caught:  # a function is not a custom tool
+            await client.responses.create(
+                model="GLM-4.7",
+                input="x",
+                tools=[CUSTOM, *TOOLS],
+                tool_choice={"type": "custom", "name": "get_weather"},
+            )
+        assert caught.value.body["param"] == "tool_choice"
+    (sent,) = [msgspec.json.decode(seen.body) for seen in gw.completions_seen()]
+    assert "You must call the function `apply_patch`" in sent["messages"][0]["content"]
+
+
 async def test_tool_choice_named_and_refusals(gateway):
     gw = await gateway(*BASE, "tools_single")
     async with gw.openai() as client:

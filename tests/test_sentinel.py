@@ -13,6 +13,7 @@ import pytest
 from server.settings import SettingsError, load_settings
 from state.connection import sentinel_params
 from tests.accounts import admin, pool_gateway
+from tests.conftest import started
 from tests.redis_sentinel import SentinelSet
 
 OK = "stream_glm5_plain_thinking"
@@ -40,10 +41,7 @@ def test_a_sentinel_url_without_service_stops_start_up():
 
 @pytest.fixture
 def sentinel_set():
-    try:
-        sset = SentinelSet().start()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    sset = started(SentinelSet)
     yield sset
     sset.stop()
 

@@ -2,7 +2,12 @@
 of a healthy exchange is named and ok, and each fault the fake can produce is named at the
 step where it breaks, in plain words, with no token or proxy password in the answer."""
 
+import asyncio
+import re
+import time
+
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from tests.accounts import ADMIN, admin
 from tests.redis_server import free_port
@@ -78,3 +83,45 @@ async def test_only_the_admin_may_run_it(gateway):
     code, _ = await admin(gw, "GET", "/v1/upstream/check", token="wrong")
     assert code == 401
     assert not gw.fake.requests  # nothing was sent upstream
+
+
+def _step_gauges(metrics: str) -> dict[str, float]:
+    found = re.findall(
+        r'zai_gateway_upstream_step_ok\{route="([^"]+)",step="([^"]+)"\} (\S+)', metrics
+    )
+    return {step: float(value) for _, step, value in found}
+
+
+async def test_the_background_check_runs_on_one_replica_and_every_replica_exports_it(
+    gateway, real_redis_server
+):
+    """SELF_CHECK_INTERVAL: one probe per interval across two replicas (a Redis lock), its
+    report shared, so both replicas' /metrics show each step; a WAF block flips the
+    completion step to 0 while readiness stays 200 (restarting pods would fix nothing)."""
+    common = {
+        "redis_url": real_redis_server.url,
+        "redis_prefix": "self-check-test:",
+        "self_check_interval": 1.0,
+        "admin_token": ADMIN,
+    }
+    first = await gateway("home", "guest_auth", OK, **common)
+    second = await gateway(zai_base_url=first.fake.base_url, **common)
+    started = time.monotonic()
+    await asyncio.sleep(4.5)
+    probes = len(first.completions_seen())
+    # the lock lasts 0.9 interval: at most one probe per 0.9 s over both replicas (unlocked,
+    # each replica would probe every second: about 8)
+    assert 3 <= probes <= (time.monotonic() - started) / 0.9 + 1, probes
+    for gw in (first, second):
+        metrics = (await AsyncHTTPClient().fetch(gw.url + "/metrics")).body.decode()
+        assert _step_gauges(metrics) == dict.fromkeys(STEPS, 1.0), metrics
+        at = re.search(r"^zai_gateway_upstream_check_timestamp_seconds (\S+)$", metrics, re.M)
+        assert time.time() - float(at[1]) < 3
+    _waf(first)  # completions from this address now get the WAF's block page
+    await asyncio.sleep(2.5)
+    for gw in (first, second):
+        metrics = (await AsyncHTTPClient().fetch(gw.url + "/metrics")).body.decode()
+        gauges = _step_gauges(metrics)
+        assert gauges["completion"] == 0.0 and gauges["home page"] == 1.0, gauges
+        ready = await AsyncHTTPClient().fetch(gw.url + "/readyz", raise_error=False)
+        assert ready.code == 200

@@ -47,7 +47,7 @@ async def test_block_opens_the_shared_breaker_for_every_replica(gateway, real_re
 
 async def test_breaker_doubles_up_to_its_cap_and_stays_open_while_open(redis):
     # Windows of 0.4 s: long enough that the round trips inside one fit on a loaded machine.
-    breaker = WafBreaker(redis, Keys("t:"), base=0.4, cap=1.2)
+    breaker = WafBreaker(redis, Keys("{t}:"), base=0.4, cap=1.2)
     assert await breaker.open_for() == [0]
     assert 0 < await breaker.trip() <= 0.4
     assert 0 < await breaker.trip() <= 0.4  # a block seen while open does not double

@@ -128,7 +128,7 @@ class Catalogue:
 
     async def _fetch_tier(self, tier: str, token: str) -> None:
         try:
-            rows = await self.client.models(token)
+            rows = await self.client.models(token, pooled=tier == "user")
         except GatewayError as exc:
             logger.warning("cannot read the upstream's model list ({}): {}", tier, exc.message)
             self._fresh[tier] = time.monotonic() + _MISS_EVERY  # not again at once

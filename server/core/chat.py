@@ -100,6 +100,8 @@ class Conversation:
     search: bool = False  # the client asked for the upstream's web search (a server tool)
     extra: dict = field(default_factory=dict)
     captcha: str = field(default="", repr=False)  # the caller's single-use param; never shown
+    # ZAI_CHATS=continue: the client's conversation, hashed (server/core/continuation.py)
+    thread: str = field(default="", repr=False)
 
     @property
     def prompt(self) -> str:

@@ -79,7 +79,7 @@ class ThrowawayChats:
     def end(self, cred: Credential, chat_id: str) -> None:
         if self._deletes(cred):
             written = self.open.pop(chat_id, None)
-            self._spawn(self._delete_after(written, cred.token, chat_id))
+            self._spawn(self._delete_after(written, cred.token, chat_id, cred.role != "guest"))
 
     def _deletes(self, cred: Credential) -> bool:
         return self.guests or cred.role == "user"
@@ -96,7 +96,7 @@ class ThrowawayChats:
             if not token:  # the token left the pool: nothing can delete its chats now
                 await self.ledger.done(chat.chat_id)
                 continue
-            done += await self._delete(token, chat)
+            done += await self._delete(token, chat, pooled=not chat.guest)
         return done
 
     async def drain(self, timeout: float) -> None:
@@ -117,19 +117,19 @@ class ThrowawayChats:
             logger.warning("chat {} not written down (shared state unreachable): {}", chat_id, exc)
 
     async def _delete_after(
-        self, written: asyncio.Future[None] | None, token: str, chat_id: str
+        self, written: asyncio.Future[None] | None, token: str, chat_id: str, pooled: bool
     ) -> None:
         if written is not None:
             await written  # in the ledger first: if the delete fails, the sweep has it
-        await self._delete(token, PendingChat(chat_id, "", "", 0))
+        await self._delete(token, PendingChat(chat_id, "", "", 0), pooled)
 
-    async def _delete(self, token: str, chat: PendingChat) -> int:
+    async def _delete(self, token: str, chat: PendingChat, pooled: bool = True) -> int:
         try:
             if self.waf_open is not None and await self.waf_open():
                 await self.ledger.later(chat.chat_id, self.retry)  # send nothing while blocked
                 return 0
             try:
-                gone = await self.client.delete_chat(token, chat.chat_id)
+                gone = await self.client.delete_chat(token, chat.chat_id, pooled)
             except GatewayError as exc:
                 if chat.tries + 1 >= _GIVE_UP:
                     logger.warning("giving up deleting chat {}: {}", chat.chat_id, exc.message)

@@ -31,8 +31,10 @@ from server.captcha.source import CaptchaSource
 from server.core.catalogue import Catalogue
 from server.core.chat import Conversation, Ending, Sink
 from server.core.chats import ThrowawayChats
+from server.core.continuation import Continuations, Plan
 from server.core.errors import GatewayError
 from server.core.images import gather
+from server.core.models import Model
 from server.credentials.sources import TokenSource
 from server.egress import ROUTE_FAULTS, Egress, Route
 from server.emulation.stop_sink import StopSequenceReached, StopSequenceSink
@@ -47,6 +49,7 @@ from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
+from state.conversations import Thread
 from state.files import FileCache
 
 __all__ = ["Attempts", "answer_sink", "complete"]
@@ -81,6 +84,7 @@ async def complete(
     catalogue: Catalogue | None = None,
     chats: ThrowawayChats | None = None,
     files: FileCache | None = None,
+    continuations: Continuations | None = None,
 ) -> None:
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
@@ -111,6 +115,7 @@ async def complete(
                 catalogue,
                 chats,
                 files,
+                continuations,
             )
 
         await complete_structured(conv, sink, conv.output_format, once)
@@ -122,85 +127,114 @@ async def complete(
     upstream_conv = render_for_upstream(conv)
     missing = ""  # the sidecar's failure, when it was asked and gave no param
     unseen = ""  # a param sent on a blocked route: the WAF stopped it, the upstream never saw it
-    while True:
-        attempts.count += 1
-        # A fresh scanner per attempt: a retry never sees text held back by the failed one.
-        attempt_sink = answer_sink(sink, conv, settings.scan_limit)
-        param, unseen = unseen, ""
-        if param:
-            pass
-        elif caller and captchas.mode != "off":
-            param, caller = caller, ""
-        elif await captchas.needed(client):
-            # A sidecar that failed once is not asked again for this request: a retry would
-            # only double the client's wait for the same answer.
-            param, why = await captchas.take(ask_sidecar=not missing)
-            missing = missing or why
-        if rejected is not None and not param:
-            await sink.fail(rejected)  # no other param to try: the first answer stands
-            return
-        route = None
-        try:
-            if egress is not None:
-                route = await egress.pick(conv.model.id)
+    thread = continuations.thread(conv) if continuations is not None else None
+    fresh = False  # a continued chat the upstream refused: the retries start a fresh one
+    try:
+        while True:
+            attempts.count += 1
+            # A fresh scanner per attempt: a retry never sees text held back by the failed one.
+            attempt_sink = answer_sink(sink, conv, settings.scan_limit)
+            param, unseen = unseen, ""
+            if param:
+                pass
+            elif caller and captchas.mode != "off":
+                param, caller = caller, ""
+            elif await captchas.needed(client):
+                # A sidecar that failed once is not asked again for this request: a retry would
+                # only double the client's wait for the same answer.
+                param, why = await captchas.take(ask_sidecar=not missing)
+                missing = missing or why
+            if rejected is not None and not param:
+                await sink.fail(rejected)  # no other param to try: the first answer stands
+                return
+            route, plan = None, None
             try:
-                # Images are uploaded with the token that then asks: a user's (6.9).
-                cred = await tokens.acquire(
-                    replace(conv.model, guest=False) if conv.images else conv.model
+                if egress is not None:
+                    route = await egress.pick(conv.model.id)
+                try:
+                    # Images are uploaded with the token that then asks: a user's (6.9).
+                    cred = await _acquire(
+                        tokens,
+                        replace(conv.model, guest=False) if conv.images else conv.model,
+                        thread,
+                        settings.zai_conversation_wait,
+                    )
+                except GatewayError as err:
+                    # No usable token is never retried (the next pick would find the same pool).
+                    # A retry that finds none reports what the upstream said last (its 429, its
+                    # 500) with the pool's wait: never a bare 503 for a pool the upstream emptied.
+                    ATTEMPT_ERRORS.labels(err.kind).inc()
+                    logger.info(
+                        "{} no upstream token: {} ({})", conv.request_id, err.kind, err.detail
+                    )
+                    if last is not None:
+                        last.retry_after = last.retry_after or err.retry_after
+                    await sink.fail(last or err)
+                    return
+                turn = None
+                if thread is not None and continuations is not None:
+                    plan = continuations.plan(upstream_conv, cred, fresh)
+                    turn = _Turn(continuations, thread, plan)
+                    logger.debug(
+                        "{} conversation: {}",
+                        conv.request_id,
+                        f"continued, {len(plan.conv.turns)} new turn(s)"
+                        if plan.continued
+                        else "fresh chat",
+                    )
+                await _attempt(
+                    plan.conv if plan is not None else upstream_conv,
+                    attempt_sink,
+                    cred,
+                    tokens,
+                    client,
+                    param,
+                    route,
+                    settings.stream_holdback,
+                    catalogue,
+                    chats,
+                    files,
+                    turn,
                 )
+                return
             except GatewayError as err:
-                # No usable token is never retried (the next pick would find the same pool).
-                # A retry that finds none reports what the upstream said last (its 429, its
-                # 500) with the pool's wait: never a bare 503 for a pool the upstream emptied.
+                last = err
+                if plan is not None and plan.continued and err.kind != "session_busy":
+                    fresh = True  # e.g. the upstream lost the chat: the whole history next
+                moved = False  # a shut route (WAF, dead proxy), another open: the request moves
+                if err.kind in ROUTE_FAULTS and route is not None and err.retry_after is None:
+                    moved = await egress.trip(route, err)  # type: ignore[union-attr]
+                    unseen = param if moved else ""
+                rejected = err if err.kind == "captcha_required" else None
+                if rejected is not None:
+                    err.retry_after = captchas.retry_after
+                    if missing and not param:  # why the sidecar had none: what to fix
+                        err.detail = f"{err.detail}; {missing}"
                 ATTEMPT_ERRORS.labels(err.kind).inc()
-                logger.info("{} no upstream token: {} ({})", conv.request_id, err.kind, err.detail)
-                if last is not None:
-                    last.retry_after = last.retry_after or err.retry_after
-                await sink.fail(last or err)
-                return
-            await _attempt(
-                upstream_conv,
-                attempt_sink,
-                cred,
-                tokens,
-                client,
-                param,
-                route,
-                settings.stream_holdback,
-                catalogue,
-                chats,
-                files,
-            )
-            return
-        except GatewayError as err:
-            last = err
-            moved = False  # a shut route (WAF, dead proxy), another open: the request moves
-            if err.kind in ROUTE_FAULTS and route is not None and err.retry_after is None:
-                moved = await egress.trip(route, err)  # type: ignore[union-attr]
-                unseen = param if moved else ""
-            rejected = err if err.kind == "captcha_required" else None
-            if rejected is not None:
-                err.retry_after = captchas.retry_after
-                if missing and not param:  # why the sidecar had none: what to fix
-                    err.detail = f"{err.detail}; {missing}"
-            ATTEMPT_ERRORS.labels(err.kind).inc()
-            retry = not sink.started and (moved or attempts.count <= min(err.rule.retry, retries))
-            logger.info(
-                "{} upstream attempt {} failed: {} ({}){}",
-                conv.request_id,
-                attempts.count,
-                err.kind,
-                err.detail,
-                "; retrying" if retry else "",
-            )
-            if not retry:
-                if err.status == 504:
-                    err.detail = f"{err.detail} ({attempts.tally()})"
-                await sink.fail(err)
-                return
-            RETRIES.inc()
-            if err.rule.refresh_version:
-                await client.refresh_fe_version(stale=await client.fe_version())
+                retry = not sink.started and (
+                    moved or attempts.count <= min(err.rule.retry, retries)
+                )
+                logger.info(
+                    "{} upstream attempt {} failed: {} ({}){}",
+                    conv.request_id,
+                    attempts.count,
+                    err.kind,
+                    err.detail,
+                    "; retrying" if retry else "",
+                )
+                if not retry:
+                    if err.status == 504:
+                        err.detail = f"{err.detail} ({attempts.tally()})"
+                    await sink.fail(err)
+                    return
+                RETRIES.inc()
+                if err.kind == "session_busy":  # the chat's previous turn may end meanwhile
+                    await asyncio.sleep(_SESSION_BUSY_PAUSE)
+                if err.rule.refresh_version:
+                    await client.refresh_fe_version(stale=await client.fe_version())
+    finally:
+        if thread is not None and continuations is not None:
+            continuations.end(thread)
 
 
 def answer_sink(sink: Sink, conv: Conversation, scan_limit: int) -> Sink:
@@ -247,13 +281,27 @@ async def _attempt(
     catalogue: Catalogue | None = None,
     chats: ThrowawayChats | None = None,
     files: FileCache | None = None,
+    turn: "_Turn | None" = None,
 ) -> None:
-    chat_id = chats.begin(cred) if chats is not None else None
+    if turn is not None:  # a conversation's chat: kept upstream for its next turn
+        chats = None
+        chat_id: str | None = turn.plan.chat_id
+    else:
+        chat_id = chats.begin(cred) if chats is not None else None
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason, failure = "ok", "", None
     try:
         uploaded = await _upload(conv, cred, client, route, files) if conv.images else None
-        exchange = await client.open_completion(cred, conv, captcha, route, chat_id, uploaded)
+        exchange = await client.open_completion(
+            cred,
+            conv,
+            captcha,
+            route,
+            chat_id,
+            uploaded,
+            turn.plan.parent_id if turn is not None else None,
+            turn.plan.message_id if turn is not None else None,
+        )
         stream = AnswerStream(conv.model.id, holdback)
         answering = False  # the upstream has begun the answer: a timeout now is a stall
         # With a search tool the client sees each search before the answer text after it
@@ -292,6 +340,8 @@ async def _attempt(
         await sink.finish(
             Ending(stream.finish_reason, stream.usage, reasoning, answer, None, found)
         )
+        if turn is not None:
+            turn.done(cred, answer)
         if catalogue is not None:
             catalogue.offer(cred)  # a token that works reads its tier's model list, if stale
     except GatewayError as err:
@@ -303,6 +353,38 @@ async def _attempt(
         wait = await tokens.release(cred, outcome, reason)
         if failure is not None and failure.retry_after is None and wait:
             failure.retry_after = wait  # a rate-limited token: when it is back
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One attempt's turn of a continued conversation."""
+
+    continuations: Continuations
+    thread: Thread
+    plan: Plan
+
+    def done(self, cred: Credential, answer: str) -> None:
+        self.continuations.done(self.thread, cred, self.plan, answer)
+
+
+_SESSION_BUSY_PAUSE = 0.5  # seconds before asking again a chat the upstream said is busy
+_BUSY_POLL = 0.1  # seconds between looks at a conversation whose turn another request holds
+
+
+async def _acquire(
+    tokens: TokenSource, model: Model, thread: Thread | None, wait: float
+) -> Credential:
+    """A credential; with a conversation, once its previous turn has ended (waiting up to
+    ``wait`` seconds, then the 409 says so)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await tokens.acquire(model, thread)
+        except GatewayError as err:
+            left = deadline - time.monotonic()
+            if err.kind != "conversation_busy" or left <= 0:
+                raise
+            await asyncio.sleep(min(_BUSY_POLL, left))
 
 
 async def _searched(sink: Sink, stream: AnswerStream, reasoning: str) -> str:

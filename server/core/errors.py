@@ -75,7 +75,8 @@ RULES: dict[str, Rule] = {
         429,
         "rate_limit_error",
         message="the gateway spaces its upstream calls (PACING_MIN_GAP_MS on each egress route, "
-        "shared by every replica, so the upstream's firewall does not block it) and the queue "
+        "PACING_TOKEN_MIN_GAP_MS per pooled token, shared by every replica, so the upstream's "
+        "firewall does not block it) and the queue "
         "is longer than PACING_MAX_WAIT ({detail}): retry after Retry-After, or add egress "
         "routes (UPSTREAM_PROXIES)",
     ),
@@ -87,6 +88,16 @@ RULES: dict[str, Rule] = {
         " again: {detail}",
     ),
     "no_upstream_token": Rule(503, "server_error", message="{detail}"),
+    # ZAI_CHATS=continue: one turn per chat at a time. 409 as OpenAI answers a conflict; its
+    # type is invalid_request_error (Anthropic's list has no conflict type, and this is about
+    # the request's timing, not a fault of the server; the SDKs retry 409 on their own).
+    "conversation_busy": Rule(
+        409,
+        "invalid_request_error",
+        message="{detail} (ZAI_CHATS=continue runs one turn per conversation at a time, and "
+        "the gateway waited ZAI_CONVERSATION_WAIT seconds): retry when the other turn has "
+        "ended, or send concurrent requests with different conversation ids",
+    ),
     # What the upstream said (PROTOCOL.md section 5)
     "token_rejected": Rule(
         502,
@@ -163,6 +174,13 @@ RULES: dict[str, Rule] = {
         retry=2,
         token="cooldown",
         message="the upstream is rate limiting or too busy: {detail}",
+    ),
+    "session_busy": Rule(
+        409,
+        "invalid_request_error",
+        retry=2,  # the upstream may be finishing the chat's previous turn: asked again shortly
+        message="the upstream is still answering another turn of this conversation's chat "
+        "({detail}); retry when it has ended",
     ),
     "bad_response": Rule(
         502,

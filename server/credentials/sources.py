@@ -30,6 +30,7 @@ from server.ops.metrics import GUESTS
 from server.ops.tracing import traced
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
+from state.conversations import Thread
 from state.guests import GuestReserve, StoredGuest
 from state.pool import Pick, TokenPool
 
@@ -37,7 +38,7 @@ __all__ = ["GuestTokens", "NoTokens", "PooledTokens", "TokenSource"]
 
 
 class TokenSource(Protocol):
-    async def acquire(self, model: Model) -> Credential: ...
+    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential: ...
 
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> float: ...
 
@@ -61,8 +62,10 @@ class GuestTokens:
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
 
-    @traced("pick guest", lambda self, model: {"zai.source": "guests"})
-    async def acquire(self, model: Model) -> Credential:
+    @traced("pick guest", lambda self, model, thread=None: {"zai.source": "guests"})
+    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
+        # A guest serves one request and is never used again: a conversation is not
+        # continued on one (each turn is a fresh chat with the whole history).
         reserve = self.reserve
         while reserve is not None and reserve.size:
             while self._held:
@@ -134,12 +137,12 @@ class PooledTokens:
     def __repr__(self) -> str:
         return f"<PooledTokens {self.pool!r} guest_fallback={self.guests is not None}>"
 
-    @traced("pick token", lambda self, model: {"zai.source": "pool"})
-    async def acquire(self, model: Model) -> Credential:
+    @traced("pick token", lambda self, model, thread=None: {"zai.source": "pool"})
+    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
         if self.guests is not None and model.guest and time.monotonic() < self._empty_until:
             return await self.guests.acquire(model)
         try:
-            pick = await self.pool.acquire()
+            pick = await self.pool.acquire(thread)
         except RedisError as exc:
             if self.guests is not None and model.guest:
                 return await self.guests.acquire(model)
@@ -151,6 +154,14 @@ class PooledTokens:
                 pick.role or "user",
                 pick.name or "User",
                 lease=pick.lease,
+                mapping=pick.mapping,
+            )
+        if pick.reason == "conv_busy":
+            raise GatewayError(
+                "conversation_busy",
+                "another turn of this conversation is still being answered",
+                model=model.id,
+                retry_after=max(0.1, pick.retry_after),
             )
         if pick.reason == "empty":
             self._empty_until = time.monotonic() + _EMPTY_FOR
@@ -199,7 +210,7 @@ class NoTokens:
     def __repr__(self) -> str:
         return "<NoTokens>"
 
-    async def acquire(self, model: Model) -> Credential:
+    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
         raise GatewayError(
             "no_upstream_token",
             "the gateway has no upstream token to use: ANONYMOUS_MODE is off and no user "

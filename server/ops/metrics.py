@@ -8,8 +8,7 @@ are read from Redis when scraped. Each worker process has its own registry: run 
 per pod (as ``k8s/`` does) or scrape each process.
 """
 
-import json
-
+import msgspec
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 from tornado.web import RequestHandler
 
 from server.transport import open_exchanges
+from state.facts import SELF_CHECK, Facts
 
 __all__ = [
     "ACCEPT_PAUSES",
@@ -149,17 +149,6 @@ ROUTE_BLOCKED = Gauge(
     ["route"],
     registry=REGISTRY,
 )
-STEP_OK = Gauge(
-    "zai_gateway_upstream_step_ok",
-    "The last background self-check's outcome per step, 1 = ok on every route (shared).",
-    ["step"],
-    registry=REGISTRY,
-)
-CHECK_AT = Gauge(
-    "zai_gateway_upstream_check_timestamp_seconds",
-    "When the last background self-check ran, Unix seconds, 0 = none kept (shared).",
-    registry=REGISTRY,
-)
 CHATS_PENDING = Gauge(
     "zai_gateway_chats_pending_deletion",
     "Throwaway upstream chats not yet deleted: answering, due, or retried later (shared).",
@@ -183,6 +172,18 @@ KEY_TOKENS = Counter(
     ["key", "name", "model", "direction"],
     registry=REGISTRY,
 )
+STEP_OK = Gauge(
+    "zai_gateway_upstream_step_ok",
+    "1 when the last background self-check's step passed on that route, 0 when it failed"
+    " (shared; SELF_CHECK_INTERVAL).",
+    ["route", "step"],
+    registry=REGISTRY,
+)
+CHECKED_AT = Gauge(
+    "zai_gateway_upstream_check_timestamp_seconds",
+    "Unix time of the last background self-check (shared; 0 = none recent).",
+    registry=REGISTRY,
+)
 REDIS_UP = Gauge(
     "zai_gateway_redis_up", "1 when the shared state store answers.", registry=REGISTRY
 )
@@ -204,6 +205,16 @@ def observe_key(
         KEY_TOKENS.labels(key, name, model, "output").inc(tokens_out)
 
 
+async def _self_check(services: object) -> dict:
+    """The last background self-check's report, while it is recent (three intervals)."""
+    interval = services.settings.self_check_interval  # type: ignore[attr-defined]
+    if not interval:
+        return {}
+    facts = Facts(services.redis, services.keys)  # type: ignore[attr-defined]
+    found = await facts.get(SELF_CHECK, 3 * interval)
+    return msgspec.json.decode(found) if found else {}
+
+
 class Metrics(RequestHandler):
     def initialize(self, services: object) -> None:
         self.services = services
@@ -221,7 +232,7 @@ class Metrics(RequestHandler):
             routes = await services.egress.status()  # type: ignore[attr-defined]
             chats = services.chats  # type: ignore[attr-defined]
             pending = await chats.ledger.pending() if chats is not None else 0
-            check = await services.redis.get(services.keys.self_check)  # type: ignore[attr-defined]
+            report = await _self_check(services)
         except (RedisError, OSError) as exc:
             logger.debug("metrics: shared state unreachable: {}", exc)
             REDIS_UP.set(0)
@@ -238,9 +249,10 @@ class Metrics(RequestHandler):
             for route in routes:
                 ROUTE_BLOCKED.labels(route["id"]).set(route["blocked_for"])
             CHATS_PENDING.set(pending)
-            kept: dict = json.loads(check) if check else {"at": 0, "steps": {}}
-            CHECK_AT.set(kept["at"])
-            for step, row in kept["steps"].items():
-                STEP_OK.labels(step).set(1 if row["ok"] else 0)
+            STEP_OK.clear()  # a step or route gone from the report is gone from here too
+            for route in report.get("routes", []):
+                for step in route["steps"]:
+                    STEP_OK.labels(route["label"], step["name"]).set(1 if step["ok"] else 0)
+            CHECKED_AT.set(report.get("at", 0))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(generate_latest(REGISTRY))

@@ -8,13 +8,10 @@ route and waits for its pacing slot like real traffic; the completion spends a g
 and, when the upstream wants one, a param from the shared pool, so it is asked for
 explicitly. A route whose breaker is open gets no completion (it would lengthen the block).
 Nothing secret is shown: no token, no param, proxy credentials masked; the details are the
-error table's messages, which carry the upstream's own words. ``store_check`` runs the
-same check in the background (``SELF_CHECK_INTERVAL``) and keeps, in Redis, each step's
-outcome over all routes and when, for every replica's ``/metrics`` to export.
+error table's messages, which carry the upstream's own words. With SELF_CHECK_INTERVAL
+one replica at a time runs it in the background (``server.services``) and shares the report
+in ``state.facts`` (``SELF_CHECK``); ``/metrics`` exports it on every replica.
 """
-
-import json
-import time
 
 from redis.exceptions import RedisError
 
@@ -26,7 +23,7 @@ from server.transport import TransportError
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
 
-__all__ = ["check_upstream", "store_check"]
+__all__ = ["check_upstream"]
 
 _MODEL = "GLM-4.7"  # open to guests (USERS.md 8)
 _BREAKER_WORDS = {
@@ -45,21 +42,6 @@ async def check_upstream(services: object, complete: bool = False) -> dict:
         for route in services.egress.routes  # type: ignore[attr-defined]
     ]
     return {"ok": all(route["ok"] for route in routes), "routes": routes}
-
-
-async def store_check(services: object, interval: float) -> None:
-    """Run the check (no completion) and store ``{"at", "steps": {name: {"ok", "detail"}}}``;
-    a step is ok when it is on every route. Kept three intervals: a stale result expires."""
-    result = await check_upstream(services)
-    steps: dict[str, dict] = {}
-    for route in result["routes"]:
-        for row in route["steps"]:
-            seen = steps.setdefault(row["name"], {"ok": True, "detail": row["detail"]})
-            if seen["ok"] and not row["ok"]:
-                seen.update(ok=False, detail=row["detail"])
-    body = json.dumps({"at": time.time(), "steps": steps})
-    redis, keys = services.redis, services.keys  # type: ignore[attr-defined]
-    await redis.set(keys.self_check, body, px=int(max(1.0, 3 * interval) * 1000))
 
 
 async def _check_route(services: object, route: Route, complete: bool) -> dict:

@@ -35,6 +35,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
+from server.core.continuation import conversation_key
 from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.images import check_images
 from server.core.models import STATIC, Model, ModelTable
@@ -293,6 +294,11 @@ class ApiHandler(RequestHandler):
         await self.admit(conv)
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
+        named = self.request.headers.get("X-Zai-Conversation", "").strip() or conv.thread
+        conv.thread = ""
+        if services.continuations is not None and named:
+            caller = self.caller.id if self.caller is not None else ""
+            conv.thread = conversation_key(caller, named)  # never the raw name
         self.metered = sink = Metered(sink, conv)
         attrs = request_attrs(conv, self.route)
         self.span = request_span(
@@ -310,6 +316,7 @@ class ApiHandler(RequestHandler):
             services.catalogue,
             services.chats,
             _files(services) if conv.images else None,
+            services.continuations,
         )
         if self.span is not None:
             work = within(self.span, work)

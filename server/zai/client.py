@@ -198,7 +198,8 @@ class ZaiClient:
         """The account behind a token, or ``None`` when the upstream says it is invalid (401,
         or a 403 that is not the WAF's page). Its ``token`` may differ from ``token``: the
         upstream rotated it. Any other answer raises: it says nothing about the token."""
-        status, body = await self._fetch("GET", "/api/v1/auths/", None, _bearer(token))
+        auth = _bearer(token)
+        status, body = await self._fetch("GET", "/api/v1/auths/", None, auth, token=token)
         if status != 200:
             failure = http_failure(status, body)
             if status in (401, 403) and failure.kind == "token_rejected":
@@ -208,9 +209,11 @@ class ZaiClient:
 
     # Models
 
-    async def models(self, token: str) -> list[UpstreamModel]:
-        """``GET /api/models`` as this token's tier sees it."""
-        status, body = await self._fetch("GET", "/api/models", None, _bearer(token))
+    async def models(self, token: str, pooled: bool = True) -> list[UpstreamModel]:
+        """``GET /api/models`` as this token's tier sees it (``pooled``: paced as a pooled
+        token; a guest is not)."""
+        paced = token if pooled else ""
+        status, body = await self._fetch("GET", "/api/models", None, _bearer(token), token=paced)
         if status != 200:
             raise http_failure(status, body)
         try:
@@ -220,11 +223,13 @@ class ZaiClient:
 
     # Chats
 
-    async def delete_chat(self, token: str, chat_id: str) -> bool:
+    async def delete_chat(self, token: str, chat_id: str, pooled: bool = True) -> bool:
         """``DELETE /api/v1/chats/{id}``: True when the chat is gone (deleted, or not found),
-        False when the token can no longer delete anything (401). Other answers raise."""
+        False when the token can no longer delete anything (401). Other answers raise.
+        ``pooled``: paced as a pooled token (a guest's is not)."""
         path = f"/api/v1/chats/{chat_id}"
-        status, body = await self._fetch("DELETE", path, None, _bearer(token))
+        paced = token if pooled else ""
+        status, body = await self._fetch("DELETE", path, None, _bearer(token), token=paced)
         if status in (200, 404):
             return True
         if status == 401:
@@ -249,7 +254,8 @@ class ZaiClient:
             "Origin": self.base_url,
             "Referer": f"{self.base_url}/",
         }
-        exchange = await self._open("POST", self.base_url + FILES_PATH, head, body, "", route)
+        url = self.base_url + FILES_PATH
+        exchange = await self._open("POST", url, head, body, "", route, token=_paced(cred))
         try:
             answer = await exchange.read_all(_ERROR_BODY_LIMIT)
         except TransportError as exc:
@@ -273,14 +279,27 @@ class ZaiClient:
         route: Route | None = None,
         chat_id: str | None = None,
         files: dict[str, dict] | None = None,
+        parent_id: str | None = None,
+        message_id: str | None = None,
     ) -> Exchange:
         """Send the completion request (by ``route``); return the open 200 stream or raise
-        GatewayError. ``files``: the uploaded file of each image, by digest."""
+        GatewayError. ``files``: the uploaded file of each image, by digest; ``parent_id``
+        continues a chat under that assistant message, ``message_id`` names the answer's."""
         version = await self.fe_version()
         req = build_completion(
-            self.dialect, cred, conv, version, chat_id=chat_id, captcha=captcha, files=files
+            self.dialect,
+            cred,
+            conv,
+            version,
+            chat_id=chat_id,
+            captcha=captcha,
+            files=files,
+            parent_id=parent_id,
+            message_id=message_id,
         )
-        exchange = await self._open("POST", req.url, req.headers, req.body, conv.model.id, route)
+        exchange = await self._open(
+            "POST", req.url, req.headers, req.body, conv.model.id, route, token=_paced(cred)
+        )
         if exchange.status == 200:
             return exchange
         try:
@@ -338,11 +357,13 @@ class ZaiClient:
         body: bytes | None,
         headers: dict[str, str],
         route: Route | None = None,
+        token: str = "",
     ) -> tuple[int, bytes]:
         head = {**self._browser, "Accept": "application/json", **headers}
         if body is not None:
             head["Content-Type"] = "application/json"
-        exchange = await self._open(method, self.base_url + path, head, body, "", route)
+        url = self.base_url + path
+        exchange = await self._open(method, url, head, body, "", route, token=token)
         try:
             return exchange.status, await exchange.read_all(4 << 20)
         except TransportError as exc:
@@ -359,12 +380,15 @@ class ZaiClient:
         model: str,
         route: Route | None = None,
         timeouts: Timeouts | None = None,
+        token: str = "",
     ) -> Exchange:
         """Send by ``route``, or, with none given, by the next route in turn: a call no
         route is named for moves on when its route's proxy is unreachable (shutting that
-        route for everyone); a named route's failure is its caller's to handle."""
+        route for everyone); a named route's failure is its caller's to handle. ``token``:
+        the pooled token the call is made with ("" for guests and no token), paced on its
+        own as well."""
         while True:  # each turn shuts a route: it ends by the last open one
-            chosen = await self.egress.pace(route, model)
+            chosen = await self.egress.pace(route, model, token)
             try:
                 return await self._open_stream(
                     method, url, headers, body, timeouts or self.timeouts, chosen.proxy
@@ -379,6 +403,12 @@ class ZaiClient:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def _paced(cred: Credential) -> str:
+    """The token a call with ``cred`` is paced by: a pooled one's; "" for a guest, a one-shot
+    identity no second call is made with (pacing it would only cost a key)."""
+    return "" if cred.role == "guest" else cred.token
 
 
 def _transport_failure(exc: TransportError, model: str) -> GatewayError:

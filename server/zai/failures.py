@@ -16,6 +16,7 @@ __all__ = ["http_failure", "inband_failure", "is_content_filter"]
 HTTP_KINDS: dict[int, str] = {
     401: "token_rejected",
     403: "token_rejected",
+    409: "session_busy",  # one turn per chat at a time (PROTOCOL.md section 6.4)
     426: "version_outdated",
     429: "rate_limited",
 }
@@ -31,6 +32,8 @@ INBAND_KINDS: dict[int | str, str] = {
     "MODEL_CONCURRENCY_LIMIT": "rate_limited",  # the account's concurrency (section 6.7)
     "RATE_LIMIT_EXCEEDED": "rate_limited",
     "TOO_MANY_REQUESTS": "rate_limited",
+    409: "session_busy",
+    "SESSION_BUSY": "session_busy",
 }
 
 _SIGNATURE_MARK = "Signature validation failed"

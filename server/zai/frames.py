@@ -24,9 +24,14 @@ class UpstreamUsage(msgspec.Struct):
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: dict | None = None
+    # A continued chat's history the upstream read from its cache (PROTOCOL.md section 6.4
+    # names usage.cached_tokens; OpenAI-style prompt_tokens_details.cached_tokens also read)
+    cached_tokens: int | None = None
 
     @property
-    def cached_tokens(self) -> int:
+    def cached(self) -> int:
+        if isinstance(self.cached_tokens, int):
+            return self.cached_tokens
         details = self.prompt_tokens_details or {}
         cached = details.get("cached_tokens")
         return cached if isinstance(cached, int) else 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from state.conversations import Mapping
 from state.keys import mask
 
 __all__ = ["AuthAnswer", "Credential", "credential_from_auth", "mask", "user_id_of"]
@@ -24,6 +25,8 @@ class Credential:
     role: str = "guest"
     name: str = "Guest"
     lease: Any = None  # the issuing token source's handle (a pool lease), opaque here
+    # ZAI_CHATS=continue: the conversation's chat this token holds (the pool answered it)
+    mapping: Mapping | None = None
 
     def __repr__(self) -> str:
         return f"<Credential {self.role} {mask(self.token)}>"

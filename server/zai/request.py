@@ -95,8 +95,13 @@ def build_completion(
     chat_id: str | None = None,
     captcha: str = "",
     files: dict[str, dict] | None = None,
+    parent_id: str | None = None,
+    message_id: str | None = None,
 ) -> UpstreamRequest:
-    """``files``: the uploaded file object of each image of ``conv``, by its digest."""
+    """``files``: the uploaded file object of each image of ``conv``, by its digest.
+    ``parent_id``: the assistant message a continued chat's new turn follows (``conv`` then
+    holds only the new turns: the upstream keeps the rest); ``message_id``: the id the
+    answer's message gets (the body's ``id``), what the next turn names as its parent."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     request_id = request_id or uuid4_text()
     chat_id = chat_id or uuid4_text()
@@ -127,7 +132,7 @@ def build_completion(
         "Accept": "*/*",
         **browser_headers(dialect, page),
     }
-    message_id = uuid4_text()
+    user_message_id = uuid4_text()
     body = {
         "stream": True,
         "model": conv.model.upstream,
@@ -147,12 +152,12 @@ def build_completion(
             "{{USER_LANGUAGE}}": "en-US",
         },
         "chat_id": chat_id,
-        "id": uuid4_text(),
-        "current_user_message_id": message_id,
-        "current_user_message_parent_id": None,
+        "id": message_id or uuid4_text(),
+        "current_user_message_id": user_message_id,
+        "current_user_message_parent_id": parent_id,
         "background_tasks": {"title_generation": False, "tags_generation": False},
         "mcp_servers": [],
-        "files": [file_entry(file, message_id) for file in (files or {}).values()],
+        "files": [file_entry(file, user_message_id) for file in (files or {}).values()],
     }
     if captcha:
         body["captcha_verify_param"] = captcha  # single-use (PROTOCOL.md section 6.2)

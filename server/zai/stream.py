@@ -193,5 +193,5 @@ class AnswerStream:
         total.prompt_tokens += usage.prompt_tokens
         total.completion_tokens += usage.completion_tokens
         total.total_tokens += usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-        total.cached_tokens += usage.cached_tokens
+        total.cached_tokens += usage.cached
         self.usage = total

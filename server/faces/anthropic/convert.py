@@ -87,6 +87,9 @@ def to_conversation(
         stop=list(req.stop_sequences or []),
         max_tokens=req.max_tokens,
         captcha=req.zai_captcha or "",
+        thread=_user_id(
+            req.metadata
+        ),  # the conversation's name (ZAI_CHATS=continue), hashed before use
     )
     if tool_support and req.tools:
         _tools(req, conv, referenced)
@@ -303,3 +306,9 @@ def _result_part(part: dict[str, Any], where: str, referenced: set[str]) -> str:
     # An unknown block: the model reads it as it came, minus the caching hint.
     rest = {k: v for k, v in part.items() if k not in ("type", "cache_control")}
     return f"[{kind}] {msgspec.json.encode(rest).decode()}"
+
+
+def _user_id(metadata: dict | None) -> str:
+    """``metadata.user_id``: Anthropic's end-user id; Claude Code sends one per session."""
+    value = (metadata or {}).get("user_id")
+    return value if isinstance(value, str) else ""

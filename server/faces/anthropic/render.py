@@ -41,6 +41,7 @@ _ERROR_TYPE = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",  # no conflict type in Anthropic's list: the closest
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",

@@ -52,6 +52,7 @@ def to_conversation(
         request_id=request_id,
         stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
         captcha=req.zai_captcha or "",
+        thread=req.user or "",  # the conversation's name (ZAI_CHATS=continue), hashed before use
     )
     if tool_support:
         _tools(req, conv)

@@ -21,6 +21,7 @@ from server.faces.responses.render import (
     new_response_id,
     response_head,
 )
+from server.faces.responses.tools import Offered
 from server.faces.responses.wire import InputItem, ResponsesRequest, decode_responses_request
 from server.web.handler import ApiHandler, api
 from state.responses import ResponseStore, Stored
@@ -35,20 +36,23 @@ def _text_format(req: ResponsesRequest) -> dict:
     return {k: v for k, v in msgspec.structs.asdict(fmt).items() if v is not None}
 
 
-def _head(req: ResponsesRequest, response_id: str, conv: Conversation, store: bool) -> dict:
+def _head(
+    req: ResponsesRequest,
+    response_id: str,
+    conv: Conversation,
+    store: bool,
+    offered: dict[str, Offered],
+) -> dict:
+    # The tools offered, echoed as the client gave them (a namespace with its members).
     tools = [
-        {
-            "type": "function",
-            "name": t.name,
-            "description": t.description,
-            "parameters": t.parameters,
-            "strict": False,
-        }
-        for t in conv.tools
+        msgspec.to_builtins(t)
+        for t in req.tools or []
+        if t.type == "namespace" or (t.type in ("function", "custom") and t.name in offered)
     ]
     choice: object = conv.tool_choice
     if conv.tool_choice.startswith("function:"):
-        choice = {"type": "function", "name": conv.tool_choice.removeprefix("function:")}
+        name = conv.tool_choice.removeprefix("function:")
+        choice = {"type": offered[name].kind if name in offered else "function", "name": name}
     reasoning = req.reasoning
     return response_head(
         response_id,
@@ -124,7 +128,7 @@ class Responses(StoredResponses):
             self.set_header("X-Gateway-Tools", f"not offered: {skipped}")
             logger.info("{} tools not offered (not function tools): {}", self.request_id, skipped)
         store = self.store() if req.store is not False else None
-        head = _head(req, new_response_id(), conv, store is not None)
+        head = _head(req, new_response_id(), conv, store is not None, converted.offered)
         earlier_items = [msgspec.to_builtins(item) for item in history]
 
         async def keep(response: dict) -> bool:
@@ -138,7 +142,8 @@ class Responses(StoredResponses):
 
         show = conv.thinking is not False
         sink_type = ResponsesStream if req.stream else ResponsesResult
-        sink = sink_type(self, head, show, keep if store is not None else None, conv.search)
+        kept = keep if store is not None else None
+        sink = sink_type(self, head, show, kept, conv.search, converted.offered)
         await self.complete(conv, sink)
 
 

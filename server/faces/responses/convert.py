@@ -11,24 +11,26 @@ forwarded (the upstream takes no earlier thinking). ``reasoning.effort`` turns t
 ``previous_response_id``'s stored items (given as ``history``) come before the input;
 ``conversation`` and ``background`` are refused with a 400 naming the field (nothing keeps
 conversations or runs answers in the background), so a client never silently loses its
-history. Only ``function`` tools are emulated; ``web_search`` without function tools is the
-upstream's own search (``Conversation.search``); the other tool types (``namespace``,
-``custom``, ``web_search`` beside function tools, ...) are not offered to the model and are
-listed in ``Converted.skipped_tools`` (the handler says so in a header and the log) rather
-than refused, because Codex always sends some.
+history. ``function``, ``custom`` and ``namespace`` tools are emulated (their names and
+items: ``server.faces.responses.tools``; ``Converted.offered`` says how to give each call back);
+``web_search`` without other tools is the upstream's own search (``Conversation.search``); the
+other tool types (``web_search`` beside function tools, ``file_search``, ...) are not offered
+to the model and are listed in ``Converted.skipped_tools`` (the handler says so in a header
+and the log) rather than refused, because Codex always sends some.
 """
 
 from dataclasses import dataclass, field
 
 import msgspec
 
-from server.core.chat import Conversation, Image, ToolCall, ToolSpec, Turn
+from server.core.chat import Conversation, Image, Turn
 from server.core.effort import thinking_for
 from server.core.errors import GatewayError
 from server.core.models import Model, require_model
 from server.emulation.structured import output_format
 from server.emulation.tool_parse import new_call_id
-from server.faces.responses.wire import InputItem, Part, ResponsesRequest
+from server.faces.responses.tools import Offered, call_from_item, model_name, offer
+from server.faces.responses.wire import InputItem, Part, ResponsesRequest, ToolDef
 
 __all__ = ["Converted", "to_conversation"]
 
@@ -45,6 +47,7 @@ class Converted:
     conv: Conversation
     items: list[dict] = field(default_factory=list)  # the request's input, as items to store
     skipped_tools: list[str] = field(default_factory=list)  # tool types not offered
+    offered: dict[str, Offered] = field(default_factory=dict)  # model-facing name -> tool
 
 
 def _bad(message: str, param: str) -> GatewayError:
@@ -92,6 +95,7 @@ def to_conversation(
         effort=effort,
         request_id=request_id,
         captcha=req.zai_captcha or "",
+        thread=req.user or "",  # the conversation's name (ZAI_CHATS=continue), hashed before use
     )
     fmt = req.text.format if req.text is not None else None
     if fmt is not None:
@@ -108,12 +112,16 @@ def _tools(req: ResponsesRequest, out: Converted) -> None:
     for index, tool in enumerate(req.tools or []):
         if tool.type.startswith("web_search"):  # web_search, web_search_preview, dated ones
             searching = True
-        if tool.type != "function":
+        if tool.type == "namespace":
+            where = f"tools[{index}]"
+            if not tool.name:
+                raise _bad(f"{where}: a namespace tool needs a name", f"{where}.name")
+            for j, member in enumerate(tool.tools or []):
+                _offer(member, f"{where}.tools[{j}]", out, tool.name)
+        elif tool.type in _OFFERED:
+            _offer(tool, f"tools[{index}]", out)
+        else:
             out.skipped_tools.append(tool.type)
-            continue
-        if not tool.name:
-            raise _bad(f"tools[{index}]: a function tool needs a name", f"tools[{index}].name")
-        conv.tools.append(ToolSpec(tool.name, tool.description or "", tool.parameters or {}))
     if searching and not conv.tools and conv.model.can_search:
         # Alone, web_search is the upstream's own search (answered with web_search_call
         # items); beside function tools (Codex) it is not offered: the upstream's search
@@ -125,21 +133,39 @@ def _tools(req: ResponsesRequest, out: Converted) -> None:
         conv.tool_choice = choice or "auto"
     elif choice.type.startswith("web_search") and conv.search:
         conv.tool_choice = "auto"
-    elif choice.type != "function":
+    elif choice.type not in _OFFERED:
         raise _bad(
-            f"tool_choice: '{choice.type}' tools are not supported, only function tools",
+            f"tool_choice: '{choice.type}' tools are not supported, only function and custom tools",
             "tool_choice",
         )
     else:
-        if choice.name not in {t.name for t in conv.tools}:
+        if out.offered.get(choice.name or "") != Offered(choice.type, choice.name or ""):
             raise _bad(
-                f"tool_choice names '{choice.name}', which is not among the function tools",
+                f"tool_choice names '{choice.name}', which is not among the {choice.type} tools",
                 "tool_choice",
             )
         conv.tool_choice = f"function:{choice.name}"
     if conv.tool_choice not in ("none", "auto") and not conv.tools:
         raise _bad("tool_choice is set but no function tools were given", "tool_choice")
     conv.parallel_tool_calls = req.parallel_tool_calls is not False
+
+
+_OFFERED = ("function", "custom")
+
+
+def _offer(tool: ToolDef, where: str, out: Converted, namespace: str | None = None) -> None:
+    if tool.type not in _OFFERED:
+        raise _bad(
+            f"{where}: a namespace holds function and custom tools, not '{tool.type}'",
+            f"{where}.type",
+        )
+    if not tool.name:
+        raise _bad(f"{where}: a {tool.type} tool needs a name", f"{where}.name")
+    spec, offered = offer(
+        tool.type, tool.name, tool.description or "", tool.parameters, tool.format, namespace
+    )
+    out.conv.tools.append(spec)
+    out.offered[spec.name] = offered
 
 
 def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], label: str) -> None:
@@ -157,27 +183,29 @@ def _items(items: list[InputItem], turns: list[Turn], names: dict[str, str], lab
                 raise _bad(f"{where}: a user message needs text", f"{where}.content")
             if text or images:
                 turns.append(Turn(role, text, images))
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             if not item.name or item.call_id is None:
-                raise _bad(f"{where}: a function_call needs name and call_id", where)
-            call = ToolCall(item.call_id or new_call_id(), item.name, item.arguments or "{}")
+                raise _bad(f"{where}: a {kind} needs name and call_id", where)
+            sent = item.arguments if kind == "function_call" else item.input
+            call = call_from_item(
+                kind, item.call_id or new_call_id(), item.name, sent or "", item.namespace
+            )
             names[call.id] = call.name
             last = turns[-1] if turns else None
             if last is not None and last.role == "assistant":
                 last.tool_calls.append(call)
             else:
                 turns.append(Turn("assistant", "", tool_calls=[call]))
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             if not item.call_id:
-                raise _bad(f"{where}: a function_call_output needs call_id", f"{where}.call_id")
+                raise _bad(f"{where}: a {kind} needs call_id", f"{where}.call_id")
             text = _text(item.output, f"{where}.output")
-            turns.append(
-                Turn("tool", text, tool_call_id=item.call_id, name=names.get(item.call_id, ""))
-            )
+            name = names.get(item.call_id) or model_name(item.name or "", item.namespace)
+            turns.append(Turn("tool", text, tool_call_id=item.call_id, name=name))
         elif kind not in ("reasoning", "web_search_call"):  # the answer after it has the links
             raise _bad(
                 f"{where}: input items of type '{kind}' are not supported (message,"
-                " function_call, function_call_output and reasoning are)",
+                " function_call, custom_tool_call, their outputs and reasoning are)",
                 f"{where}.type",
             )
 

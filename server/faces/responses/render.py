@@ -6,7 +6,8 @@ Owns ``ResponsesStream`` (the event sequence the SDKs and Codex parse, each even
 with, inside, ``response.reasoning_summary_part.added`` / ``reasoning_summary_text.delta`` /
 ``.done`` / ``reasoning_summary_part.done`` for the thinking, ``response.content_part.added`` /
 ``output_text.delta`` / ``.done`` / ``content_part.done`` for the answer, and
-``response.function_call_arguments.delta`` / ``.done`` for a call; at the end
+``response.function_call_arguments.delta`` / ``.done`` for a function call
+(``response.custom_tool_call_input.delta`` / ``.done`` for a custom tool's); at the end
 ``response.completed`` (or ``response.incomplete`` when the output was cut) with usage, or
 ``response.failed`` after an ``error`` event when it fails midway) and ``ResponsesResult``
 (one ``response`` object); both hand the finished response to ``keep`` (the store) first when
@@ -24,6 +25,7 @@ import msgspec
 
 from server.core.chat import CollectingSink, Ending, ToolCall, Usage, WebSearch, Writer
 from server.core.errors import GatewayError
+from server.faces.responses.tools import Offered, call_item
 from server.ids import hex_id
 
 __all__ = ["Keep", "ResponsesResult", "ResponsesStream", "new_response_id", "response_head"]
@@ -82,17 +84,6 @@ def _message_item(item_id: str, text: str | None, status: str = "completed") -> 
     }
 
 
-def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict:
-    return {
-        "type": "function_call",
-        "id": item_id,
-        "call_id": call.id,
-        "name": call.name,
-        "arguments": call.arguments if status == "completed" else "",
-        "status": status,
-    }
-
-
 def _search_item(search: WebSearch, status: str = "completed") -> dict:
     sources = [{"type": "url", "url": url} for _, url in search.results]
     action = {"type": "search", "query": search.query, "sources": sources}
@@ -126,9 +117,11 @@ class ResponsesStream:
         show_reasoning: bool = True,
         keep: Keep | None = None,
         search: bool = False,
+        offered: dict[str, Offered] | None = None,
     ) -> None:
         self.out = out
         self.keep = keep
+        self.offered = offered or {}  # model-facing tool name -> the client's tool
         self.head = head  # the response object's fields that do not change
         self.show_reasoning = show_reasoning
         # web_search asked: the message waits for its web_search_call items, sent by
@@ -266,16 +259,22 @@ class ResponsesStream:
         if not self.started:
             self._begin()
         self._close()
-        index, item_id = len(self.output), _item_id("fc")
-        added = _call_item(item_id, call, "in_progress")
+        index, item_id = len(self.output), hex_id(32)
+        added = call_item(item_id, call, self.offered, "in_progress")
         self._event("response.output_item.added", {"output_index": index, "item": added})
-        where = {"item_id": item_id, "output_index": index}
-        self._event("response.function_call_arguments.delta", {**where, "delta": call.arguments})
-        self._event(
-            "response.function_call_arguments.done",
-            {**where, "name": call.name, "arguments": call.arguments},
-        )
-        item = _call_item(item_id, call)
+        item = call_item(item_id, call, self.offered)
+        where = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "custom_tool_call":
+            sent = item["input"]
+            self._event("response.custom_tool_call_input.delta", {**where, "delta": sent})
+            self._event("response.custom_tool_call_input.done", {**where, "input": sent})
+        else:
+            sent = item["arguments"]
+            self._event("response.function_call_arguments.delta", {**where, "delta": sent})
+            self._event(
+                "response.function_call_arguments.done",
+                {**where, "name": item["name"], "arguments": sent},
+            )
         self._event("response.output_item.done", {"output_index": index, "item": item})
         self.output.append(item)
         await self.out.flush()
@@ -317,9 +316,11 @@ class ResponsesResult(CollectingSink):
         show_reasoning: bool = True,
         keep: Keep | None = None,
         search: bool = False,
+        offered: dict[str, Offered] | None = None,
     ) -> None:
         super().__init__(out)
         self.keep = keep
+        self.offered = offered or {}
         self.head = head
         self.show_reasoning = show_reasoning
         self.search = search
@@ -335,7 +336,7 @@ class ResponsesResult(CollectingSink):
             output += [_search_item(search) for search in end.searches]
         if end.content or not self.calls:
             output.append(_message_item(_item_id("msg"), end.content))
-        output += [_call_item(_item_id("fc"), call) for call in self.calls]
+        output += [call_item(hex_id(32), call, self.offered) for call in self.calls]
         self.out.set_header("Content-Type", "application/json")
         response = await _kept(self.keep, _ended(self.head, end.reason, end.usage, output))
         self.out.write(_encode(response))

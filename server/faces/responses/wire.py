@@ -4,10 +4,11 @@ Owns the request Structs and ``decode_responses_request``. ``input`` is a string
 of items; an item's ``type`` may be left out for a message (the SDKs' "easy" message), so
 items are one Struct with every field optional and ``server.faces.responses.convert`` reads
 each by its type (naming ``input[i]...`` when one is wrong). Tools are one Struct too: a
-``function`` tool is flat (``{"type": "function", "name", "parameters", ...}``); the other
-types (``web_search``, ``namespace``, ``custom``, ...) are kept by type so the converter can
-say which were not offered. Harmless unknown fields (``include``, ``prompt_cache_key``,
-``client_metadata``, ``metadata``, ...) are ignored, as OpenAI-compatible servers must.
+``function`` tool is flat (``{"type": "function", "name", "parameters", ...}``), a ``custom``
+one has a ``format``, a ``namespace`` one holds its member ``tools``; the other types
+(``web_search``, ...) are kept by type so the converter can say which were not offered.
+Harmless unknown fields (``include``, ``prompt_cache_key``, ``client_metadata``,
+``metadata``, ...) are ignored, as OpenAI-compatible servers must.
 """
 
 from typing import Annotated, Any, Literal
@@ -42,10 +43,12 @@ class InputItem(Struct, kw_only=True, omit_defaults=True):
     role: str | None = None  # messages: user | assistant | system | developer
     content: str | list[Part] | None = None
     status: str | None = None
-    # function_call / function_call_output
+    # function_call / custom_tool_call and their outputs
     call_id: str | None = None
     name: str | None = None
+    namespace: str | None = None
     arguments: str | None = None
+    input: str | None = None  # custom_tool_call: the free-form text the model wrote
     output: str | list[Part] | None = None
     # reasoning (accepted, not forwarded: the upstream takes no earlier thinking)
     summary: list[SummaryPart] | None = None
@@ -58,10 +61,12 @@ class ToolDef(Struct, kw_only=True):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    format: dict[str, Any] | None = None  # custom: {"type": "text"} or a grammar
+    tools: "list[ToolDef] | None" = None  # namespace: its function and custom tools
 
 
 class NamedTool(Struct, kw_only=True):
-    type: str  # "function" names one; built-in types ("web_search", ...) are refused
+    type: str  # "function" / "custom" name one; built-in types ("web_search", ...) are refused
     name: str | None = None
 
 
