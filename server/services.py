@@ -194,36 +194,28 @@ class Services:
                 await self._safely("captcha refill", self.captchas.keep_up(self.client))
 
     async def _self_check(self) -> None:
-        """Every SELF_CHECK_INTERVAL, one replica (the one that takes the lock) runs the
-        self-check and shares its report (``SELF_CHECK``), which every replica's
-        ``/metrics`` exports."""
         interval = self.settings.self_check_interval
         while True:
             await asyncio.sleep(interval)
-            if self.draining or not await self._locked("self-check", interval * 0.9):
-                continue
-            try:
-                report = {**await check_upstream(self, complete=True), "at": time.time()}
-            except (RedisError, OSError) as exc:
-                logger.warning("self-check failed (shared state unreachable?): {}", exc)
-                continue
-            if not report["ok"]:
-                broken = [
-                    f"{route['label']}: {step['name']}"
-                    for route in report["routes"]
-                    for step in route["steps"]
-                    if not step["ok"]
-                ]
-                logger.warning("self-check: upstream steps failing: {}", "; ".join(broken))
-            facts = Facts(self.redis, self.keys)
-            await self._safely("self-check report", facts.put(SELF_CHECK, _json(report)))
+            if not self.draining:
+                await self._safely("self-check", self._check_upstream(interval))
 
-    async def _locked(self, name: str, seconds: float) -> bool:
-        try:
-            return await self._lock(name, seconds)
-        except (RedisError, OSError) as exc:
-            logger.warning("{} lock failed (shared state unreachable?): {}", name, exc)
-            return False
+    async def _check_upstream(self, interval: float) -> None:
+        """One replica per interval (the one that takes the lock) runs the self-check and
+        shares its report (``SELF_CHECK``), which every replica's ``/metrics`` exports."""
+        if not await self._lock("self-check", interval * 0.9):
+            return
+        report = {**await check_upstream(self, complete=True), "at": time.time()}
+        if not report["ok"]:
+            broken = [
+                f"{route['label']}: {step['name']}"
+                for route in report["routes"]
+                for step in route["steps"]
+                if not step["ok"]
+            ]
+            logger.warning("self-check: upstream steps failing: {}", "; ".join(broken))
+        encoded = msgspec.json.encode(report).decode()
+        await Facts(self.redis, self.keys).put(SELF_CHECK, encoded)
 
     async def _reload_if_lost(self) -> None:
         """A Redis that restarted empty lost the pool: put the configured tokens back."""
@@ -270,10 +262,6 @@ class Services:
             await work  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("{} failed (shared state unreachable?): {}", what, exc)
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
 
 
 _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when

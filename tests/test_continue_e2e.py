@@ -81,14 +81,9 @@ async def test_anthropic_metadata_user_id_and_cache_read_tokens(gateway):
 async def test_mapping_gone_means_full_history_on_a_fresh_chat(gateway):
     gw = await gateway("home", "guest_auth_user_role", **pooled())
     gw.fake.converse = True
-    history = [{"role": "user", "content": "first question"}]
     async with gw.openai() as client:
-        reply = await client.chat.completions.create(
-            model="GLM-5.1", messages=history, extra_headers=CONV
-        )
-        history.append({"role": "assistant", "content": reply.choices[0].message.content})
+        history = await _first_turn(gw, client)
         history.append({"role": "user", "content": "second question"})
-        await gw.services.pool.batch.flush()  # the mapping is saved write-behind
         store = gw.services.continuations.store
         keys = [k async for k in store.redis.scan_iter(match="*conv:*")]
         assert keys, "the mapping was not stored"

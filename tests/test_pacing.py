@@ -25,6 +25,12 @@ HELLO = [{"role": "user", "content": "hello"}]
 GAP_MS, JITTER_MS = 150, 50
 
 
+async def _ask(gw) -> str:
+    async with gw.openai() as client:
+        reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
+        return reply.choices[0].message.content
+
+
 async def test_three_replicas_keep_the_gap_between_every_upstream_call(gateway, real_redis_server):
     common = {
         "redis_url": real_redis_server.url,
@@ -36,12 +42,7 @@ async def test_three_replicas_keep_the_gap_between_every_upstream_call(gateway, 
     second = await gateway(zai_base_url=first.fake.base_url, **common)  # the same upstream
     third = await gateway(zai_base_url=first.fake.base_url, **common)
 
-    async def ask(gw):
-        async with gw.openai() as client:
-            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
-            return reply.choices[0].message.content
-
-    answers = await asyncio.gather(*(ask(gw) for gw in (first, second, third) * 2))
+    answers = await asyncio.gather(*(_ask(gw) for gw in (first, second, third) * 2))
     assert all(answers)
     arrived = sorted(r.at for r in first.fake.requests)
     assert len(arrived) >= 13  # home, then a guest sign-in and a completion per request
@@ -123,12 +124,7 @@ async def test_calls_with_one_pooled_token_keep_its_gap_across_replicas(gateway,
     second = await pool_gateway(gateway, zai_base_url=first.fake.base_url, **common)
     third = await pool_gateway(gateway, zai_base_url=first.fake.base_url, **common)
 
-    async def ask(gw):
-        async with gw.openai() as client:
-            reply = await client.chat.completions.create(model="GLM-4.5", messages=HELLO)
-            return reply.choices[0].message.content
-
-    answers = await asyncio.gather(*(ask(gw) for gw in (first, second, third) * 2))
+    answers = await asyncio.gather(*(_ask(gw) for gw in (first, second, third) * 2))
     assert all(answers)
 
     def token_of(seen) -> str:
