@@ -19,6 +19,7 @@ from server.ops.admin import (
     PoolStatus,
     PoolUpdate,
     UpstreamCheck,
+    UpstreamConfig,
 )
 from server.ops.dashboard import (
     DASHBOARD_STATIC,
@@ -66,6 +67,7 @@ ROUTES: list[tuple[str | PathMatches, type]] = [
     (r"/v1/instances", InstanceList),
     (r"/v1/captcha", CaptchaPush),
     (r"/v1/upstream/check", UpstreamCheck),
+    (r"/v1/upstream/config", UpstreamConfig),
     (r"/v1/keys", KeyList),
     (r"/v1/keys/([0-9a-f]{12})", OneKey),
     (r"/v1/usage", UsageReport),

@@ -149,7 +149,7 @@ class Egress:
         else:
             candidates = self._in_turn(open_only=True) or self._in_turn(open_only=False)
         chosen, wait = candidates[0], 0.0
-        if self.pacer is not None:
+        if self.pacer is not None and not self.pacer.off:
             try:
                 tid = token_id(token) if token else ""  # the key holds no token
                 index, wait = await self.pacer.reserve([r.id for r in candidates], tid)

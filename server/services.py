@@ -9,8 +9,10 @@ still pending (their first check could not reach the upstream) with back-off, an
 dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
 loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop); with a
 captcha solver sidecar, a third keeps the shared captcha pool at ``CAPTCHA_LOW_WATER`` every
-``CAPTCHA_REFILL_INTERVAL`` (``CaptchaSource.keep_up``: one replica at a time asks it).
-Build it inside each worker, after any fork.
+``CAPTCHA_REFILL_INTERVAL`` (``CaptchaSource.keep_up``: one replica at a time asks it); and
+every ``UPSTREAM_CONFIG_POLL`` seconds the live upstream config is followed
+(``server.live_config``: applied at start too, before the first request). Build it inside
+each worker, after any fork.
 """
 
 import asyncio
@@ -32,13 +34,13 @@ from server.core.errors import GatewayError
 from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
+from server.live_config import LiveConfig, dialect_of, versions_of
 from server.ops.upstream_check import check_upstream
 from server.settings import Settings
 from server.transport import NativeTransport, Timeouts, Transport
 from server.web.callers import Caller, static_callers
-from server.zai.client import VersionPolicy, ZaiClient
+from server.zai.client import ZaiClient
 from server.zai.identity import Credential
-from server.zai.request import Dialect
 from state.batch import WriteBehind
 from state.captcha import CaptchaPool
 from state.chats import ChatLedger
@@ -53,6 +55,7 @@ from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
 from state.tasks import stop_tasks
+from state.upstream_config import ConfigStore
 from state.usage import UsageLog
 from state.waf import WafBreaker
 
@@ -79,6 +82,7 @@ class Services:
     catalogue: Catalogue | None = None
     chats: ThrowawayChats | None = None
     continuations: Continuations | None = None  # ZAI_CHATS=continue
+    live: LiveConfig | None = None  # the live upstream config (PUT /v1/upstream/config)
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
@@ -93,6 +97,9 @@ class Services:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.live is not None:  # the overrides hold from the first request on
+            await self._safely("live config", self.live.follow())
+            self._tasks.append(asyncio.ensure_future(self._follow_config(self.live)))
         await self._safely("register", self.instances.heartbeat(0))
         self.configured = configured_tokens(settings)
         if self.configured:
@@ -187,6 +194,11 @@ class Services:
             await asyncio.sleep(self.settings.usage_flush_interval)
             await self._safely("writing usage", self.usage.flush())
 
+    async def _follow_config(self, live: LiveConfig) -> None:
+        while True:
+            await asyncio.sleep(self.settings.upstream_config_poll)
+            await self._safely("live config", live.follow())
+
     async def _keep_captchas(self) -> None:
         while True:
             await asyncio.sleep(self.settings.captcha_refill_interval)
@@ -275,16 +287,15 @@ def make_services(settings: Settings) -> Services:
     keys = Keys(cluster_prefix(prefix) if is_cluster(settings.redis_url) else prefix)
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
-    pacer = None
-    if settings.pacing_min_gap_ms or settings.pacing_jitter_ms or settings.pacing_token_min_gap_ms:
-        pacer = Pacer(
-            redis,
-            keys,
-            settings.pacing_min_gap_ms,
-            settings.pacing_jitter_ms,
-            settings.pacing_max_wait,
-            settings.pacing_token_min_gap_ms,
-        )
+    # Made even with every gap 0 (then it books nothing): the live config may set gaps.
+    pacer = Pacer(
+        redis,
+        keys,
+        settings.pacing_min_gap_ms,
+        settings.pacing_jitter_ms,
+        settings.pacing_max_wait,
+        settings.pacing_token_min_gap_ms,
+    )
     egress = Egress(parse_routes(settings.upstream_proxies), breaker, pacer)
     egress.down_backoff = (settings.route_down_backoff_base, settings.route_down_backoff_cap)
     client = zai_client(settings, Facts(redis, keys), egress)
@@ -343,6 +354,7 @@ def make_services(settings: Settings) -> Services:
     if settings.zai_chats == "continue":
         store = ConversationStore(redis, keys, settings.zai_conversation_ttl, pool.batch)
         services.continuations = Continuations(store, settings.zai_conversation_wait)
+    services.live = LiveConfig(settings, ConfigStore(redis, keys), client, captchas, egress)
     services.catalogue = Catalogue(
         client,
         Facts(redis, keys),
@@ -393,29 +405,15 @@ def zai_client(
     settings: Settings, facts: Facts | None = None, egress: Egress | None = None
 ) -> ZaiClient:
     """The dialect's client, given the plain values it needs from the settings."""
-    dialect = Dialect(
-        base_url=settings.zai_base_url,
-        signature_key=settings.zai_signature_key,
-        user_agent=settings.zai_user_agent,
-        history=settings.zai_history,
-        origin=settings.zai_origin,
-        referer=settings.zai_referer,
-        sec_ch_ua=settings.zai_sec_ch_ua,
-        sec_ch_ua_mobile=settings.zai_sec_ch_ua_mobile,
-        sec_ch_ua_platform=settings.zai_sec_ch_ua_platform,
-        accept_language=settings.zai_accept_language,
-    )
     timeouts = Timeouts(
         connect=settings.upstream_connect_timeout,
         headers=settings.upstream_header_timeout,
         idle=settings.upstream_idle_timeout,
     )
-    versions = VersionPolicy(
-        pinned=settings.zai_fe_version,
-        fallback=settings.zai_fe_version_fallback,
-        ttl=settings.zai_fe_version_ttl,
+    transport = upstream_transport(settings)
+    return ZaiClient(
+        dialect_of(settings), timeouts, versions_of(settings), facts, egress, transport
     )
-    return ZaiClient(dialect, timeouts, versions, facts, egress, upstream_transport(settings))
 
 
 def upstream_transport(settings: Settings) -> Transport:

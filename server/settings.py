@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.core.models import find_model
 from server.egress import parse_routes
+from server.zai.endpoints import endpoints
 from server.zai.signature import DEFAULT_KEY
 from state.connection import (
     CLUSTER_SCHEMES,
@@ -198,6 +199,12 @@ class Settings(BaseSettings):
     zai_origin: str = ""  # empty: ZAI_BASE_URL
     zai_referer: str = ""  # empty: the page the call is made from (a chat's, or the home page)
     zai_history: Literal["messages", "fold"] = "messages"
+    # A JSON object moving upstream endpoints, e.g. {"completions": "/api/v3/chat/completions"}
+    # (names: server/zai/endpoints.py); the rest keep their paths
+    zai_paths: dict[str, str] = {}
+    # seconds between each replica's reads of the live upstream config (PUT
+    # /v1/upstream/config): a change reaches every replica within this
+    upstream_config_poll: float = Field(2.0, gt=0, le=300)
     # live: /v1/models and model names follow the upstream's GET /api/models (shared in
     # Redis for ZAI_MODELS_TTL seconds) over the built-in table; static: the table alone
     zai_models: Literal["live", "static"] = "live"
@@ -321,6 +328,12 @@ class Settings(BaseSettings):
                 "gateway with its otel extra (pip install 'zai-gateway[otel]', or "
                 "RUN_EXTRAS=otel ./run), or leave OTEL_EXPORTER_OTLP_ENDPOINT empty"
             )
+        return value
+
+    @field_validator("zai_paths")
+    @classmethod
+    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
+        endpoints(value)  # a ValueError names the bad endpoint
         return value
 
     @field_validator("zai_fe_version")

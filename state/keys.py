@@ -22,6 +22,7 @@ Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
 | ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
 | ``<p>guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
 | ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
+| ``<p>upstream:config`` | hash | the live upstream config: setting name -> JSON value, ``rev`` |
 | ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
 | ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
 | ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
@@ -139,6 +140,10 @@ class Keys:
     @property
     def facts(self) -> str:
         return f"{self.prefix}facts"
+
+    @property
+    def upstream_config(self) -> str:
+        return f"{self.prefix}upstream:config"
 
     @property
     def captcha(self) -> str:

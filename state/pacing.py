@@ -82,6 +82,11 @@ class Pacer:
         self.max_wait = max_wait
         self.token_gap_ms = token_gap_ms  # 0: tokens are not paced on their own
 
+    @property
+    def off(self) -> bool:
+        """No gap of any kind: calls leave unpaced (the gaps may be set live later)."""
+        return not (self.min_gap_ms or self.jitter_ms or self.token_gap_ms)
+
     def __repr__(self) -> str:
         gap = f"{self.min_gap_ms}..{self.min_gap_ms + self.jitter_ms}ms"
         token = f" token {self.token_gap_ms}ms" if self.token_gap_ms else ""

@@ -117,11 +117,12 @@ def gateway(io_loop, request):
 
 def _secrets() -> set[str]:
     """Every credential the suite uses: client keys, admin tokens, upstream tokens."""
-    from tests import test_egress, test_fuzz, test_pool_gateway
+    from tests import test_egress, test_fuzz, test_live_config, test_pool_gateway
     from tests.recorded import interactions
 
     found = {API_KEY, test_pool_gateway.ADMIN, test_fuzz.ADMIN, *test_pool_gateway.TOKENS}
     found |= {test_egress.PROXY_PASSWORD, test_egress.SOCKS_PASSWORD}
+    found |= {test_live_config.NEW_KEY, test_live_config.CAPTCHA_PARAM}
     for name in ("guest_auth", "guest_auth_user_role", "guest_auth_fallback"):
         body = interactions(name)[0]["response"]["body"]["string"]
         found.add(msgspec.json.decode(body)["token"])

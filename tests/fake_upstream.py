@@ -47,6 +47,7 @@ from vcr.record_mode import RecordMode
 from vcr.request import Request
 
 from scripts.upstream_checks import BAD_TOKEN, refusal
+from server.zai.signature import DEFAULT_KEY
 from tests.fake_catalogue import catalogue
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
@@ -101,6 +102,11 @@ class FakeUpstream:
         # 6.7: 429, "MODEL_CONCURRENCY_LIMIT", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS")
         self.limit_tokens: dict[str, int | str] = {}
         self.fail_paths: dict[str, int] = {}  # path -> HTTP status (e.g. the token check)
+        # The key completions must be signed with (the page's moves with its releases).
+        self.signature_key = DEFAULT_KEY
+        # Endpoints the upstream moved: old path -> new path. The old one answers 404; the
+        # new one is served as the old was.
+        self.moved: dict[str, str] = {}
         # Strict captcha mode (PROTOCOL.md section 6.2): when a set, /api/config says
         # enable_captcha and a completion needs one of these params, each good once.
         self.captcha_valid: set[str] | None = None
@@ -305,6 +311,7 @@ class FakeUpstream:
             seen.headers.get("X-Signature"),
             seen.body,
             self.fe_version,
+            self.signature_key,
         )
         if refused:
             return refused
@@ -436,6 +443,12 @@ def _inband(error: dict) -> bytes:
     return b"data: " + json.dumps(frame).encode() + b"\n\n"
 
 
+def _url(req, seen: Seen) -> str:
+    """The URL the cassettes know the request by: a moved path as the path it moved from."""
+    query = f"?{req.query}" if req.query else ""
+    return f"{req.protocol}://{req.host}{seen.path}{query}"
+
+
 @functools.cache
 def _waf_page() -> bytes:
     """The recorded Aliyun block page (cassette ``error_http_405_waf``)."""
@@ -464,9 +477,11 @@ class _Handler(RequestHandler):
 
     async def _serve(self, *_: str) -> None:
         req = self.request
+        moved_from = {new: old for old, new in self.fake.moved.items()}
+        gone = req.path in self.fake.moved and req.path not in moved_from
         seen = Seen(
             req.method,
-            req.path,
+            moved_from.get(req.path, req.path),
             dict(parse_qsl(req.query, keep_blank_values=True)),
             HTTPHeaders(req.headers),
             req.body,
@@ -475,6 +490,10 @@ class _Handler(RequestHandler):
             time.monotonic(),
         )
         self.fake.requests.append(seen)
+        if gone:  # recorded as sent: the caller used a path the upstream moved away from
+            self.set_status(404)
+            self.finish({"detail": "Not Found"})
+            return
         if seen.path != COMPLETIONS:
             await self._answer(seen)
             return
@@ -567,7 +586,7 @@ class _Handler(RequestHandler):
         response = (
             None
             if rejected
-            else self.fake._pick(Request(req.method, req.full_url(), req.body, dict(req.headers)))
+            else self.fake._pick(Request(req.method, _url(req, seen), req.body, dict(req.headers)))
         )
         if rejected or response is None:
             code, detail = rejected or (404, {"detail": "Not Found"})

@@ -144,14 +144,16 @@ RULES: dict[str, Rule] = {
         retry=1,
         refresh_version=True,
         message="the upstream says the front-end version is outdated ({detail}); re-reading it "
-        "did not help: set ZAI_FE_VERSION to the current prod-fe-x.y.z of the chat.z.ai page",
+        "did not help: set ZAI_FE_VERSION to the current prod-fe-x.y.z of the chat.z.ai page "
+        "(live, for every replica: PUT /v1/upstream/config)",
     ),
     "signature_rejected": Rule(
         502,
         _UPSTREAM,
         retry=1,
         message="the upstream rejected the request signature ({detail}): the signing scheme or "
-        "ZAI_SIGNATURE_KEY has probably changed upstream",
+        "ZAI_SIGNATURE_KEY has probably changed upstream (a new key can be set live: PUT "
+        "/v1/upstream/config)",
     ),
     "model_forbidden": Rule(
         403,

@@ -15,6 +15,9 @@ ever appear masked.
   (``?complete=1`` adds a one-token completion); ``server/ops/upstream_check.py``.
 - ``POST /v1/captcha``: ``{"params": [...], "ttl": 75}`` adds single-use captcha params to the
   shared pool; answers the live depth. Params are never echoed or logged.
+- ``GET/PUT/DELETE /v1/upstream/config``: the live upstream config (``server/live_config.py``):
+  PUT ``{"<setting>": value, ...}`` changes those settings for every replica (``null``: back to
+  the environment's), DELETE drops every change; each answers the config now.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ import msgspec
 
 from server.core.errors import GatewayError
 from server.credentials.checks import TOKEN_PATTERN
+from server.live_config import LiveConfig
 from server.ops.upstream_check import check_upstream
 from server.web.errors import decode_json, validation_error
 from server.web.handler import ApiHandler, api, check_api_key
@@ -36,6 +40,7 @@ __all__ = [
     "PoolStatus",
     "PoolUpdate",
     "UpstreamCheck",
+    "UpstreamConfig",
 ]
 
 
@@ -129,6 +134,40 @@ class UpstreamCheck(AdminHandler):
         self.authenticate()
         complete = self.get_query_argument("complete", "") in ("1", "true", "yes")
         self.write(await check_upstream(self.services, complete))
+
+
+class UpstreamConfig(AdminHandler):
+    @api
+    async def get(self) -> None:
+        self.authenticate()
+        self.write(self._live().view())
+
+    @api
+    async def put(self) -> None:
+        self.authenticate()
+        values = decode_json(self.request.body, msgspec.json.decode)
+        if not isinstance(values, dict) or not values:
+            raise GatewayError(
+                "invalid_request",
+                'the body must be a JSON object of settings, like {"zai_fe_version": '
+                '"prod-fe-1.2.0"} (null puts one back to its environment value)',
+            )
+        live = self._live()
+        await live.change(values)
+        self.write(live.view())
+
+    @api
+    async def delete(self) -> None:
+        self.authenticate()
+        live = self._live()
+        await live.reset()
+        self.write(live.view())
+
+    def _live(self) -> LiveConfig:
+        live = self.services.live
+        if live is None:
+            raise GatewayError("not_found", "no live upstream config in this gateway")
+        return live
 
 
 class CaptchaPush(AdminHandler):

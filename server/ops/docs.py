@@ -100,13 +100,13 @@ def openapi_document() -> dict:
             **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
         },
     }
-    admin = {
-        "security": [{"adminToken": []}],
-        "responses": {
-            "200": {"description": "see the README, section 'The pool in Redis'"},
-            **_errors(401, 404),
+    admin_answers = {
+        "200": {
+            "description": "see the README ('The pool in Redis', 'When chat.z.ai pushes back')"
         },
+        **_errors(401, 404),
     }
+    admin = {"security": [{"adminToken": []}], "responses": admin_answers}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -167,6 +167,32 @@ def openapi_document() -> dict:
                 "post": {"summary": "Add, remove or replace pool tokens (admin)", **admin}
             },
             "/v1/instances": {"get": {"summary": "Live gateway processes (admin)", **admin}},
+            "/v1/captcha": {"post": {"summary": "Push single-use captcha params (admin)", **admin}},
+            "/v1/upstream/check": {
+                "get": {"summary": "Self-check of the upstream, step by step (admin)", **admin}
+            },
+            "/v1/upstream/config": {
+                "get": {"summary": "The live upstream config (admin)", **admin},
+                "put": {
+                    "summary": "Change live upstream settings for every replica (admin)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "description": "setting name (lower case) -> value; "
+                                    "null puts it back to the environment's",
+                                    "example": {"zai_fe_version": "prod-fe-1.2.0"},
+                                }
+                            }
+                        },
+                    },
+                    **admin,
+                    "responses": {**admin_answers, **_errors(400)},
+                },
+                "delete": {"summary": "Drop every live change (admin)", **admin},
+            },
             "/healthz": {
                 "get": {
                     "summary": "The process answers",

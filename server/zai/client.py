@@ -24,10 +24,10 @@ from server.core.images import extension
 from server.egress import ROUTE_FAULTS, Egress, Route
 from server.transport import Exchange, NativeTransport, Timeouts, Transport, TransportError
 from server.zai.failures import http_failure
-from server.zai.files import FILES_PATH, upload_body, uploaded
+from server.zai.files import upload_body, uploaded
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.models import UpstreamModel, decode_models
-from server.zai.request import COMPLETIONS_PATH, Dialect, browser_headers, build_completion
+from server.zai.request import Dialect, browser_headers, build_completion
 from state.facts import Facts
 
 __all__ = ["VersionPolicy", "ZaiClient"]
@@ -68,12 +68,8 @@ class ZaiClient:
         self.egress = egress or Egress()
         self.transport = transport or NativeTransport()  # closed by ``close``
         self._open_stream = self.transport.open_stream
-        self.dialect = dialect
-        self._browser = browser_headers(dialect)  # on every call but completions (their page)
         self.timeouts = timeouts
-        self._pinned_version = versions.pinned
-        self._fallback_version = versions.fallback
-        self._version_ttl = versions.ttl
+        self.reconfigure(dialect, versions)
         self._version = ""
         self._version_at = 0.0
         self._version_fetch: asyncio.Future[str] | None = None
@@ -83,6 +79,15 @@ class ZaiClient:
 
     def __repr__(self) -> str:
         return f"<ZaiClient {self.base_url} fe={self._pinned_version or self._version or '?'}>"
+
+    def reconfigure(self, dialect: Dialect, versions: VersionPolicy) -> None:
+        """Use new moving values (the live config) from the next call on. The base URL stays
+        this client's: moving it means new connections, a restart."""
+        self.dialect = dataclasses.replace(dialect, base_url=self.base_url)
+        self._browser = browser_headers(self.dialect)  # every call's but completions' (own page)
+        self._pinned_version = versions.pinned
+        self._fallback_version = versions.fallback
+        self._version_ttl = versions.ttl
 
     async def close(self) -> None:
         await self.transport.close()
@@ -125,7 +130,8 @@ class ZaiClient:
 
     async def _read_fe_version(self) -> str:
         try:
-            status, body = await self._fetch("GET", "/", None, {"Accept": "text/html"})
+            home = self.dialect.paths.home
+            status, body = await self._fetch("GET", home, None, {"Accept": "text/html"})
             found = _FE_VERSION.search(body) if status == 200 else None
         except GatewayError as exc:
             logger.warning("cannot read the front-end version from the home page: {}", exc)
@@ -173,7 +179,7 @@ class ZaiClient:
 
     async def _read_captcha_flag(self) -> bool:
         try:
-            status, body = await self._fetch("GET", "/api/config", None, {})
+            status, body = await self._fetch("GET", self.dialect.paths.config, None, {})
             config = msgspec.json.decode(body) if status == 200 else {}
         except (GatewayError, msgspec.DecodeError) as exc:
             logger.warning("cannot read /api/config: {}", exc)
@@ -184,9 +190,10 @@ class ZaiClient:
     # Identity
 
     async def guest_credential(self, route: Route | None = None) -> Credential:
-        status, body = await self._fetch("GET", "/api/v1/auths/", None, {}, route)
+        status, body = await self._fetch("GET", self.dialect.paths.auths, None, {}, route)
         if status != 200:
-            status, body = await self._fetch("POST", "/api/v1/auths/guest", b"{}", {}, route)
+            guest = self.dialect.paths.guest
+            status, body = await self._fetch("POST", guest, b"{}", {}, route)
         if status != 200:
             raise http_failure(status, body)
         try:
@@ -199,7 +206,8 @@ class ZaiClient:
         or a 403 that is not the WAF's page). Its ``token`` may differ from ``token``: the
         upstream rotated it. Any other answer raises: it says nothing about the token."""
         auth = _bearer(token)
-        status, body = await self._fetch("GET", "/api/v1/auths/", None, auth, token=token)
+        path = self.dialect.paths.auths
+        status, body = await self._fetch("GET", path, None, auth, token=token)
         if status != 200:
             failure = http_failure(status, body)
             if status in (401, 403) and failure.kind == "token_rejected":
@@ -213,13 +221,14 @@ class ZaiClient:
         """``GET /api/models`` as this token's tier sees it (``pooled``: paced as a pooled
         token; a guest is not)."""
         paced = token if pooled else ""
-        status, body = await self._fetch("GET", "/api/models", None, _bearer(token), token=paced)
+        path = self.dialect.paths.models
+        status, body = await self._fetch("GET", path, None, _bearer(token), token=paced)
         if status != 200:
             raise http_failure(status, body)
         try:
             return decode_models(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise GatewayError("bad_response", f"/api/models answered {exc}") from None
+            raise GatewayError("bad_response", f"{path} answered {exc}") from None
 
     # Chats
 
@@ -227,7 +236,7 @@ class ZaiClient:
         """``DELETE /api/v1/chats/{id}``: True when the chat is gone (deleted, or not found),
         False when the token can no longer delete anything (401). Other answers raise.
         ``pooled``: paced as a pooled token (a guest's is not)."""
-        path = f"/api/v1/chats/{chat_id}"
+        path = self.dialect.paths.chat.replace("{id}", chat_id)
         paced = token if pooled else ""
         status, body = await self._fetch("DELETE", path, None, _bearer(token), token=paced)
         if status in (200, 404):
@@ -254,7 +263,7 @@ class ZaiClient:
             "Origin": self.base_url,
             "Referer": f"{self.base_url}/",
         }
-        url = self.base_url + FILES_PATH
+        url = self.base_url + self.dialect.paths.files
         exchange = await self._open("POST", url, head, body, "", route, token=_paced(cred))
         try:
             answer = await exchange.read_all(_ERROR_BODY_LIMIT)
@@ -316,7 +325,7 @@ class ZaiClient:
         other answer (``{"detail": "Not authenticated"}`` or the like) -> False, no answer ->
         None. It spends no token and no captcha."""
         head = {**self._browser, "Accept": "application/json", "Content-Type": "application/json"}
-        url = self.base_url + COMPLETIONS_PATH
+        url = self.base_url + self.dialect.paths.completions
         try:
             exchange = await self._open("POST", url, head, b"{}", "", route, _PROBE_TIMEOUTS)
             try:
@@ -332,7 +341,8 @@ class ZaiClient:
 
     async def home_version(self, route: Route) -> str:
         """The ``prod-fe-x.y.z`` the home page shows by ``route`` ("" when none)."""
-        status, body = await self._fetch("GET", "/", None, {"Accept": "text/html"}, route)
+        home = self.dialect.paths.home
+        status, body = await self._fetch("GET", home, None, {"Accept": "text/html"}, route)
         if status != 200:
             raise http_failure(status, body)
         found = _FE_VERSION.search(body)
@@ -340,13 +350,14 @@ class ZaiClient:
 
     async def config_captcha(self, route: Route) -> bool:
         """Whether ``/api/config`` (read by ``route``) says ``features.enable_captcha``."""
-        status, body = await self._fetch("GET", "/api/config", None, {}, route)
+        status, body = await self._fetch("GET", self.dialect.paths.config, None, {}, route)
         if status != 200:
             raise http_failure(status, body)
         try:
             config = msgspec.json.decode(body)
         except msgspec.DecodeError:
-            raise GatewayError("bad_response", "/api/config is not JSON") from None
+            detail = f"{self.dialect.paths.config} is not JSON"
+            raise GatewayError("bad_response", detail) from None
         features = config.get("features") if isinstance(config, dict) else None
         return isinstance(features, dict) and features.get("enable_captcha") is True
 

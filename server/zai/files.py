@@ -42,16 +42,17 @@ def uploaded(body: bytes) -> dict:
     return answer
 
 
-def file_entry(file: dict, message_id: str) -> dict:
+def file_entry(file: dict, message_id: str, files_path: str = FILES_PATH) -> dict:
     """One element of the completion's ``files``: an uploaded image, for message
-    ``message_id`` (the body's ``current_user_message_id``)."""
+    ``message_id`` (the body's ``current_user_message_id``); ``files_path`` is where the
+    upload went (the dialect's ``paths.files``)."""
     meta = file.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     return {
         "type": "image",
         "file": file,
         "id": file["id"],
-        "url": f"{FILES_PATH}{file['id']}/content",
+        "url": f"{files_path}{file['id']}/content",
         "name": file.get("filename") or meta.get("name") or "image",
         "status": "uploaded",
         "size": meta.get("size", 0),

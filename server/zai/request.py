@@ -20,13 +20,15 @@ import msgspec
 
 from server.core.chat import Conversation, Image
 from server.ids import uuid4_text
+from server.zai.endpoints import Endpoints
 from server.zai.files import file_entry, image_parts
 from server.zai.identity import Credential
 from server.zai.signature import sign
 
 __all__ = ["COMPLETIONS_PATH", "Dialect", "UpstreamRequest", "browser_headers", "build_completion"]
 
-COMPLETIONS_PATH = "/api/v2/chat/completions"
+DEFAULT_PATHS = Endpoints()
+COMPLETIONS_PATH = DEFAULT_PATHS.completions  # the default; a dialect's own is ``paths``
 
 _ROLE = {"system": "system", "user": "user", "assistant": "assistant"}
 # ZAI_HISTORY=fold: the whole conversation as ONE user message, each turn a labelled section
@@ -58,6 +60,7 @@ class Dialect:
     sec_ch_ua_mobile: str = ""
     sec_ch_ua_platform: str = ""
     accept_language: str = "en-US,en;q=0.9"
+    paths: Endpoints = DEFAULT_PATHS
 
 
 def browser_headers(dialect: Dialect, page: str = "") -> dict[str, str]:
@@ -157,11 +160,14 @@ def build_completion(
         "current_user_message_parent_id": parent_id,
         "background_tasks": {"title_generation": False, "tags_generation": False},
         "mcp_servers": [],
-        "files": [file_entry(file, user_message_id) for file in (files or {}).values()],
+        "files": [
+            file_entry(file, user_message_id, dialect.paths.files)
+            for file in (files or {}).values()
+        ],
     }
     if captcha:
         body["captcha_verify_param"] = captcha  # single-use (PROTOCOL.md section 6.2)
-    url = f"{base}{COMPLETIONS_PATH}?{query}"
+    url = f"{base}{dialect.paths.completions}?{query}"
     return UpstreamRequest(url, headers, msgspec.json.encode(body), chat_id)
 
 
