@@ -23,12 +23,12 @@ from server.services import Services, make_services
 from server.settings import load_settings
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
+from tests.processes import API_KEY
 from tests.redis_cluster import ClusterSet
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer, server_binaries
 from tests.transports import transport  # noqa: F401  (the fixture: both upstream transports)
 
-API_KEY = "sk-test-0123456789abcdef"
 SERVER_BINARIES = server_binaries()  # packaged valkey-server first, then PATH's redis-server
 
 

@@ -10,12 +10,10 @@ upstream holds no chat of ours.
 """
 
 import asyncio
-import contextlib
 import re
 import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -23,10 +21,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from server.egress import _RECHECK as RECHECK
 from tests.accounts import TOKENS
-from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import ROOT, gateway_env
-from tests.redis_server import RedisServer, free_port
+from tests.processes import GatewayProcess
+from tests.redis_server import RedisServer
 
 OK = "stream_glm5_plain_thinking"
 GUESTS = ("home", "guest_auth", OK)
@@ -163,49 +160,15 @@ async def test_keep_mode_deletes_nothing(gateway):
 # Acceptance: three replicas, one killed midway
 
 
-class Replica:
-    def __init__(self, redis_url: str, upstream: str, log_dir) -> None:
-        self.port = free_port()
-        self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
-        env = gateway_env(
-            AUTH_TOKEN=API_KEY,
-            ZAI_BASE_URL=upstream,
-            LISTEN_HOST="127.0.0.1",
-            LISTEN_PORT=str(self.port),
-            REDIS_URL=redis_url,
-            INSTANCE_TTL="1.5",
-            ZAI_CHAT_RETRY="1",
-            ZAI_DELETE_GUEST_CHATS="true",
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
-                if reply.code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"replica on {self.port} never became ready")
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
-        self.log.close()
+def chat_replica(redis_url: str, upstream: str, log_dir: Path) -> GatewayProcess:
+    return GatewayProcess(
+        log_dir,
+        ZAI_BASE_URL=upstream,
+        REDIS_URL=redis_url,
+        INSTANCE_TTL="1.5",
+        ZAI_CHAT_RETRY="1",
+        ZAI_DELETE_GUEST_CHATS="true",
+    )
 
 
 @pytest.mark.timeout(150)
@@ -213,7 +176,7 @@ async def test_100_requests_over_3_replicas_one_killed_leave_no_chat(io_loop, tm
     redis = RedisServer().start()
     fake = FakeUpstream(*GUESTS, pace=0.03)  # ~1.4 s per answer: many in flight at the kill
     base = await fake.start()
-    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    replicas = [chat_replica(redis.url, base, tmp_path) for _ in range(3)]
     clients: list[openai.AsyncOpenAI] = []
     try:
         await asyncio.gather(*(r.ready() for r in replicas))

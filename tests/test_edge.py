@@ -10,8 +10,6 @@ import contextlib
 import os
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from server.ops.metrics import REGISTRY
-from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import ROOT, gateway_env
-from tests.redis_server import free_port
+from tests.processes import GatewayProcess
 
 BASE = ("home", "guest_auth")
 
@@ -139,55 +135,20 @@ def nofile_limit(pid: int) -> tuple[int, int]:
     raise AssertionError("no 'Max open files' line")
 
 
-class LimitedGateway:
+def limited_gateway(tmp_path: Path, base_url: str, soft: int, hard: int) -> GatewayProcess:
     """``python -m server`` with ``RLIMIT_NOFILE`` set to (soft, hard) before it starts."""
 
-    def __init__(self, tmp_path: Path, base_url: str, soft: int, hard: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "gateway.log"
-        env = gateway_env(
-            AUTH_TOKEN=API_KEY,
-            LISTEN_HOST="127.0.0.1",
-            LISTEN_PORT=str(self.port),
-            GUEST_RESERVE="0",
-            ZAI_BASE_URL=base_url,
-        )
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-        def limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=limit,
-            )
-
-    async def ready(self) -> None:
-        for _ in range(300):
-            assert self.proc.poll() is None, self.log.read_text()
-            with contextlib.suppress(OSError):
-                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
-                if reply.code == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    return GatewayProcess(tmp_path, before=limit, GUEST_RESERVE="0", ZAI_BASE_URL=base_url)
 
 
 @pytest.mark.timeout(90)
 async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_path):
     # soft = hard = 200: the server cannot raise it; 300 idle clients are more than it has.
     fake = FakeUpstream(*BASE)
-    gateway = LimitedGateway(tmp_path, await fake.start(), soft=200, hard=200)
+    gateway = limited_gateway(tmp_path, await fake.start(), soft=200, hard=200)
     idle: list[socket.socket] = []
     try:
         await gateway.ready()
@@ -211,7 +172,7 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
         # A spin detector, not a speed claim: paused it used 0.5 % of a CPU here; spinning
         # (tornado's own accept loop) 28 % on this 2-core machine under load, 99 % when idle.
         assert busy < 0.15, f"the server used {busy:.0%} of a CPU while out of descriptors"
-        log = gateway.log.read_text()
+        log = gateway.text()
         assert log.count("out of file descriptors (EMFILE") == 1, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
         for sock in idle:
@@ -219,7 +180,7 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
         idle.clear()
         reply = await AsyncHTTPClient().fetch(gateway.url + "/healthz", request_timeout=20)
         assert reply.code == 200
-        assert "accepting connections again after" in gateway.log.read_text()
+        assert "accepting connections again after" in gateway.text()
         metrics = await AsyncHTTPClient().fetch(gateway.url + "/metrics")
         assert b"zai_gateway_accept_pauses_total 1.0" in metrics.body
         shed = b'zai_gateway_connections_refused_total{reason="out_of_descriptors"}'
@@ -227,5 +188,5 @@ async def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(tmp_pat
     finally:
         for sock in idle:
             sock.close()
-        gateway.stop()
+        gateway.kill()
         await fake.close()

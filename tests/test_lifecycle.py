@@ -1,10 +1,7 @@
 """A gateway process's life: draining on SIGTERM, and one per service name per machine."""
 
 import asyncio
-import contextlib
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -18,65 +15,22 @@ from server.services import make_services
 from server.settings import load_settings
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import ROOT, gateway_env
-from tests.redis_server import free_port
+from tests.processes import GatewayProcess
 
 
-class Process:
-    def __init__(self, tmp_path: Path, port: int = 0, **values: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / f"gateway-{self.port}.log"
-        env = gateway_env(
-            AUTH_TOKEN=API_KEY,
-            LISTEN_HOST="127.0.0.1",
-            LISTEN_PORT=str(self.port),
-            GUEST_RESERVE="0",
-            **values,
-        )
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"],
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def ready(self) -> None:
-        for _ in range(300):
-            assert self.proc.poll() is None, self.log.read_text()
-            with contextlib.suppress(OSError):
-                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
-                if reply.code == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(self.log.read_text())
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30
-        )
-
-    async def wait(self, timeout: float = 30) -> int:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.proc.wait, timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+def Process(tmp_path: Path, port: int = 0, **values: str) -> GatewayProcess:
+    return GatewayProcess(tmp_path, port, GUEST_RESERVE="0", **values)
 
 
 @pytest.fixture
 def processes():
-    started: list[Process] = []
+    started: list[GatewayProcess] = []
     yield started
     for process in started:
-        process.stop()
+        process.kill()
 
 
-async def open_streams(gateway: Process, n: int) -> list:
+async def open_streams(gateway: GatewayProcess, n: int) -> list:
     streams = []
     for _ in range(n):
         client = gateway.client()
@@ -132,7 +86,7 @@ async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_red
     assert fake.streams_completed == 3
     assert real_redis_server.cli("ZCARD", f"{prefix}instances").strip() == "0"
     assert real_redis_server.cli("KEYS", f"{prefix}instance:*").split() == []
-    assert "drain deadline passed" not in gateway.log.read_text()
+    assert "drain deadline passed" not in gateway.text()
 
 
 @pytest.mark.timeout(60)
@@ -152,7 +106,7 @@ async def test_stream_longer_than_the_deadline_ends_with_an_error_event(tmp_path
         await fake.close()
     assert isinstance(error, openai.APIError) and "shutting down" in error.message
     assert "|stop" not in text
-    assert "drain deadline passed: 1 request(s)" in gateway.log.read_text()
+    assert "drain deadline passed: 1 request(s)" in gateway.text()
 
 
 async def test_a_second_start_with_the_same_service_name_refuses(tmp_path, processes):
@@ -164,13 +118,13 @@ async def test_a_second_start_with_the_same_service_name_refuses(tmp_path, proce
     )
     processes.append(first)
     await first.ready()
-    assert "stale lock" in first.log.read_text() and lock.read_text() == str(first.proc.pid)
+    assert "stale lock" in first.text() and lock.read_text() == str(first.proc.pid)
     second = Process(
         tmp_path, SERVICE_NAME=name, SINGLE_INSTANCE="on", ZAI_BASE_URL="http://127.0.0.1:9"
     )
     processes.append(second)
     assert await second.wait() == 1
-    message = second.log.read_text().strip().splitlines()[-1]
+    message = second.text().strip().splitlines()[-1]
     assert "already running" in message and str(first.proc.pid) in message
     third = Process(
         tmp_path,

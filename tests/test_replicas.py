@@ -10,83 +10,36 @@ itself.
 import asyncio
 import collections
 import contextlib
-import json
 import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.accounts import ADMIN, TOKENS
-from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import ROOT, gateway_env
-from tests.redis_server import RedisServer, free_port
+from tests.processes import GatewayProcess
+from tests.redis_server import RedisServer
 
 TTL = 1.5
 
 
-class Replica:
-    def __init__(self, redis_url: str, upstream: str, log_dir, **extra: str) -> None:
-        self.port = free_port()
-        self.log = open(log_dir / f"replica-{self.port}.log", "w+")  # noqa: SIM115
-        env = gateway_env(
-            AUTH_TOKEN=API_KEY,
-            ADMIN_TOKEN=ADMIN,
-            ZAI_BASE_URL=upstream,
-            LISTEN_HOST="127.0.0.1",
-            LISTEN_PORT=str(self.port),
-            REDIS_URL=redis_url,
-            ZAI_TOKENS=",".join(TOKENS),
-            ANONYMOUS_MODE="false",
-            INSTANCE_TTL=str(TTL),
-            LEASE_TTL=str(TTL),
-            POOL_COOLDOWN_BASE="60",
-            POOL_MAX_CONCURRENCY="0",
-            **extra,
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20
-        )
-
-    async def ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                reply = await AsyncHTTPClient().fetch(self.url + "/readyz", raise_error=False)
-                if reply.code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"replica on {self.port} never became ready: {self.text()}")
-
-    async def admin(self, path: str) -> dict:
-        reply = await AsyncHTTPClient().fetch(
-            self.url + path, headers={"Authorization": f"Bearer {ADMIN}"}
-        )
-        return json.loads(reply.body)
-
-    def text(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
+def replica(redis_url: str, upstream: str, log_dir: Path, **extra: str) -> GatewayProcess:
+    return GatewayProcess(
+        log_dir,
+        ADMIN_TOKEN=ADMIN,
+        ZAI_BASE_URL=upstream,
+        REDIS_URL=redis_url,
+        ZAI_TOKENS=",".join(TOKENS),
+        ANONYMOUS_MODE="false",
+        INSTANCE_TTL=str(TTL),
+        LEASE_TTL=str(TTL),
+        POOL_COOLDOWN_BASE="60",
+        POOL_MAX_CONCURRENCY="0",
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -94,12 +47,10 @@ def cluster(io_loop, tmp_path):
     redis = RedisServer().start()
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
-    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    replicas = [replica(redis.url, base, tmp_path) for _ in range(3)]
     yield redis, fake, replicas
     codes = [replica.stop() for replica in replicas]
     logs = [replica.text() for replica in replicas]
-    for replica in replicas:
-        replica.log.close()
     io_loop.run_sync(fake.close)
     redis.stop()
     for code, log in zip(codes, logs, strict=True):
@@ -112,7 +63,7 @@ def used(fake: FakeUpstream) -> collections.Counter:
     )
 
 
-async def ask(replica: Replica) -> str:
+async def ask(replica: GatewayProcess) -> str:
     async with replica.client() as client:
         reply = await client.chat.completions.create(
             model="GLM-5.1", messages=[{"role": "user", "content": "hi"}]
@@ -146,14 +97,14 @@ async def test_three_replicas_share_one_pool(cluster):
     cooling = redis.cli("ZRANGE", "zai:cooldown", "0", "-1").split()
     assert len(cooling) == 1
     assert redis.cli("HGET", f"zai:token:{cooling[0]}", "failures").strip() == "1"
-    status = await replicas[2].admin("/v1/token-pool/status")
+    status = await replicas[2].admin("/v1/token-pool/status", ADMIN)
     assert status["summary"] == {"active": 2, "cooling": 1, "dead": 0, "pending": 0}
     fake.fail_tokens.clear()
 
     # every replica is registered; redis-cli lists them
     instances = redis.cli("ZRANGE", "zai:instances", "0", "-1").split()
     assert len(instances) == 3
-    assert len((await replicas[1].admin("/v1/instances"))["instances"]) == 3
+    assert len((await replicas[1].admin("/v1/instances", ADMIN))["instances"]) == 3
 
     # SIGKILL mid-stream leaves nothing behind once the TTLs pass
     fake.pace = 0.2
@@ -175,7 +126,7 @@ async def test_three_replicas_share_one_pool(cluster):
                 pass
     await asyncio.sleep(TTL + 0.5)
     assert redis.cli("KEYS", "zai:leases:*").split() == []
-    live = (await replicas[1].admin("/v1/instances"))["instances"]
+    live = (await replicas[1].admin("/v1/instances", ADMIN))["instances"]
     assert len(live) == 2 and str(victim.proc.pid) not in [row["pid"] for row in live]
     assert redis.cli("KEYS", f"zai:instance:*:{victim.proc.pid}:*").split() == []
     fake.pace = 0
