@@ -24,12 +24,14 @@ from state.keys import Keys
 __all__ = ["ConversationStore", "Mapping", "Thread"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Thread:
-    """One request's claim on a conversation: its hashed key and the id holding its turn."""
+    """One request's claim on a conversation: its hashed key and the id holding its turn;
+    ``released`` once it let go (with its turn saved, or at the request's end)."""
 
     key: str
     holder: str
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,12 @@ class ConversationStore:
         return f"<ConversationStore ttl={self.ttl:g}>"
 
     def save(self, thread: Thread, token_id: str, mapping: Mapping) -> None:
-        """The turn went well: the next one continues from it (written behind)."""
+        """The turn went well: the next one continues from it, and may run from now on (the
+        mapping and the claim let go in one write, behind). Called before the client has the
+        answer's end, so a client that asks the next turn at once does not find it held."""
         key, ttl = self.keys.conversation(thread.key), int(self.ttl * 1000)
+        turn, holder = self.keys.conversation_turn(thread.key), thread.holder
+        thread.released = True
 
         def build(pipe: Pipeline) -> None:
             pipe.delete(key)  # a fresh chat replaces every field of the old one
@@ -80,11 +86,16 @@ class ConversationStore:
                 },
             )
             pipe.pexpire(key, ttl)
+            evalsha(pipe, self._let_go, [turn], [holder])
 
         self.batch.add(build).add_done_callback(_ignore)
 
     def let_go(self, thread: Thread) -> None:
-        """The request is over: the next turn of the conversation may run (written behind)."""
+        """The request is over: the next turn of the conversation may run (written behind;
+        nothing when ``save`` let go already)."""
+        if thread.released:
+            return
+        thread.released = True
         turn = self.keys.conversation_turn(thread.key)
         self.batch.add(
             lambda pipe: evalsha(pipe, self._let_go, [turn], [thread.holder])

@@ -337,11 +337,11 @@ async def _attempt(
         logger.debug("{} upstream said done: {!r}", conv.request_id, stream)
         reasoning, answer = stream.final()
         found = stream.searches() if conv.search else ()
+        if turn is not None:  # the upstream holds the turn: the next may begin at once
+            turn.done(cred, answer)
         await sink.finish(
             Ending(stream.finish_reason, stream.usage, reasoning, answer, None, found)
         )
-        if turn is not None:
-            turn.done(cred, answer)
         if catalogue is not None:
             catalogue.offer(cred)  # a token that works reads its tier's model list, if stale
     except GatewayError as err:
