@@ -1,18 +1,18 @@
 """What one worker process shares between its requests, and its life in the cluster.
 
 Owns ``Services``: settings, the Redis client (real or embedded), the upstream client, the
-token source, the pool, the guest reserve and this process's registration; ``start()``
-(register, load configured tokens into the shared pool, check the new ones, fill the guest
-reserve, begin the upkeep loop) and ``stop()`` (deregister, release, close). The upkeep loop
-beats the heartbeat and renews held leases every third of ``INSTANCE_TTL``, re-checks tokens
-still pending (their first check could not reach the upstream) with back-off, and re-checks
-dead tokens every ``POOL_HEALTH_INTERVAL`` (one replica at a time, by a lock); another
-loop writes the per-key usage counts every ``USAGE_FLUSH_INTERVAL`` (and once at stop); with a
-captcha solver sidecar, a third keeps the shared captcha pool at ``CAPTCHA_LOW_WATER`` every
-``CAPTCHA_REFILL_INTERVAL`` (``CaptchaSource.keep_up``: one replica at a time asks it); and
-every ``UPSTREAM_CONFIG_POLL`` seconds the live upstream config is followed
-(``server.live_config``: applied at start too, before the first request). Build it inside
-each worker, after any fork.
+token source, the pool, the guest reserve and this process's registration; ``start()`` (move an
+older release's key names, ``state.layout``; register, load configured tokens into the shared
+pool, check the new ones, fill the guest reserve, begin the upkeep loop) and ``stop()``
+(deregister, release, close). The upkeep loop beats the heartbeat and renews held leases every
+third of ``INSTANCE_TTL``, re-checks tokens still pending (their first check could not reach
+the upstream) with back-off, and re-checks dead tokens every ``POOL_HEALTH_INTERVAL`` (one
+replica at a time, by a lock); another loop writes the per-key usage counts every
+``USAGE_FLUSH_INTERVAL`` (and once at stop); with a captcha solver sidecar, a third keeps the
+shared captcha pool at ``CAPTCHA_LOW_WATER`` every ``CAPTCHA_REFILL_INTERVAL``
+(``CaptchaSource.keep_up``: one replica at a time asks it); and every ``UPSTREAM_CONFIG_POLL``
+seconds the live upstream config is followed (``server.live_config``: applied at start too,
+before the first request). Build it inside each worker, after any fork.
 """
 
 import asyncio
@@ -45,12 +45,13 @@ from state.batch import WriteBehind
 from state.captcha import CaptchaPool
 from state.chats import ChatLedger
 from state.client_keys import ClientKeys
-from state.connection import connect, is_cluster
+from state.connection import connect
 from state.conversations import ConversationStore
 from state.facts import SELF_CHECK, Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
-from state.keys import Keys, cluster_prefix
+from state.keys import Keys
+from state.layout import migrate
 from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
@@ -97,6 +98,9 @@ class Services:
 
     async def start(self) -> None:
         settings = self.settings
+        # Before anything reads or writes the pool: an older release's key names move to
+        # today's (replicas starting at once wait for the one that moves them).
+        await self._safely("moving older key names", migrate(self.redis, self.keys))
         if self.live is not None:  # the overrides hold from the first request on
             await self._safely("live config", self.live.follow())
             self._tasks.append(asyncio.ensure_future(self._follow_config(self.live)))
@@ -282,9 +286,13 @@ _PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, whe
 
 
 def make_services(settings: Settings) -> Services:
-    redis = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
-    prefix = settings.redis_prefix
-    keys = Keys(cluster_prefix(prefix) if is_cluster(settings.redis_url) else prefix)
+    redis = connect(
+        settings.redis_url,
+        settings.redis_timeout,
+        settings.redis_max_connections,
+        cluster=settings.redis_cluster,
+    )
+    keys = Keys(settings.redis_prefix)  # the same hash-tagged names on every kind of Redis
     instance_id = new_instance_id()
     breaker = WafBreaker(redis, keys, settings.waf_backoff_base, settings.waf_backoff_cap)
     # Made even with every gap 0 (then it books nothing): the live config may set gaps.

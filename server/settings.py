@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     # State
     redis_url: str = ""
     redis_prefix: str = "zai:"
+    # The REDIS_URL redis:// or rediss:// endpoint is a Redis Cluster (as redis+cluster://)
+    redis_cluster: bool = False
     redis_timeout: float = Field(0.5, gt=0)
     redis_max_connections: int = Field(64, ge=1)
     instance_ttl: float = Field(15.0, gt=0)
@@ -365,6 +367,17 @@ class Settings(BaseSettings):
                     f"UPSTREAM_IMPERSONATE: curl_cffi cannot impersonate "
                     f"{self.upstream_impersonate!r} (e.g. chrome152)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> "Settings":
+        if self.redis_cluster and not self.redis_url.startswith(
+            ("redis://", "rediss://", *CLUSTER_SCHEMES)
+        ):
+            raise ValueError(
+                "REDIS_CLUSTER: needs the cluster's address in REDIS_URL, e.g. "
+                "REDIS_URL=redis://host:6379 (rediss:// for TLS; not sentinel or unix)"
+            )
         return self
 
     @model_validator(mode="after")

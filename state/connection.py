@@ -13,11 +13,11 @@ master died) or finds itself on a demoted master is dropped, so after a failover
 request reaches the new master, with the same fast-fail timeouts in between.
 
 ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` (``rediss+cluster://`` for
-TLS) is a Redis Cluster, found from those nodes (port 6379 by default). ``is_cluster`` tells
-the caller, which must then give ``state.keys.Keys`` a prefix holding a hash tag
-(``state.keys.cluster_prefix``): every key of the gateway then hashes to one slot, so the
-Lua scripts and transactions that touch several keys (and build some names inside the
-script) run on one node, as they do on a single Redis.
+TLS) is a Redis Cluster, found from those nodes (port 6379 by default); so is a
+``redis://`` or ``rediss://`` URL given with ``cluster=True`` (``REDIS_CLUSTER=true``: a managed
+cluster's one configuration endpoint). Nothing else changes there: ``state.keys`` gives every
+name a hash tag on every kind of Redis, so the scripts and transactions that touch several
+keys run on one node, as they do on a single Redis.
 """
 
 from collections.abc import Mapping
@@ -55,7 +55,7 @@ def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
 
-def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
+def connect(url: str, timeout: float, max_connections: int = 64, cluster: bool = False) -> Redis:
     if not url:
         logger.info(
             "REDIS_URL is not set: shared state lives in an embedded fakeredis, in this one "
@@ -85,7 +85,7 @@ def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
     }
     if url.startswith(SENTINEL_SCHEME):
         return _sentinel_master(url, timeout, options)
-    if is_cluster(url):
+    if cluster or is_cluster(url):
         return _cluster(url, options)
     pool = BlockingConnectionPool.from_url(url, **options)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
@@ -139,7 +139,7 @@ def _cluster(url: str, options: dict) -> Redis:
     options["retry"] = Retry(NoBackoff(), 1)
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-        ssl=url.startswith("rediss+"),
+        ssl=url.startswith("rediss"),
         **options,
         **auth,
     )

@@ -1,72 +1,69 @@
 """The Redis key layout, in one place: one prefix (``REDIS_PREFIX``), one function per kind.
 
-Owns ``Keys``. An operator reads the pool with ``redis-cli`` from this table:
+Owns ``Keys``. Every name carries a Redis Cluster hash tag, always (on a single Redis, on
+Sentinel and on a cluster alike): the pool and everything shared live under ``<p>{pool}:``,
+so each script and transaction that touches several of them (the pick, the release, a
+conversation's turn read by the pick, pacing, the WAF breaker, the captcha pool) stays in one
+slot; a client key's names share ``<p>{k:<id>}:`` (its admit and settle scripts), an account's
+uploaded files ``<p>{f:<user>}:``. ``<p>`` is ``REDIS_PREFIX`` (``zai:``). An operator reads
+the pool with ``redis-cli`` from this table (``zai:{pool}:rotation`` and so on):
 
 | key | type | holds |
 |---|---|---|
-| ``<p>tokens`` | hash | token id -> the upstream token (the only place a full token lives) |
-| ``<p>token:<id>`` | hash | role, user_id, name, failures, cooldown_until, last_used, uses, ... |
-| ``<p>rotation`` | zset | ids in rotation, scored by pick sequence (lowest = next) |
-| ``<p>cooldown`` | zset | ids cooling down, scored by the ms time they return |
-| ``<p>dead`` | set | ids out of rotation until a health check revives them |
-| ``<p>seq`` | string | the pick sequence counter |
-| ``<p>rotated:<id>`` | string | the id a rotated token was replaced by (for a grace period) |
-| ``<p>leases:<id>`` | zset | lease id -> deadline (ms) for each request in flight on that token |
-| ``<p>revoked:<lease>`` | string | a lease id given up on: a late ACQUIRE of it leases nothing |
-| ``<p>instances`` | zset | instance id -> heartbeat deadline (ms) |
-| ``<p>instance:<id>`` | hash | host, pid, version, started, inflight (expires with the heartbeat) |
-| ``<p>chats`` | zset | throwaway chats to delete upstream -> ms time anyone may delete it |
-| ``<p>chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id), tries |
-| ``<p>conv:<key>`` | hash | a continued conversation: token_id, chat_id, parent_id, count, ... |
-| ``<p>conv:<key>:turn`` | string | the request running its turn (one at a time) |
-| ``<p>guests`` | list | pre-fetched guest credentials (JSON), each popped exactly once |
-| ``<p>guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
-| ``<p>facts`` | hash | shared upstream facts: fe_version, fe_version_at |
-| ``<p>upstream:config`` | hash | the live upstream config: setting name -> JSON value, ``rev`` |
-| ``<p>lock:<name>`` | string | short locks (guest refill, health check) |
-| ``<p>captcha`` | zset | single-use captcha params, scored by the ms time they expire |
-| ``<p>waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff (s), blocked |
-| ``<p>slots:<route>`` | zset | booked call slots on that route, ``<start>:<end>`` (ms) by start |
-| ``<p>pace:token:<id>`` | string | ms time the next call with that pooled token may leave |
-| ``<p>keys`` | set | ids of the client keys the admin API issued |
-| ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits, ... |
+| ``<p>{pool}:tokens`` | hash | token id -> the upstream token (the only place a full token lives) |
+| ``<p>{pool}:token:<id>`` | hash | role, user_id, name, failures, cooldown_until, last_used, uses |
+| ``<p>{pool}:rotation`` | zset | ids in rotation, scored by pick sequence (lowest = next) |
+| ``<p>{pool}:cooldown`` | zset | ids cooling down, scored by the ms time they return |
+| ``<p>{pool}:dead`` | set | ids out of rotation until a health check revives them |
+| ``<p>{pool}:seq`` | string | the pick sequence counter |
+| ``<p>{pool}:rotated:<id>`` | string | the id a rotated token was replaced by (grace period) |
+| ``<p>{pool}:leases:<id>`` | zset | lease id -> deadline (ms), each request in flight on it |
+| ``<p>{pool}:revoked:<lease>`` | string | a lease given up on: a late pick of it leases nothing |
+| ``<p>{pool}:instances`` | zset | instance id -> heartbeat deadline (ms) |
+| ``<p>{pool}:instance:<id>`` | hash | host, pid, version, started, inflight (expires with it) |
+| ``<p>{pool}:chats`` | zset | throwaway chats to delete upstream -> ms time anyone may |
+| ``<p>{pool}:chat:<id>`` | hash | whose chat it is (a guest's token, or a pooled token's id) |
+| ``<p>{pool}:conv:<key>`` | hash | a continued conversation: token_id, chat_id, parent_id, ... |
+| ``<p>{pool}:conv:<key>:turn`` | string | the request running its turn (one at a time) |
+| ``<p>{pool}:guests`` | list | pre-fetched guest credentials (JSON), each popped once |
+| ``<p>{pool}:guests:demand`` | hash | unix second -> guests asked for in it (the refill's rate) |
+| ``<p>{pool}:facts`` | hash | shared upstream facts: fe_version, fe_version_at, ... |
+| ``<p>{pool}:upstream:config`` | hash | the live upstream config: setting name -> JSON, ``rev`` |
+| ``<p>{pool}:lock:<name>`` | string | short locks (guest refill, health check, layout move) |
+| ``<p>{pool}:captcha`` | zset | single-use captcha params, scored by the ms time they expire |
+| ``<p>{pool}:waf:<route>`` | hash | one egress route's WAF breaker: until (ms), backoff, blocked |
+| ``<p>{pool}:slots:<route>`` | zset | booked call slots on that route, ``<start>:<end>`` (ms) |
+| ``<p>{pool}:pace:token:<id>`` | string | ms time the next call with that pooled token may leave |
+| ``<p>{pool}:keys`` | set | ids of the client keys the admin API issued |
+| ``<p>{pool}:response:<id>`` | string | a stored Responses API response and its items, TTL |
+| ``<p>{pool}:usage:keys`` | hash | id -> name of every key with usage (issued, static, guests) |
+| ``<p>{pool}:traffic:<minute>`` | hash | requests, errors, ttfb_us of completions in one minute |
+| ``<p>{k:<id>}:key`` | hash | a client key: name, hash (secret's SHA-256), models, limits |
 | ``<p>{k:<id>}:rpm`` | zset | request id -> ms time, the key's requests of the last minute |
-| ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (per minute), d, d_at (per day) |
+| ``<p>{k:<id>}:tokens`` | hash | the key's token buckets: m, m_at (minute), d, d_at (day) |
 | ``<p>{k:<id>}:usage:<day>`` | hash | ``<model>:requests``, ``:input``, ``:output``, ``:errors`` |
-| ``<p>response:<id>`` | string | a stored Responses API response and its items (JSON), with a TTL |
 | ``<p>{f:<user>}:file:<sha>`` | string | the file an image was uploaded as, by that account, TTL |
-| ``<p>usage:keys`` | hash | id -> name of every key with usage (issued, AUTH_TOKEN(S), anonymous) |
-| ``<p>traffic:<minute>`` | hash | requests, errors, ttfb_us of all completions in one minute |
 
-Client-key names share the hash tag ``{k:<id>}`` (every key one script touches hashes to
-one Redis Cluster slot); ``<day>`` is the UTC day, ``yyyymmdd``. Token ids are the first 16
-hex digits of the token's SHA-256: stable across replicas, and safe to show; ``mask`` is the
-only other form of a token that may be shown or logged.
+Scripts get their names in ``KEYS[]``; the pick, the lease revocation and the chat claim
+also reach names they find while running (the token a pick chooses, its leases), which they
+build from ``Keys.pool`` given as an argument: those share the ``{pool}`` tag, so they hash
+to the slot of the script's ``KEYS[]``. A ``REDIS_PREFIX`` that holds a tag of its own
+(``{gw}:``) puts every name in that one slot (the first tag of a name counts). ``<day>`` is
+the UTC day, ``yyyymmdd``. Token ids are the first 16 hex digits of the token's SHA-256:
+stable across replicas, and safe to show; ``mask`` is the only other form of a token that may
+be shown or logged. ``state.layout`` moves the names of older releases to these.
 """
 
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["Keys", "cluster_prefix", "mask", "token_id"]
+__all__ = ["POOL_TAG", "Keys", "mask", "token_id"]
+
+POOL_TAG = "{pool}:"
 
 
 def token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def cluster_prefix(prefix: str) -> str:
-    """The prefix on a Redis Cluster: one hash tag (``zai:`` -> ``{zai}:``), so every key
-    hashes to one slot and a script or transaction over several keys stays on one node. A
-    prefix that already holds a tag is kept. (Client keys' own ``{k:<id>}`` tags then no
-    longer pick a slot: the first tag of a name is the one that counts.)
-
-    >>> cluster_prefix("zai:"), cluster_prefix("{gw}:")
-    ('{zai}:', '{gw}:')
-    """
-    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
-        return prefix
-    stem = prefix.rstrip(":") or "zai"
-    return "{" + stem + "}:"
 
 
 def mask(secret: str) -> str:
@@ -78,95 +75,109 @@ def mask(secret: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
+    """The names of one gateway's keys under ``prefix`` (``REDIS_PREFIX``).
+
+    >>> Keys("zai:").rotation, Keys("zai:").client_key("k1")
+    ('zai:{pool}:rotation', 'zai:{k:k1}:key')
+    """
+
     prefix: str = "zai:"
 
     @property
+    def pool(self) -> str:
+        """``<p>{pool}:``, the stem of every pool and shared name (scripts build from it)."""
+        return self.prefix + POOL_TAG
+
+    @property
     def tokens(self) -> str:
-        return f"{self.prefix}tokens"
+        return f"{self.pool}tokens"
 
     def token(self, tid: str) -> str:
-        return f"{self.prefix}token:{tid}"
+        return f"{self.pool}token:{tid}"
 
     @property
     def rotation(self) -> str:
-        return f"{self.prefix}rotation"
+        return f"{self.pool}rotation"
 
     @property
     def cooldown(self) -> str:
-        return f"{self.prefix}cooldown"
+        return f"{self.pool}cooldown"
 
     @property
     def dead(self) -> str:
-        return f"{self.prefix}dead"
+        return f"{self.pool}dead"
 
     @property
     def seq(self) -> str:
-        return f"{self.prefix}seq"
+        return f"{self.pool}seq"
 
     def rotated(self, tid: str) -> str:
-        return f"{self.prefix}rotated:{tid}"
+        return f"{self.pool}rotated:{tid}"
+
+    def revoked(self, lease_id: str) -> str:
+        return f"{self.pool}revoked:{lease_id}"
 
     def leases(self, tid: str) -> str:
-        return f"{self.prefix}leases:{tid}"
+        return f"{self.pool}leases:{tid}"
 
     @property
     def instances(self) -> str:
-        return f"{self.prefix}instances"
+        return f"{self.pool}instances"
 
     def instance(self, iid: str) -> str:
-        return f"{self.prefix}instance:{iid}"
+        return f"{self.pool}instance:{iid}"
 
     @property
     def chats(self) -> str:
-        return f"{self.prefix}chats"
+        return f"{self.pool}chats"
 
     def chat(self, chat_id: str) -> str:
-        return f"{self.prefix}chat:{chat_id}"
+        return f"{self.pool}chat:{chat_id}"
 
     def conversation(self, key: str) -> str:
-        return f"{self.prefix}conv:{key}"
+        return f"{self.pool}conv:{key}"
 
     def conversation_turn(self, key: str) -> str:
-        return f"{self.prefix}conv:{key}:turn"
+        return f"{self.pool}conv:{key}:turn"
 
     @property
     def guests(self) -> str:
-        return f"{self.prefix}guests"
+        return f"{self.pool}guests"
 
     @property
     def guest_demand(self) -> str:
-        return f"{self.prefix}guests:demand"
+        return f"{self.pool}guests:demand"
 
     @property
     def facts(self) -> str:
-        return f"{self.prefix}facts"
+        return f"{self.pool}facts"
 
     @property
     def upstream_config(self) -> str:
-        return f"{self.prefix}upstream:config"
+        return f"{self.pool}upstream:config"
 
     @property
     def captcha(self) -> str:
-        return f"{self.prefix}captcha"
+        return f"{self.pool}captcha"
 
     def waf(self, route: str) -> str:
-        return f"{self.prefix}waf:{route}"
+        return f"{self.pool}waf:{route}"
 
     def pace(self, route: str) -> str:
-        return f"{self.prefix}slots:{route}"
+        return f"{self.pool}slots:{route}"
 
     def pace_token(self, tid: str) -> str:
-        return f"{self.prefix}pace:token:{tid}"
+        return f"{self.pool}pace:token:{tid}"
 
     def lock(self, name: str) -> str:
-        return f"{self.prefix}lock:{name}"
+        return f"{self.pool}lock:{name}"
 
     @property
     def client_keys(self) -> str:
-        return f"{self.prefix}keys"
+        return f"{self.pool}keys"
 
     def response(self, response_id: str) -> str:
-        return f"{self.prefix}response:{response_id}"
+        return f"{self.pool}response:{response_id}"
 
     def file(self, user_id: str, digest: str) -> str:
         return f"{self.prefix}{{f:{user_id}}}:file:{digest}"
@@ -185,7 +196,7 @@ class Keys:
 
     @property
     def usage_keys(self) -> str:
-        return f"{self.prefix}usage:keys"
+        return f"{self.pool}usage:keys"
 
     def traffic(self, minute: str) -> str:
-        return f"{self.prefix}traffic:{minute}"
+        return f"{self.pool}traffic:{minute}"

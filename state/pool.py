@@ -12,8 +12,10 @@ Leases carry a deadline, so a replica that dies leaks nothing: its leases are ig
 past due, pruned at the next pick, and their key expires. Cooldowns back off exponentially
 (``POOL_COOLDOWN_BASE`` doubling per episode up to ``POOL_COOLDOWN_CAP``; failures of requests
 already in flight when an episode began are part of it); a success clears the count;
-dead tokens stay out until a health check (``revive``) brings them back. Per-token keys are
-built inside the scripts from the prefix, so this targets a single Redis, not Redis Cluster.
+dead tokens stay out until a health check (``revive``) brings them back. The names a pick
+finds while it runs (the chosen token's info and leases) are built in the script from
+``Keys.pool``; they share the ``{pool}`` hash tag of its ``KEYS[]``, so the scripts run on a
+Redis Cluster as on one Redis.
 """
 
 import asyncio
@@ -94,11 +96,12 @@ class TokenPool:
     # KEYS[2] cooldown zset (id -> ms time it returns)
     # KEYS[3] pick sequence counter
     # KEYS[4] tokens hash (id -> token)
+    # KEYS[5] this lease id's revoked marker
     # ARGV[1] now (ms)
     # ARGV[2] lease id
     # ARGV[3] lease time to live (ms)
     # ARGV[4] max concurrent leases per token (0 = no cap)
-    # ARGV[5] key prefix (for token:<id> and leases:<id>)
+    # ARGV[5] the pool's stem, ``Keys.pool`` (for token:<id> and leases:<id>)
     # Returns {id, token, user_id, role, name}, or {"", reason, retry_after_ms} with reason
     # "busy" (all at their cap), "cooling" (all cooling down), "empty" (no token in rotation) or
     # "revoked" (the caller gave up on this lease id: a call that ran late, after a freeze).
@@ -118,7 +121,7 @@ class TokenPool:
         local meta = redis.call('HMGET', info, 'user_id', 'role', 'name')
         return {id, redis.call('HGET', KEYS[4], id), meta[1] or '', meta[2] or '', meta[3] or ''}
     end
-    if redis.call('EXISTS', ARGV[5] .. 'revoked:' .. ARGV[2]) == 1 then
+    if redis.call('EXISTS', KEYS[5]) == 1 then
         return {'', 'revoked', 0}
     end
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
@@ -144,19 +147,19 @@ class TokenPool:
     """
     ACQUIRE = _HEAD + _PICK
     # A turn of a continued conversation (state.conversations), the same pick with:
-    # KEYS[5] the conversation hash; KEYS[6] its turn key; ARGV[6] the request holding the turn.
+    # KEYS[6] the conversation hash; KEYS[7] its turn key; ARGV[6] the request holding the turn.
     # Another request's turn in flight: {"", "conv_busy", its ms left}. Else the turn is taken
     # (again, by the same request: a retry) and the token the chat belongs to is leased if it
     # is in rotation and under its cap, answering the mapping after the five fields
     # {chat_id, parent_id, count, prefix, answer}; otherwise any token, as ACQUIRE (the core
     # then starts a fresh chat with the whole history).
     _PINNED = """
-    local held = redis.call('GET', KEYS[6])
+    local held = redis.call('GET', KEYS[7])
     if held and held ~= ARGV[6] then
-        return {'', 'conv_busy', redis.call('PTTL', KEYS[6])}
+        return {'', 'conv_busy', redis.call('PTTL', KEYS[7])}
     end
-    redis.call('SET', KEYS[6], ARGV[6], 'PX', tonumber(ARGV[3]))
-    local conv = redis.call('HMGET', KEYS[5], 'token_id', 'chat_id', 'parent_id', 'count',
+    redis.call('SET', KEYS[7], ARGV[6], 'PX', tonumber(ARGV[3]))
+    local conv = redis.call('HMGET', KEYS[6], 'token_id', 'chat_id', 'parent_id', 'count',
                             'prefix', 'answer')
     if conv[1] and redis.call('ZSCORE', KEYS[1], conv[1]) then
         local got = take(conv[1])
@@ -216,13 +219,13 @@ class TokenPool:
     return wait
     """
 
-    # KEYS[1] tokens hash
+    # KEYS[1] tokens hash; KEYS[2] the lease id's revoked marker
     # ARGV[1] lease id; ARGV[2] its token id ("" = unknown: an acquire that got no answer)
-    # ARGV[3] key prefix; ARGV[4] lease time to live (ms)
+    # ARGV[3] the pool's stem, ``Keys.pool`` (for leases:<id>); ARGV[4] lease time to live (ms)
     # Marks the id revoked (an ACQUIRE still queued behind a frozen Redis then leases nothing)
     # and removes the lease wherever it was already made. Returns how many it removed.
     REVOKE = """
-    redis.call('SET', ARGV[3] .. 'revoked:' .. ARGV[1], 1, 'PX', tonumber(ARGV[4]))
+    redis.call('SET', KEYS[2], 1, 'PX', tonumber(ARGV[4]))
     local ids = {ARGV[2]}
     if ARGV[2] == '' then ids = redis.call('HKEYS', KEYS[1]) end
     local removed = 0
@@ -288,7 +291,7 @@ class TokenPool:
         self.batch.uses(self._release)
 
     def __repr__(self) -> str:
-        return f"<TokenPool {self.keys.prefix} held={len(self.held)}>"
+        return f"<TokenPool {self.keys.pool} held={len(self.held)}>"
 
     async def acquire(self, thread: Thread | None = None) -> Pick | Unavailable:
         """Lease a token; with ``thread`` (a continued conversation) also take its turn and
@@ -297,14 +300,10 @@ class TokenPool:
         # The id is made here, not in Redis, so an acquire that gets no answer can be revoked.
         lease_id = f"{self.owner}:{getrandbits(48):012x}"
         now = _ms(time.time())
-        script, names = self._acquire, [keys.rotation, keys.cooldown, keys.seq, keys.tokens]
-        args: list[str | int] = [
-            now,
-            lease_id,
-            _ms(self.lease_ttl),
-            self.max_concurrency,
-            keys.prefix,
-        ]
+        script = self._acquire
+        names = [keys.rotation, keys.cooldown, keys.seq, keys.tokens, keys.revoked(lease_id)]
+        args: list[str | int] = [now, lease_id, _ms(self.lease_ttl), self.max_concurrency]
+        args.append(keys.pool)
         if thread is not None:
             script = self._acquire_pinned
             names += [keys.conversation(thread.key), keys.conversation_turn(thread.key)]
@@ -392,8 +391,8 @@ class TokenPool:
         removed = 0
         for lease_id, tid in list(self.unsettled.items()):
             removed += await self._revoke(
-                keys=[self.keys.tokens],
-                args=[lease_id, tid, self.keys.prefix, _ms(self.lease_ttl)],
+                keys=[self.keys.tokens, self.keys.revoked(lease_id)],
+                args=[lease_id, tid, self.keys.pool, _ms(self.lease_ttl)],
             )
             self.unsettled.pop(lease_id, None)
         return removed

@@ -63,7 +63,7 @@ class TokenRotation:
         self._replace = redis.register_script(self.REPLACE)
 
     def __repr__(self) -> str:
-        return f"<TokenRotation {self.keys.prefix} grace={self.grace:.0f}s>"
+        return f"<TokenRotation {self.keys.pool} grace={self.grace:.0f}s>"
 
     async def replace(self, old: str, new: str) -> str | None:
         """Put ``new`` where ``old`` is; its id, or None if ``old`` was no longer pooled."""

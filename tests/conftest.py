@@ -204,8 +204,8 @@ def real_cluster_set():
 def redis(request, io_loop):
     """The same state code on the embedded fakeredis, on every real server binary found, on
     the master of a real Sentinel set (found through its sentinels, as REDIS_URL names it) and
-    on a real three-master Redis Cluster. The tests' key prefix ``{t}:`` holds a hash tag, as
-    the gateway's does on a cluster (``state.keys.cluster_prefix``)."""
+    on a real three-master Redis Cluster. The names are the gateway's (``state.keys``: hash
+    tags on every kind of Redis), under the tests' prefixes (``t:``)."""
     if request.param == "fakeredis":
         client = connect("", 0.5)
     else:

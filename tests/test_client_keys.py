@@ -39,19 +39,19 @@ async def refused(gw, key: str, model: str = "GLM-4.5") -> openai.APIStatusError
 
 
 async def test_secret_is_stored_only_as_its_hash(redis):
-    keys = ClientKeys(redis, Keys("{t}:"))
+    keys = ClientKeys(redis, Keys("t:"))
     key, secret = await keys.create(name="ci", rpm=5)
     kid, digest = parse_secret(secret)
     assert kid == key.id and secret.startswith(f"sk-zai-{kid}-")
-    stored = await redis.hgetall(f"{{t}}:{{k:{kid}}}:key")
+    stored = await redis.hgetall(f"t:{{k:{kid}}}:key")
     assert stored["hash"] == digest and secret not in json.dumps(stored)
-    assert await redis.smembers("{t}:keys") == {kid}
+    assert await redis.smembers("t:{pool}:keys") == {kid}
     assert (await keys.admit(kid, "0" * 64, "", 0, 0, "r0")).refused == "unknown"
     assert (await keys.admit(kid, digest, "", 0, 0, "r1")).refused == ""
 
 
 async def test_request_limit_is_a_sliding_minute_and_tokens_a_bucket(redis):
-    keys = ClientKeys(redis, Keys("{t}:"))
+    keys = ClientKeys(redis, Keys("t:"))
     _, secret = await keys.create(name="ci", rpm=3, tpm=1000)
     kid, digest = parse_secret(secret)
     got = [await keys.admit(kid, digest, "glm-4.5", 1, 100, f"r{i}") for i in range(4)]
@@ -76,7 +76,7 @@ async def test_request_limit_is_a_sliding_minute_and_tokens_a_bucket(redis):
 
 
 async def test_disabled_expired_and_model_list(redis):
-    keys = ClientKeys(redis, Keys("{t}:"))
+    keys = ClientKeys(redis, Keys("t:"))
     _, secret = await keys.create(name="ci", models=["GLM-4.5"])
     kid, digest = parse_secret(secret)
     assert (await keys.admit(kid, digest, "GLM-4.7", 1, 0, "a")).refused == "model"

@@ -37,12 +37,11 @@ def cluster(request, io_loop, tmp_path):
     else:
         redis = RedisServer().start()
     url = sset.url if sset is not None else redis.url
-    # where the gateway's keys are read: a cluster's prefix holds a hash tag
-    store, prefix = (sset, "{zai}:") if isinstance(sset, ClusterSet) else (redis, "zai:")
+    store = sset if isinstance(sset, ClusterSet) else redis  # where a key's names are read
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
     replicas = [Replica(url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
-    yield store, prefix, fake, replicas
+    yield store, fake, replicas
     codes = [replica.stop() for replica in replicas]
     for replica in replicas:
         replica.log.close()
@@ -53,7 +52,7 @@ def cluster(request, io_loop, tmp_path):
 
 @pytest.mark.timeout(120)
 async def test_fifty_a_minute_is_fifty_across_three_replicas(cluster):
-    store, prefix, fake, replicas = cluster
+    store, fake, replicas = cluster
     await asyncio.gather(*(r.ready() for r in replicas))
     reply = await AsyncHTTPClient().fetch(
         replicas[0].url + "/v1/keys",
@@ -93,7 +92,7 @@ async def test_fifty_a_minute_is_fifty_across_three_replicas(cluster):
             assert headers["x-ratelimit-reset-requests"].endswith("s")
     remaining = sorted(int(h["x-ratelimit-remaining-requests"]) for c, h in results if c == 200)
     assert remaining == list(range(50))  # each success saw its own place in the minute
-    log = f"{prefix}{{k:{created['id']}}}:rpm"
+    log = f"zai:{{k:{created['id']}}}:rpm"
     assert store.cli("ZCARD", log).strip() == "50"
     # every replica refused some and let some through: the limit is shared, not per process
     assert len({i % 3 for i, (code, _) in enumerate(results) if code == 429}) == 3

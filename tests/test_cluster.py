@@ -1,14 +1,15 @@
-"""Redis Cluster (issue 17 item 5): ``REDIS_URL=redis+cluster://...`` is read whole, every key
-of the gateway gets one hash tag there, and a gateway process on a real three-master cluster
-serves pooled requests (pick, release, cooldown in Redis) whose keys all sit in one slot.
+"""Redis Cluster (issue 17 item 5): ``REDIS_URL=redis+cluster://...`` is read whole, so is a
+``redis://`` endpoint with ``REDIS_CLUSTER=true``, and a gateway process on a real three-master
+cluster serves pooled requests (pick, release, cooldown in Redis) whose pool keys all sit in
+the ``{pool}`` slot (the names: ``tests/test_key_layout.py``).
 The state tests and the 200-request quota test also run on a cluster (``redis`` fixture,
 ``test_client_keys_replicas.py``)."""
 
 import openai
 import pytest
 
-from state.connection import cluster_params
-from state.keys import Keys, cluster_prefix
+from server.settings import SettingsError, load_settings
+from state.connection import cluster_params, connect
 from tests.accounts import ADMIN
 
 HI = [{"role": "user", "content": "hi"}]
@@ -23,20 +24,27 @@ def test_cluster_urls_are_read_whole():
             cluster_params(bad)
 
 
-def test_every_key_shares_one_hash_tag():
-    assert cluster_prefix("zai:") == "{zai}:" and cluster_prefix("{gw}:x:") == "{gw}:x:"
-    keys = Keys(cluster_prefix("zai:"))
-    names = [keys.rotation, keys.token("ab"), keys.leases("ab"), keys.client_key("k1")]
-    assert all(name.startswith("{zai}:") for name in names)  # the first tag is the slot
+def test_redis_cluster_needs_a_cluster_address():
+    for url in ("", "redis+sentinel://h/gw", "unix:///tmp/r.sock"):
+        with pytest.raises(SettingsError, match="REDIS_CLUSTER"):
+            load_settings(_env_file=None, auth_token="k", redis_url=url, redis_cluster=True)
 
 
-async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, real_cluster_set):
-    cluster_set = real_cluster_set  # the state tests' cluster (conftest); they use {t}: keys
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis"])
+async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, real_cluster_set, scheme):
+    cluster_set = real_cluster_set  # the state tests' cluster (conftest); they use t: keys
+    url = cluster_set.url.replace("redis+cluster://", scheme + "://")
+    if scheme == "redis":  # one node, as a managed cluster's configuration endpoint
+        url = url.split(",")[0]
+    fresh = connect(cluster_set.url, 2.0)
+    await fresh.flushall()  # the other run's pool and uses
+    await fresh.aclose()
     gw = await gateway(
         "home",
         "guest_auth_user_role",
         "stream_glm5_plain_thinking",
-        redis_url=cluster_set.url,
+        redis_url=url,
+        redis_cluster=scheme == "redis",
         zai_tokens="tok-cluster-a,tok-cluster-b",
         anonymous_mode=False,
         admin_token=ADMIN,
@@ -48,7 +56,7 @@ async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, real_cluster_set)
     await gw.services.pool.flush()  # the releases sent after the answers (write-behind)
     rows = await gw.services.pool.status()
     assert sorted(row.uses for row in rows) == [2, 2] and all(r.leases == 0 for r in rows)
-    assert cluster_set.cli("ZCARD", "{zai}:rotation").strip() == "2"
+    assert cluster_set.cli("ZCARD", "zai:{pool}:rotation").strip() == "2"
     with pytest.raises(openai.AuthenticationError):
         async with gw.openai(api_key="wrong") as client:
             await client.chat.completions.create(model="GLM-4.5", messages=HI)

@@ -208,4 +208,3 @@ async def test_the_upstreams_session_busy_is_retried_then_a_clear_409(gateway):
             model="GLM-5.1", messages=history, extra_headers=CONV
         )
         assert reply.choices[0].message.content == "Turn 2."
-

@@ -13,6 +13,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from server.services import make_services
 from server.settings import load_settings
+from state.keys import Keys
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.processes import GatewayProcess
@@ -61,6 +62,7 @@ async def read_rest(client, stream) -> tuple[str, object]:
 async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_redis_server):
     fake = FakeUpstream("home", "guest_auth", "stream_glm5_plain_thinking", pace=0.05)
     prefix = f"drain-{uuid.uuid4().hex[:6]}:"
+    keys = Keys(prefix)
     gateway = Process(
         tmp_path,
         ZAI_BASE_URL=await fake.start(),
@@ -71,7 +73,7 @@ async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_red
     processes.append(gateway)
     try:
         await gateway.ready()
-        assert real_redis_server.cli("ZCARD", f"{prefix}instances").strip() == "1"
+        assert real_redis_server.cli("ZCARD", keys.instances).strip() == "1"
         streams = await open_streams(gateway, 3)
         gateway.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
@@ -84,8 +86,8 @@ async def test_sigterm_drains_streams_then_exits_0(tmp_path, processes, real_red
     for text, error in results:
         assert error is None and text.endswith("discuss?|stop")
     assert fake.streams_completed == 3
-    assert real_redis_server.cli("ZCARD", f"{prefix}instances").strip() == "0"
-    assert real_redis_server.cli("KEYS", f"{prefix}instance:*").split() == []
+    assert real_redis_server.cli("ZCARD", keys.instances).strip() == "0"
+    assert real_redis_server.cli("KEYS", keys.instance("*")).split() == []
     assert "drain deadline passed" not in gateway.text()
 
 

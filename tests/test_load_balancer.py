@@ -140,12 +140,12 @@ async def inflight(replica: Replica) -> int:
 
 
 def leases(redis: RedisServer) -> int:
-    tokens = redis.command("HKEYS", "zai:tokens")
-    return sum(redis.command("ZCARD", f"zai:leases:{token}") for token in tokens)
+    tokens = redis.command("HKEYS", "zai:{pool}:tokens")
+    return sum(redis.command("ZCARD", f"zai:{{pool}}:leases:{token}") for token in tokens)
 
 
 def instances(redis: RedisServer) -> int:
-    return redis.command("ZCARD", "zai:instances")
+    return redis.command("ZCARD", "zai:{pool}:instances")
 
 
 @pytest.mark.timeout(180)

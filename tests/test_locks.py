@@ -7,7 +7,7 @@ from state.guests import GuestReserve, StoredGuest
 from state.keys import Keys
 from state.locks import Lock
 
-KEYS = Keys("{t}:")
+KEYS = Keys("t:")
 
 
 async def test_a_lock_is_held_once_and_released_by_its_owner(redis):

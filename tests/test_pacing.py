@@ -93,13 +93,13 @@ async def test_a_wait_past_the_limit_is_429_and_sends_nothing(gateway):
 
 @pytest.mark.parametrize("wait_limit", [5.0])
 async def test_the_soonest_route_is_booked_and_a_refusal_books_nothing(redis, wait_limit):
-    pacer = Pacer(redis, Keys("{p}:"), min_gap_ms=300, jitter_ms=0, max_wait=wait_limit)
+    pacer = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=wait_limit)
     assert await pacer.reserve(["a", "b"]) == (0, 0)  # a tie goes to the first
     index, _ = await pacer.reserve(["a", "b"])
     assert index == 1  # b is free now, a only in 0.3 s
     index, wait = await pacer.reserve(["a", "b"])
     assert index == 0 and 0.25 <= wait <= 0.3
-    tight = Pacer(redis, Keys("{p}:"), min_gap_ms=300, jitter_ms=0, max_wait=0.1)
+    tight = Pacer(redis, Keys("p:"), min_gap_ms=300, jitter_ms=0, max_wait=0.1)
     index, wait = await tight.reserve(["b"])
     assert index == -1 and 0.25 <= wait <= 0.3
     index, wait = await tight.reserve(["b"])  # the refusal did not move b's next slot
@@ -147,18 +147,18 @@ async def test_calls_with_one_pooled_token_keep_its_gap_across_replicas(gateway,
 
 
 async def test_a_token_floor_holds_on_every_route_and_a_guest_has_none(redis):
-    pacer = Pacer(redis, Keys("{pt}:"), min_gap_ms=0, jitter_ms=0, max_wait=5.0, token_gap_ms=300)
+    pacer = Pacer(redis, Keys("pt:"), min_gap_ms=0, jitter_ms=0, max_wait=5.0, token_gap_ms=300)
     assert await pacer.reserve(["a"], "t1") == (0, 0)
     index, wait = await pacer.reserve(["b"], "t1")  # another route: the token's floor holds
     assert index == 0 and 0.25 <= wait <= 0.3
     assert await pacer.reserve(["b"], "t2") == (0, 0)  # another token is not held by t1
     assert await pacer.reserve(["b"]) == (0, 0)  # no token (a guest, a sign-in): route only
-    tight = Pacer(redis, Keys("{pt}:"), min_gap_ms=0, jitter_ms=0, max_wait=0.1, token_gap_ms=300)
+    tight = Pacer(redis, Keys("pt:"), min_gap_ms=0, jitter_ms=0, max_wait=0.1, token_gap_ms=300)
     index, wait = await tight.reserve(["c"], "t1")
     assert index == -1 and wait > 0.1
     assert await tight.reserve(["c"]) == (0, 0)  # the refusal booked nothing on route c
     # A call its token holds back leaves the route's earlier slots to other tokens
-    both = Pacer(redis, Keys("{pq}:"), min_gap_ms=100, jitter_ms=0, max_wait=5.0, token_gap_ms=500)
+    both = Pacer(redis, Keys("pq:"), min_gap_ms=100, jitter_ms=0, max_wait=5.0, token_gap_ms=500)
     assert await both.reserve(["r"], "t1") == (0, 0)
     index, held = await both.reserve(["r"], "t1")
     assert index == 0 and 0.45 <= held <= 0.5  # t1's floor, not the route's

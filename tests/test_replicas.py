@@ -82,7 +82,7 @@ async def test_three_replicas_share_one_pool(cluster):
     assert sorted(used(fake).values()) == [10, 10, 10]
     # the front-end version was read from the home page once, for all three replicas
     assert [r.path for r in fake.requests].count("/") == 1
-    rotation = redis.cli("ZRANGE", "zai:rotation", "0", "-1", "WITHSCORES").split()
+    rotation = redis.cli("ZRANGE", "zai:{pool}:rotation", "0", "-1", "WITHSCORES").split()
     assert len(rotation) == 6 and sorted(int(s) for s in rotation[1::2])[-1] == 30
 
     # a token rate-limited on replica A cools down for B and C too
@@ -94,15 +94,15 @@ async def test_three_replicas_share_one_pool(cluster):
     for i in range(9):
         await ask(replicas[1 + i % 2])
     assert used(fake)[TOKENS[0]] == before + 1
-    cooling = redis.cli("ZRANGE", "zai:cooldown", "0", "-1").split()
+    cooling = redis.cli("ZRANGE", "zai:{pool}:cooldown", "0", "-1").split()
     assert len(cooling) == 1
-    assert redis.cli("HGET", f"zai:token:{cooling[0]}", "failures").strip() == "1"
+    assert redis.cli("HGET", f"zai:{{pool}}:token:{cooling[0]}", "failures").strip() == "1"
     status = await replicas[2].admin("/v1/token-pool/status", ADMIN)
     assert status["summary"] == {"active": 2, "cooling": 1, "dead": 0, "pending": 0}
     fake.fail_tokens.clear()
 
     # every replica is registered; redis-cli lists them
-    instances = redis.cli("ZRANGE", "zai:instances", "0", "-1").split()
+    instances = redis.cli("ZRANGE", "zai:{pool}:instances", "0", "-1").split()
     assert len(instances) == 3
     assert len((await replicas[1].admin("/v1/instances", ADMIN))["instances"]) == 3
 
@@ -116,8 +116,8 @@ async def test_three_replicas_share_one_pool(cluster):
         async for _ in stream:
             break
         assert any(
-            redis.cli("ZCARD", f"zai:leases:{tid}").strip() != "0"
-            for tid in redis.cli("HKEYS", "zai:tokens").split()
+            redis.cli("ZCARD", f"zai:{{pool}}:leases:{tid}").strip() != "0"
+            for tid in redis.cli("HKEYS", "zai:{pool}:tokens").split()
         )
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(10)
@@ -125,10 +125,10 @@ async def test_three_replicas_share_one_pool(cluster):
             async for _ in stream:
                 pass
     await asyncio.sleep(TTL + 0.5)
-    assert redis.cli("KEYS", "zai:leases:*").split() == []
+    assert redis.cli("KEYS", "zai:{pool}:leases:*").split() == []
     live = (await replicas[1].admin("/v1/instances", ADMIN))["instances"]
     assert len(live) == 2 and str(victim.proc.pid) not in [row["pid"] for row in live]
-    assert redis.cli("KEYS", f"zai:instance:*:{victim.proc.pid}:*").split() == []
+    assert redis.cli("KEYS", f"zai:{{pool}}:instance:*:{victim.proc.pid}:*").split() == []
     fake.pace = 0
 
     # no full token in any replica's log

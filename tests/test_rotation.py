@@ -31,20 +31,20 @@ async def test_replace_moves_the_token_and_marks_the_old_one(redis):
         await pool.release(pick.lease, "ok")
         pick = await pool.acquire()
     assert pick.lease.token_id == old_id
-    score = await redis.zscore("{t}:rotation", old_id)
-    rotation = TokenRotation(redis, Keys("{t}:"), grace=60)
+    score = await redis.zscore("t:{pool}:rotation", old_id)
+    rotation = TokenRotation(redis, Keys("t:"), grace=60)
     new_id = await rotation.replace(OLD, NEW)
     assert new_id == token_id(NEW)
     tokens = await pool.tokens()
     assert OLD not in tokens.values() and tokens[new_id] == NEW
-    assert await redis.zscore("{t}:rotation", new_id) == score
-    assert await redis.zscore("{t}:rotation", old_id) is None
-    info = await redis.hgetall(f"{{t}}:token:{new_id}")
+    assert await redis.zscore("t:{pool}:rotation", new_id) == score
+    assert await redis.zscore("t:{pool}:rotation", old_id) is None
+    info = await redis.hgetall(f"t:{{pool}}:token:{new_id}")
     assert info["role"] == "user" and info["rotated_from"] == old_id
-    assert await redis.exists(f"{{t}}:token:{old_id}") == 0
-    assert await redis.zcard(f"{{t}}:leases:{new_id}") == 1  # the request in flight still counts
+    assert await redis.exists(f"t:{{pool}}:token:{old_id}") == 0
+    assert await redis.zcard(f"t:{{pool}}:leases:{new_id}") == 1  # the request in flight counts
     assert await rotation.rotated_to(old_id) == new_id
-    assert 50_000 < await redis.pttl(f"{{t}}:rotated:{old_id}") <= 60_000
+    assert 50_000 < await redis.pttl(f"t:{{pool}}:rotated:{old_id}") <= 60_000
     # the request in flight on the old token fails: it releases into nothing
     await pool.release(pick.lease, "dead", "401 on the old token")
     states = {row.id: row.state for row in await pool.status()}
@@ -54,7 +54,7 @@ async def test_replace_moves_the_token_and_marks_the_old_one(redis):
 async def test_replace_is_compare_and_set_on_the_old_token(redis):
     pool = make_pool(redis)
     await alive(pool, [OLD])
-    rotation = TokenRotation(redis, Keys("{t}:"))
+    rotation = TokenRotation(redis, Keys("t:"))
     results = await asyncio.gather(rotation.replace(OLD, NEW), rotation.replace(OLD, OTHER))
     assert sorted(results, key=str) == sorted([token_id(NEW), None], key=str) or sorted(
         results, key=str
@@ -70,7 +70,7 @@ async def test_a_cooling_or_dead_token_keeps_its_state_under_the_new_id(redis):
     await alive(pool, [OLD])
     pick = await pool.acquire()
     await pool.release(pick.lease, "cooldown", "5xx")
-    await TokenRotation(redis, Keys("{t}:")).replace(OLD, NEW)
+    await TokenRotation(redis, Keys("t:")).replace(OLD, NEW)
     (row,) = await pool.status()
     assert row.id == token_id(NEW) and row.state == "cooling" and row.failures == 1
 
@@ -111,7 +111,8 @@ async def test_a_rotated_token_is_swapped_in_and_used(gateway):
     (row,) = status["tokens"]
     assert row["id"] == token_id(rotated) and row["state"] == "active"
     assert "rotated by the upstream" in row["reason"]
-    assert await gw.services.redis.get(f"zai:rotated:{token_id(TOKENS[0])}") == token_id(rotated)
+    marker = f"zai:{{pool}}:rotated:{token_id(TOKENS[0])}"
+    assert await gw.services.redis.get(marker) == token_id(rotated)
     assert TOKENS[0] not in str(report) and rotated not in str(status)
 
 

@@ -99,7 +99,7 @@ async def test_the_gateway_follows_a_failover(sentinel_set, gateway):  # gateway
     await asyncio.sleep(2.2)  # a lease left by a request cut at the kill lapses by itself
     redis = gw.services.redis
     now_ms = int((await redis.time())[0]) * 1000
-    for tid in await redis.hkeys("zai:tokens"):
-        assert await redis.zcount(f"zai:leases:{tid}", now_ms, "+inf") == 0
+    for tid in await redis.hkeys("zai:{pool}:tokens"):
+        assert await redis.zcount(f"zai:{{pool}}:leases:{tid}", now_ms, "+inf") == 0
     assert (await admin(gw, "GET", f"/v1/keys/{created['id']}"))[0] == 200
     print(f"failover {failover_seconds:.2f} s, service back after {back:.2f} s")

@@ -28,17 +28,18 @@ async def reads(client) -> int:
 async def test_ledger_writes_of_many_requests_are_one_round_trip(server):
     client = connect(server.url, 0.5)
     try:
-        ledger = ChatLedger(client, Keys("b:"), WriteBehind(client))
+        keys = Keys("b:")
+        ledger = ChatLedger(client, keys, WriteBehind(client))
         before = await reads(client)
         ids = [f"chat-{i}" for i in range(30)]
         await asyncio.gather(*(ledger.open(i, "", f"tid-{i}", 30) for i in ids))
         assert await reads(client) - before == 2  # the batch and the INFO
         assert await ledger.pending() == 30
-        assert await client.hget("b:chat:chat-7", "token_id") == "tid-chat-7"
+        assert await client.hget(keys.chat("chat-7"), "token_id") == "tid-chat-7"
         before = await reads(client)
         await asyncio.gather(*(ledger.done(i) for i in ids))
         assert await reads(client) - before == 2
-        assert await ledger.pending() == 0 and await client.keys("b:chat:*") == []
+        assert await ledger.pending() == 0 and await client.keys(keys.chat("*")) == []
     finally:
         await client.aclose()
 

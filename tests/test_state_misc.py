@@ -12,7 +12,7 @@ from state.guests import GuestReserve, StoredGuest
 from state.instances import Instances
 from state.keys import Keys
 
-KEYS = Keys("{t}:")
+KEYS = Keys("t:")
 
 
 async def test_instances_register_expire_and_deregister(redis):

@@ -22,7 +22,7 @@ def make_pool(redis, **overrides) -> TokenPool:
         "owner": "test",
     }
     options.update(overrides)
-    return TokenPool(redis, Keys("{t}:"), **options)
+    return TokenPool(redis, Keys("t:"), **options)
 
 
 async def alive(pool: TokenPool, tokens=TOKENS) -> list[str]:

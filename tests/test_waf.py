@@ -47,7 +47,7 @@ async def test_block_opens_the_shared_breaker_for_every_replica(gateway, real_re
 
 async def test_breaker_doubles_up_to_its_cap_and_stays_open_while_open(redis):
     # Windows of 0.4 s: long enough that the round trips inside one fit on a loaded machine.
-    breaker = WafBreaker(redis, Keys("{t}:"), base=0.4, cap=1.2)
+    breaker = WafBreaker(redis, Keys("t:"), base=0.4, cap=1.2)
     assert await breaker.open_for() == [0]
     assert 0 < await breaker.trip() <= 0.4
     assert 0 < await breaker.trip() <= 0.4  # a block seen while open does not double
@@ -130,4 +130,5 @@ async def test_a_probe_that_is_still_blocked_doubles_the_window(gateway):
     assert len([r for r in gw.completions_seen() if r.query]) == 1  # only the first request
     _, status = await admin(gw, "GET", "/v1/token-pool/status")
     assert status["routes"][0]["state"] == "blocked"
-    assert float(await gw.services.redis.hget("zai:waf:direct", "backoff")) == pytest.approx(0.6)
+    backoff = await gw.services.redis.hget("zai:{pool}:waf:direct", "backoff")
+    assert float(backoff) == pytest.approx(0.6)
