@@ -40,6 +40,7 @@ POOL_HEADS = frozenset(
         *("tokens", "token", "rotation", "cooldown", "dead", "seq", "rotated", "leases"),
         *("revoked", "instances", "instance", "chats", "chat", "conv", "guests", "facts"),
         *("lock", "captcha", "waf", "slots", "pace", "keys", "response", "usage", "traffic"),
+        "upstream",
     }
 )
 TAGGED = ("{k:", "{f:")  # client keys' and files' own tags: only the prefix before them moves
