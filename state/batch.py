@@ -1,8 +1,9 @@
-"""Writes that need not hold up a request, sent to Redis together.
+"""Writes that need not hold up a request, sent to Redis together; and scripts run together.
 
-Owns ``WriteBehind``. A successful lease's release, a throwaway chat written down or struck
-out: each is a write the request never waits on, and each would cost a round trip of its own.
-``add`` queues one (a function that puts its commands on a pipeline) and answers a future;
+Owns ``WriteBehind`` and ``together``. A successful lease's release, a throwaway chat written
+down or struck out: each is a write the request never waits on, and each would cost a round
+trip of its own. ``add`` queues one (a function that puts its commands on a pipeline) and
+answers a future;
 everything queued while the event loop turns goes in ONE non-transactional pipeline (one
 round trip), and the future settles when Redis has answered (with the error if it failed, so
 the caller can mark what is left undone). Scripts go in with ``EVALSHA`` alone: redis-py's
@@ -10,7 +11,9 @@ pipelines would ask ``SCRIPT EXISTS`` first, a second round trip per batch; a Re
 its scripts (restarted, failed over) answers NOSCRIPT, and those entries are sent once more
 with the scripts loaded. On a Redis Cluster, whose redis-py pipeline refuses ``EVALSHA``, the
 entries are sent at once side by side (each one's commands in order) instead of in one
-pipeline: the same futures and NOSCRIPT handling, a round trip per command.
+pipeline: the same futures and NOSCRIPT handling, a round trip per command. ``together``
+runs a few scripts a request needs at once (a client key's check and the token pick) in one
+round trip the same way, and answers their replies.
 """
 
 import asyncio
@@ -23,14 +26,38 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-__all__ = ["WriteBehind", "evalsha"]
+__all__ = ["Call", "WriteBehind", "evalsha", "together"]
 
 Build = Callable[[Pipeline], None]
+Call = tuple[AsyncScript, Sequence[str], Sequence[Any]]  # a script, its KEYS[] and ARGV[]
 
 
 def evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence) -> None:
     """Queue ``script`` on ``pipe`` by its digest only (see the module docstring)."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def together(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run ``calls`` in one round trip (one non-transactional pipeline of EVALSHAs; on a
+    Cluster, side by side to their nodes) and answer each one's reply in order, an error reply
+    as its exception. A script Redis no longer holds is loaded and its call sent again."""
+    if isinstance(redis, RedisCluster):
+        return await asyncio.gather(
+            *(script(keys=keys, args=args) for script, keys, args in calls),
+            return_exceptions=True,
+        )
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            evalsha(pipe, script, keys, args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):  # restarted or failed over: once more, loaded
+            script, keys, args = calls[i]
+            try:
+                replies[i] = await script(keys=keys, args=args)
+            except Exception as exc:  # an error reply, as the pipeline would give it
+                replies[i] = exc
+    return replies
 
 
 class _Calls:

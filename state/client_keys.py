@@ -3,7 +3,8 @@
 Owns ``ClientKeys``, ``new_secret`` and ``parse_secret``. A key's secret is
 ``sk-zai-<id>-<48 hex>``: the id inside it names the record, so finding the key costs no
 index, and only the secret's SHA-256 is stored (``<p>{k:<id>}:key``). ``admit`` is the one
-call a request makes: one Lua script on the Redis clock checks the secret's hash, disabled,
+call a request makes (``check`` the same call, to be sent with the token pick in one round
+trip, ``KeyCheck``): one Lua script on the Redis clock checks the secret's hash, disabled,
 expiry and the model allow-list, then the limits, and reserves what the request may use:
 
 - requests per minute (``rpm``): a sliding log of the last 60 s (a zset of request ids), so
@@ -22,14 +23,24 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from state.batch import Call
 from state.connection import Fields
 from state.keys import Keys
 
-__all__ = ["Admission", "ClientKey", "ClientKeys", "Limit", "new_secret", "parse_secret"]
+__all__ = [
+    "Admission",
+    "ClientKey",
+    "ClientKeys",
+    "KeyCheck",
+    "Limit",
+    "admission",
+    "new_secret",
+    "parse_secret",
+]
 
 _PREFIX = "sk-zai-"
 _ID_HEX = 12
@@ -179,6 +190,45 @@ class Admission:
     reserved_day: int = 0
 
 
+@dataclass(slots=True)
+class KeyCheck:
+    """A key's check, to run (``call``) where it costs no round trip of its own: with the
+    token pick. Whoever runs it puts the answer in ``admission``."""
+
+    call: Call
+    admission: "Admission | None" = None
+
+    def answered(self, reply: Any) -> "Admission":
+        """Take the script's reply (an exception: it failed, raised here)."""
+        if isinstance(reply, Exception):
+            raise reply
+        self.admission = admission(reply)
+        return self.admission
+
+
+def admission(reply: Any) -> "Admission":
+    """What the check script answered, read."""
+    refused = str(reply[0])
+    if refused in ("unknown", "disabled", "expired", "model"):
+        return Admission(refused, str(reply[1]) if len(reply) > 1 else "")
+    rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, tpd, tpd_left, tpd_reset = (
+        int(v) for v in reply[3:12]
+    )
+    limits = [
+        Limit("requests", rpm, rpm_left, rpm_reset / 1000),
+        Limit("tokens", tpm, tpm_left, tpm_reset / 1000),
+        Limit("tokens-day", tpd, tpd_left, tpd_reset / 1000),
+    ]
+    return Admission(
+        refused="" if refused == "ok" else refused,
+        name=str(reply[1]),
+        retry_after=int(reply[2]) / 1000,
+        limits=tuple(limit for limit in limits if limit.limit),
+        reserved_minute=int(reply[12]),
+        reserved_day=int(reply[13]),
+    )
+
+
 def _record(kid: str, raw: dict[str, str]) -> ClientKey:
     expires = int(raw.get("expires_at") or 0)
     return ClientKey(
@@ -215,6 +265,7 @@ class ClientKeys:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self._admit = redis.register_script(_ADMIT)
 
     def __repr__(self) -> str:
         return f"<ClientKeys {self.keys.client_keys}>"
@@ -264,42 +315,22 @@ class ClientKeys:
             gone, _ = await pipe.execute()
         return bool(gone)
 
+    def check(
+        self, kid: str, digest: str, model: str, requests: int, tokens: int, member: str
+    ) -> "KeyCheck":
+        """The check of the key and its limits that reserves ``requests`` and ``tokens``, as
+        a script call to run (alone by ``admit``, or with the token pick in one round trip)."""
+        k = self.keys
+        names = [k.client_key(kid), k.client_requests(kid), k.client_tokens(kid)]
+        args = [digest, model.lower(), requests, max(0, tokens), member]
+        return KeyCheck((self._admit, names, args))
+
     async def admit(
         self, kid: str, digest: str, model: str, requests: int, tokens: int, member: str
     ) -> Admission:
         """Check the key and its limits and reserve ``requests`` and ``tokens``: one call."""
-        k = self.keys
-        reply = await self.redis.eval(
-            _ADMIT,
-            3,
-            k.client_key(kid),
-            k.client_requests(kid),
-            k.client_tokens(kid),
-            digest,
-            model.lower(),
-            requests,
-            max(0, tokens),
-            member,
-        )
-        refused = str(reply[0])
-        if refused in ("unknown", "disabled", "expired", "model"):
-            return Admission(refused, str(reply[1]) if len(reply) > 1 else "")
-        rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, tpd, tpd_left, tpd_reset = (
-            int(v) for v in reply[3:12]
-        )
-        limits = [
-            Limit("requests", rpm, rpm_left, rpm_reset / 1000),
-            Limit("tokens", tpm, tpm_left, tpm_reset / 1000),
-            Limit("tokens-day", tpd, tpd_left, tpd_reset / 1000),
-        ]
-        return Admission(
-            refused="" if refused == "ok" else refused,
-            name=str(reply[1]),
-            retry_after=int(reply[2]) / 1000,
-            limits=tuple(limit for limit in limits if limit.limit),
-            reserved_minute=int(reply[12]),
-            reserved_day=int(reply[13]),
-        )
+        script, names, args = self.check(kid, digest, model, requests, tokens, member).call
+        return admission(await script(keys=names, args=args))
 
     async def settle(self, kid: str, admission: Admission, used: int) -> None:
         """Give back what the request reserved beyond what it used (or take the excess)."""

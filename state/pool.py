@@ -22,13 +22,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 from random import getrandbits
-from typing import cast
+from typing import Any, cast
 
 from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from state.batch import WriteBehind, evalsha
+from state.batch import Call, WriteBehind, evalsha, together
 from state.conversations import Mapping, Thread
 from state.keys import Keys, mask, token_id
 from state.tasks import stop_tasks
@@ -296,6 +296,15 @@ class TokenPool:
     async def acquire(self, thread: Thread | None = None) -> Pick | Unavailable:
         """Lease a token; with ``thread`` (a continued conversation) also take its turn and
         prefer the token its chat belongs to, answering the chat's mapping in ``Pick``."""
+        pick, _ = await self.acquire_with(thread)
+        return pick
+
+    async def acquire_with(
+        self, thread: Thread | None = None, before: Call | None = None
+    ) -> tuple[Pick | Unavailable, Any]:
+        """``acquire``, with another script (``before``: a client key's check) run first in
+        the same round trip; answers its reply too (an exception if it failed: the caller
+        decides what a pick is worth without it)."""
         keys = self.keys
         # The id is made here, not in Redis, so an acquire that gets no answer can be revoked.
         lease_id = f"{self.owner}:{getrandbits(48):012x}"
@@ -308,20 +317,26 @@ class TokenPool:
             script = self._acquire_pinned
             names += [keys.conversation(thread.key), keys.conversation_turn(thread.key)]
             args.append(thread.holder)
+        other: Any = None
         try:
-            reply = await script(keys=names, args=args)
+            if before is None:
+                reply = await script(keys=names, args=args)
+            else:
+                other, reply = await together(self.redis, [before, (script, names, args)])
+                if isinstance(reply, Exception):
+                    raise reply
         except (RedisError, asyncio.CancelledError):
             # No answer (or the caller hung up while waiting): the script may still run.
             self._unsettle(lease_id, "")
             raise
         if not reply[0]:
-            return Unavailable(reply[1], max(0, int(reply[2])) / 1000)
+            return Unavailable(reply[1], max(0, int(reply[2])) / 1000), other
         lease = Lease(reply[0], lease_id, now)
         self.held.add(lease)
         mapping = None
         if len(reply) > 5 and reply[5]:
             mapping = Mapping(reply[5], reply[6], int(reply[7] or 0), reply[8], reply[9])
-        return Pick(lease, reply[1], reply[2], reply[3], reply[4], mapping)
+        return Pick(lease, reply[1], reply[2], reply[3], reply[4], mapping), other
 
     async def release(self, lease: Lease, outcome: str, reason: str = "") -> float:
         """Drop the lease and record the outcome; returns the cooldown given (seconds)."""
@@ -335,12 +350,12 @@ class TokenPool:
             raise
         return int(wait) / 1000
 
-    def release_soon(self, lease: Lease) -> None:
-        """Release a lease that went well, off the caller's path: the releases queued while
-        the loop turns go to Redis together (``state.batch``: one round trip for all of
-        them). The lease stays in ``held`` (renewed) until its release is answered; if Redis
-        fails, it is revoked once Redis answers again (``unsettled``)."""
-        call = self._release_call(lease, "ok")
+    def release_soon(self, lease: Lease, outcome: str = "ok") -> None:
+        """Release a lease that went well (or was not used: ``spare``), off the caller's
+        path: the releases queued while the loop turns go to Redis together (``state.batch``:
+        one round trip for all of them). The lease stays in ``held`` (renewed) until its
+        release is answered; if Redis fails, it is revoked once Redis answers (``unsettled``)."""
+        call = self._release_call(lease, outcome)
         sent = self.batch.add(lambda pipe: evalsha(pipe, self._release, **call))
         sent.add_done_callback(lambda future: self._released(lease, future))
 

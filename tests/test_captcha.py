@@ -16,8 +16,9 @@ from tornado.httpclient import AsyncHTTPClient
 from tests.accounts import ADMIN, TOKENS, admin, pool_gateway
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
+from tests.processes import GatewayProcess
 from tests.redis_server import RedisServer
-from tests.test_replicas import Replica
+from tests.test_replicas import replica
 
 OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -123,13 +124,13 @@ async def test_three_replicas_never_use_a_pool_param_twice(io_loop, tmp_path):
     params = [f"param-{n:03d}" for n in range(12)]
     fake.captcha_valid = set(params)
     base = await fake.start()
-    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    replicas = [replica(redis.url, base, tmp_path) for _ in range(3)]
     try:
         await asyncio.gather(*(r.ready() for r in replicas))
         code, body = await admin(replicas[0], "POST", "/v1/captcha", {"params": params})
         assert code == 200 and body["captcha"]["depth"] == 12
 
-        async def ask(replica: Replica) -> str:
+        async def ask(replica: GatewayProcess) -> str:
             async with replica.client() as client:
                 try:
                     await client.chat.completions.create(model="GLM-5.1", messages=HELLO)
@@ -147,7 +148,6 @@ async def test_three_replicas_never_use_a_pool_param_twice(io_loop, tmp_path):
     finally:
         for r in replicas:
             r.stop()
-            r.log.close()
         await fake.close()
         redis.stop()
 

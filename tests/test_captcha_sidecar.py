@@ -22,7 +22,7 @@ from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer
 from tests.test_captcha import HELLO, OK, sent_params
 from tests.test_pool_gateway import ADMIN, admin
-from tests.test_replicas import Replica
+from tests.test_replicas import replica
 
 
 class FakeSidecar:
@@ -172,7 +172,7 @@ async def test_three_replicas_keep_the_pool_at_low_water_asking_the_sidecar_once
         "CAPTCHA_LOW_WATER": "3",
         "CAPTCHA_REFILL_INTERVAL": "0.1",
     }
-    replicas = [Replica(redis.url, base, tmp_path, **extra) for _ in range(3)]
+    replicas = [replica(redis.url, base, tmp_path, **extra) for _ in range(3)]
 
     async def depth() -> int:
         _, status = await admin(replicas[0], "GET", "/v1/token-pool/status")
@@ -202,7 +202,6 @@ async def test_three_replicas_keep_the_pool_at_low_water_asking_the_sidecar_once
     finally:
         for r in replicas:
             r.stop()
-            r.log.close()
         sidecar.stop()
         await fake.close()
         redis.stop()

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from state.client_keys import ClientKeys, parse_secret
 from state.keys import Keys
-from tests.accounts import ADMIN, admin
+from tests.accounts import ADMIN, TOKENS, admin, pool_gateway
 from tests.conftest import API_KEY
 
 OK = "stream_glm5_plain_thinking"
@@ -242,3 +242,21 @@ async def test_token_reservation_is_settled_with_the_real_usage(gateway):
     await asyncio.sleep(0.05)  # the second one's settle, after its answer
     third = await ask(gw, secret)
     assert int(third.headers["x-ratelimit-remaining-tokens-day"]) < 6000 - 2 * 216
+
+
+async def test_pooled_a_refused_key_gives_its_token_back_unused(gateway):
+    # With pooled tokens the key's check runs with the token pick (one round trip): a key the
+    # limits refuse never reaches the upstream, and the token the pick took goes back unused.
+    gw = await pool_gateway(gateway, tokens=TOKENS[:1])
+    secret = (await new_key(gw, rpm=1, tpm=100000))["key"]
+    first = await ask(gw, secret)
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    err = await refused(gw, secret)
+    assert err.status_code == 429 and err.code == "key_rate_limited"
+    assert err.response.headers["x-ratelimit-limit-requests"] == "1"
+    assert 58 <= int(err.response.headers["Retry-After"]) <= 60
+    assert len(gw.completions_seen()) == 1
+    await gw.services.pool.flush()  # the spare lease is given back off the request's path
+    _, status = await admin(gw, "GET", "/v1/token-pool/status")
+    row = status["tokens"][0]
+    assert row["leases"] == 0 and row["failures"] == 0 and row["state"] == "active"

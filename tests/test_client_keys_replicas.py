@@ -17,7 +17,7 @@ from tests.fake_upstream import FakeUpstream
 from tests.redis_cluster import ClusterSet
 from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
-from tests.test_replicas import Replica, used
+from tests.test_replicas import replica, used
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -40,11 +40,9 @@ def cluster(request, io_loop, tmp_path):
     store = sset if isinstance(sset, ClusterSet) else redis  # where a key's names are read
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
-    replicas = [Replica(url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
+    replicas = [replica(url, base, tmp_path, REDIS_TIMEOUT="5") for _ in range(3)]
     yield store, fake, replicas
-    codes = [replica.stop() for replica in replicas]
-    for replica in replicas:
-        replica.log.close()
+    codes = [r.stop() for r in replicas]
     io_loop.run_sync(fake.close)
     (sset or redis).stop()
     assert codes == [0, 0, 0]

@@ -17,11 +17,13 @@ import openai
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.accounts import ADMIN
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.nginx import CONFIG, Nginx, nginx_binary
+from tests.processes import GatewayProcess
 from tests.redis_server import RedisServer
-from tests.test_replicas import TTL, Replica
+from tests.test_replicas import TTL, replica
 
 MODEL = "GLM-5.1"
 HI = [{"role": "user", "content": "hi"}]
@@ -43,7 +45,7 @@ def balanced(io_loop, tmp_path):
     redis = RedisServer().start()
     fake = FakeUpstream("home", "guest_auth_user_role", "stream_glm5_plain_thinking")
     base = io_loop.run_sync(fake.start)
-    replicas = [Replica(redis.url, base, tmp_path) for _ in range(3)]
+    replicas = [replica(redis.url, base, tmp_path) for _ in range(3)]
     started: list[Nginx] = []
 
     def balancer(name: str, config: str | None = None) -> Nginx:
@@ -57,9 +59,8 @@ def balanced(io_loop, tmp_path):
     finally:
         for lb in started:
             lb.stop()
-        for replica in replicas:
-            replica.stop()
-            replica.log.close()
+        for r in replicas:
+            r.stop()
         io_loop.run_sync(fake.close)
         redis.stop()
 
@@ -134,7 +135,7 @@ async def test_answers_and_streams_through_nginx_first_event_not_held(balanced):
     assert await first_event_seen(held, fake, 3) == "after the upstream"
 
 
-async def inflight(replica: Replica) -> int:
+async def inflight(replica: GatewayProcess) -> int:
     reply = await AsyncHTTPClient().fetch(replica.url + "/metrics")
     return int(float(re.search(rb"^zai_gateway_inflight_requests (\S+)", reply.body, re.M)[1]))
 
@@ -219,7 +220,7 @@ async def test_a_replica_killed_under_load(balanced):
             break
         await asyncio.sleep(0.1)
     assert leases(redis) == 0
-    live = (await others[0].admin("/v1/instances"))["instances"]
+    live = (await others[0].admin("/v1/instances", ADMIN))["instances"]
     assert sorted(int(row["pid"]) for row in live) == sorted(r.proc.pid for r in others)
-    status = await others[1].admin("/v1/token-pool/status")
+    status = await others[1].admin("/v1/token-pool/status", ADMIN)
     assert sum(row["leases"] for row in status["tokens"]) == 0

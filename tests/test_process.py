@@ -15,16 +15,17 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.fake_upstream import FakeUpstream
-from tests.test_edge import BASE, LimitedGateway, nofile_limit
+from tests.processes import GatewayProcess
+from tests.test_edge import BASE, limited_gateway, nofile_limit
 from tests.test_lifecycle import Process
 
 
 @pytest.fixture
 def processes():
-    started: list[Process] = []
+    started: list[GatewayProcess] = []
     yield started
     for process in started:
-        process.stop()
+        process.kill()
 
 
 def children(pid: int) -> set[int]:
@@ -55,7 +56,7 @@ async def wait_for(check, timeout: float, what: str):
 
 async def test_the_fd_limit_is_raised_to_the_hard_limit_at_start_up(tmp_path):
     fake = FakeUpstream(*BASE)
-    gateway = LimitedGateway(tmp_path, await fake.start(), soft=256, hard=4096)
+    gateway = limited_gateway(tmp_path, await fake.start(), soft=256, hard=4096)
     try:
         await gateway.ready()
         assert nofile_limit(gateway.proc.pid) == (4096, 4096)
@@ -87,7 +88,7 @@ async def test_a_killed_worker_is_replaced_and_serves(tmp_path, processes, real_
         for _ in range(10):  # fresh connections, spread over both by SO_REUSEPORT
             reply = await AsyncHTTPClient(force_instance=True).fetch(gateway.url + "/healthz")
             assert reply.code == 200
-        log = gateway.log.read_text()
+        log = gateway.text()
         assert log.count("was killed by SIGKILL; a new one starts in 0.5 s") == 2, log[-2000:]
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.wait() == 0
@@ -118,6 +119,6 @@ async def test_workers_that_keep_dying_make_the_parent_exit_1(
     finally:
         holder.close()
         await fake.close()
-    log = gateway.log.read_text()
+    log = gateway.text()
     assert "giving up, stopping the others, exiting 1" in log, log[-2000:]
     assert log.count("a new one starts in") >= 4

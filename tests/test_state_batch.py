@@ -9,9 +9,12 @@ from redis.exceptions import RedisError
 
 from state.batch import WriteBehind
 from state.chats import ChatLedger
+from state.client_keys import ClientKeys, parse_secret
 from state.connection import connect
 from state.keys import Keys
+from state.pool import Pick
 from tests.redis_server import RedisServer, free_port
+from tests.test_state_pool import TOKENS, alive, make_pool
 
 
 @pytest.fixture
@@ -79,5 +82,46 @@ async def test_unreachable_redis_fails_every_entry():
         done = await asyncio.gather(*entries, return_exceptions=True)
         assert all(isinstance(e, RedisError) for e in done)
         await batch.flush()  # nothing left in flight
+    finally:
+        await client.aclose()
+
+
+async def test_a_key_check_rides_with_the_token_pick_in_one_round_trip(server):
+    # An issued key's check and the token pick touch different hash tags ({k:<id>}, {pool}),
+    # so they are two scripts; a request still pays one round trip for both.
+    client = connect(server.url, 0.5)
+    try:
+        pool, keys = make_pool(client), ClientKeys(client, Keys("t:"))
+        await alive(pool, TOKENS[:1])
+        _, secret = await keys.create(name="team", rpm=2)
+        kid, digest = parse_secret(secret)  # type: ignore[misc]
+        for n, left in enumerate((1, 0, 0)):  # the first run loads the scripts
+            check = keys.check(kid, digest, "GLM-4.5", 1, 10, f"req-{n}")
+            before = await reads(client)
+            pick, reply = await pool.acquire_with(None, check.call)
+            if n:
+                assert await reads(client) - before == 2  # the pick with the check, the INFO
+            admission = check.answered(reply)
+            assert isinstance(pick, Pick) and check.admission is admission
+            assert admission.refused == ("" if n < 2 else "rpm")
+            assert [lim.remaining for lim in admission.limits] == [left]
+            await pool.release(pick.lease, "spare")
+    finally:
+        await client.aclose()
+
+
+async def test_a_failed_check_is_raised_where_it_is_read_and_the_pick_still_counts(server):
+    client = connect(server.url, 0.5)
+    try:
+        pool, keys = make_pool(client), ClientKeys(client, Keys("t:"))
+        await alive(pool, TOKENS[:1])
+        await client.set(Keys("t:").client_key("0123456789ab"), "not a hash")  # WRONGTYPE
+        check = keys.check("0123456789ab", "x", "GLM-4.5", 1, 10, "req")
+        pick, reply = await pool.acquire_with(None, check.call)
+        assert isinstance(pick, Pick) and isinstance(reply, RedisError)
+        with pytest.raises(RedisError):
+            check.answered(reply)
+        assert check.admission is None
+        await pool.release(pick.lease, "spare")
     finally:
         await client.aclose()

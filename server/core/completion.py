@@ -49,6 +49,7 @@ from server.transport import TransportError
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
+from state.client_keys import KeyCheck
 from state.conversations import Thread
 from state.files import FileCache
 
@@ -85,7 +86,10 @@ async def complete(
     chats: ThrowawayChats | None = None,
     files: FileCache | None = None,
     continuations: Continuations | None = None,
+    key_check: KeyCheck | None = None,
 ) -> None:
+    """Answer ``conv`` into ``sink``. ``key_check``: an issued key's check, run with the
+    first token pick (one round trip); a refusal then ends the request as its error."""
     attempts = attempts or Attempts()
     captchas = captchas or CaptchaSource("off")
     if any(not image.data for image in conv.images):
@@ -158,6 +162,7 @@ async def complete(
                         replace(conv.model, guest=False) if conv.images else conv.model,
                         thread,
                         settings.zai_conversation_wait,
+                        key_check,
                     )
                 except GatewayError as err:
                     # No usable token is never retried (the next pick would find the same pool).
@@ -372,14 +377,19 @@ _BUSY_POLL = 0.1  # seconds between looks at a conversation whose turn another r
 
 
 async def _acquire(
-    tokens: TokenSource, model: Model, thread: Thread | None, wait: float
+    tokens: TokenSource,
+    model: Model,
+    thread: Thread | None,
+    wait: float,
+    check: KeyCheck | None = None,
 ) -> Credential:
     """A credential; with a conversation, once its previous turn has ended (waiting up to
-    ``wait`` seconds, then the 409 says so)."""
+    ``wait`` seconds, then the 409 says so). ``check`` runs with the first pick only (it
+    holds its answer from then on)."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            return await tokens.acquire(model, thread)
+            return await tokens.acquire(model, thread, check)
         except GatewayError as err:
             left = deadline - time.monotonic()
             if err.kind != "conversation_busy" or left <= 0:

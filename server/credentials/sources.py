@@ -8,7 +8,8 @@ before each upstream attempt and reports back with ``release(cred, outcome, reas
 - ``GuestTokens``: anonymous mode, a fresh guest per request (so no two clients share a
   server-side chat), taken from the shared reserve when there is one, else signed in on the
   spot; a low reserve is refilled in the background.
-- ``PooledTokens``: the shared Redis pool of user tokens (``state.pool``), falling back to a
+- ``PooledTokens``: the shared Redis pool of user tokens (``state.pool``; with an issued key's
+  ``KeyCheck``, checked in the same round trip as the pick), falling back to a
   guest when no pooled token is usable and ``ANONYMOUS_MODE`` allows (and the model is open
   to guests); otherwise 429 ``rate_limited`` when every token is cooling (only the upstream's
   rate limits cool a token) and 503 ``pool_exhausted`` when they are busy, dead or unchecked,
@@ -24,21 +25,25 @@ from typing import Protocol
 from loguru import logger
 from redis.exceptions import RedisError
 
+from server.core.admission import refusal
 from server.core.errors import GatewayError
 from server.core.models import Model
 from server.ops.metrics import GUESTS
 from server.ops.tracing import traced
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
+from state.client_keys import KeyCheck
 from state.conversations import Thread
 from state.guests import GuestReserve, StoredGuest
-from state.pool import Pick, TokenPool
+from state.pool import Pick, TokenPool, Unavailable
 
 __all__ = ["GuestTokens", "NoTokens", "PooledTokens", "TokenSource"]
 
 
 class TokenSource(Protocol):
-    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential: ...
+    async def acquire(
+        self, model: Model, thread: Thread | None = None, check: KeyCheck | None = None
+    ) -> Credential: ...
 
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> float: ...
 
@@ -62,8 +67,10 @@ class GuestTokens:
     def __repr__(self) -> str:
         return f"<GuestTokens reserve={self.reserve!r}>"
 
-    @traced("pick guest", lambda self, model, thread=None: {"zai.source": "guests"})
-    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
+    @traced("pick guest", lambda self, model, thread=None, check=None: {"zai.source": "guests"})
+    async def acquire(
+        self, model: Model, thread: Thread | None = None, check: KeyCheck | None = None
+    ) -> Credential:
         # A guest serves one request and is never used again: a conversation is not
         # continued on one (each turn is a fresh chat with the whole history).
         reserve = self.reserve
@@ -137,16 +144,21 @@ class PooledTokens:
     def __repr__(self) -> str:
         return f"<PooledTokens {self.pool!r} guest_fallback={self.guests is not None}>"
 
-    @traced("pick token", lambda self, model, thread=None: {"zai.source": "pool"})
-    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
-        if self.guests is not None and model.guest and time.monotonic() < self._empty_until:
+    @traced("pick token", lambda self, model, thread=None, check=None: {"zai.source": "pool"})
+    async def acquire(
+        self, model: Model, thread: Thread | None = None, check: KeyCheck | None = None
+    ) -> Credential:
+        if check is not None and check.admission is None:
+            pick = await self._pick_and_check(model, thread, check)
+        elif self.guests is not None and model.guest and time.monotonic() < self._empty_until:
             return await self.guests.acquire(model)
-        try:
-            pick = await self.pool.acquire(thread)
-        except RedisError as exc:
-            if self.guests is not None and model.guest:
-                return await self.guests.acquire(model)
-            raise GatewayError("state_unavailable", str(exc) or type(exc).__name__) from None
+        else:
+            try:
+                pick = await self.pool.acquire(thread)
+            except RedisError as exc:
+                if self.guests is not None and model.guest:
+                    return await self.guests.acquire(model)
+                raise GatewayError("state_unavailable", str(exc) or type(exc).__name__) from None
         if isinstance(pick, Pick):
             return Credential(
                 pick.token,
@@ -179,6 +191,25 @@ class PooledTokens:
         kind = _UNAVAILABLE_KINDS[pick.reason]
         raise GatewayError(kind, why, model=model.id, retry_after=pick.retry_after or None)
 
+    async def _pick_and_check(
+        self, model: Model, thread: Thread | None, check: KeyCheck
+    ) -> Pick | Unavailable:
+        """The pick with the client key's check before it in one round trip (they are on
+        different hash tags, so not one script). A refused key gives back the lease it got,
+        off the path, and hears its refusal; the key's reservation stands either way, as it
+        would have with the check alone (settled once the request ends)."""
+        try:
+            pick, reply = await self.pool.acquire_with(thread, check.call)
+            admission = check.answered(reply)
+        except RedisError as exc:
+            raise GatewayError("state_unavailable", f"checking the API key: {exc}") from None
+        refused = refusal(admission, model.id)
+        if refused is not None:
+            if isinstance(pick, Pick):
+                self.pool.release_soon(pick.lease, "spare")
+            raise refused
+        return pick
+
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> float:
         if cred.lease is None:
             return 0.0
@@ -210,7 +241,9 @@ class NoTokens:
     def __repr__(self) -> str:
         return "<NoTokens>"
 
-    async def acquire(self, model: Model, thread: Thread | None = None) -> Credential:
+    async def acquire(
+        self, model: Model, thread: Thread | None = None, check: KeyCheck | None = None
+    ) -> Credential:
         raise GatewayError(
             "no_upstream_token",
             "the gateway has no upstream token to use: ANONYMOUS_MODE is off and no user "

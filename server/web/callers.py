@@ -2,9 +2,9 @@
 
 Owns ``Caller`` (the key a request is counted under: an issued key's id and name,
 ``AUTH_TOKEN(S)`` as ``env-<8 hex>`` ids, or ``anonymous`` under ``SKIP_AUTH_TOKEN``),
-``static_callers``, ``refusal`` (an ``Admission`` the limits refused, as the client's error),
-``rate_headers`` (OpenAI's ``x-ratelimit-*`` names) and ``Metered``, the sink wrapper that
-notes the tokens a completion used, for settling the reservation and for the usage counters.
+``static_callers``, ``rate_headers`` (OpenAI's ``x-ratelimit-*`` names) and ``Metered``, the
+sink wrapper that notes the tokens a completion used, for settling the reservation and for the
+usage counters (``server.core.admission`` says what a refusal is).
 """
 
 import hashlib
@@ -16,7 +16,7 @@ from server.core.errors import GatewayError
 from server.core.token_estimate import estimate_conversation, estimate_tokens
 from state.client_keys import Admission
 
-__all__ = ["ANONYMOUS", "Caller", "Metered", "rate_headers", "refusal", "static_callers"]
+__all__ = ["ANONYMOUS", "Caller", "Metered", "rate_headers", "static_callers"]
 
 
 @dataclass(slots=True)
@@ -36,27 +36,6 @@ def static_callers(keys: tuple[str, ...]) -> list[Caller]:
         Caller("env-" + hashlib.sha256(key.encode()).hexdigest()[:8], name)
         for key, name in zip(keys, names, strict=True)
     ]
-
-
-_LIMITED = {"rpm": "requests per minute", "tpm": "tokens per minute", "tpd": "tokens per day"}
-_LIMIT_OF = {"rpm": "requests", "tpm": "tokens", "tpd": "tokens-day"}
-
-
-def refusal(admission: Admission, model: str) -> GatewayError | None:
-    """The error for a refused admission, or ``None`` when it was let through."""
-    refused = admission.refused
-    if not refused:
-        return None
-    if refused == "unknown":
-        return GatewayError("invalid_api_key", "the API key is not valid for this gateway")
-    if refused in ("disabled", "expired"):
-        return GatewayError("invalid_api_key", f"the API key is {refused}")
-    if refused == "model":
-        return GatewayError("model_not_allowed", "not in its model list", model=model)
-    limit = next(lim.limit for lim in admission.limits if lim.kind == _LIMIT_OF[refused])
-    return GatewayError(
-        "key_rate_limited", f"{limit} {_LIMITED[refused]}", retry_after=admission.retry_after
-    )
 
 
 def duration(seconds: float) -> str:

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from server.core.admission import refusal
 from server.core.chat import Conversation, Sink
 from server.core.completion import Attempts, complete
 from server.core.continuation import conversation_key
@@ -44,9 +45,9 @@ from server.credentials.sources import PooledTokens
 from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
 from server.ops.tracing import end_request_span, request_attrs, request_span, within
-from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers, refusal
+from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers
 from server.web.errors import error_body
-from state.client_keys import parse_secret
+from state.client_keys import Admission, KeyCheck, parse_secret
 from state.files import FileCache
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class ApiHandler(RequestHandler):
         self.caller: Caller | None = None
         self._issued: tuple[str, str] | None = None  # an issued key's (id, secret hash)
         self._charged = False  # its request was counted against its limits
+        self._check: KeyCheck | None = None  # its check, sent with the token pick
         self._rate_headers: dict[str, str] = {}
         self.metered: Metered | None = None
         self.span: Any = None  # the request's trace span, while tracing is on
@@ -245,15 +247,45 @@ class ApiHandler(RequestHandler):
             )
         except (RedisError, OSError) as exc:
             raise GatewayError("state_unavailable", f"checking the API key: {exc}") from None
-        self._charged = conv is not None
-        if admission.refused != "unknown":
-            self.caller = Caller(kid, admission.name, admission)
-        self._rate_headers = rate_headers(admission)
-        for name, value in self._rate_headers.items():
-            self.set_header(name, value)
+        self._admitted(admission, charged=conv is not None)
         err = refusal(admission, model)
         if err is not None:
             raise err
+
+    def key_check(self, conv: Conversation) -> KeyCheck | None:
+        """An issued key's check of this completion, to run with the pool's token pick in
+        one round trip (``PooledTokens``); None where it runs alone first (``admit``): no
+        issued key, no pool, or images (they are read before any pick)."""
+        services = self.services
+        if self._issued is None or self._charged or conv.images:
+            return None
+        if not isinstance(services.tokens, PooledTokens):
+            return None
+        kid, digest = self._issued
+        estimate = estimate_conversation(conv) + (conv.max_tokens or 0)
+        self._check = services.client_keys.check(
+            kid, digest, conv.model.id, 1, estimate, self.request_id
+        )
+        return self._check
+
+    def _admitted(self, admission: Admission, charged: bool) -> None:
+        """What an issued key's check said: who calls, and the rate headers of every answer."""
+        if self._issued is None:
+            return
+        self._charged = charged
+        if admission.refused != "unknown":
+            self.caller = Caller(self._issued[0], admission.name, admission)
+        self._rate_headers = rate_headers(admission)
+        for name, value in self._rate_headers.items():
+            self.set_header(name, value)
+
+    def _take_check(self) -> None:
+        """The check that ran with the token pick, once it has answered: taken before the
+        first byte, an error answer, the settling and the usage count, whichever is first."""
+        check = self._check
+        if check is not None and check.admission is not None:
+            self._check = None
+            self._admitted(check.admission, charged=True)
 
     def tool_support(self, asked: bool) -> bool:
         """Whether tools are emulated; when the client sent some in vain, say so."""
@@ -291,13 +323,17 @@ class ApiHandler(RequestHandler):
                 conv.model = table.require(settings.vision_model)
             user_tokens = isinstance(services.tokens, PooledTokens)
             check_images(conv, table, settings.image_max_count, user_tokens)
-        await self.admit(conv)
+        check = self.key_check(conv)
+        if check is None:
+            await self.admit(conv)
         self.attempts = Attempts()
         conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
         named = self.request.headers.get("X-Zai-Conversation", "").strip() or conv.thread
         conv.thread = ""
         if services.continuations is not None and named:
             caller = self.caller.id if self.caller is not None else ""
+            if self._issued is not None:  # its check may not have run yet: the id is known
+                caller = self._issued[0]
             conv.thread = conversation_key(caller, named)  # never the raw name
         self.metered = sink = Metered(sink, conv)
         attrs = request_attrs(conv, self.route)
@@ -317,6 +353,7 @@ class ApiHandler(RequestHandler):
             services.chats,
             _files(services) if conv.images else None,
             services.continuations,
+            check,
         )
         if self.span is not None:
             work = within(self.span, work)
@@ -344,6 +381,7 @@ class ApiHandler(RequestHandler):
 
     async def settle(self) -> None:
         """Give an issued key back what its reservation held beyond the real usage."""
+        self._take_check()
         caller, metered = self.caller, self.metered
         if caller is None or caller.admission is None or metered is None:
             return
@@ -390,6 +428,7 @@ class ApiHandler(RequestHandler):
         caller goes on at once, without two loop turns per streamed event."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
+            self._take_check()
         sent = super().flush(include_footers)
         if sent.done() or self.request.connection.stream.writing():  # type: ignore[union-attr]
             return sent
@@ -400,6 +439,7 @@ class ApiHandler(RequestHandler):
     def send_gateway_error(self, err: GatewayError) -> None:
         if self._headers_written:
             return
+        self._take_check()  # its rate headers go on the error answer too
         self.clear()
         self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
@@ -437,6 +477,7 @@ class ApiHandler(RequestHandler):
         model = found.id if (found := table.find(self.model_name)) else "-"
         status = CLIENT_CLOSED if self._left_unanswered else self.get_status()
         observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
+        self._take_check()
         if self.caller is not None:
             self.count_usage(self.caller, model, status)
         if self.admits:
