@@ -291,6 +291,7 @@ def make_services(settings: Settings) -> Services:
         settings.redis_timeout,
         settings.redis_max_connections,
         cluster=settings.redis_cluster,
+        ca_file=settings.redis_tls_ca_file,
     )
     keys = Keys(settings.redis_prefix)  # the same hash-tagged names on every kind of Redis
     instance_id = new_instance_id()

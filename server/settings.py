@@ -19,9 +19,10 @@ from server.zai.endpoints import endpoints
 from server.zai.signature import DEFAULT_KEY
 from state.connection import (
     CLUSTER_SCHEMES,
-    SENTINEL_SCHEME,
+    SENTINEL_SCHEMES,
     cluster_params,
     is_cluster,
+    is_sentinel,
     sentinel_params,
 )
 
@@ -161,6 +162,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     redis_timeout: float = Field(0.5, gt=0)
     redis_max_connections: int = Field(64, ge=1)
+    # A CA bundle (PEM) the rediss:// schemes check the server's certificate against; empty =
+    # the system's trusted authorities
+    redis_tls_ca_file: str = ""
     instance_ttl: float = Field(15.0, gt=0)
 
     # Responses API: how long a stored response (store, previous_response_id) is kept; 0 = none
@@ -266,13 +270,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        schemes = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME, *CLUSTER_SCHEMES)
+        schemes = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
         if value and not value.startswith(schemes):
-            raise ValueError(
-                "must start with redis://, rediss://, unix://, redis+sentinel://,"
-                " redis+cluster:// or rediss+cluster://"
-            )
-        if value.startswith(SENTINEL_SCHEME):
+            raise ValueError(f"must start with {', '.join(schemes[:-1])} or {schemes[-1]}")
+        if is_sentinel(value):
             sentinel_params(value)  # a ValueError names what is missing
         if is_cluster(value):
             cluster_params(value)
@@ -354,6 +355,13 @@ class Settings(BaseSettings):
     @classmethod
     def _tokens_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("redis_tls_ca_file")
+    @classmethod
+    def _ca_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
             raise ValueError(f"{value} is not a readable file")
         return value
 

@@ -8,9 +8,11 @@ Create the client inside each worker process, after any fork.
 
 ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/<service>[/<db>]`` asks
 those sentinels (port 26379 by default) which server is the master of ``<service>``; the
-password is the master's. A new connection asks again, and a connection that fails (the
-master died) or finds itself on a demoted master is dropped, so after a failover the next
-request reaches the new master, with the same fast-fail timeouts in between.
+password is the master's. ``rediss+sentinel://`` speaks TLS to the sentinels and to the
+master alike (Redis's ``tls-replication`` set-up, where one port serves both). A new
+connection asks again, and a connection that fails (the master died) or finds itself on a
+demoted master is dropped, so after a failover the next request reaches the new master,
+with the same fast-fail timeouts in between; a sentinel that fails is passed over at once.
 
 ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` (``rediss+cluster://`` for
 TLS) is a Redis Cluster, found from those nodes (port 6379 by default); so is a
@@ -18,6 +20,10 @@ TLS) is a Redis Cluster, found from those nodes (port 6379 by default); so is a
 cluster's one configuration endpoint). Nothing else changes there: ``state.keys`` gives every
 name a hash tag on every kind of Redis, so the scripts and transactions that touch several
 keys run on one node, as they do on a single Redis.
+
+Every TLS scheme (``rediss://``, ``rediss+sentinel://``, ``rediss+cluster://``) checks the
+server's certificate and host name against ``ca_file`` (``REDIS_TLS_CA_FILE``) when it is
+given, else against the system's trusted authorities.
 """
 
 from collections.abc import Mapping
@@ -33,10 +39,12 @@ from redis.typing import EncodableT, FieldT
 
 __all__ = [
     "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
     "Fields",
     "cluster_params",
     "connect",
     "is_cluster",
+    "is_sentinel",
     "sentinel_params",
 ]
 
@@ -45,7 +53,7 @@ __all__ = [
 # what ``hset(mapping=...)`` takes; its key type is invariant, so a ``dict[str, str]`` is cast.
 Fields = Mapping[FieldT, EncodableT]
 
-SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SENTINEL_PORT = 26379
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _REDIS_PORT = 6379
@@ -55,7 +63,25 @@ def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
 
-def connect(url: str, timeout: float, max_connections: int = 64, cluster: bool = False) -> Redis:
+def is_sentinel(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEMES)
+
+
+def _tls(url: str, ca_file: str) -> dict:
+    """The connection options of TLS for ``url``: none on a plain scheme (redis-py's plain
+    connection takes no ``ssl_*`` option)."""
+    if not url.startswith(("rediss://", "rediss+")):
+        return {}
+    return {"ssl_ca_certs": ca_file} if ca_file else {}
+
+
+def connect(
+    url: str,
+    timeout: float,
+    max_connections: int = 64,
+    cluster: bool = False,
+    ca_file: str = "",
+) -> Redis:
     if not url:
         logger.info(
             "REDIS_URL is not set: shared state lives in an embedded fakeredis, in this one "
@@ -82,8 +108,9 @@ def connect(url: str, timeout: float, max_connections: int = 64, cluster: bool =
         "retry": None,
         "health_check_interval": 0,
         "client_name": "zai-gateway",
+        **_tls(url, ca_file),
     }
-    if url.startswith(SENTINEL_SCHEME):
+    if is_sentinel(url):
         return _sentinel_master(url, timeout, options)
     if cluster or is_cluster(url):
         return _cluster(url, options)
@@ -112,15 +139,23 @@ class _SentinelMaster(Redis):
 
 def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
     hosts, service, auth = sentinel_params(url)
-    # The sentinels get the same short timeouts; they never see the master's password.
-    asked = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "protocol": 2}
-    sentinel = Sentinel(hosts, sentinel_kwargs=asked)
+    # The sentinels get the same short timeouts and TLS; they never see the master's password.
+    tls = {"ssl": True} if url.startswith("rediss+") else {}
+    ssl = {name: value for name, value in options.items() if name.startswith("ssl_")}
+    asked = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "protocol": 2,
+        "retry": None,  # as for the master: a sentinel that does not answer is passed over at once
+    }
+    sentinel = Sentinel(hosts, sentinel_kwargs={**asked, **tls, **ssl})
     logger.info("Redis master of {!r} from sentinels {}", service, hosts)
     client: _SentinelMaster = sentinel.master_for(
         service,
         redis_class=_SentinelMaster,
         connection_pool_class=_BlockingSentinelPool,
         **options,
+        **tls,
         **auth,
     )
     client.sentinels = sentinel
@@ -178,7 +213,7 @@ def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     >>> sentinel_params("redis+sentinel://a:26380,b/gw")
     ([('a', 26380), ('b', 26379)], 'gw', {'db': 0, 'password': None, 'username': None})
     """
-    rest = url.removeprefix(SENTINEL_SCHEME)
+    rest = url.split("://", 1)[1]
     netloc, _, path = rest.partition("/")
     hostlist, username, password = _userinfo(netloc)
     hosts = [_host(part, _SENTINEL_PORT) for part in hostlist.split(",") if part]

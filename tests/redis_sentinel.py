@@ -3,7 +3,8 @@
 
 Owns ``SentinelSet``. ``url`` is the gateway's ``REDIS_URL`` for it
 (``redis+sentinel://...``); ``kill_master`` SIGKILLs the master and ``wait_failover``
-returns once the sentinels name the replica as the new master.
+returns once the sentinels name the replica as the new master. With ``tls`` every process
+(master, replica, sentinels) listens on TLS only and ``url`` is ``rediss+sentinel://``.
 """
 
 import shutil
@@ -13,16 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.redis_server import RedisServer, cli_reply, free_port
+from tests.redis_server import RedisServer, Tls, cli_reply, free_port
 
 SERVICE = "gw"
 
 
 class SentinelSet:
-    def __init__(self, down_after_ms: int = 500) -> None:
+    def __init__(
+        self, down_after_ms: int = 500, binary: str | None = None, tls: Tls | None = None
+    ) -> None:
         self.down_after_ms = down_after_ms
-        self.master = RedisServer()
-        self.replica = RedisServer()
+        self.tls = tls
+        self.master = RedisServer(binary, tls=tls)
+        self.replica = RedisServer(binary, tls=tls)
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.dir = Path(tempfile.mkdtemp(prefix="sentinel-"))
         self.sentinels: list[subprocess.Popen] = []
@@ -30,7 +34,7 @@ class SentinelSet:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        return f"{'rediss' if self.tls else 'redis'}+sentinel://{hosts}/{SERVICE}/0"
 
     def start(self) -> "SentinelSet":
         self.master.start()
@@ -40,7 +44,7 @@ class SentinelSet:
         for port in self.sentinel_ports:
             conf = self.dir / f"sentinel-{port}.conf"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                self._listen(port) + f"bind 127.0.0.1\ndir {self.dir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
@@ -56,8 +60,16 @@ class SentinelSet:
         self._wait(lambda: self.synced() and self.sentinels_see_each_other(), "set-up")
         return self
 
+    def _listen(self, port: int) -> str:
+        if self.tls is None:
+            return f"port {port}\n"
+        args = iter(self.tls.server_args())  # the server's --name value pairs, as lines
+        pairs = zip(args, args, strict=True)
+        lines = "".join(f"{name.removeprefix('--')} {value}\n" for name, value in pairs)
+        return f"port 0\ntls-port {port}\n{lines}"
+
     def sentinel_cli(self, *args: str, port: int | None = None) -> str:
-        return cli_reply(port or self.sentinel_ports[0], *args)
+        return cli_reply(port or self.sentinel_ports[0], *args, tls=self.tls)
 
     def master_port(self) -> int:
         reply = self.sentinel_cli("SENTINEL", "get-master-addr-by-name", SERVICE).split()
