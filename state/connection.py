@@ -30,11 +30,12 @@ from collections.abc import Mapping
 from typing import cast
 
 from loguru import logger
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT, FieldT
 
 __all__ = [
@@ -162,6 +163,26 @@ def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
     return client
 
 
+class _ClusterConnection(Connection):
+    """A node's connection that says so when it was closed under a command.
+
+    After a failover redis-py's cluster client disconnects a node's idle connections
+    (``disconnect_free_connections``) while they stay on the idle list, so another command
+    can take one and find its writer gone in the middle of sending: an ``AttributeError``
+    that no caller expects (a 500, seen under load in ``tests/test_cluster.py``). As a
+    connection error it is what it is: the client refreshes its slot table and retries once.
+    """
+
+    async def _send_packed_command(self, command: object) -> None:
+        if self._writer is None:
+            raise RedisConnectionError("the connection was closed under this command")
+        await super()._send_packed_command(command)  # type: ignore[arg-type]
+
+
+class _SSLClusterConnection(_ClusterConnection, SSLConnection):
+    pass
+
+
 def _cluster(url: str, options: dict) -> Redis:
     nodes, auth = cluster_params(url)
     logger.info("Redis Cluster from nodes {}", nodes)
@@ -172,12 +193,18 @@ def _cluster(url: str, options: dict) -> Redis:
     # One retry, at once, after a MOVED/ASK or a node failing over: the cluster's own
     # redirections; a Redis that does not answer still fails within REDIS_TIMEOUT.
     options["retry"] = Retry(NoBackoff(), 1)
+    tls = url.startswith("rediss")
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-        ssl=url.startswith("rediss"),
+        ssl=tls,
         **options,
         **auth,
     )
+    # RedisCluster takes no connection class: set it where its nodes are made from
+    connection_class = _SSLClusterConnection if tls else _ClusterConnection
+    client.nodes_manager.connection_kwargs["connection_class"] = connection_class
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = connection_class
     # The state code uses only commands, scripts and pipelines a cluster client has too.
     return cast(Redis, client)
 

@@ -5,12 +5,18 @@ the ``{pool}`` slot (the names: ``tests/test_key_layout.py``).
 The state tests and the 200-request quota test also run on a cluster (``redis`` fixture,
 ``test_client_keys_replicas.py``)."""
 
+import asyncio
+import time
+from dataclasses import dataclass
+
 import openai
 import pytest
 
 from server.settings import SettingsError, load_settings
 from state.connection import cluster_params, connect
-from tests.accounts import ADMIN
+from tests.accounts import ADMIN, pool_gateway
+from tests.conftest import started
+from tests.redis_cluster import ClusterSet
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -60,3 +66,98 @@ async def test_a_gateway_on_a_cluster_serves_the_pool(gateway, real_cluster_set,
     with pytest.raises(openai.AuthenticationError):
         async with gw.openai(api_key="wrong") as client:
             await client.chat.completions.create(model="GLM-4.5", messages=HI)
+
+
+@pytest.fixture
+def replicated_cluster():
+    """A cluster of its own (it is failed over): 3 masters, one replica each, and a 1 s
+    ``cluster-node-timeout`` so a dead master's replica is promoted within seconds."""
+    cset = started(lambda: ClusterSet(replicas=1, node_timeout_ms=1000))
+    yield cset
+    cset.stop()
+
+
+@dataclass
+class Answer:
+    started: float  # seconds since the master was failed over (negative: before)
+    took: float
+    status: int
+    retry_after: str | None
+
+
+WORKERS = 6  # requests in flight at every moment, on 3 tokens
+# How the pool's master is failed over: (cluster, master, its replica) -> None
+FAIL_OVER = {
+    "manual": lambda cset, master, replica: cset.failover(replica),  # CLUSTER FAILOVER
+    "kill": lambda cset, master, replica: cset.kill(master),  # SIGKILL: promoted by the others
+}
+
+
+@pytest.mark.parametrize("how", FAIL_OVER)
+async def test_a_master_failover_under_load_costs_only_its_window(replicated_cluster, gateway, how):
+    cset = replicated_cluster
+    gw = await pool_gateway(
+        gateway,
+        redis_url=cset.url,
+        lease_ttl=2,
+        pool_max_concurrency=WORKERS,  # no request waits on a busy token: only Redis can fail
+    )
+    # the master that holds the pool's slot, found from the key the gateway uses
+    master = cset.holder(gw.services.keys.tokens)
+    replica = cset.replica_of(master)
+    failed_at = time.monotonic() + 1.5
+    stop = asyncio.Event()
+    answers: list[Answer] = []
+
+    async def ask(client: openai.AsyncOpenAI) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await client.chat.completions.create(model="GLM-4.5", messages=HI)
+                status, retry_after = 200, None
+            except openai.APIStatusError as err:
+                status, retry_after = err.status_code, err.response.headers.get("retry-after")
+            answers.append(
+                Answer(started - failed_at, time.monotonic() - started, status, retry_after)
+            )
+            if status != 200:
+                await asyncio.sleep(0.1)
+
+    async with gw.openai() as client:
+        load = [asyncio.ensure_future(ask(client)) for _ in range(WORKERS)]
+        await asyncio.sleep(failed_at - time.monotonic())
+        FAIL_OVER[how](cset, master, replica)
+        failover = await asyncio.to_thread(cset.wait_master, replica)
+        await asyncio.sleep(3)  # steady traffic on the new master
+        stop.set()
+        await asyncio.gather(*load)
+    assert cset.holder(gw.services.keys.tokens) is replica
+
+    served_before = [a for a in answers if a.started + a.took < 0]
+    assert served_before and all(a.status == 200 for a in served_before), served_before
+    failed = [a for a in answers if a.status != 200]
+    # what fails is a clean 503 with Retry-After (never a 500), answered at once...
+    assert all(a.status == 503 and a.retry_after for a in failed), failed
+    assert max((a.took for a in failed), default=0) < 2.5, failed
+    # ...and only within the failover's window
+    window = failover + 1.5
+    assert all(a.started + a.took >= 0 and a.started < window for a in failed), (failover, failed)
+    after = [a for a in answers if a.started >= window]
+    assert len(after) >= WORKERS and all(a.status == 200 for a in after), after
+    assert max(a.took for a in answers) < window + 2.5  # no request hung
+
+    # nothing left held or cooling once the traffic stops
+    await gw.services.pool.flush()
+    await asyncio.sleep(2.2)  # a lease whose release was lost with a killed master lapses
+    rows = await gw.services.pool.status()
+    assert len(rows) == 3 and all(r.state == "active" and r.leases == 0 for r in rows), rows
+    redis = gw.services.redis
+    now_ms = int((await redis.time())[0]) * 1000
+    for tid in await redis.hkeys(gw.services.keys.tokens):
+        assert await redis.zcount(gw.services.keys.leases(tid), now_ms, "+inf") == 0
+        assert await redis.zcard(gw.services.keys.leases(tid)) == 0  # released, not lapsed
+    print(
+        f"{how}: failover {failover:.2f} s, {len(answers)} requests, {len(failed)} failed "
+        f"(503) between {min((a.started for a in failed), default=0):.2f} and "
+        f"{max((a.started + a.took for a in failed), default=0):.2f} s"
+    )

@@ -27,6 +27,8 @@ class Rule:
     token: str = "spare"
     refresh_version: bool = False
     message: str = "{detail}"
+    # Retry-After (seconds) when the failure passes by itself and the raiser knows no better
+    retry_after: float | None = None
 
 
 _UPSTREAM = "upstream_error"
@@ -70,6 +72,8 @@ RULES: dict[str, Rule] = {
         "server_error",
         message="the shared state store (Redis) is unreachable, so no pooled upstream token "
         "can be leased: {detail}",
+        # a Redis failover (Sentinel, Cluster) or restart is over in seconds
+        retry_after=1,
     ),
     "pacing_backlog": Rule(
         429,
@@ -243,7 +247,7 @@ class GatewayError(Exception):
         self.detail = detail
         self.param = param
         self.model = model
-        self.retry_after = retry_after
+        self.retry_after = self.rule.retry_after if retry_after is None else retry_after
         super().__init__(self.message)
 
     def __repr__(self) -> str:
