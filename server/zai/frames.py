@@ -13,6 +13,7 @@ library instead of being dropped; the text model repairs or replaces the half.
 """
 
 import json
+import re
 
 import msgspec
 
@@ -80,6 +81,7 @@ class _Envelope(msgspec.Struct):
 
 
 DONE = FrameData(phase="done", done=True)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _decoder = msgspec.json.Decoder(_Envelope)
 
 
@@ -93,7 +95,9 @@ def decode_frame(payload: bytes) -> FrameData | None:
     try:
         envelope = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
-        if "surrogate" not in str(exc):
+        # msgspec calls a lone high half before a closing quote "truncated" input, not a
+        # surrogate error, so the payload itself is what says whether a half is there.
+        if not _SURROGATE_ESCAPE.search(payload):
             raise
         try:
             envelope = msgspec.convert(json.loads(payload), _Envelope)
