@@ -57,6 +57,16 @@ def json_depth(body: bytes) -> int:
     return max(itertools.accumulate(step - 1 for step in brackets), default=0)
 
 
+def _bad_byte(body: bytes, found: UnicodeDecodeError) -> tuple[int, int]:
+    """(the byte, its position in ``body``): msgspec's error counts from the start of the
+    string value it was reading, so the whole body is decoded again to say where."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        found = exc
+    return found.object[found.start], found.start
+
+
 def decode_json(body: bytes, decode: Callable[[bytes], T]) -> T:
     """``decode(body)``, every failure a ``GatewayError`` (400) that names the problem.
     Depth is checked first: msgspec recurses, and deep values would also recurse later."""
@@ -70,8 +80,8 @@ def decode_json(body: bytes, decode: Callable[[bytes], T]) -> T:
         raise GatewayError("invalid_json", str(exc).removeprefix("JSON is malformed: ")) from None
     except UnicodeDecodeError as exc:
         # Name the byte and where it is, never the text around it (a log must not hold it).
-        bad = exc.object[exc.start]
-        where = f"byte 0x{bad:02x} at position {exc.start}"
+        bad, at = _bad_byte(body, exc)
+        where = f"byte 0x{bad:02x} at position {at}"
         raise GatewayError("invalid_json", f"it is not valid UTF-8 ({where})") from None
     except RecursionError:
         raise GatewayError("invalid_json", "it nests too deeply") from None
