@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.core.chat import Conversation
+from server.core.chat import Conversation, ToolCall
 from server.core.errors import GatewayError
 from server.faces.anthropic.convert import to_conversation as anthropic_conversation
 from server.faces.anthropic.wire import decode_messages_request
@@ -15,6 +15,7 @@ from server.faces.openai.convert import to_conversation as openai_conversation
 from server.faces.openai.wire import decode_chat_request
 from server.faces.responses.convert import Converted
 from server.faces.responses.convert import to_conversation as responses_conversation
+from server.faces.responses.tools import Offered, call_from_item, call_item, offer
 from server.faces.responses.wire import decode_responses_request
 
 CLAUDE = {"opus": "GLM-5.3", "sonnet": "GLM-4.7", "haiku": "GLM-4.5-Air"}
@@ -578,3 +579,49 @@ def test_responses_history_comes_before_the_input():
 def test_responses_a_request_the_gateway_cannot_honour_names_its_field(body: dict, param: str):
     err = _refused(_responses, {"model": "GLM-4.7", "input": "hi", **body})
     assert err.param == param
+
+
+# Responses tool kinds (server/faces/responses/tools.py)
+
+
+def test_a_custom_tools_grammar_is_told_to_the_model():
+    spec, offered = offer(
+        "custom",
+        "apply_patch",
+        "Patch files",
+        None,
+        {"type": "grammar", "syntax": "lark", "definition": "start: PATCH"},
+    )
+    about = spec.parameters["properties"]["input"]["description"]
+    assert "lark grammar" in about and "start: PATCH" in about
+    assert offered == Offered("custom", "apply_patch")
+
+
+def test_a_custom_call_gives_back_its_free_text_input():
+    offered = {"apply_patch": Offered("custom", "apply_patch")}
+    call = ToolCall("c1", "apply_patch", json.dumps({"input": "*** Begin Patch"}))
+    item = call_item("abc", call, offered)
+    assert (item["type"], item["id"], item["input"]) == (
+        "custom_tool_call",
+        "ctc_abc",
+        "*** Begin Patch",
+    )
+
+
+@pytest.mark.parametrize("arguments", ["not json", '{"patch": "x"}', "[1]"])
+def test_a_custom_call_not_in_the_offered_shape_hands_over_what_came(arguments: str):
+    call = ToolCall("c1", "apply_patch", arguments)
+    item = call_item("abc", call, {"apply_patch": Offered("custom", "apply_patch")})
+    assert item["input"] == arguments
+
+
+def test_a_namespaced_call_is_given_back_under_the_clients_name_and_namespace():
+    offered = {"mcp.read": Offered("function", "read", "mcp")}
+    item = call_item("abc", ToolCall("c1", "mcp.read", "{}"), offered)
+    assert (item["type"], item["name"], item["namespace"]) == ("function_call", "read", "mcp")
+
+
+def test_an_earlier_custom_call_is_sent_back_as_the_offered_one_string_shape():
+    call = call_from_item("custom_tool_call", "c1", "apply_patch", "*** Begin", None)
+    assert json.loads(call.arguments) == {"input": "*** Begin"}
+    assert call_from_item("function_call", "c2", "read", "", "mcp").name == "mcp.read"
