@@ -1,26 +1,26 @@
-"""What every API route shares: keys, errors, limits, and the one log line per request.
+"""What every API route shares: the body, keys, errors, limits, and one log line per request.
 
-Owns ``ApiHandler`` and ``api`` (a decorator that turns a ``GatewayError`` raised anywhere in
-a route into the error body of the API that route speaks, after checking the key of a keyed
-route), ``check_api_key`` (constant-time, ``Authorization: Bearer`` or ``x-api-key``),
-``NotFound``, the ``REQUEST_TIMEOUT`` deadline of a completion (until its answer begins), and
-the access line: request id,
-method, path, model, status, latency and time to first byte, upstream attempts. The client's
-path and model name are ``shown`` (control characters escaped, cut at 100 characters); a
-request the client abandoned before its answer began is logged with status 499.
+Owns ``ApiHandler`` (the base of every route: it knows no face and runs no completion; the
+completion routes' machinery is ``server.web.completion_handler.CompletionHandler``) and
+``api`` (a decorator that turns a ``GatewayError`` raised anywhere in a route into the error
+body of the API that route speaks, after checking the key of a keyed route),
+``check_api_key`` (constant-time, ``Authorization: Bearer`` or ``x-api-key``), ``NotFound``,
+and the access line: request id, method, path, model, status, latency and time to first
+byte, upstream attempts. The client's path and model name are ``shown`` (control characters
+escaped, cut at 100 characters); a request the client abandoned before its answer began is
+logged with status 499.
 
 Keys: ``AUTH_TOKEN(S)`` are checked in memory (unlimited); an issued key (``sk-zai-...``)
 is checked in Redis by one Lua call (``state.client_keys``: secret hash, disabled, expiry,
-models, limits). A route that runs a completion (``admits = True``) makes that one call when
-the conversation is known, so its limits are checked and its estimate reserved in the same
-round trip; other routes make it before the route runs. Nothing about a key is cached, so a
-disabled key is refused on its very next request. After the completion the reservation is
-settled with the real usage (one more call, after the answer, for keys with token limits),
-and every answered request is counted per key (``state.usage``, flushed in the background).
+models, limits). A route that runs a completion (``admits = True``) makes that call when the
+conversation is known, so its limits are checked and its estimate reserved with it (and,
+with pooled tokens, in the same round trip as the token pick); other routes make it before
+the route runs. Nothing about a key is cached, so a disabled key is refused on its very next
+request. Every answered request is counted per key (``state.usage``, flushed in the
+background).
 """
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import math
@@ -30,25 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from redis.exceptions import RedisError
-from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from server.core.admission import refusal
-from server.core.chat import Conversation, Sink
-from server.core.completion import Attempts, complete
-from server.core.continuation import conversation_key
+from server.core.chat import Conversation
 from server.core.errors import GatewayError, client_should_retry, shown
-from server.core.images import check_images
 from server.core.models import STATIC, Model, ModelTable
 from server.core.token_estimate import estimate_conversation
-from server.credentials.sources import PooledTokens
 from server.ids import hex_id
 from server.ops.metrics import observe_key, observe_request
-from server.ops.tracing import end_request_span, request_attrs, request_span, within
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers
 from server.web.errors import error_body
-from state.client_keys import Admission, KeyCheck, parse_secret
-from state.files import FileCache
+from state.client_keys import Admission, parse_secret
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -136,18 +129,15 @@ class ApiHandler(RequestHandler):
         self.attempts: Any = None
         self.first_byte: float | None = None
         self.started_at = time.monotonic()
-        self._task: asyncio.Future[None] | None = None
-        self._aborted: GatewayError | None = None
+        self._task: asyncio.Future[None] | None = None  # the work, cancelled if the client leaves
         self._left_unanswered = False
         self._body: list[bytes] = []
         self._body_size = 0
         self.caller: Caller | None = None
         self._issued: tuple[str, str] | None = None  # an issued key's (id, secret hash)
         self._charged = False  # its request was counted against its limits
-        self._check: KeyCheck | None = None  # its check, sent with the token pick
         self._rate_headers: dict[str, str] = {}
-        self.metered: Metered | None = None
-        self.span: Any = None  # the request's trace span, while tracing is on
+        self.metered: Metered | None = None  # what the answer used (completions)
         self.set_default_headers()
 
     def set_default_headers(self) -> None:
@@ -252,22 +242,6 @@ class ApiHandler(RequestHandler):
         if err is not None:
             raise err
 
-    def key_check(self, conv: Conversation) -> KeyCheck | None:
-        """An issued key's check of this completion, to run with the pool's token pick in
-        one round trip (``PooledTokens``); None where it runs alone first (``admit``): no
-        issued key, no pool, or images (they are read before any pick)."""
-        services = self.services
-        if self._issued is None or self._charged or conv.images:
-            return None
-        if not isinstance(services.tokens, PooledTokens):
-            return None
-        kid, digest = self._issued
-        estimate = estimate_conversation(conv) + (conv.max_tokens or 0)
-        self._check = services.client_keys.check(
-            kid, digest, conv.model.id, 1, estimate, self.request_id
-        )
-        return self._check
-
     def _admitted(self, admission: Admission, charged: bool) -> None:
         """What an issued key's check said: who calls, and the rate headers of every answer."""
         if self._issued is None:
@@ -278,22 +252,6 @@ class ApiHandler(RequestHandler):
         self._rate_headers = rate_headers(admission)
         for name, value in self._rate_headers.items():
             self.set_header(name, value)
-
-    def _take_check(self) -> None:
-        """The check that ran with the token pick, once it has answered: taken before the
-        first byte, an error answer, the settling and the usage count, whichever is first."""
-        check = self._check
-        if check is not None and check.admission is not None:
-            self._check = None
-            self._admitted(check.admission, charged=True)
-
-    def tool_support(self, asked: bool) -> bool:
-        """Whether tools are emulated; when the client sent some in vain, say so."""
-        supported = self.services.settings.tool_support
-        if asked and not supported:
-            self.set_header("X-Gateway-Tools", "ignored (TOOL_SUPPORT=false)")
-            logger.info("{} tools ignored: TOOL_SUPPORT=false", self.request_id)
-        return supported
 
     async def find_model(self, name: str, claude: dict[str, str] | None = None) -> Model:
         """The row for ``name`` in the live catalogue (a 404 listing the models if none)."""
@@ -307,115 +265,6 @@ class ApiHandler(RequestHandler):
         catalogue = self.services.catalogue
         return STATIC if catalogue is None else await catalogue.listing()
 
-    async def complete(self, conv: Conversation, sink: Sink) -> None:
-        """Run one completion into ``sink`` until it ends or the client leaves."""
-        services = self.services
-        self.authenticate()
-        if conv.images:  # refused before a key is charged or anything is read or sent
-            settings, table = services.settings, await self.model_table()
-            if not conv.model.vision and settings.vision_model:
-                logger.info(
-                    "{} {} has no vision: images served by VISION_MODEL {}",
-                    self.request_id,
-                    conv.model.id,
-                    settings.vision_model,
-                )
-                conv.model = table.require(settings.vision_model)
-            user_tokens = isinstance(services.tokens, PooledTokens)
-            check_images(conv, table, settings.image_max_count, user_tokens)
-        check = self.key_check(conv)
-        if check is None:
-            await self.admit(conv)
-        self.attempts = Attempts()
-        conv.captcha = self.request.headers.get("X-Zai-Captcha", "").strip() or conv.captcha
-        named = self.request.headers.get("X-Zai-Conversation", "").strip() or conv.thread
-        conv.thread = ""
-        if services.continuations is not None and named:
-            caller = self.caller.id if self.caller is not None else ""
-            if self._issued is not None:  # its check may not have run yet: the id is known
-                caller = self._issued[0]
-            conv.thread = conversation_key(caller, named)  # never the raw name
-        self.metered = sink = Metered(sink, conv)
-        attrs = request_attrs(conv, self.route)
-        self.span = request_span(
-            "chat", conv.model.id, self.request.headers, attrs, self.started_at
-        )
-        work = complete(
-            conv,
-            sink,
-            services.tokens,
-            services.client,
-            services.settings,
-            self.attempts,
-            services.captchas,
-            services.egress,
-            services.catalogue,
-            services.chats,
-            _files(services) if conv.images else None,
-            services.continuations,
-            check,
-        )
-        if self.span is not None:
-            work = within(self.span, work)
-        deadline = asyncio.get_running_loop().call_later(
-            services.settings.request_timeout, self._deadline_passed, sink
-        )
-        try:
-            await self.run_until_done_or_gone(work, sink)
-        finally:
-            deadline.cancel()
-            await self.settle()
-
-    def _deadline_passed(self, sink: Sink) -> None:
-        # A stream that has begun runs on: the client sees progress, and UPSTREAM_IDLE_TIMEOUT
-        # bounds each silence. Until then (a whole non-streamed answer) the client waits blind.
-        if sink.started:
-            return
-        limit = self.services.settings.request_timeout
-        self.abort(
-            GatewayError(
-                "timeout",
-                f"no answer within REQUEST_TIMEOUT ({limit:g} s) after {self.attempts.tally()}",
-            )
-        )
-
-    async def settle(self) -> None:
-        """Give an issued key back what its reservation held beyond the real usage."""
-        self._take_check()
-        caller, metered = self.caller, self.metered
-        if caller is None or caller.admission is None or metered is None:
-            return
-        try:
-            await self.services.client_keys.settle(caller.id, caller.admission, metered.used)
-        except (RedisError, OSError) as exc:
-            logger.warning("{} settling key {} failed: {}", self.request_id, caller.id, exc)
-
-    async def run_until_done_or_gone(self, work: Awaitable[None], sink: Any) -> None:
-        """Run the completion; if the client hangs up, cancel it (closing the upstream).
-        If the instance stops before it ends, ``abort`` cancels it and the sink says why."""
-        self._task = asyncio.ensure_future(work)
-        active = self.services.active
-        active.add(self)
-        try:
-            await self._task
-        except (asyncio.CancelledError, StreamClosedError):
-            if self._aborted is None:
-                logger.info("{} client went away; upstream closed", self.request_id)
-                return
-            with contextlib.suppress(StreamClosedError):
-                await sink.fail(self._aborted)
-        finally:
-            active.discard(self)
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
-
-    def abort(self, err: GatewayError) -> None:
-        """End this request now with ``err`` (the drain deadline passed)."""
-        if self._task is not None and not self._task.done():
-            self._aborted = err
-            self._task.cancel()
-
     def on_connection_close(self) -> None:
         # The client left before a status line reached it: not a 200 (nginx's 499).
         self._left_unanswered = not self._headers_written
@@ -428,7 +277,7 @@ class ApiHandler(RequestHandler):
         caller goes on at once, without two loop turns per streamed event."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
-            self._take_check()
+            self.before_answer()
         sent = super().flush(include_footers)
         if sent.done() or self.request.connection.stream.writing():  # type: ignore[union-attr]
             return sent
@@ -439,7 +288,7 @@ class ApiHandler(RequestHandler):
     def send_gateway_error(self, err: GatewayError) -> None:
         if self._headers_written:
             return
-        self._take_check()  # its rate headers go on the error answer too
+        self.before_answer()  # what it settles goes on the error answer too
         self.clear()
         self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
@@ -477,14 +326,10 @@ class ApiHandler(RequestHandler):
         model = found.id if (found := table.find(self.model_name)) else "-"
         status = CLIENT_CLOSED if self._left_unanswered else self.get_status()
         observe_request(self.route, model, status, elapsed / 1000, ttfb / 1000)
-        self._take_check()
+        self.before_answer()
         if self.caller is not None:
             self.count_usage(self.caller, model, status)
-        if self.admits:
-            failed = status >= 400 or (self.metered is not None and self.metered.failed)
-            self.services.usage.observe(failed, ttfb)
-        if self.span is not None:
-            self.end_span(status, ttfb / 1000, attempts)
+        self.finishing(status, ttfb, attempts)
         logger.info(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
@@ -497,21 +342,12 @@ class ApiHandler(RequestHandler):
             attempts,
         )
 
-    def end_span(self, status: int, ttfb: float, attempts: int) -> None:
-        metered = self.metered
-        attrs: dict[str, object] = {
-            "http.response.status_code": status,
-            "zai.upstream_attempts": attempts,
-        }
-        if self.first_byte is not None:
-            attrs["gen_ai.response.time_to_first_chunk"] = ttfb
-        if metered is not None:
-            attrs["gen_ai.usage.input_tokens"] = metered.input_tokens
-            attrs["gen_ai.usage.output_tokens"] = metered.output_tokens
-            if metered.finish_reason:
-                attrs["gen_ai.response.finish_reasons"] = [metered.finish_reason]
-        error = metered.error if metered is not None else ""
-        end_request_span(self.span, attrs, error or (str(status) if status >= 400 else ""))
+    def before_answer(self) -> None:
+        """Runs before the first byte or an error answer (and at the end, if neither came):
+        where a subclass settles what the answer's headers must say."""
+
+    def finishing(self, status: int, ttfb_ms: float, attempts: int) -> None:
+        """Runs once the request is over, after it was counted: a subclass's own bookkeeping."""
 
     def count_usage(self, caller: Caller, model: str, status: int) -> None:
         metered = self.metered
@@ -523,11 +359,6 @@ class ApiHandler(RequestHandler):
 
 
 _KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-def _files(services: Any) -> FileCache:
-    """The shared cache of uploaded images (a view on Redis: nothing to keep per process)."""
-    return FileCache(services.redis, services.keys, services.settings.image_cache_ttl)
 
 
 def write_json_error(

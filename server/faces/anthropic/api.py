@@ -18,6 +18,7 @@ from server.faces.anthropic.convert import to_conversation
 from server.faces.anthropic.render import AnthropicResult, AnthropicStream, error_body
 from server.faces.anthropic.wire import decode_messages_request
 from server.ids import hex_id
+from server.web.completion_handler import CompletionHandler
 from server.web.handler import ApiHandler, api
 
 __all__ = ["COUNT_TOKENS_MAX_BYTES", "CountTokens", "Messages", "ModelInfo", "ModelInfoList"]
@@ -37,9 +38,8 @@ class AnthropicHandler(ApiHandler):
         }
 
 
-class Messages(AnthropicHandler):
+class Messages(CompletionHandler, AnthropicHandler):
     route = "messages"
-    admits = True
 
     @api
     async def post(self) -> None:

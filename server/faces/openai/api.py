@@ -10,14 +10,14 @@ from server.faces.openai.convert import to_conversation
 from server.faces.openai.render import OpenAIResult, OpenAIStream
 from server.faces.openai.wire import decode_chat_request
 from server.ids import hex_id
+from server.web.completion_handler import CompletionHandler
 from server.web.handler import ApiHandler, api
 
 __all__ = ["ChatCompletions", "ModelList", "OneModel"]
 
 
-class ChatCompletions(ApiHandler):
+class ChatCompletions(CompletionHandler):
     route = "chat_completions"
-    admits = True
 
     @api
     async def post(self) -> None:

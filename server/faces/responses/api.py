@@ -23,6 +23,7 @@ from server.faces.responses.render import (
 )
 from server.faces.responses.tools import Offered
 from server.faces.responses.wire import InputItem, ResponsesRequest, decode_responses_request
+from server.web.completion_handler import CompletionHandler
 from server.web.handler import ApiHandler, api
 from state.responses import ResponseStore, Stored
 
@@ -105,9 +106,8 @@ class StoredResponses(ApiHandler):
         return found
 
 
-class Responses(StoredResponses):
+class Responses(CompletionHandler, StoredResponses):
     route = "responses"
-    admits = True  # runs a completion: an issued key's limits are checked with it
 
     @api
     async def post(self) -> None:
