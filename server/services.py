@@ -1,18 +1,12 @@
-"""What one worker process shares between its requests, and its life in the cluster.
+"""What one worker process shares between its requests: the wiring, built once per worker.
 
-Owns ``Services``: settings, the Redis client (real or embedded), the upstream client, the
-token source, the pool, the guest reserve and this process's registration; ``start()`` (move an
-older release's key names, ``state.layout``; register, load configured tokens into the shared
-pool, check the new ones, fill the guest reserve, begin the upkeep loop) and ``stop()``
-(deregister, release, close). The upkeep loop beats the heartbeat and renews held leases every
-third of ``INSTANCE_TTL``, re-checks tokens still pending (their first check could not reach
-the upstream) with back-off, and re-checks dead tokens every ``POOL_HEALTH_INTERVAL`` (one
-replica at a time, by a lock); another loop writes the per-key usage counts every
-``USAGE_FLUSH_INTERVAL`` (and once at stop); with a captcha solver sidecar, a third keeps the
-shared captcha pool at ``CAPTCHA_LOW_WATER`` every ``CAPTCHA_REFILL_INTERVAL``
-(``CaptchaSource.keep_up``: one replica at a time asks it); and every ``UPSTREAM_CONFIG_POLL``
-seconds the live upstream config is followed (``server.live_config``: applied at start too,
-before the first request). Build it inside each worker, after any fork.
+Owns ``Services`` and ``make_services``: settings, the Redis client (real or embedded), the
+upstream client, the token source, the pool, the guest reserve, client keys, the captcha
+source, egress, the live config and this process's registration; ``start()`` (move an older
+release's key names, ``state.layout``; apply the live upstream config; register, load the
+configured tokens into the shared pool and check the new ones, fill the guest reserve, begin
+the background loops of ``server.upkeep``) and ``stop()`` (end the loops, deregister, send
+the last releases and usage, close). Build it inside each worker, after any fork.
 """
 
 import asyncio
@@ -20,10 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
-import msgspec
 from loguru import logger
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from server.captcha.sidecar import Sidecar
 from server.captcha.source import CaptchaSource
@@ -35,9 +27,9 @@ from server.credentials.checks import check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
 from server.live_config import LiveConfig, dialect_of, versions_of
-from server.ops.upstream_check import check_upstream
 from server.settings import Settings
 from server.transport import NativeTransport, Timeouts, Transport
+from server.upkeep import Upkeep, safely
 from server.web.callers import Caller, static_callers
 from server.zai.client import ZaiClient
 from server.zai.identity import Credential
@@ -47,7 +39,7 @@ from state.chats import ChatLedger
 from state.client_keys import ClientKeys
 from state.connection import connect
 from state.conversations import ConversationStore
-from state.facts import SELF_CHECK, Facts
+from state.facts import Facts
 from state.guests import GuestReserve
 from state.instances import Instances, new_instance_id
 from state.keys import Keys
@@ -55,7 +47,6 @@ from state.layout import migrate
 from state.locks import Lock
 from state.pacing import Pacer
 from state.pool import TokenPool
-from state.tasks import stop_tasks
 from state.upstream_config import ConfigStore
 from state.usage import UsageLog
 from state.waf import WafBreaker
@@ -87,11 +78,10 @@ class Services:
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
     active: set = field(default_factory=set)  # handlers with a completion in flight
-    _tasks: list[asyncio.Task] = field(default_factory=list)
-    # monotonic time of the next re-check of pending tokens: set when a check could not reach
-    # the upstream, so an idle pool costs nothing
-    _pending_due: float = float("inf")
-    _pending_wait: float = 0.0  # its back-off: one beat, doubling while the upstream is away
+    upkeep: Upkeep = field(init=False)  # the background loops (server.upkeep)
+
+    def __post_init__(self) -> None:
+        self.upkeep = Upkeep(self)
 
     def __repr__(self) -> str:
         return f"<Services {self.instances.id} inflight={len(self.active)} {self.tokens!r}>"
@@ -100,28 +90,22 @@ class Services:
         settings = self.settings
         # Before anything reads or writes the pool: an older release's key names move to
         # today's (replicas starting at once wait for the one that moves them).
-        await self._safely("moving older key names", migrate(self.redis, self.keys))
+        await safely("moving older key names", migrate(self.redis, self.keys))
         if self.live is not None:  # the overrides hold from the first request on
-            await self._safely("live config", self.live.follow())
-            self._tasks.append(asyncio.ensure_future(self._follow_config(self.live)))
-        await self._safely("register", self.instances.heartbeat(0))
+            await safely("live config", self.live.follow())
+        await safely("register", self.instances.heartbeat(0))
         self.configured = configured_tokens(settings)
         if self.configured:
-            await self._safely("load tokens", self._load(self.configured))
+            await safely("load tokens", self.load(self.configured))
         if self.guests is not None and self.guests.reserve is not None:
             self.guests.refill_soon()
-        self._tasks.append(asyncio.ensure_future(self._upkeep()))
-        self._tasks.append(asyncio.ensure_future(self._flush_usage()))
-        if self.captchas.sidecar is not None and self.captchas.low_water:
-            self._tasks.append(asyncio.ensure_future(self._keep_captchas()))
-        if settings.self_check_interval:
-            self._tasks.append(asyncio.ensure_future(self._self_check()))
+        self.upkeep.start()
 
     async def drain(self, deadline: float) -> int:
         """Stop taking work (readiness goes false) and wait up to ``deadline`` seconds for
         requests in flight; then end the rest with an error. Returns how many were ended."""
         self.draining = True
-        await self._safely("deregister", self.instances.deregister())
+        await safely("deregister", self.instances.deregister())
         until = time.monotonic() + deadline
         while self.active and time.monotonic() < until:
             await asyncio.sleep(0.05)
@@ -134,15 +118,15 @@ class Services:
         return len(late)
 
     async def stop(self) -> None:
-        await stop_tasks(self._tasks)
+        await self.upkeep.stop()
         if self.chats is not None:  # the deletes in flight; the ledger keeps the rest
             await self.chats.drain(2.0)
         if self.usage is not None:
-            await self._safely("writing usage", self.usage.flush())
-        await self._safely("sending the last lease releases", self.pool.flush())
+            await safely("writing usage", self.usage.flush())
+        await safely("sending the last lease releases", self.pool.flush())
         await self.pool.stop()
-        await self._safely("deregister", self.instances.deregister())
-        await self._safely("closing the Redis client", self.redis.aclose())
+        await safely("deregister", self.instances.deregister())
+        await safely("closing the Redis client", self.redis.aclose())
         await self.client.close()  # the upstream transport's connections
 
     async def listing_credentials(self) -> list[Credential]:
@@ -161,128 +145,24 @@ class Services:
     async def health_check(self, ids: list[str] | None = None) -> list:
         grace = self.settings.pool_rotation_grace
         results = await check_tokens(self.pool, self.client, ids, grace=grace)
-        if any(row.verdict == "unknown" for row in results) and self._pending_wait == 0:
-            self._pending_due = time.monotonic() + self.settings.instance_ttl / 3
+        if any(row.verdict == "unknown" for row in results):
+            self.upkeep.pending_unreached()
         return results
 
-    async def _load(self, tokens: list[str]) -> None:
+    async def load(self, tokens: list[str]) -> None:
+        """Put ``tokens`` in the shared pool and check the new ones (one replica checks)."""
         ids = await self.pool.add(tokens)
         states = {row.id: row.state for row in await self.pool.status()}
         pending = [tid for tid in ids if states.get(tid) == "pending"]
         logger.info("token pool: {} configured, {} new to check", len(ids), len(pending))
-        if pending and await self._lock("startup-check", 60):
+        if pending and await self.lock("startup-check", 60):
             results = await self.health_check(pending)
             for row in results:
                 logger.info("token {}: {} {}", row.masked, row.verdict, row.reason)
 
-    async def _upkeep(self) -> None:
-        settings = self.settings
-        beat = settings.instance_ttl / 3
-        next_check = time.monotonic() + settings.pool_health_interval
-        while True:
-            await asyncio.sleep(beat)
-            if not self.draining:
-                await self._safely("heartbeat", self.instances.heartbeat(len(self.active)))
-            await self._safely("lease renewal", self.pool.renew())
-            if self.chats is not None:
-                await self._safely("chat renewal", self.chats.renew())
-                await self._safely("chat sweep", self.chats.sweep())
-            await self._safely("pool check", self._reload_if_lost())
-            await self._safely("pending check", self._recheck_pending())
-            if settings.pool_health_interval and time.monotonic() >= next_check:
-                next_check = time.monotonic() + settings.pool_health_interval
-                await self._safely("health check", self._recheck_dead())
-
-    async def _flush_usage(self) -> None:
-        while self.usage is not None:
-            await asyncio.sleep(self.settings.usage_flush_interval)
-            await self._safely("writing usage", self.usage.flush())
-
-    async def _follow_config(self, live: LiveConfig) -> None:
-        while True:
-            await asyncio.sleep(self.settings.upstream_config_poll)
-            await self._safely("live config", live.follow())
-
-    async def _keep_captchas(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.captcha_refill_interval)
-            if not self.draining:
-                await self._safely("captcha refill", self.captchas.keep_up(self.client))
-
-    async def _self_check(self) -> None:
-        interval = self.settings.self_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            if not self.draining:
-                await self._safely("self-check", self._check_upstream(interval))
-
-    async def _check_upstream(self, interval: float) -> None:
-        """One replica per interval (the one that takes the lock) runs the self-check and
-        shares its report (``SELF_CHECK``), which every replica's ``/metrics`` exports."""
-        if not await self._lock("self-check", interval * 0.9):
-            return
-        report = {**await check_upstream(self, complete=True), "at": time.time()}
-        if not report["ok"]:
-            broken = [
-                f"{route['label']}: {step['name']}"
-                for route in report["routes"]
-                for step in route["steps"]
-                if not step["ok"]
-            ]
-            logger.warning("self-check: upstream steps failing: {}", "; ".join(broken))
-        encoded = msgspec.json.encode(report).decode()
-        await Facts(self.redis, self.keys).put(SELF_CHECK, encoded)
-
-    async def _reload_if_lost(self) -> None:
-        """A Redis that restarted empty lost the pool: put the configured tokens back."""
-        if self.configured and not await self.redis.exists(self.keys.tokens):
-            logger.warning("the token pool is gone from Redis (restarted?): reloading it")
-            await self._load(self.configured)
-
-    async def _recheck_pending(self) -> None:
-        """Tokens whose check could not reach the upstream (start-up, or a Redis restarted
-        empty, while the upstream was down) are checked again, backing off from one beat
-        doubling up to POOL_HEALTH_INTERVAL, instead of staying pending until a manual check."""
-        now = time.monotonic()
-        if now < self._pending_due:
-            return
-        pending = [row.id for row in await self.pool.status() if row.state == "pending"]
-        if not pending:
-            self._pending_wait, self._pending_due = 0.0, float("inf")
-            return
-        beat = self.settings.instance_ttl / 3
-        cap = max(beat, self.settings.pool_health_interval or _PENDING_CAP)
-        self._pending_wait = min(cap, self._pending_wait * 2 or beat)
-        self._pending_due = now + self._pending_wait
-        if not await self._lock("pending-check", self._pending_wait):
-            return  # another replica checks them this time
-        for row in await self.health_check(pending):
-            logger.info("re-check pending token {}: {} {}", row.masked, row.verdict, row.reason)
-
-    async def _recheck_dead(self) -> None:
-        if not await self._lock("health-check", max(1.0, self.settings.pool_health_interval)):
-            return
-        # Pending ones too: the replica whose check could not reach the upstream re-checks
-        # them sooner, but it may have stopped since; this is every replica's safety net.
-        stale = [row.id for row in await self.pool.status() if row.state in ("dead", "pending")]
-        if stale:
-            for row in await self.health_check(stale):
-                logger.info("re-check token {}: {} {}", row.masked, row.verdict, row.reason)
-
-    async def _lock(self, name: str, seconds: float) -> bool:
+    async def lock(self, name: str, seconds: float) -> bool:
         # Never released: it spaces the checks out (one replica per period), so it expires.
         return await Lock(self.redis, self.keys.lock(name), seconds).acquire()
-
-    async def _safely(self, what: str, work: object) -> None:
-        try:
-            await work  # type: ignore[misc]
-        except (RedisError, OSError) as exc:
-            logger.warning("{} failed (shared state unreachable?): {}", what, exc)
-
-
-_PENDING_CAP = 600.0  # seconds between re-checks of pending tokens at most, when
-# POOL_HEALTH_INTERVAL is 0 (checks on demand only): a pending token is never used, so it
-# cannot wait for a demand that will not come.
 
 
 def make_services(settings: Settings) -> Services:

@@ -174,4 +174,4 @@ async def test_stop_ends_the_upkeep_even_when_a_redis_call_swallows_the_cancel(r
         stopping = asyncio.ensure_future(services.stop())
         done, _ = await asyncio.wait([stopping], timeout=5)
         assert done, f"stop() hung: its cancel landed {turns} loop turns into a heartbeat"
-        assert all(task.done() for task in services._tasks)
+        assert all(task.done() for task in services.upkeep.tasks)
