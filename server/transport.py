@@ -1,16 +1,17 @@
 """A small streaming HTTP/1.1 client for the upstream, written on ``asyncio.Protocol``.
 
-Owns ``open_stream()`` and ``Exchange``. A general client (tornado's ``AsyncHTTPClient``,
-even its ``HTTP1Connection``) costs several hundred microseconds of CPU per streamed event
-and cannot hand a caller the socket of a fetch in flight; this one parses the response
-straight out of ``data_received`` (status line, headers, chunked or sized body, gzip), hands
-the consumer every body byte of one socket read as one chunk, and ``close()`` shuts the
-socket at once. The body is read with backpressure (reading pauses while a few chunks wait)
-and with explicit timeouts: connect, time to response headers, and idle time between chunks.
-Connections whose response was read to its end are kept alive for the next request; an answer
-the caller stops reading after its last event is drained in the background so its connection
-is kept too; a kept connection the upstream closed meanwhile is replaced once, transparently,
-when it answers nothing at all.
+Owns ``open_stream()``, ``Exchange``, ``ConnectionPool`` (the kept connections, one per
+transport: no module state) and ``NativeTransport``. A general client (tornado's
+``AsyncHTTPClient``, even its ``HTTP1Connection``) costs several hundred microseconds of CPU
+per streamed event and cannot hand a caller the socket of a fetch in flight; this one parses
+the response straight out of ``data_received`` (status line, headers, chunked or sized body,
+gzip), hands the consumer every body byte of one socket read as one chunk, and ``close()``
+shuts the socket at once. The body is read with backpressure (reading pauses while a few
+chunks wait) and with explicit timeouts: connect, time to response headers, and idle time
+between chunks. Connections whose response was read to its end are kept alive for the next
+request; an answer the caller stops reading after its last event is drained in the
+background so its connection is kept too; a kept connection the upstream closed meanwhile is
+replaced once, transparently, when it answers nothing at all.
 Through an egress ``Proxy`` the same connection is made by first opening a tunnel: HTTP
 ``CONNECT`` (basic credentials) or SOCKS5 (RFC 1928, username/password of RFC 1929, the host
 name resolved by the proxy), then TLS over it for an https upstream; kept connections are
@@ -25,7 +26,6 @@ import socket
 import ssl
 import struct
 import time
-import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "SOCKS_REPLIES",
+    "ConnectionPool",
     "Exchange",
     "NativeTransport",
     "Proxy",
@@ -117,10 +118,6 @@ _IDLE_FOR = 30.0  # seconds an idle upstream connection is kept
 _IDLE_MAX = 64  # idle connections kept per upstream host
 _DRAIN_FOR = 2.0  # seconds an abandoned, finished answer may take to reach its end
 _open = 0  # exchanges not yet closed: a leak shows here (and in /metrics)
-# Per event loop: a connection belongs to the loop that made it (tests run many loops).
-_idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, list]]" = (
-    weakref.WeakKeyDictionary()
-)
 
 # Where the response parser is (``_Connection._parse`` moves between them).
 _HEAD, _SIZED, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
@@ -137,8 +134,9 @@ class _Malformed(Exception):
 class _Connection(asyncio.Protocol):
     """One upstream socket and the parser of the response now arriving on it."""
 
-    def __init__(self, key: Key) -> None:
+    def __init__(self, key: Key, pool: "ConnectionPool | None") -> None:
         self.key = key
+        self.pool = pool  # where it waits for the next request once answered (None: closed)
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.reusable = False
@@ -184,9 +182,9 @@ class _Connection(asyncio.Protocol):
         (or, with ``drain``, can be read out quietly), else close it."""
         if exchange._error is not None or self.lost or not self.reusable:
             self.close()
-        elif exchange._complete:
+        elif exchange._complete and self.pool is not None:
             self.exchange = None
-            _give_idle(self)
+            self.pool.give(self)
         elif drain and not exchange._paused and exchange.status:
             self.drain()
         else:
@@ -215,8 +213,8 @@ class _Connection(asyncio.Protocol):
         elif self._state == _DONE:
             self._draining.cancel()  # type: ignore[union-attr]
             self._draining = None
-            if self.reusable:
-                _give_idle(self)
+            if self.reusable and self.pool is not None:
+                self.pool.give(self)
             else:
                 self.close()
 
@@ -485,30 +483,42 @@ class Exchange:
         self._conn.close()
 
 
-# The pool of idle connections
+class ConnectionPool:
+    """Idle upstream connections kept for the next request, per (scheme, host, port, route):
+    at most ``idle_max`` per key, each for ``idle_for`` seconds. A transport owns one and
+    closes it with itself; a connection belongs to the event loop that made it."""
 
+    def __init__(self, idle_for: float = _IDLE_FOR, idle_max: int = _IDLE_MAX) -> None:
+        self.idle_for = idle_for
+        self.idle_max = idle_max
+        self._idle: dict[Key, list[tuple[_Connection, float]]] = {}
 
-def _pool() -> dict[Key, list[tuple[_Connection, float]]]:
-    return _idle.setdefault(asyncio.get_running_loop(), {})
+    def __repr__(self) -> str:
+        return f"<ConnectionPool idle={sum(map(len, self._idle.values()))}>"
 
+    def take(self, key: Key) -> _Connection | None:
+        conns = self._idle.get(key)
+        now = time.monotonic()
+        while conns:
+            conn, since = conns.pop()
+            if not conn.lost and now - since < self.idle_for:
+                return conn
+            conn.close()
+        return None
 
-def _take_idle(key: Key) -> _Connection | None:
-    conns = _pool().get(key)
-    now = time.monotonic()
-    while conns:
-        conn, since = conns.pop()
-        if not conn.lost and now - since < _IDLE_FOR:
-            return conn
-        conn.close()
-    return None
+    def give(self, conn: _Connection) -> None:
+        conns = self._idle.setdefault(conn.key, [])
+        if conn.lost or len(conns) >= self.idle_max:
+            conn.close()
+        else:
+            conns.append((conn, time.monotonic()))
 
-
-def _give_idle(conn: _Connection) -> None:
-    conns = _pool().setdefault(conn.key, [])
-    if conn.lost or len(conns) >= _IDLE_MAX:
-        conn.close()
-    else:
-        conns.append((conn, time.monotonic()))
+    def close(self) -> None:
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn, _ in conns:
+                if conn.transport is not None and not conn.lost:
+                    conn.close()
 
 
 _ssl_context: ssl.SSLContext | None = None
@@ -528,21 +538,23 @@ async def open_stream(
     body: bytes | None,
     timeouts: Timeouts,
     proxy: Proxy | None = None,
+    pool: ConnectionPool | None = None,
 ) -> Exchange:
     """Send a request (through ``proxy`` when given) and return once the response headers
-    arrived."""
+    arrived. With a ``pool`` a kept connection is used and the answered one kept; without
+    (a one-off call: an image, the captcha sidecar) the connection is closed after."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     key = (parts.scheme, parts.hostname or "", parts.port or (443 if https else 80), proxy)
     raw = _request_bytes(method, parts.path or "/", parts.query, parts.netloc, headers, body)
-    conn = _take_idle(key)
+    conn = pool.take(key) if pool is not None else None
     if conn is not None:
         try:
             return await _exchange(conn, method, raw, timeouts)
         except TransportError as exc:
             if not exc.unanswered:
                 raise  # a kept connection that answered something: a real failure
-    return await _exchange(await _connect(key, timeouts), method, raw, timeouts)
+    return await _exchange(await _connect(key, timeouts, pool), method, raw, timeouts)
 
 
 def _request_bytes(
@@ -561,7 +573,7 @@ def _request_bytes(
     return head.encode("latin-1") + b"\r\n\r\n" + (body or b"")
 
 
-async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
+async def _connect(key: Key, timeouts: Timeouts, pool: ConnectionPool | None) -> _Connection:
     scheme, host, port, proxy = key
     tls = _tls() if scheme == "https" else None
     loop = asyncio.get_running_loop()
@@ -571,10 +583,14 @@ async def _connect(key: Key, timeouts: Timeouts) -> _Connection:
     try:
         if proxy is None:
             connecting = loop.create_connection(
-                lambda: _Connection(key), host, port, ssl=tls, server_hostname=host if tls else None
+                lambda: _Connection(key, pool),
+                host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls else None,
             )
         else:
-            connecting = _through(proxy, key, tls, tunnel)
+            connecting = _through(proxy, key, tls, tunnel, pool)
         _, conn = await asyncio.wait_for(connecting, timeouts.connect)
     except (OSError, TimeoutError, _ProxyRefused) as exc:
         timed_out = isinstance(exc, TimeoutError) or time.monotonic() - started >= timeouts.connect
@@ -620,7 +636,13 @@ SOCKS_REPLIES = {
 }
 
 
-async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None, tunnel: _Tunnel) -> tuple:
+async def _through(
+    proxy: Proxy,
+    key: Key,
+    tls: ssl.SSLContext | None,
+    tunnel: _Tunnel,
+    pool: ConnectionPool | None,
+) -> tuple:
     loop = asyncio.get_running_loop()
     _, host, port, _ = key
     infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
@@ -638,7 +660,10 @@ async def _through(proxy: Proxy, key: Key, tls: ssl.SSLContext | None, tunnel: _
         tunnel.open = True
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return await loop.create_connection(
-            lambda: _Connection(key), sock=sock, ssl=tls, server_hostname=host if tls else None
+            lambda: _Connection(key, pool),
+            sock=sock,
+            ssl=tls,
+            server_hostname=host if tls else None,
         )
     except BaseException:
         sock.close()
@@ -740,15 +765,28 @@ class Transport(Protocol):
 
 
 class NativeTransport:
-    """``open_stream`` of this module as a ``Transport`` (its pool is per event loop)."""
+    """``open_stream`` of this module as a ``Transport``, with its own ``ConnectionPool``
+    (made in the event loop that uses it; closed with it)."""
 
-    open_stream = staticmethod(open_stream)
+    def __init__(self, idle_for: float = _IDLE_FOR, idle_max: int = _IDLE_MAX) -> None:
+        self.pool = ConnectionPool(idle_for, idle_max)
 
     def __repr__(self) -> str:
-        return "<NativeTransport>"
+        return f"<NativeTransport {self.pool!r}>"
+
+    async def open_stream(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+        proxy: Proxy | None = None,
+    ) -> Exchange:
+        return await open_stream(method, url, headers, body, timeouts, proxy, self.pool)
 
     async def close(self) -> None:
-        return None
+        self.pool.close()
 
 
 async def _exchange(conn: _Connection, method: str, raw: bytes, timeouts: Timeouts) -> Exchange:

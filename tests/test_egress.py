@@ -220,7 +220,8 @@ async def test_every_route_blocked_is_503_with_the_soonest_return(
     gw.fake.waf_sources = {HTTP_FROM, SOCKS_FROM}
     seconds, micros = await gw.services.redis.time()
     soon = {"until": seconds * 1000 + micros // 1000 + 20_000, "backoff": 20}
-    await gw.services.redis.hset(f"egress-test:waf:{gw.services.egress.routes[1].id}", mapping=soon)
+    services = gw.services
+    await services.redis.hset(services.keys.waf(services.egress.routes[1].id), mapping=soon)
     async with gw.openai() as client:
         with pytest.raises(openai.APIStatusError) as info:
             await client.chat.completions.create(model="GLM-4.5", messages=HELLO)

@@ -31,7 +31,9 @@ class Transport:
             if cafile:
                 context = ssl.create_default_context(cafile=cafile)
                 self._monkeypatch.setattr("server.transport._ssl_context", context)
-            return NativeTransport.open_stream
+            native = NativeTransport()
+            self._made.append(native)
+            return native.open_stream
         try:
             from server.impersonate import Impersonator
         except ImportError as exc:

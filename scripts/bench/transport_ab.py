@@ -4,8 +4,8 @@ Owns ``python -m scripts.bench.transport_ab --port P --requests N`` (run pinned 
 gateway's core, with the gateway stopped), which prints one JSON line: for each way, the CPU
 time per request of this process (``time.process_time``) and the completions per second.
 
-- ``gateway``: ``server.transport.open_stream`` and ``Exchange`` exactly as the gateway uses
-  them (``asyncio.Protocol``, connections kept alive).
+- ``gateway``: ``server.transport.NativeTransport`` and ``Exchange`` exactly as the gateway
+  uses them (``asyncio.Protocol``, connections kept alive in its pool).
 - ``new_connection``: tornado's ``HTTP1Connection`` on a freshly connected ``IOStream``, then
   closed: the same work with the gateway's own wrapping taken out.
 - ``kept_alive``: the same ``HTTP1Connection`` on an ``IOStream`` kept open between requests
@@ -28,7 +28,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.iostream import IOStream
 from tornado.tcpclient import TCPClient
 
-from server.transport import Timeouts, open_stream
+from server.transport import NativeTransport, Timeouts
 
 __all__ = ["main"]
 
@@ -70,6 +70,7 @@ async def _run(
     concurrency: int,
 ) -> dict[str, float]:
     tcp = TCPClient()
+    native = NativeTransport()
     target = url.split(f":{port}", 1)[1]
     head = {**headers, "Host": f"127.0.0.1:{port}", "Content-Length": str(len(body))}
     left = [requests]
@@ -79,7 +80,7 @@ async def _run(
         while left[0] > 0:
             left[0] -= 1
             if way == "gateway":
-                exchange = await open_stream("POST", url, headers, body, Timeouts())
+                exchange = await native.open_stream("POST", url, headers, body, Timeouts())
                 try:
                     await exchange.read_all()
                 finally:
@@ -100,6 +101,7 @@ async def _run(
     cpu, wall = time.process_time(), time.monotonic()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    await native.close()
     return {"cpu_us_per_request": cpu / requests * 1e6, "completions_per_s": requests / wall}
 
 
