@@ -70,6 +70,7 @@ from scripts.bench.procs import (
     source_digest,
     wait_until,
 )
+from state.keys import Keys
 
 __all__ = ["FULL", "QUICK", "Bench", "Plan", "main"]
 
@@ -304,7 +305,7 @@ class Bench:
             and self.args.redis
             and self.args.guest_reserve
         ):
-            key = f"{prefix}guests"
+            key = Keys(prefix).guests
             wait_until(
                 f"gateway {name} guest reserve",
                 lambda: self.redis.command("LLEN", key) >= self.args.guest_reserve,  # type: ignore[union-attr, operator]
