@@ -294,6 +294,15 @@ class Egress:
         lock = self.breaker.probe_lock(route.id, _PROBE_LOCK)  # type: ignore[union-attr]
         if not await lock.acquire():
             return  # another replica probes it
+        # This view may be older than another replica's probe that just ended (its lock is
+        # free again): a breaker that is not half-open any more has its verdict already.
+        ((left, _),) = await self.breaker.states(route.id)  # type: ignore[union-attr]
+        if left != HALF_OPEN:
+            self._until[route.id] = time.monotonic() + max(0.0, left)
+            if not left:
+                self._shut.discard(route.id)
+            await lock.release()
+            return
         blocked = await self.prober(route)  # type: ignore[misc]
         if blocked is None:
             logger.info("WAF probe of route {} got no answer; trying later", route.id)
