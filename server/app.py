@@ -5,6 +5,8 @@ its limits, the same in production and in tests). The services the handlers shar
 per worker process (``server.services``), after any fork, and passed to every route.
 """
 
+from typing import Any
+
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches
 from tornado.web import Application
@@ -47,7 +49,7 @@ class WithHeader(PathMatches):
         super().__init__(path)
         self.header = header
 
-    def match(self, request: HTTPServerRequest) -> dict | None:
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
         return super().match(request) if self.header in request.headers else None
 
 

@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -217,7 +218,7 @@ class Egress:
             err.detail = f"{err.detail}; {self._all_shut()[1]}"
         return False
 
-    async def status(self) -> list[dict]:
+    async def status(self) -> list[dict[str, Any]]:
         """Each route as the status API shows it: id, label, ``state`` (ok, blocked,
         half-open: waiting for a probe), the seconds its breaker has left and ``reason``, the
         failure that shut it (``waf_blocked``, ``route_unreachable``; "" when ok)."""

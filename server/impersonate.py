@@ -66,7 +66,7 @@ class _Transfer:
         self.exchange: Exchange | None = None
         self.lost = False  # the transfer is over (done, failed, aborted)
         self.reusable = True
-        self.future: asyncio.Future | None = None
+        self.future: asyncio.Future[None] | None = None
         self._hold = False  # the consumer is behind: pause at the next write
         self._held = False  # libcurl holds a write back for us
         self._drain: asyncio.TimerHandle | None = None
@@ -144,7 +144,7 @@ class _Transfer:
 
     # The end of the transfer
 
-    def done(self, future: asyncio.Future) -> None:
+    def done(self, future: asyncio.Future[None]) -> None:
         self.lost = True
         if self._drain is not None:
             self._drain.cancel()

@@ -12,7 +12,7 @@ the last releases and usage, close). Build it inside each worker, after any fork
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -23,7 +23,7 @@ from server.core.catalogue import Catalogue
 from server.core.chats import ThrowawayChats
 from server.core.continuation import Continuations
 from server.core.errors import GatewayError
-from server.credentials.checks import check_tokens, configured_tokens
+from server.credentials.checks import CheckResult, check_tokens, configured_tokens
 from server.credentials.sources import GuestTokens, NoTokens, PooledTokens, TokenSource
 from server.egress import Egress, parse_routes
 from server.live_config import LiveConfig, dialect_of, versions_of
@@ -51,6 +51,9 @@ from state.upstream_config import ConfigStore
 from state.usage import UsageLog
 from state.waf import WafBreaker
 
+if TYPE_CHECKING:  # the handlers import the services: no cycle at run time
+    from server.web.completion_handler import CompletionHandler
+
 __all__ = ["VERSION", "Services", "make_services"]
 
 VERSION = "0.1.0"
@@ -77,7 +80,8 @@ class Services:
     live: LiveConfig | None = None  # the live upstream config (PUT /v1/upstream/config)
     draining: bool = False
     configured: list[str] = field(default_factory=list)  # tokens from file and env
-    active: set = field(default_factory=set)  # handlers with a completion in flight
+    # handlers with a completion in flight
+    active: set["CompletionHandler"] = field(default_factory=set)
     upkeep: Upkeep = field(init=False)  # the background loops (server.upkeep)
 
     def __post_init__(self) -> None:
@@ -142,7 +146,7 @@ class Services:
             creds.append(await self.client.guest_credential())
         return creds
 
-    async def health_check(self, ids: list[str] | None = None) -> list:
+    async def health_check(self, ids: list[str] | None = None) -> list[CheckResult]:
         grace = self.settings.pool_rotation_grace
         results = await check_tokens(self.pool, self.client, ids, grace=grace)
         if any(row.verdict == "unknown" for row in results):

@@ -642,7 +642,7 @@ async def _through(
     tls: ssl.SSLContext | None,
     tunnel: _Tunnel,
     pool: ConnectionPool | None,
-) -> tuple:
+) -> tuple[asyncio.Transport, _Connection]:
     loop = asyncio.get_running_loop()
     _, host, port, _ = key
     infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)

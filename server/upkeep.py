@@ -46,7 +46,7 @@ async def safely(what: str, work: Awaitable[object]) -> None:
 class Upkeep:
     def __init__(self, services: "Services") -> None:
         self.services = services
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
         # monotonic time of the next re-check of pending tokens: set when a check could not
         # reach the upstream, so an idle pool costs nothing
         self._pending_due = float("inf")

@@ -30,9 +30,10 @@ __all__ = ["Call", "WriteBehind", "evalsha", "together"]
 
 Build = Callable[[Pipeline], None]
 Call = tuple[AsyncScript, Sequence[str], Sequence[Any]]  # a script, its KEYS[] and ARGV[]
+_Recorded = tuple[str, tuple[Any, ...], dict[str, Any]]  # a pipeline method, args, kwargs
 
 
-def evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence) -> None:
+def evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
     """Queue ``script`` on ``pipe`` by its digest only (see the module docstring)."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
 
@@ -64,7 +65,7 @@ class _Calls:
     """Stands in for a pipeline: records what a build puts on it, to be sent one by one."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple, dict]] = []
+        self.calls: list[_Recorded] = []
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -159,7 +160,7 @@ class WriteBehind:
             spans.append((start, start + len(calls)))
             entries.append(calls.calls)
 
-        async def send(calls: list[tuple[str, tuple, dict]]) -> list[object]:
+        async def send(calls: list[_Recorded]) -> list[object]:
             replies: list[object] = []
             for name, args, kwargs in calls:
                 try:

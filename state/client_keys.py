@@ -244,7 +244,7 @@ def _record(kid: str, raw: dict[str, str]) -> ClientKey:
     )
 
 
-def _fields(values: dict) -> dict[str, str]:
+def _fields(values: dict[str, Any]) -> dict[str, str]:
     """What the API changes, as the record stores it."""
     out: dict[str, str] = {}
     for name, value in values.items():

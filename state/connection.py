@@ -27,7 +27,7 @@ given, else against the system's trusted authorities.
 """
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, TypedDict, cast
 
 from loguru import logger
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
@@ -60,6 +60,19 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _REDIS_PORT = 6379
 
 
+class _Auth(TypedDict):
+    """The credentials a ``redis+cluster://`` URL carries, as the client's keywords."""
+
+    username: str | None
+    password: str | None
+
+
+class _MasterAuth(_Auth):
+    """The master's options a ``redis+sentinel://`` URL carries: its credentials and db."""
+
+    db: int
+
+
 def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
@@ -68,7 +81,7 @@ def is_sentinel(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEMES)
 
 
-def _tls(url: str, ca_file: str) -> dict:
+def _tls(url: str, ca_file: str) -> dict[str, str]:
     """The connection options of TLS for ``url``: none on a plain scheme (redis-py's plain
     connection takes no ``ssl_*`` option)."""
     if not url.startswith(("rediss://", "rediss+")):
@@ -99,7 +112,7 @@ def connect(
     # hang either: each command that holds a connection gives up after REDIS_TIMEOUT, so a
     # waiter's turn comes. More connections did not help: under such a burst the new
     # connections timed out being opened.
-    options = {
+    options: dict[str, Any] = {
         "max_connections": max_connections,
         "timeout": max(_QUEUE_WAIT, timeout),
         "decode_responses": True,
@@ -138,7 +151,7 @@ class _SentinelMaster(Redis):
             await self.sentinels.aclose()
 
 
-def _sentinel_master(url: str, timeout: float, options: dict) -> Redis:
+def _sentinel_master(url: str, timeout: float, options: dict[str, Any]) -> Redis:
     hosts, service, auth = sentinel_params(url)
     # The sentinels get the same short timeouts and TLS; they never see the master's password.
     tls = {"ssl": True} if url.startswith("rediss+") else {}
@@ -183,7 +196,7 @@ class _SSLClusterConnection(_ClusterConnection, SSLConnection):
     pass
 
 
-def _cluster(url: str, options: dict) -> Redis:
+def _cluster(url: str, options: dict[str, Any]) -> Redis:
     nodes, auth = cluster_params(url)
     logger.info("Redis Cluster from nodes {}", nodes)
     # Its pools are per node and do not wait for a free connection: allow more of them.
@@ -209,7 +222,7 @@ def _cluster(url: str, options: dict) -> Redis:
     return cast(Redis, client)
 
 
-def cluster_params(url: str) -> tuple[list[tuple[str, int]], dict]:
+def cluster_params(url: str) -> tuple[list[tuple[str, int]], _Auth]:
     """``(nodes, auth)`` of a ``redis+cluster://`` URL.
 
     >>> cluster_params("redis+cluster://:pw@a:7000,b")
@@ -234,7 +247,7 @@ def _userinfo(netloc: str) -> tuple[str, str | None, str | None]:
     return hostlist, username, password
 
 
-def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, dict]:
+def sentinel_params(url: str) -> tuple[list[tuple[str, int]], str, _MasterAuth]:
     """``(sentinels, service, master options)`` of a ``redis+sentinel://`` URL.
 
     >>> sentinel_params("redis+sentinel://a:26380,b/gw")

@@ -8,6 +8,8 @@ images of a request is one MGET and ``put`` one pipelined round trip, on Redis C
 A conversation that sends the same screenshot every turn uploads it once.
 """
 
+from typing import Any
+
 import msgspec
 from redis.asyncio import Redis
 
@@ -25,14 +27,14 @@ class FileCache:
     def __repr__(self) -> str:
         return f"<FileCache {self.keys.file('*', '*')} ttl={self.ttl:g}s>"
 
-    async def get(self, user_id: str, digests: list[str]) -> dict[str, dict]:
+    async def get(self, user_id: str, digests: list[str]) -> dict[str, dict[str, Any]]:
         """The cached file object of each digest that has one."""
         if not digests or self.ttl <= 0:
             return {}
         values = await self.redis.mget([self.keys.file(user_id, d) for d in digests])
         return {d: msgspec.json.decode(v) for d, v in zip(digests, values, strict=True) if v}
 
-    async def put(self, user_id: str, files: dict[str, dict]) -> None:
+    async def put(self, user_id: str, files: dict[str, dict[str, Any]]) -> None:
         if not files or self.ttl <= 0:
             return
         async with self.redis.pipeline(transaction=False) as pipe:

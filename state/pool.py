@@ -22,7 +22,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from random import getrandbits
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -81,6 +81,13 @@ _SETTLE_EVERY = 0.25  # seconds between tries to revoke unsettled leases while R
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+class _ReleaseCall(TypedDict):
+    """The RELEASE script's KEYS[] and ARGV[], as keywords of the script or of ``evalsha``."""
+
+    keys: list[str]
+    args: list[str | int]
 
 
 class TokenPool:
@@ -281,7 +288,7 @@ class TokenPool:
         # may still run when Redis resumes, so each is revoked once Redis answers again.
         # lease id -> token id ("" when the acquire never said which token).
         self.unsettled: dict[str, str] = {}
-        self._settling: asyncio.Task | None = None
+        self._settling: asyncio.Task[None] | None = None
         self._acquire = redis.register_script(self.ACQUIRE)
         self._acquire_pinned = redis.register_script(self.ACQUIRE_PINNED)
         self._release = redis.register_script(self.RELEASE)
@@ -372,7 +379,7 @@ class TokenPool:
             logger.warning("could not release a lease on {} yet: {!r}", lease.token_id, failure)
             self._unsettle(lease.lease_id, lease.token_id)
 
-    def _release_call(self, lease: Lease, outcome: str, reason: str = "") -> dict:
+    def _release_call(self, lease: Lease, outcome: str, reason: str = "") -> _ReleaseCall:
         keys, tid = self.keys, lease.token_id
         return {
             "keys": [keys.leases(tid), keys.token(tid), keys.rotation, keys.cooldown, keys.dead],

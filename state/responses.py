@@ -8,6 +8,8 @@ seconds. ``save`` writes one, ``load`` reads one back (for ``previous_response_i
 continue a conversation another one answered.
 """
 
+from typing import Any
+
 import msgspec
 from redis.asyncio import Redis
 
@@ -17,8 +19,8 @@ __all__ = ["ResponseStore"]
 
 
 class Stored(msgspec.Struct):
-    response: dict
-    items: list[dict]
+    response: dict[str, Any]
+    items: list[dict[str, Any]]
 
 
 _decode = msgspec.json.Decoder(Stored).decode
@@ -33,7 +35,7 @@ class ResponseStore:
     def __repr__(self) -> str:
         return f"<ResponseStore {self.keys.response('*')} ttl={self.ttl:g}s>"
 
-    async def save(self, response: dict, items: list[dict]) -> None:
+    async def save(self, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
         value = msgspec.json.encode(Stored(response, items))
         key = self.keys.response(response["id"])
         await self.redis.set(key, value, px=max(1, int(self.ttl * 1000)))

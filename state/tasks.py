@@ -14,6 +14,7 @@ blocks on a background task.
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from loguru import logger
 
@@ -22,7 +23,7 @@ __all__ = ["stop_tasks"]
 _AGAIN_EVERY = 0.02  # seconds between cancels of a task that swallowed the last one
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Future], within: float = 2.0) -> None:
+async def stop_tasks(tasks: Iterable[asyncio.Future[Any]], within: float = 2.0) -> None:
     """Cancel ``tasks`` and wait until they have ended, re-cancelling any that swallowed the
     cancel, for at most ``within`` seconds."""
     tasks = list(tasks)

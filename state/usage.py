@@ -16,7 +16,7 @@ which the dashboard draws with ``last_hour``.
 import datetime as dt
 import time
 from collections import defaultdict
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -102,7 +102,7 @@ class UsageLog:
             raise
         return len(counts) + len(traffic)
 
-    async def last_hour(self) -> dict[str, list]:
+    async def last_hour(self) -> dict[str, list[str] | list[int] | list[float]]:
         """The last 60 minutes (UTC, oldest first): requests, errors, mean time to first
         byte in ms, across every process that flushed."""
         now = int(time.time()) // 60 * 60
@@ -132,7 +132,7 @@ class UsageLog:
 
     async def query(
         self, kids: list[str] | None, first: dt.date, last: dt.date, group_by: tuple[str, ...]
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """Rows of ``requests``, ``input_tokens``, ``output_tokens``, ``errors`` for the
         days ``first..last`` (UTC, inclusive), one row per distinct ``group_by`` values."""
         names = await self.names()
@@ -143,7 +143,7 @@ class UsageLog:
                 for day in days:
                     pipe.hgetall(self.keys.usage(kid, day.strftime("%Y%m%d")))
             replies = iter(await pipe.execute())
-        rows: dict[tuple, dict] = {}
+        rows: dict[tuple[str, ...], dict[str, Any]] = {}
         for kid in ids:
             for day in days:
                 for field, value in next(replies).items():

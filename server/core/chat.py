@@ -10,7 +10,7 @@ upstream.
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.core.effort import upstream_effort
 from server.core.errors import GatewayError
@@ -36,7 +36,7 @@ __all__ = [
 class ToolSpec:
     name: str
     description: str = ""
-    parameters: dict = field(default_factory=dict)  # JSON Schema of the arguments
+    parameters: dict[str, Any] = field(default_factory=dict)  # JSON Schema of the arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class OutputFormat:
     ``description`` is the tool's, for the prompt."""
 
     name: str = ""
-    schema: dict | None = None
+    schema: dict[str, Any] | None = None
     tool: str = ""
     description: str = ""
 
@@ -98,7 +98,7 @@ class Conversation:
     parallel_tool_calls: bool = True
     output_format: OutputFormat | None = None  # structured output (emulation/structured.py)
     search: bool = False  # the client asked for the upstream's web search (a server tool)
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     captcha: str = field(default="", repr=False)  # the caller's single-use param; never shown
     # ZAI_CHATS=continue: the client's conversation, hashed (server/core/continuation.py)
     thread: str = field(default="", repr=False)

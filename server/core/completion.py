@@ -23,6 +23,7 @@ rejected param is retried once only with another param in hand, and the token is
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -412,11 +413,11 @@ async def _upload(
     client: ZaiClient,
     route: Route | None,
     cache: FileCache | None,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """The upstream file of every image, by digest: cached for this account, else uploaded
     now (one at a time: each upload is an upstream call the route's pacing counts)."""
     images = {image.digest: image for image in conv.images}
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, Any]] = {}
     if cache is not None:
         try:
             found = await cache.get(cred.user_id, list(images))

@@ -54,7 +54,7 @@ class GuestTokens:
     def __init__(self, client: ZaiClient, reserve: GuestReserve | None = None) -> None:
         self.client = client
         self.reserve = reserve
-        self._refill: asyncio.Task | None = None
+        self._refill: asyncio.Task[None] | None = None
         # Guests this process popped ahead, and the one round trip popping more: every
         # request waiting when it starts is served by it (a batch at least, so the next few
         # requests need no round trip; at most a batch is left over here).

@@ -18,7 +18,7 @@ first structured request (it costs idle memory every other deployment would pay 
 import dataclasses
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -53,13 +53,13 @@ _UNCHECKED = {"tool_calls", "length", "content_filter"}
 _NOTHING = object()
 
 
-def _validator(schema: dict) -> "Validator":
+def _validator(schema: dict[str, Any]) -> "Validator":
     from jsonschema.validators import validator_for
 
     return validator_for(schema)(schema)
 
 
-def schema_problem(schema: dict) -> str | None:
+def schema_problem(schema: dict[str, Any]) -> str | None:
     """Why a client's JSON Schema is not one (None when it is)."""
     from jsonschema.exceptions import SchemaError
 
@@ -71,7 +71,7 @@ def schema_problem(schema: dict) -> str | None:
 
 
 def output_format(
-    kind: str, name: str | None, schema: dict | None, param: str
+    kind: str, name: str | None, schema: dict[str, Any] | None, param: str
 ) -> OutputFormat | None:
     """What a face's request asked for (``kind``: text, json_object or json_schema), its
     schema checked: a 400 naming ``param`` + ``.schema`` when it is not a JSON Schema."""

@@ -11,6 +11,7 @@ function, or beyond repair, is returned as the text it was: never invented.
 """
 
 import re
+from typing import Any
 
 import msgspec
 
@@ -48,12 +49,12 @@ def loads_repaired(text: str) -> object:
         return None
 
 
-def _native(body: str) -> tuple[str, dict] | None:
+def _native(body: str) -> tuple[str, dict[str, Any]] | None:
     """GLM's own format: the name on the first line, then key/value tag pairs."""
     name, _, rest = body.strip().partition("\n")
     if not name or "<" in name or "{" in name:
         return None
-    arguments: dict = {}
+    arguments: dict[str, Any] = {}
     for key, value in _NATIVE_ARG.findall(rest):
         parsed = loads_repaired(value.strip())
         arguments[key.strip()] = value.strip() if parsed is None else parsed

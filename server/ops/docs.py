@@ -11,6 +11,7 @@ every error of these routes (a missing file, a path with a NUL byte, a POST) is 
 import importlib.util
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
@@ -42,11 +43,11 @@ SWAGGER_STATIC = str(_package_dir("swagger_ui") / "static")
 _REF = "#/components/schemas/{name}"
 
 
-def _json(ref: str) -> dict:
+def _json(ref: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF.format(name=ref)}}}
 
 
-def _errors(*codes: int) -> dict:
+def _errors(*codes: int) -> dict[str, Any]:
     return {
         str(code): {"description": "an OpenAI-shaped error", "content": _json("ErrorBody")}
         for code in codes
@@ -54,7 +55,7 @@ def _errors(*codes: int) -> dict:
 
 
 @cache
-def openapi_document() -> dict:
+def openapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
             ChatRequest,

@@ -18,7 +18,7 @@ Owns the routes:
 """
 
 import datetime as dt
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -83,7 +83,7 @@ def _model_id(name: str, index: int) -> str:
     return found.id
 
 
-def _shown(key: ClientKey) -> dict:
+def _shown(key: ClientKey) -> dict[str, Any]:
     """A key as the API shows it: everything but the secret, which is not stored."""
     return {
         "id": key.id,

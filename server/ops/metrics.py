@@ -8,6 +8,8 @@ are read from Redis when scraped. Each worker process has its own registry: run 
 per pod (as ``k8s/`` does) or scrape each process.
 """
 
+from typing import Any
+
 import msgspec
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -205,7 +207,7 @@ def observe_key(
         KEY_TOKENS.labels(key, name, model, "output").inc(tokens_out)
 
 
-async def _self_check(services: object) -> dict:
+async def _self_check(services: object) -> dict[str, Any]:
     """The last background self-check's report, while it is recent (three intervals)."""
     interval = services.settings.self_check_interval  # type: ignore[attr-defined]
     if not interval:

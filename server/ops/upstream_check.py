@@ -13,6 +13,8 @@ one replica at a time runs it in the background (``server.services``) and shares
 in ``state.facts`` (``SELF_CHECK``); ``/metrics`` exports it on every replica.
 """
 
+from typing import Any
+
 from redis.exceptions import RedisError
 
 from server.core.chat import Conversation, Turn
@@ -35,7 +37,7 @@ _BREAKER_WORDS = {
 }
 
 
-async def check_upstream(services: object, complete: bool = False) -> dict:
+async def check_upstream(services: object, complete: bool = False) -> dict[str, Any]:
     """``{"ok", "routes": [{"id", "label", "ok", "steps": [{"name", "ok", "detail"}]}]}``."""
     routes = [
         await _check_route(services, route, complete)
@@ -44,10 +46,10 @@ async def check_upstream(services: object, complete: bool = False) -> dict:
     return {"ok": all(route["ok"] for route in routes), "routes": routes}
 
 
-async def _check_route(services: object, route: Route, complete: bool) -> dict:
+async def _check_route(services: object, route: Route, complete: bool) -> dict[str, Any]:
     client = services.client  # type: ignore[attr-defined]
     captchas = services.captchas  # type: ignore[attr-defined]
-    steps: list[dict] = []
+    steps: list[dict[str, Any]] = []
 
     def step(name: str, ok: bool, detail: str) -> None:
         steps.append({"name": name, "ok": ok, "detail": detail})

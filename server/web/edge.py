@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, UnsatisfiableReadError
@@ -265,7 +266,7 @@ class EdgeServer(HTTPServer):
         )
 
     @property
-    def connections(self) -> set:
+    def connections(self) -> set[HTTP1ServerConnection]:
         return self._connections
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:

@@ -16,9 +16,13 @@ from collections.abc import Callable
 
 from server.zai.citations import MARKER, MAX_MARKER, link
 
-__all__ = ["Channel", "Rope", "valid"]
+__all__ = ["Channel", "ChannelState", "Rope", "valid"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+# A Channel at a checkpoint (``Channel.state``): the size of ``out``, then the flags and
+# held text that decide how the next piece joins: _open, _any, _ws, _held, _started, _tail_ws.
+ChannelState = tuple[int, bool, bool, str, str, bool, str]
 
 
 class Rope:
@@ -116,7 +120,7 @@ class Channel:
         self._started = False  # the strip of the whole: leading whitespace is gone
         self._tail_ws = ""  # whitespace after linking, shown only if text follows
 
-    def state(self) -> tuple:
+    def state(self) -> ChannelState:
         return (
             self.out.size,
             self._open,
@@ -127,7 +131,7 @@ class Channel:
             self._tail_ws,
         )
 
-    def restore(self, state: tuple) -> None:
+    def restore(self, state: ChannelState) -> None:
         size = state[0]
         (_, self._open, self._any, self._ws, self._held, self._started, self._tail_ws) = state
         owed = self.owed

@@ -36,7 +36,7 @@ def _source(marker: str, refs: dict[str, tuple[str, str]]) -> tuple[str, str] | 
     return refs.get(parts[0].strip())
 
 
-def link(match: re.Match, refs: dict[str, tuple[str, str]]) -> str:
+def link(match: re.Match[str], refs: dict[str, tuple[str, str]]) -> str:
     """The markdown link for one ``MARKER`` match ("" when its source is unknown)."""
     found = _source(match[1], refs)
     if found is None:

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import re
 import time
+from typing import Any
 
 import msgspec
 from loguru import logger
@@ -249,7 +250,7 @@ class ZaiClient:
 
     async def upload_image(
         self, cred: Credential, image: Image, route: Route | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """``POST /api/v1/files/`` of one image with ``cred`` (a user token: a guest gets a
         401); the file object the upstream answered."""
         name = f"image-{image.digest[:12]}.{extension(image.media_type)}"
@@ -287,7 +288,7 @@ class ZaiClient:
         captcha: str = "",
         route: Route | None = None,
         chat_id: str | None = None,
-        files: dict[str, dict] | None = None,
+        files: dict[str, dict[str, Any]] | None = None,
         parent_id: str | None = None,
         message_id: str | None = None,
     ) -> Exchange:

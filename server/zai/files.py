@@ -10,6 +10,8 @@ the page (highkay/zai2api ``internal/upload.go``, zhaoxiaozhao07/zai-api
 ``src/image_handler.py``): both agree on every field used here.
 """
 
+from typing import Any
+
 import msgspec
 
 from server.ids import uuid4_text
@@ -31,7 +33,7 @@ def upload_body(data: bytes, name: str, media_type: str) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def uploaded(body: bytes) -> dict:
+def uploaded(body: bytes) -> dict[str, Any]:
     """The file object an upload answered; raises ``ValueError`` when it is not one."""
     try:
         answer = msgspec.json.decode(body)
@@ -42,7 +44,9 @@ def uploaded(body: bytes) -> dict:
     return answer
 
 
-def file_entry(file: dict, message_id: str, files_path: str = FILES_PATH) -> dict:
+def file_entry(
+    file: dict[str, Any], message_id: str, files_path: str = FILES_PATH
+) -> dict[str, Any]:
     """One element of the completion's ``files``: an uploaded image, for message
     ``message_id`` (the body's ``current_user_message_id``); ``files_path`` is where the
     upload went (the dialect's ``paths.files``)."""
@@ -63,8 +67,8 @@ def file_entry(file: dict, message_id: str, files_path: str = FILES_PATH) -> dic
     }
 
 
-def image_parts(text: str, file_ids: list[str]) -> list[dict]:
+def image_parts(text: str, file_ids: list[str]) -> list[dict[str, Any]]:
     """A message's content with its images: the text, then one part per file id."""
-    parts: list[dict] = [{"type": "text", "text": text}] if text else []
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     parts += [{"type": "image_url", "image_url": {"url": fid}} for fid in file_ids]
     return parts

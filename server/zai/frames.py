@@ -14,6 +14,7 @@ library instead of being dropped; the text model repairs or replaces the half.
 
 import json
 import re
+from typing import Any
 
 import msgspec
 
@@ -24,7 +25,7 @@ class UpstreamUsage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: dict | None = None
+    prompt_tokens_details: dict[str, Any] | None = None
     # A continued chat's history the upstream read from its cache (PROTOCOL.md section 6.4
     # names usage.cached_tokens; OpenAI-style prompt_tokens_details.cached_tokens also read)
     cached_tokens: int | None = None

@@ -14,6 +14,7 @@ import string
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 import msgspec
@@ -97,7 +98,7 @@ def build_completion(
     request_id: str | None = None,
     chat_id: str | None = None,
     captcha: str = "",
-    files: dict[str, dict] | None = None,
+    files: dict[str, dict[str, Any]] | None = None,
     parent_id: str | None = None,
     message_id: str | None = None,
 ) -> UpstreamRequest:
@@ -250,7 +251,9 @@ def _query(dialect: Dialect, **values: object) -> str:
     return "".join(out)
 
 
-def _messages(conv: Conversation, history: str, files: dict[str, dict]) -> list[dict]:
+def _messages(
+    conv: Conversation, history: str, files: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     if history == "fold" and [turn.role for turn in conv.turns] != ["user"]:
         return [{"role": "user", "content": _content(fold(conv), conv.images, files)}]
     return [
@@ -259,7 +262,9 @@ def _messages(conv: Conversation, history: str, files: dict[str, dict]) -> list[
     ]
 
 
-def _content(text: str, images: list[Image], files: dict[str, dict]) -> str | list[dict]:
+def _content(
+    text: str, images: list[Image], files: dict[str, dict[str, Any]]
+) -> str | list[dict[str, Any]]:
     """A message's text, or with images its parts: the text and a reference to each file."""
     if not images:
         return text

@@ -23,7 +23,7 @@ and re-reads only from there.
 import bisect
 import re
 
-from server.zai.channel import Channel, valid
+from server.zai.channel import Channel, ChannelState, valid
 from server.zai.citations import references
 
 __all__ = [
@@ -55,6 +55,21 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # body (newlines, then maybe <summary>), inside <summary>, the thinking body, a <glm_block>.
 _PLAIN, _HEAD, _PRE, _SUMMARY, _BODY, _GLM = range(6)
 
+# The parser at a checkpoint (``AnswerText._state``): mode, undecided text with its kinds,
+# at a body line's start, the <glm_block> so far, site-tool entries kept, the last one still
+# growing and its text, then the reasoning and answer channels' own.
+_State = tuple[
+    int,
+    tuple[tuple[str, int], ...],
+    bool,
+    tuple[str, ...],
+    int,
+    bool,
+    str,
+    ChannelState,
+    ChannelState,
+]
+
 
 def utf16_len(text: str) -> int:
     """Length in UTF-16 code units, as JavaScript (and ``edit_index``) counts."""
@@ -67,7 +82,7 @@ class _Block:
 
     __slots__ = ("kinds", "parts", "size", "starts", "state", "u16")
 
-    def __init__(self, state: tuple) -> None:
+    def __init__(self, state: _State) -> None:
         self.parts: list[str] = []
         self.size = 0  # characters (code points)
         self.u16 = 0  # UTF-16 code units
@@ -215,7 +230,7 @@ class AnswerText:
 
     # Checkpoints
 
-    def _state(self) -> tuple:
+    def _state(self) -> _State:
         return (
             self._mode,
             tuple(self._carry),
@@ -228,7 +243,7 @@ class AnswerText:
             self.channels[1].state(),
         )
 
-    def _restore(self, state: tuple) -> None:
+    def _restore(self, state: _State) -> None:
         mode, carry, self._body_nl, glm, tools, self._tool_open, last, r, a = state
         self._mode, self._carry, self._glm = mode, list(carry), list(glm)
         del self._tools[tools:]

@@ -9,6 +9,7 @@ answer here, in Anthropic's ``ModelInfo`` shape (app.py routes them by that head
 """
 
 import time
+from typing import Any
 
 from server.core.chat import Sink
 from server.core.errors import GatewayError
@@ -81,7 +82,7 @@ class CountTokens(AnthropicHandler):
         self.write({"input_tokens": estimate_conversation(conv)})
 
 
-def _model_info(model: Model) -> dict:
+def _model_info(model: Model) -> dict[str, Any]:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.created))
     return {
         "type": "model",
@@ -93,7 +94,7 @@ def _model_info(model: Model) -> dict:
     }
 
 
-def _capabilities(model: Model) -> dict:
+def _capabilities(model: Model) -> dict[str, Any]:
     # Anthropic's ModelCapabilities shape, for what the upstream tells.
     effort = {"supported": model.effort}
     return {

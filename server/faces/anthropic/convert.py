@@ -308,7 +308,7 @@ def _result_part(part: dict[str, Any], where: str, referenced: set[str]) -> str:
     return f"[{kind}] {msgspec.json.encode(rest).decode()}"
 
 
-def _user_id(metadata: dict | None) -> str:
+def _user_id(metadata: dict[str, Any] | None) -> str:
     """``metadata.user_id``: Anthropic's end-user id; Claude Code sends one per session."""
     value = (metadata or {}).get("user_id")
     return value if isinstance(value, str) else ""

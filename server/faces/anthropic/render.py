@@ -17,6 +17,7 @@ digest of the thinking, so clients that require the field are satisfied.
 import asyncio
 import base64
 import hashlib
+from typing import Any
 
 import msgspec
 from tornado.iostream import StreamClosedError
@@ -58,9 +59,9 @@ def signature_of(thinking: str) -> str:
     return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
 
 
-def _usage(usage: Usage | None, searches: int | None = None) -> dict:
+def _usage(usage: Usage | None, searches: int | None = None) -> dict[str, Any]:
     usage = usage or Usage()
-    out: dict = {
+    out: dict[str, Any] = {
         "input_tokens": usage.prompt_tokens,
         "output_tokens": usage.completion_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
@@ -71,12 +72,12 @@ def _usage(usage: Usage | None, searches: int | None = None) -> dict:
     return out
 
 
-def search_blocks(searches: tuple[WebSearch, ...]) -> list[dict]:
+def search_blocks(searches: tuple[WebSearch, ...]) -> list[dict[str, Any]]:
     """The upstream's searches as Anthropic's blocks: each a ``server_tool_use`` of
     ``web_search`` with its query, then its ``web_search_tool_result``. A result's
     ``encrypted_content`` is opaque to clients (they send it back unread): here the source
     itself, encoded."""
-    blocks: list[dict] = []
+    blocks: list[dict[str, Any]] = []
     for search in searches:
         tool_id = f"srvtoolu_{hex_id(24)}"
         blocks.append(
@@ -106,12 +107,12 @@ def search_blocks(searches: tuple[WebSearch, ...]) -> list[dict]:
 def _message(
     message_id: str,
     model: str,
-    content: list,
+    content: list[dict[str, Any]],
     usage: Usage | None,
     stop_reason: str | None,
     stop_sequence: str | None,
     searches: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     return {
         "id": message_id,
         "type": "message",
@@ -147,14 +148,14 @@ class AnthropicStream:
         self.index = -1
         self.block: str | None = None  # type of the open block
         self.thinking: list[str] = []
-        self._pinger: asyncio.Task | None = None
+        self._pinger: asyncio.Task[None] | None = None
         self._writes = 0  # content written so far (pings only fill silences)
         self._ended = False
 
     def __repr__(self) -> str:
         return f"<AnthropicStream {self.message_id} block={self.index}:{self.block}>"
 
-    def _event(self, kind: str, data: dict) -> None:
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
         self.out.write(b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n")
 
     def _begin(self) -> None:
@@ -187,7 +188,7 @@ class AnthropicStream:
         """The request is over, however it ended: no more pings."""
         self._stop_pinging()
 
-    def _open(self, block: dict) -> None:
+    def _open(self, block: dict[str, Any]) -> None:
         self._close()
         self.index += 1
         self.block = block["type"]
@@ -205,7 +206,7 @@ class AnthropicStream:
         self._event("content_block_stop", {"type": "content_block_stop", "index": self.index})
         self.block = None
 
-    def _delta(self, delta: dict) -> None:
+    def _delta(self, delta: dict[str, Any]) -> None:
         self._event(
             "content_block_delta",
             {"type": "content_block_delta", "index": self.index, "delta": delta},
@@ -273,7 +274,7 @@ class AnthropicStream:
         self._event("message_stop", {"type": "message_stop"})
         await self.out.flush()
 
-    def _search_block(self, block: dict) -> None:
+    def _search_block(self, block: dict[str, Any]) -> None:
         """As Anthropic streams them: a server_tool_use opens with an empty input that one
         input_json_delta fills; a result block comes whole in its start event."""
         if block["type"] == "server_tool_use":
@@ -321,7 +322,7 @@ class AnthropicResult(CollectingSink):
         return f"<AnthropicResult {self.message_id} calls={len(self.calls)}>"
 
     async def finish(self, end: Ending) -> None:
-        blocks: list[dict] = []
+        blocks: list[dict[str, Any]] = []
         reasoning, content = end.reasoning, end.content
         if reasoning and self.show_thinking:
             blocks.append(

@@ -4,6 +4,8 @@ Owns the route handlers. Each reads top to bottom: authenticate -> decode and va
 neutral ``Conversation`` -> ``complete()`` into an OpenAI sink (streamed or collected).
 """
 
+from typing import Any
+
 from server.core.chat import Sink
 from server.core.models import Model, capabilities
 from server.faces.openai.convert import to_conversation
@@ -38,7 +40,7 @@ class ChatCompletions(CompletionHandler):
         await self.complete(conv, sink)
 
 
-def _model_object(model: Model) -> dict:
+def _model_object(model: Model) -> dict[str, Any]:
     return {
         "id": model.id,
         "object": "model",

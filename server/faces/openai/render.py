@@ -10,6 +10,7 @@ string encode; all deltas of one upstream read go out in one write.
 """
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -24,7 +25,7 @@ _LEGACY_REASON = {"tool_calls": "function_call"}
 _REASON = {"stop_sequence": "stop"}  # OpenAI says "stop" for a stop sequence too
 
 
-def _usage(usage: Usage | None) -> dict:
+def _usage(usage: Usage | None) -> dict[str, Any]:
     usage = usage or Usage()
     return {
         "prompt_tokens": usage.prompt_tokens,
@@ -34,7 +35,7 @@ def _usage(usage: Usage | None) -> dict:
     }
 
 
-def _call_object(call: ToolCall) -> dict:
+def _call_object(call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.id,
         "type": "function",
@@ -166,7 +167,11 @@ class OpenAIResult(CollectingSink):
 
     async def finish(self, end: Ending) -> None:
         reason = _REASON.get(end.reason, end.reason)
-        message: dict = {"role": "assistant", "content": end.content or None, "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": end.content or None,
+            "refusal": None,
+        }
         if not self.calls:
             message["content"] = end.content
         elif self.legacy:

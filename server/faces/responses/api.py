@@ -8,6 +8,8 @@ seconds; 0 stores nothing). ``GET``/``DELETE /v1/responses/{id}`` read and remov
 one. Errors have the OpenAI shape.
 """
 
+from typing import Any
+
 import msgspec
 from loguru import logger
 from redis.exceptions import RedisError
@@ -30,7 +32,7 @@ from state.responses import ResponseStore, Stored
 __all__ = ["OneResponse", "Responses"]
 
 
-def _text_format(req: ResponsesRequest) -> dict:
+def _text_format(req: ResponsesRequest) -> dict[str, Any]:
     fmt = req.text.format if req.text is not None else None
     if fmt is None:
         return {"type": "text"}
@@ -43,7 +45,7 @@ def _head(
     conv: Conversation,
     store: bool,
     offered: dict[str, Offered],
-) -> dict:
+) -> dict[str, Any]:
     # The tools offered, echoed as the client gave them (a namespace with its members).
     tools = [
         msgspec.to_builtins(t)
@@ -131,7 +133,7 @@ class Responses(CompletionHandler, StoredResponses):
         head = _head(req, new_response_id(), conv, store is not None, converted.offered)
         earlier_items = [msgspec.to_builtins(item) for item in history]
 
-        async def keep(response: dict) -> bool:
+        async def keep(response: dict[str, Any]) -> bool:
             items = [*earlier_items, *converted.items, *response["output"]]
             try:
                 await store.save(response, items)  # type: ignore[union-attr]

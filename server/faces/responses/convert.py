@@ -20,6 +20,7 @@ and the log) rather than refused, because Codex always sends some.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -45,7 +46,8 @@ _STATELESS = {
 @dataclass(slots=True)
 class Converted:
     conv: Conversation
-    items: list[dict] = field(default_factory=list)  # the request's input, as items to store
+    # the request's input, as items to store
+    items: list[dict[str, Any]] = field(default_factory=list)
     skipped_tools: list[str] = field(default_factory=list)  # tool types not offered
     offered: dict[str, Offered] = field(default_factory=dict)  # model-facing name -> tool
 

@@ -20,6 +20,7 @@ the first text: ``response.web_search_call.in_progress`` / ``.searching`` / ``.c
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -32,7 +33,7 @@ __all__ = ["Keep", "ResponsesResult", "ResponsesStream", "new_response_id", "res
 
 # Stores the finished response (``store``) before the client hears it ended, so a follow-up
 # with ``previous_response_id`` never races the write; False: not stored after all.
-Keep = Callable[[dict], Awaitable[bool]]
+Keep = Callable[[dict[str, Any]], Awaitable[bool]]
 
 _encode = msgspec.json.encode
 # finish reason -> (status, incomplete_details.reason)
@@ -53,7 +54,7 @@ def _item_id(prefix: str) -> str:
     return f"{prefix}_{hex_id(32)}"
 
 
-def _usage(usage: Usage | None) -> dict:
+def _usage(usage: Usage | None) -> dict[str, Any]:
     usage = usage or Usage()
     return {
         "input_tokens": usage.prompt_tokens,
@@ -65,16 +66,16 @@ def _usage(usage: Usage | None) -> dict:
     }
 
 
-def _reasoning_item(item_id: str, text: str) -> dict:
+def _reasoning_item(item_id: str, text: str) -> dict[str, Any]:
     summary = [{"type": "summary_text", "text": text}] if text else []
     return {"type": "reasoning", "id": item_id, "summary": summary, "encrypted_content": None}
 
 
-def _text_part(text: str) -> dict:
+def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _message_item(item_id: str, text: str | None, status: str = "completed") -> dict:
+def _message_item(item_id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
     content = [_text_part(text)] if text is not None else []
     return {
         "type": "message",
@@ -85,13 +86,15 @@ def _message_item(item_id: str, text: str | None, status: str = "completed") -> 
     }
 
 
-def _search_item(search: WebSearch, status: str = "completed") -> dict:
+def _search_item(search: WebSearch, status: str = "completed") -> dict[str, Any]:
     sources = [{"type": "url", "url": url} for _, url in search.results]
     action = {"type": "search", "query": search.query, "sources": sources}
     return {"type": "web_search_call", "id": _item_id("ws"), "status": status, "action": action}
 
 
-def _ended(head: dict, reason: str, usage: Usage | None, output: list[dict]) -> dict:
+def _ended(
+    head: dict[str, Any], reason: str, usage: Usage | None, output: list[dict[str, Any]]
+) -> dict[str, Any]:
     status, why = _STATUS.get(reason, ("completed", None))
     return {
         **head,
@@ -102,7 +105,7 @@ def _ended(head: dict, reason: str, usage: Usage | None, output: list[dict]) -> 
     }
 
 
-async def _kept(keep: Keep | None, response: dict) -> dict:
+async def _kept(keep: Keep | None, response: dict[str, Any]) -> dict[str, Any]:
     if keep is not None and response["store"]:
         response["store"] = await keep(response)
     return response
@@ -114,7 +117,7 @@ class ResponsesStream:
     def __init__(
         self,
         out: Writer,
-        head: dict,
+        head: dict[str, Any],
         show_reasoning: bool = True,
         keep: Keep | None = None,
         search: bool = False,
@@ -131,7 +134,7 @@ class ResponsesStream:
         self.searches_sent = 0
         self.started = False
         self.seq = 0
-        self.output: list[dict] = []
+        self.output: list[dict[str, Any]] = []
         self.kind: str | None = None  # the open item: "reasoning" | "message" | None
         self.item_id = ""
         self.parts: list[str] = []
@@ -139,7 +142,7 @@ class ResponsesStream:
     def __repr__(self) -> str:
         return f"<ResponsesStream {self.head['id']} items={len(self.output)} open={self.kind}>"
 
-    def _event(self, kind: str, fields: dict) -> None:
+    def _event(self, kind: str, fields: dict[str, Any]) -> None:
         body = _encode({"type": kind, **fields, "sequence_number": self.seq})
         self.seq += 1
         self.out.write(b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n")
@@ -154,7 +157,7 @@ class ResponsesStream:
         self._event("response.created", {"response": response})
         self._event("response.in_progress", {"response": response})
 
-    def _where(self) -> dict:
+    def _where(self) -> dict[str, Any]:
         return {"item_id": self.item_id, "output_index": len(self.output)}
 
     def _open(self, kind: str) -> None:
@@ -313,7 +316,7 @@ class ResponsesResult(CollectingSink):
     def __init__(
         self,
         out: Writer,
-        head: dict,
+        head: dict[str, Any],
         show_reasoning: bool = True,
         keep: Keep | None = None,
         search: bool = False,
@@ -330,7 +333,7 @@ class ResponsesResult(CollectingSink):
         return f"<ResponsesResult {self.head['id']} calls={len(self.calls)}>"
 
     async def finish(self, end: Ending) -> None:
-        output: list[dict] = []
+        output: list[dict[str, Any]] = []
         if end.reasoning and self.show_reasoning:
             output.append(_reasoning_item(_item_id("rs"), end.reasoning))
         if self.search:
@@ -350,17 +353,17 @@ def response_head(
     instructions: str | None,
     max_output_tokens: int | None,
     parallel_tool_calls: bool,
-    reasoning: dict,
+    reasoning: dict[str, Any],
     temperature: float | None,
     top_p: float | None,
-    text_format: dict,
+    text_format: dict[str, Any],
     tool_choice: object,
-    tools: list[dict],
+    tools: list[dict[str, Any]],
     user: str | None,
-    metadata: dict,
+    metadata: dict[str, Any],
     store: bool = False,
     previous_response_id: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The fields of the response object that are known before the answer (the request's
     settings echoed, as the SDKs' ``Response`` model has them)."""
     return {

@@ -38,7 +38,7 @@ def model_name(name: str, namespace: str | None) -> str:
     return f"{namespace}{_SEP}{name}" if namespace else name
 
 
-def _custom_parameters(fmt: dict[str, Any] | None) -> dict:
+def _custom_parameters(fmt: dict[str, Any] | None) -> dict[str, Any]:
     """A custom tool as a function of one string: its format (a grammar) says what to write."""
     about = "The tool's whole input, as free-form text."
     if fmt and fmt.get("type") == "grammar" and fmt.get("definition"):
@@ -55,7 +55,7 @@ def offer(
     kind: str,
     name: str,
     description: str,
-    parameters: dict | None,
+    parameters: dict[str, Any] | None,
     fmt: dict[str, Any] | None,
     namespace: str | None = None,
 ) -> tuple[ToolSpec, Offered]:
@@ -87,7 +87,7 @@ def _custom_input(arguments: str) -> str:
 
 def call_item(
     item_id: str, call: ToolCall, offered: dict[str, Offered], status: str = "completed"
-) -> dict:
+) -> dict[str, Any]:
     """The output item of a call: ``function_call`` or ``custom_tool_call`` (with its
     ``namespace``), under the name the client gave the tool. ``item_id`` without its prefix."""
     tool = offered.get(call.name) or Offered("function", call.name)
