@@ -23,7 +23,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -36,7 +36,7 @@ from state.keys import token_id
 from state.pacing import Pacer
 from state.waf import HALF_OPEN, WafBreaker
 
-__all__ = ["DIRECT", "ROUTE_FAULTS", "Egress", "Route", "parse_routes"]
+__all__ = ["DIRECT", "ROUTE_FAULTS", "Egress", "Route", "RouteStatus", "parse_routes"]
 
 _RECHECK = 1.0  # seconds a process trusts its view of the shared breakers
 _PROBE_LOCK = 20.0  # seconds one replica holds a route's probe (longer than a probe takes)
@@ -91,6 +91,16 @@ def parse_routes(entries: list[str]) -> tuple[Route, ...]:
         rid = "proxy-" + hashlib.sha256(who.encode()).hexdigest()[:10]
         routes.setdefault(rid, Route(rid, proxy))
     return tuple(routes.values()) or (DIRECT,)
+
+
+class RouteStatus(TypedDict):
+    """A route as the status API shows it (``Egress.status``)."""
+
+    id: str
+    label: str
+    state: str  # ok, blocked, half-open
+    blocked_for: float  # seconds its breaker has left
+    reason: str  # the failure kind that shut it; "" when ok
 
 
 @dataclass(slots=True)
@@ -218,7 +228,7 @@ class Egress:
             err.detail = f"{err.detail}; {self._all_shut()[1]}"
         return False
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[RouteStatus]:
         """Each route as the status API shows it: id, label, ``state`` (ok, blocked,
         half-open: waiting for a probe), the seconds its breaker has left and ``reason``, the
         failure that shut it (``waf_blocked``, ``route_unreachable``; "" when ok)."""

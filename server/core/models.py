@@ -194,7 +194,7 @@ def _updated(base: Model, row: LiveModel, listed_tiers: frozenset[str]) -> Model
     )
 
 
-def capabilities(model: Model) -> dict[str, Any]:
+def capabilities(model: Model) -> dict[str, bool | list[str]]:
     """What ``/v1/models`` says a row can do: its capabilities as fields."""
     return {
         "vision": model.vision,
