@@ -8,7 +8,7 @@ are read from Redis when scraped. Each worker process has its own registry: run 
 per pod (as ``k8s/`` does) or scrape each process.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from loguru import logger
@@ -19,6 +19,9 @@ from tornado.web import RequestHandler
 
 from server.transport import open_exchanges
 from state.facts import SELF_CHECK, Facts
+
+if TYPE_CHECKING:  # the services import this module (through the egress): no cycle at run time
+    from server.services import Services
 
 __all__ = [
     "ACCEPT_PAUSES",
@@ -207,32 +210,32 @@ def observe_key(
         KEY_TOKENS.labels(key, name, model, "output").inc(tokens_out)
 
 
-async def _self_check(services: object) -> dict[str, Any]:
+async def _self_check(services: "Services") -> dict[str, Any]:
     """The last background self-check's report, while it is recent (three intervals)."""
-    interval = services.settings.self_check_interval  # type: ignore[attr-defined]
+    interval = services.settings.self_check_interval
     if not interval:
         return {}
-    facts = Facts(services.redis, services.keys)  # type: ignore[attr-defined]
+    facts = Facts(services.redis, services.keys)
     found = await facts.get(SELF_CHECK, 3 * interval)
     return msgspec.json.decode(found) if found else {}
 
 
 class Metrics(RequestHandler):
-    def initialize(self, services: object) -> None:
+    def initialize(self, services: "Services") -> None:
         self.services = services
 
     async def get(self) -> None:
         services = self.services
-        INFLIGHT.set(len(services.active))  # type: ignore[attr-defined]
+        INFLIGHT.set(len(services.active))
         UPSTREAM_OPEN.set(open_exchanges())
-        UNSETTLED.set(len(services.pool.unsettled))  # type: ignore[attr-defined]
+        UNSETTLED.set(len(services.pool.unsettled))
         try:
-            rows = await services.pool.status()  # type: ignore[attr-defined]
-            live = await services.instances.live()  # type: ignore[attr-defined]
-            captcha = services.captchas.pool  # type: ignore[attr-defined]
+            rows = await services.pool.status()
+            live = await services.instances.live()
+            captcha = services.captchas.pool
             depth = await captcha.depth() if captcha is not None else 0
-            routes = await services.egress.status()  # type: ignore[attr-defined]
-            chats = services.chats  # type: ignore[attr-defined]
+            routes = await services.egress.status()
+            chats = services.chats
             pending = await chats.ledger.pending() if chats is not None else 0
             report = await _self_check(services)
         except (RedisError, OSError) as exc:

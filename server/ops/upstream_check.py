@@ -13,7 +13,7 @@ one replica at a time runs it in the background (``server.services``) and shares
 in ``state.facts`` (``SELF_CHECK``); ``/metrics`` exports it on every replica.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -24,6 +24,10 @@ from server.egress import Route
 from server.transport import TransportError
 from server.zai.identity import Credential
 from server.zai.stream import AnswerStream
+
+if TYPE_CHECKING:  # the services import this module: no cycle at run time
+    from server.services import Services
+    from server.zai.client import ZaiClient
 
 __all__ = ["check_upstream"]
 
@@ -37,18 +41,15 @@ _BREAKER_WORDS = {
 }
 
 
-async def check_upstream(services: object, complete: bool = False) -> dict[str, Any]:
+async def check_upstream(services: "Services", complete: bool = False) -> dict[str, Any]:
     """``{"ok", "routes": [{"id", "label", "ok", "steps": [{"name", "ok", "detail"}]}]}``."""
-    routes = [
-        await _check_route(services, route, complete)
-        for route in services.egress.routes  # type: ignore[attr-defined]
-    ]
+    routes = [await _check_route(services, route, complete) for route in services.egress.routes]
     return {"ok": all(route["ok"] for route in routes), "routes": routes}
 
 
-async def _check_route(services: object, route: Route, complete: bool) -> dict[str, Any]:
-    client = services.client  # type: ignore[attr-defined]
-    captchas = services.captchas  # type: ignore[attr-defined]
+async def _check_route(services: "Services", route: Route, complete: bool) -> dict[str, Any]:
+    client = services.client
+    captchas = services.captchas
     steps: list[dict[str, Any]] = []
 
     def step(name: str, ok: bool, detail: str) -> None:
@@ -56,7 +57,7 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict[s
 
     open_route = True
     try:
-        states = await services.egress.status()  # type: ignore[attr-defined]
+        states = await services.egress.status()
         state = next(row for row in states if row["id"] == route.id)
         open_route = state["state"] == "ok"
         down = state["state"] == "blocked" and state["reason"] == "route_unreachable"
@@ -104,16 +105,17 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict[s
                 depth = await captchas.pool.depth()
             except RedisError:
                 depth = 0
+        sidecar = captchas.sidecar
         failed = "no solver sidecar (CAPTCHA_URL) is set"
-        if not depth and captchas.sidecar is not None:
+        if not depth and sidecar is not None:
             failed = await captchas.ask_ahead()  # the param it gets waits in the pool
         if depth:
             step("captcha", True, f"{depth} single-use param(s) in the shared pool")
-        elif not failed:
+        elif not failed and sidecar is not None:  # only the sidecar's answer empties it
             step(
                 "captcha",
                 True,
-                f"the shared pool was empty; the solver sidecar at {captchas.sidecar.label} "
+                f"the shared pool was empty; the solver sidecar at {sidecar.label} "
                 "answered a param (now in the pool)",
             )
         else:
@@ -138,7 +140,7 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict[s
                 step("completion", True, f"a one-token completion answered ({size} characters)")
             except GatewayError as err:
                 if err.kind == "waf_blocked":  # a real block: every replica must know
-                    await services.egress.trip(route, err)  # type: ignore[attr-defined]
+                    await services.egress.trip(route, err)
                 step("completion", False, f"{err.kind}: {err.message}")
     return {
         "id": route.id,
@@ -148,7 +150,7 @@ async def _check_route(services: object, route: Route, complete: bool) -> dict[s
     }
 
 
-async def _one_token(client: object, cred: Credential, route: Route, param: str) -> int:
+async def _one_token(client: "ZaiClient", cred: Credential, route: Route, param: str) -> int:
     model = find_model(_MODEL)
     conv = Conversation(
         model=model,  # type: ignore[arg-type]
@@ -157,7 +159,7 @@ async def _one_token(client: object, cred: Credential, route: Route, param: str)
         thinking=False,
         request_id="self-check",
     )
-    exchange = await client.open_completion(cred, conv, param, route)  # type: ignore[attr-defined]
+    exchange = await client.open_completion(cred, conv, param, route)
     stream = AnswerStream(conv.model.id)
     size = 0
     try:
