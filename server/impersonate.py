@@ -53,8 +53,8 @@ _BEYOND = {3, 4, 5, 6}  # replies saying the proxy works but the upstream is out
 
 
 class _Transfer:
-    """One libcurl transfer carrying one ``Exchange``: what the exchange asks of a connection
-    (``pause``, ``resume``, ``release``, ``close``), fed by libcurl's header and body
+    """One libcurl transfer carrying one ``Exchange`` (a ``server.transport.Carrier``:
+    ``pause``, ``resume``, ``release``, ``close``), fed by libcurl's header and body
     callbacks, which run on the loop inside ``AsyncCurl``'s socket handling."""
 
     def __init__(self, owner: "Impersonator", curl: Curl, proxy: Proxy | None, where: str) -> None:
@@ -210,10 +210,14 @@ class _CurlExchange(Exchange):
     """An ``Exchange`` whose wait for the response headers starts when the request went out:
     libcurl connects (proxy, TLS) inside the transfer and says so only in its timings."""
 
+    def __init__(self, transfer: _Transfer, method: str, timeouts: Timeouts) -> None:
+        self._transfer = transfer  # before the base's own start: it may ask for it
+        super().__init__(transfer, method, timeouts)
+
     def _headers_late(self) -> None:
         if self._head.done():
             return
-        transfer: _Transfer = self._conn  # type: ignore[assignment]
+        transfer = self._transfer
         spent = self._loop.time() - transfer.started
         # When the request went out (0: still connecting, bounded by the connect timeout)
         sent = transfer._info(CurlInfo.PRETRANSFER_TIME_T) / 1e6 if transfer.sent() else 0.0
@@ -267,7 +271,7 @@ class Impersonator:
         except BaseException:
             self._give_back(curl)
             raise
-        exchange = _CurlExchange(transfer, method, timeouts)  # type: ignore[arg-type]
+        exchange = _CurlExchange(transfer, method, timeouts)
         transfer.exchange = exchange
         transfer.future = multi.add_handle(curl)
         transfer.future.add_done_callback(transfer.done)

@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "SOCKS_REPLIES",
+    "Carrier",
     "ConnectionPool",
     "Exchange",
     "NativeTransport",
@@ -127,6 +128,21 @@ def open_exchanges() -> int:
     return _open
 
 
+class Carrier(Protocol):
+    """What an ``Exchange`` asks of what carries it: a socket of this module
+    (``_Connection``) or a libcurl transfer (``server.impersonate``)."""
+
+    exchange: "Exchange | None"
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def release(self, exchange: "Exchange", drain: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class _Malformed(Exception):
     pass
 
@@ -168,7 +184,7 @@ class _Connection(asyncio.Protocol):
         self.exchange = None
         self._draining = asyncio.get_running_loop().call_later(_DRAIN_FOR, self.close)
 
-    # What an ``Exchange`` asks of its connection (``server/impersonate.py`` has the same)
+    # What an ``Exchange`` asks of its connection (``Carrier``)
 
     def pause(self) -> None:
         self.transport.pause_reading()  # type: ignore[union-attr]
@@ -347,7 +363,7 @@ class Exchange:
     exchange.close()   # at any time: the socket is closed at once
     """
 
-    def __init__(self, conn: "_Connection", method: str, timeouts: Timeouts) -> None:
+    def __init__(self, conn: Carrier, method: str, timeouts: Timeouts) -> None:
         global _open
         _open += 1
         loop = asyncio.get_running_loop()
