@@ -245,7 +245,8 @@ def make_services(settings: Settings) -> Services:
         # continue: requests that name no conversation are throwaway ones
         services.chats = throwaway_chats(settings, keys, client, egress, pool.batch)
     if settings.zai_chats == "continue":
-        store = ConversationStore(redis, keys, settings.zai_conversation_ttl, pool.batch)
+        grace = settings.instance_ttl * 2  # as a throwaway chat's hold: two heartbeats
+        store = ConversationStore(redis, keys, settings.zai_conversation_ttl, pool.batch, grace)
         services.continuations = Continuations(store, settings.zai_conversation_wait)
     services.live = LiveConfig(settings, ConfigStore(redis, keys), client, captchas, egress)
     services.catalogue = Catalogue(

@@ -9,10 +9,14 @@ caller's raw id); ``<p>conv:<key>`` is a hash with the pooled token the chat bel
 its last turn. ``<p>conv:<key>:turn`` holds the request id running a turn on it (one turn per
 chat at a time), with the lease time to live. Both are read and taken by the token pool's
 pick script (``TokenPool.acquire(thread=...)``): one round trip on the request path. Saving a
-turn and letting go of the claim ride the shared write-behind batch, off the request's path.
+turn and letting go of the claim ride the shared write-behind batch, off the request's path;
+the same write puts the chat in the throwaway chats' ledger (``state.chats``) with a deadline
+``grace`` seconds past the mapping's expiry, pushed by every turn, so a conversation nobody
+continues has its chat deleted upstream by any replica's sweep.
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -53,10 +57,13 @@ class ConversationStore:
     return 0
     """
 
-    def __init__(self, redis: Redis, keys: Keys, ttl: float, batch: WriteBehind) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, ttl: float, batch: WriteBehind, grace: float = 60.0
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
+        self.grace = grace  # past its mapping's expiry, a chat waits this long to be deleted
         self.batch = batch
         self._let_go = redis.register_script(self.LET_GO)
         batch.uses(self._let_go)
@@ -68,8 +75,12 @@ class ConversationStore:
         """The turn went well: the next one continues from it, and may run from now on (the
         mapping and the claim let go in one write, behind). Called before the client has the
         answer's end, so a client that asks the next turn at once does not find it held."""
-        key, ttl = self.keys.conversation(thread.key), int(self.ttl * 1000)
-        turn, holder = self.keys.conversation_turn(thread.key), thread.holder
+        keys = self.keys
+        key, ttl = keys.conversation(thread.key), int(self.ttl * 1000)
+        turn, holder = keys.conversation_turn(thread.key), thread.holder
+        # The chat is written down to be deleted upstream once the conversation has expired
+        # (each turn pushes that on): an account does not fill up with forgotten chats.
+        until = int((time.time() + self.ttl + self.grace) * 1000)
         thread.released = True
 
         def build(pipe: Pipeline) -> None:
@@ -87,6 +98,8 @@ class ConversationStore:
             )
             pipe.pexpire(key, ttl)
             evalsha(pipe, self._let_go, [turn], [holder])
+            pipe.hset(keys.chat(mapping.chat_id), mapping={"guest": "", "token_id": token_id})
+            pipe.zadd(keys.chats, {mapping.chat_id: until})
 
         self.batch.add(build).add_done_callback(_ignore)
 

@@ -208,3 +208,21 @@ async def test_the_upstreams_session_busy_is_retried_then_a_clear_409(gateway):
             model="GLM-5.1", messages=history, extra_headers=CONV
         )
         assert reply.choices[0].message.content == "Turn 2."
+
+
+async def test_a_conversation_nobody_continues_has_its_chat_deleted_upstream(gateway):
+    # Short lives for the test: the mapping 1 s after its turn, a heartbeat every 0.5 s
+    # (so a chat is deleted 2 x 1.5 s after its mapping expired).
+    gw = await gateway(
+        "home", "guest_auth_user_role", **pooled(zai_conversation_ttl=1, instance_ttl=1.5)
+    )
+    gw.fake.converse = True
+    async with gw.openai() as client:
+        await _first_turn(gw, client)
+    chat_id = json.loads(gw.completions_seen()[-1].body)["chat_id"]
+    assert chat_id in gw.fake.chats and chat_id not in gw.fake.deleted  # kept for a next turn
+    deadline = asyncio.get_running_loop().time() + 15
+    while chat_id not in gw.fake.deleted:
+        assert asyncio.get_running_loop().time() < deadline, "the chat was never deleted"
+        await asyncio.sleep(0.2)
+    assert await gw.services.redis.exists(gw.services.keys.chat(chat_id)) == 0
