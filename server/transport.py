@@ -26,6 +26,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -153,6 +154,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, key: Key, pool: "ConnectionPool | None") -> None:
         self.key = key
         self.pool = pool  # where it waits for the next request once answered (None: closed)
+        if pool is not None:
+            pool.lend(self)
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.reusable = False
@@ -201,6 +204,8 @@ class _Connection(asyncio.Protocol):
         elif exchange._complete and self.pool is not None:
             self.exchange = None
             self.pool.give(self)
+        elif exchange._complete:  # a one-off call's: nothing to keep it for
+            self.close()
         elif drain and not exchange._paused and exchange.status:
             self.drain()
         else:
@@ -507,7 +512,9 @@ class ConnectionPool:
     def __init__(self, idle_for: float = _IDLE_FOR, idle_max: int = _IDLE_MAX) -> None:
         self.idle_for = idle_for
         self.idle_max = idle_max
+        self.closed = False
         self._idle: dict[Key, list[tuple[_Connection, float]]] = {}
+        self._made: weakref.WeakSet[_Connection] = weakref.WeakSet()  # every one it lent
 
     def __repr__(self) -> str:
         return f"<ConnectionPool idle={sum(map(len, self._idle.values()))}>"
@@ -523,18 +530,26 @@ class ConnectionPool:
         return None
 
     def give(self, conn: _Connection) -> None:
+        # A connection that ends its drain after its transport closed is not kept: nobody
+        # would close it, and the socket would be left to the garbage collector.
         conns = self._idle.setdefault(conn.key, [])
-        if conn.lost or len(conns) >= self.idle_max:
+        if conn.lost or self.closed or len(conns) >= self.idle_max:
             conn.close()
         else:
             conns.append((conn, time.monotonic()))
 
+    def lend(self, conn: _Connection) -> None:
+        """``conn`` was made for this pool: it is closed with the pool unless in use."""
+        self._made.add(conn)
+
     def close(self) -> None:
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn, _ in conns:
-                if conn.transport is not None and not conn.lost:
-                    conn.close()
+        """Close every connection that is idle or draining (one in use is its exchange's to
+        close): none is left to the garbage collector."""
+        self.closed = True
+        self._idle = {}
+        for conn in list(self._made):
+            if conn.transport is not None and not conn.lost and conn.exchange is None:
+                conn.close()
 
 
 _ssl_context: ssl.SSLContext | None = None

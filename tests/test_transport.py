@@ -13,7 +13,7 @@ import gzip
 
 import pytest
 
-from server.transport import Timeouts, TransportError, open_exchanges
+from server.transport import NativeTransport, Timeouts, TransportError, open_exchanges
 
 BODY = b'data: {"type":"chat:completion","data":{"phase":"answer","delta_content":"hi"}}\n\n' * 3
 
@@ -36,6 +36,7 @@ class RawServer:
         self.split = split
         self.close_after = close_after
         self.connections = 0
+        self.closed = 0  # connections the client closed (or that ended)
         self.requests: list[bytes] = []
 
     async def start(self) -> str:
@@ -70,6 +71,7 @@ class RawServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     async def close(self) -> None:
@@ -213,3 +215,26 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(transport):
     finally:
         await server.close()
     assert got == big
+
+
+async def test_closing_the_transport_closes_its_idle_and_draining_connections():
+    # Nothing is left for the garbage collector (a socket it finds is a ResourceWarning at
+    # a random later point): a kept connection and one still draining close with the pool.
+    unfinished = head("Transfer-Encoding: chunked") + b"5\r\nhello\r\n"  # no last chunk
+    server = RawServer(unfinished, FRAMINGS["sized"])
+    base = await server.start()
+    native = NativeTransport()
+    try:
+        draining = await native.open_stream("POST", base + "/y", {}, b"{}", Timeouts(1, 1, 5))
+        assert await draining.__anext__() == b"hello"
+        draining.close(drain=True)  # the rest would be read quietly, up to 2 s
+        assert (await fetch(native.open_stream, base))[2] == BODY  # a second one, kept idle
+        assert server.connections == 2 and server.closed == 0
+        await native.close()
+        for _ in range(50):
+            if server.closed == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert server.closed == 2 and open_exchanges() == 0
+    finally:
+        await server.close()
