@@ -26,6 +26,8 @@ server's certificate and host name against ``ca_file`` (``REDIS_TLS_CA_FILE``) w
 given, else against the system's trusted authorities.
 """
 
+import contextlib
+import weakref
 from collections.abc import Mapping
 from typing import Any, TypedDict, cast
 
@@ -196,6 +198,35 @@ class _SSLClusterConnection(_ClusterConnection, SSLConnection):
     pass
 
 
+class _Cluster(RedisCluster):
+    """A cluster client whose ``aclose`` also closes the connections of nodes it dropped.
+
+    After a failover redis-py replaces the node objects of the old topology and closes only
+    the nodes it still knows, so a connection to a node it dropped stays open until the
+    garbage collector finds it (a ResourceWarning at a random later point). Each client has
+    a connection class of its own (``made`` remembers what it made): ``aclose`` ends them all.
+    """
+
+    made: "weakref.WeakSet[Connection]"
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for conn in list(self.made):
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+
+def _tracked(base: type[_ClusterConnection]) -> tuple[type[_ClusterConnection], Any]:
+    made: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    class Tracked(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.add(self)
+
+    return Tracked, made
+
+
 def _cluster(url: str, options: dict[str, Any]) -> Redis:
     nodes, auth = cluster_params(url)
     logger.info("Redis Cluster from nodes {}", nodes)
@@ -207,14 +238,14 @@ def _cluster(url: str, options: dict[str, Any]) -> Redis:
     # redirections; a Redis that does not answer still fails within REDIS_TIMEOUT.
     options["retry"] = Retry(NoBackoff(), 1)
     tls = url.startswith("rediss")
-    client = RedisCluster(
+    client = _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         ssl=tls,
         **options,
         **auth,
     )
     # RedisCluster takes no connection class: set it where its nodes are made from
-    connection_class = _SSLClusterConnection if tls else _ClusterConnection
+    connection_class, client.made = _tracked(_SSLClusterConnection if tls else _ClusterConnection)
     client.nodes_manager.connection_kwargs["connection_class"] = connection_class
     for node in client.nodes_manager.startup_nodes.values():
         node.connection_class = connection_class

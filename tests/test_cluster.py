@@ -161,3 +161,17 @@ async def test_a_master_failover_under_load_costs_only_its_window(replicated_clu
         f"(503) between {min((a.started for a in failed), default=0):.2f} and "
         f"{max((a.started + a.took for a in failed), default=0):.2f} s"
     )
+
+
+async def test_closing_the_client_closes_connections_to_nodes_it_dropped(real_cluster_set):
+    # After a failover redis-py drops the old topology's node objects and closes only the
+    # nodes it still knows: a connection to a dropped one was left to the garbage collector.
+    client = connect(real_cluster_set.url, 2.0)
+    for n in range(12):  # keys on every master: a connection to each
+        await client.set(f"drop-test:{n}", n)
+    dropped = next(iter(client.nodes_manager.nodes_cache.values()))  # type: ignore[attr-defined]
+    kept = dropped.acquire_connection()  # its connection, as a command in flight holds it
+    await kept.connect()
+    client.nodes_manager.nodes_cache.pop(dropped.name)  # type: ignore[attr-defined]
+    await client.aclose()
+    assert not kept.is_connected
