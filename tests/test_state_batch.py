@@ -12,7 +12,7 @@ from state.chats import ChatLedger
 from state.client_keys import ClientKeys, parse_secret
 from state.connection import connect
 from state.keys import Keys
-from state.pool import Pick
+from state.pool import Pick, TokenPool
 from tests.redis_server import RedisServer, free_port
 from tests.test_state_pool import TOKENS, alive, make_pool
 
@@ -86,13 +86,19 @@ async def test_unreachable_redis_fails_every_entry():
         await client.aclose()
 
 
+async def _pool_and_keys(client) -> tuple[TokenPool, ClientKeys]:
+    """A pool with one live token and the client keys, on ``client``."""
+    pool = make_pool(client)
+    await alive(pool, TOKENS[:1])
+    return pool, ClientKeys(client, Keys("t:"))
+
+
 async def test_a_key_check_rides_with_the_token_pick_in_one_round_trip(server):
     # An issued key's check and the token pick touch different hash tags ({k:<id>}, {pool}),
     # so they are two scripts; a request still pays one round trip for both.
     client = connect(server.url, 0.5)
     try:
-        pool, keys = make_pool(client), ClientKeys(client, Keys("t:"))
-        await alive(pool, TOKENS[:1])
+        pool, keys = await _pool_and_keys(client)
         _, secret = await keys.create(name="team", rpm=2)
         kid, digest = parse_secret(secret)  # type: ignore[misc]
         for n, left in enumerate((1, 0, 0)):  # the first run loads the scripts
@@ -113,8 +119,7 @@ async def test_a_key_check_rides_with_the_token_pick_in_one_round_trip(server):
 async def test_a_failed_check_is_raised_where_it_is_read_and_the_pick_still_counts(server):
     client = connect(server.url, 0.5)
     try:
-        pool, keys = make_pool(client), ClientKeys(client, Keys("t:"))
-        await alive(pool, TOKENS[:1])
+        pool, keys = await _pool_and_keys(client)
         await client.set(Keys("t:").client_key("0123456789ab"), "not a hash")  # WRONGTYPE
         check = keys.check("0123456789ab", "x", "GLM-4.5", 1, 10, "req")
         pick, reply = await pool.acquire_with(None, check.call)
