@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from server.captcha.source import CaptchaSource
 from server.core.errors import GatewayError
 from server.egress import Egress
-from server.settings import Settings
+from server.settings import Settings, first_error
 from server.zai.client import VersionPolicy, ZaiClient
 from server.zai.endpoints import endpoints
 from server.zai.request import Dialect
@@ -117,7 +117,7 @@ def checked(settings: Settings, values: Mapping[str, Any]) -> Settings:
         try:
             Settings.__pydantic_validator__.validate_assignment(out, name, value)
         except ValidationError as exc:
-            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            msg = first_error(exc)[1]
             raise GatewayError("invalid_request", f"{name}: {msg}", param=name) from None
     return out
 
@@ -168,15 +168,14 @@ class LiveConfig:
 
     def apply(self, rev: int, values: Mapping[str, Any]) -> None:
         """Make ``values`` (over the environment's settings) what this process uses."""
-        good: dict[str, Any] = {}
+        current, good = self.settings, {}
         for name, value in values.items():
             try:
-                checked(self.settings, {name: value})
+                current = checked(current, {name: value})
             except GatewayError as exc:  # a hand edit in Redis: kept out, said once
                 logger.warning("live config: ignoring {}: {}", name, exc.detail)
                 continue
             good[name] = value
-        current = checked(self.settings, good)
         moved = {LIVE[name] for name in set(good) | set(self.overrides)}
         self.current, self.rev, self.overrides = current, rev, good
         for part in sorted(moved):

@@ -26,7 +26,7 @@ from state.connection import (
     sentinel_params,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "first_error", "load_settings"]
 
 CommaList = Annotated[list[str], NoDecode]
 # Settings whose value is never echoed in a start-up error.
@@ -404,14 +404,21 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(k for k in keys if k))
 
 
+def first_error(exc: ValidationError) -> tuple[str, str, Any]:
+    """The first problem pydantic found: (the setting's name, what is wrong in plain words,
+    the value given), for the start-up line and the live config's 400 alike."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else ""
+    return name, err["msg"].removeprefix("Value error, "), err.get("input")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; raise ``SettingsError`` with one line naming the bad variable."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = str(err["loc"][0]).upper() if err["loc"] else ""
-        msg = err["msg"].removeprefix("Value error, ")
-        shown = "not shown: it may hold credentials" if name in _SECRET else repr(err.get("input"))
+        name, msg, given = first_error(exc)
+        name = name.upper()
+        shown = "not shown: it may hold credentials" if name in _SECRET else repr(given)
         line = msg if not name else f"{name}: {msg} (got {shown})"
         raise SettingsError(f"invalid setting {line}") from None
