@@ -35,11 +35,16 @@ async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
         settings.listen_port, settings.listen_host, reuse_port=settings.workers > 1
     )
     setup_tracing(settings)  # after the fork: one exporter thread per worker
+    # Taken from the start: a SIGTERM while start-up waits (on Redis, on another replica's
+    # key move) ends this worker cleanly after it, not by the signal's default (exit -15).
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     services = make_services(settings)
     await services.start()
     server = make_server(services, xheaders=True)
     server.add_sockets(sockets)
-    loop = asyncio.get_running_loop()
     logger.info(
         "listening on http://{}:{} (upstream {}, {} mode, {} loop)",
         settings.listen_host,
@@ -55,9 +60,6 @@ async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
             states = None  # Redis is down at start: say so, serve anyway (it comes back)
         for line in banner(settings, states):
             logger.info(line)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info(
         "stopping: no new connections; draining {} request(s) for up to {:g} s",
