@@ -208,7 +208,7 @@ def make_services(settings: Settings) -> Services:
         reserve = GuestReserve(
             redis, keys, settings.guest_reserve, max_size=settings.guest_reserve_max
         )
-        guests = GuestTokens(client, reserve if settings.guest_reserve else None)
+        guests = GuestTokens(client, reserve if settings.guest_reserve else None, pacer)
     # A shared Redis may hold tokens other replicas added; the embedded one only ours.
     pooled = bool(configured_tokens(settings) or settings.admin_token or settings.redis_url)
     tokens: TokenSource

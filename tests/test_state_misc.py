@@ -8,7 +8,7 @@ import msgspec
 from server.core.models import require_model
 from server.credentials.sources import GuestTokens
 from state.facts import Facts
-from state.guests import GuestReserve, StoredGuest
+from state.guests import SIGNINS_PACED, SIGNINS_UNPACED, GuestReserve, StoredGuest
 from state.instances import Instances
 from state.keys import Keys
 
@@ -106,6 +106,47 @@ async def test_refill_is_done_by_one_replica_at_a_time(redis):
 
     added = await asyncio.gather(a.refill(slow), b.refill(slow))
     assert sorted(added) == [0, 3]
+
+
+async def test_a_refill_keeps_signing_in_while_takes_drain_the_reserve(redis):
+    # A sustained load: with every sign-in the refill makes, a request takes a guest. A refill
+    # that filled once and stopped left the reserve short (requests then signed in inline).
+    reserve = GuestReserve(redis, KEYS, size=40)
+    made = 0
+
+    async def fetch() -> StoredGuest:
+        nonlocal made
+        made += 1
+        if made <= 60:
+            await reserve.take(1)
+        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
+
+    added = await reserve.refill(fetch, SIGNINS_PACED)
+    assert await redis.llen(KEYS.guests) == 40  # full when the demand stopped
+    assert added == made > 40
+
+
+async def test_sign_ins_in_flight_follow_the_pacing(redis):
+    # Unpaced, enough at once to outrun a busy worker's demand, each pushed as soon as a
+    # batch is in; paced, two (more would only book slots ahead of the requests' own calls).
+    for in_flight, expected in ((SIGNINS_UNPACED, 64), (SIGNINS_PACED, 2)):
+        await redis.delete(KEYS.guests)
+        reserve = GuestReserve(redis, KEYS, size=200)
+        going = most = 0
+        seen_stocked = 0
+
+        async def fetch() -> StoredGuest:
+            nonlocal going, most, seen_stocked
+            going += 1
+            most = max(most, going)
+            seen_stocked = max(seen_stocked, await redis.llen(KEYS.guests))
+            await asyncio.sleep(0.001)
+            going -= 1
+            return StoredGuest("t", "u", "Guest", time.time())
+
+        assert await reserve.refill(fetch, in_flight) == 200
+        assert most == expected
+        assert 0 < seen_stocked < 200  # pushed while the refill still went on
 
 
 async def test_stale_guest_is_not_used(redis):

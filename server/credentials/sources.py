@@ -34,7 +34,8 @@ from server.zai.client import ZaiClient
 from server.zai.identity import Credential, user_id_of
 from state.client_keys import KeyCheck
 from state.conversations import Thread
-from state.guests import GuestReserve, StoredGuest
+from state.guests import SIGNINS_PACED, SIGNINS_UNPACED, GuestReserve, StoredGuest
+from state.pacing import Pacer
 from state.pool import Pick, TokenPool, Unavailable
 
 __all__ = ["GuestTokens", "NoTokens", "PooledTokens", "TokenSource"]
@@ -51,9 +52,12 @@ class TokenSource(Protocol):
 class GuestTokens:
     """Anonymous mode: every acquire is a guest nobody else used."""
 
-    def __init__(self, client: ZaiClient, reserve: GuestReserve | None = None) -> None:
+    def __init__(
+        self, client: ZaiClient, reserve: GuestReserve | None = None, pacer: Pacer | None = None
+    ) -> None:
         self.client = client
         self.reserve = reserve
+        self.pacer = pacer  # paced sign-ins: a refill keeps fewer of them in flight
         self._refill: asyncio.Task[None] | None = None
         # Guests this process popped ahead, and the one round trip popping more: every
         # request waiting when it starts is served by it (a batch at least, so the next few
@@ -122,7 +126,8 @@ class GuestTokens:
             return StoredGuest(cred.token, cred.user_id, cred.name, time.time())
 
         try:
-            added = await reserve.refill(fetch)
+            paced = self.pacer is not None and not self.pacer.off  # gaps may be set live
+            added = await reserve.refill(fetch, SIGNINS_PACED if paced else SIGNINS_UNPACED)
             if added:
                 logger.debug("guest reserve refilled with {}", added)
         except (RedisError, GatewayError) as exc:
