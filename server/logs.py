@@ -1,16 +1,23 @@
 """Logging: loguru for everything, one line per request, secrets masked.
 
-Owns ``setup_logging``. Tornado's stdlib loggers are routed into loguru; ``DEBUG_LOGGING``
-lowers the level to DEBUG. Secrets are never passed to a log call: code logs
-``Credential.masked`` / ``mask()``, and the access line holds no header or query string.
+Owns ``setup_logging`` and ``access``, the one line per request. Tornado's stdlib loggers are
+routed into loguru; ``DEBUG_LOGGING`` lowers the level to DEBUG. Secrets are never passed to a
+log call: code logs ``Credential.masked`` / ``mask()``, and the access line holds no header or
+query string. Once ``setup_logging`` has made stderr (not a terminal) the only sink, the access
+line is formatted here, in the sink's own format, and written straight to stderr: loguru built
+a whole record for it (the caller's frame, an aware time, the process and thread), 6 % of a
+request's CPU in the 12-03 profile. Elsewhere (a terminal, or tests that add sinks) it goes
+through loguru like any other line.
 """
 
 import logging
+import os
 import sys
+import time
 
 from loguru import logger
 
-__all__ = ["setup_logging"]
+__all__ = ["access", "setup_logging"]
 
 _FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -27,7 +34,45 @@ class _ToLoguru(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+class _Plain:
+    """Writes INFO lines as the sink's ``_FORMAT`` does uncoloured, the time's text kept per
+    second."""
+
+    def __init__(self) -> None:
+        self.second, self.stamp = -1, ""
+        self.pid = os.getpid()
+
+    def write(self, message: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((now - second) * 1000)
+        sys.stderr.write(f"{self.stamp}.{millis:03d} INFO    {self.pid} {message}\n")
+
+
+_plain: _Plain | None = None  # set by setup_logging when stderr is the only sink
+
+
+def _forked() -> None:
+    if _plain is not None:
+        _plain.pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def access(line: str, *args: object) -> None:
+    """The access line: ``line.format(*args)`` at INFO."""
+    if _plain is not None:
+        _plain.write(line.format(*args))
+    else:
+        logger.opt(depth=1).info(line, *args)
+
+
 def setup_logging(debug: bool) -> None:
+    global _plain
     logger.remove()
     # diagnose=False: a traceback must not print variable values (request bodies, tokens).
     logger.add(
@@ -37,6 +82,7 @@ def setup_logging(debug: bool) -> None:
         colorize=None,
         diagnose=False,
     )
+    _plain = None if sys.stderr.isatty() else _Plain()
     logging.basicConfig(
         handlers=[_ToLoguru()], level=logging.DEBUG if debug else logging.INFO, force=True
     )

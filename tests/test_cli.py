@@ -6,6 +6,7 @@ SIGTERM exits 0.
 """
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -109,6 +110,13 @@ async def test_run_serve_and_sigterm(tmp_path, workers, loop, request):
     access = [line for line in text.splitlines() if "/v1/chat/completions" in line]
     assert len(access) == 4 and "status=200" in access[0] and "ttfb=" in access[0]
     assert "model=GLM-4.5" in access[0]
+    # Written by the gateway's own access path, in the sink's format, with the pid of the
+    # worker that served it (a forked worker's, not the parent's).
+    shape = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO    (\d+) ")
+    pid = {line: m.group(1) for line in text.splitlines() if (m := shape.match(line))}
+    loops = {pid.get(line) for line in text.splitlines() if f"{expected_loop} loop)" in line}
+    assert len(loops) == int(workers) and None not in loops
+    assert all(pid.get(line) in loops for line in access), text
     guest_token = fake.requests[1].query.get("token") or ""
     assert API_KEY not in text and "eyJ" not in text
     assert not guest_token or guest_token not in text

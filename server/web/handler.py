@@ -28,7 +28,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
 from redis.exceptions import RedisError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
@@ -38,6 +37,7 @@ from server.core.errors import GatewayError, client_should_retry, shown
 from server.core.models import STATIC, Model, ModelTable
 from server.core.token_estimate import estimate_conversation
 from server.ids import hex_id
+from server.logs import access
 from server.ops.metrics import observe_key, observe_request
 from server.web.callers import ANONYMOUS, Caller, Metered, rate_headers
 from server.web.errors import error_body
@@ -330,7 +330,7 @@ class ApiHandler(RequestHandler):
         if self.caller is not None:
             self.count_usage(self.caller, model, status)
         self.finishing(status, ttfb, attempts)
-        logger.info(
+        access(
             "{} {} {} model={} status={} {:.1f}ms ttfb={:.1f}ms upstream_attempts={}",
             self.request_id,
             self.request.method,
