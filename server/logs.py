@@ -10,6 +10,8 @@ request's CPU in the 12-03 profile. Elsewhere (a terminal, or tests that add sin
 through loguru like any other line.
 """
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
@@ -36,11 +38,23 @@ class _ToLoguru(logging.Handler):
 
 class _Plain:
     """Writes INFO lines as the sink's ``_FORMAT`` does uncoloured, the time's text kept per
-    second."""
+    second. The lines of one loop turn leave in one write, at its end; any other line (the
+    loguru sink) sends them first, so the order stays."""
 
     def __init__(self) -> None:
         self.second, self.stamp = -1, ""
         self.pid = os.getpid()
+        self.lines: list[str] = []
+
+    def flush(self) -> None:
+        if self.lines:
+            text = "".join(self.lines)
+            self.lines.clear()
+            sys.stderr.write(text)
+
+    def sink(self, message: object) -> None:
+        self.flush()
+        sys.stderr.write(str(message))
 
     def write(self, message: str) -> None:
         now = time.time()
@@ -49,7 +63,12 @@ class _Plain:
             self.second = second
             self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
-        sys.stderr.write(f"{self.stamp}.{millis:03d} INFO    {self.pid} {message}\n")
+        self.lines.append(f"{self.stamp}.{millis:03d} INFO    {self.pid} {message}\n")
+        if len(self.lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: now
+                self.flush()
 
 
 _plain: _Plain | None = None  # set by setup_logging when stderr is the only sink
@@ -58,9 +77,16 @@ _plain: _Plain | None = None  # set by setup_logging when stderr is the only sin
 def _forked() -> None:
     if _plain is not None:
         _plain.pid = os.getpid()
+        _plain.lines.clear()  # the parent's: it writes them
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+@atexit.register
+def _exiting() -> None:
+    if _plain is not None:
+        _plain.flush()
 
 
 def access(line: str, *args: object) -> None:
@@ -74,15 +100,17 @@ def access(line: str, *args: object) -> None:
 def setup_logging(debug: bool) -> None:
     global _plain
     logger.remove()
+    if _plain is not None:
+        _plain.flush()
+    _plain = None if sys.stderr.isatty() else _Plain()
     # diagnose=False: a traceback must not print variable values (request bodies, tokens).
     logger.add(
-        sys.stderr,
+        sys.stderr if _plain is None else _plain.sink,
         level="DEBUG" if debug else "INFO",
         format=_FORMAT,
-        colorize=None,
+        colorize=None if _plain is None else False,
         diagnose=False,
     )
-    _plain = None if sys.stderr.isatty() else _Plain()
     logging.basicConfig(
         handlers=[_ToLoguru()], level=logging.DEBUG if debug else logging.INFO, force=True
     )
