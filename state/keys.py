@@ -153,6 +153,10 @@ class Keys:
         return f"{self.pool}facts"
 
     @property
+    def layout(self) -> str:
+        return f"{self.pool}layout"
+
+    @property
     def upstream_config(self) -> str:
         return f"{self.pool}upstream:config"
 

@@ -14,7 +14,12 @@ is ``DUMP`` + ``PTTL``, ``RESTORE`` with that TTL (no ``REPLACE``: a name that e
 answers BUSYKEY and is left alone), then ``DEL``; that is not atomic, which the lock covers.
 Replicas starting at once take the lock ``<p>{pool}:lock:layout`` in turn, each waiting for
 it before it serves: the first moves, the others find nothing left, so the move is logged
-once with its count, and running it again is a no-op.
+once with its count, and running it again is a no-op. A scan that finds nothing to move
+writes ``<p>{pool}:layout`` (``MARK``), and a start that finds the mark skips the scan and the
+lock: a large Redis is not scanned by every worker of every replica at each start. The mark
+is written only by a scan that moved nothing, so during a rolling upgrade, while replicas of
+the older release still write older names, each start moves what they wrote; the first start
+after them marks the layout done.
 """
 
 import asyncio
@@ -30,7 +35,7 @@ from redis.exceptions import ResponseError
 from state.keys import Keys
 from state.locks import Lock
 
-__all__ = ["Moved", "migrate", "renamed"]
+__all__ = ["MARK", "Moved", "migrate", "renamed"]
 
 # The first segment of every pool and shared name (``state.keys``) after the prefix: what
 # an older release wrote as ``<p><head>...`` is today's ``<p>{pool}:<head>...``. A name with
@@ -40,12 +45,13 @@ POOL_HEADS = frozenset(
         *("tokens", "token", "rotation", "cooldown", "dead", "seq", "rotated", "leases"),
         *("revoked", "instances", "instance", "chats", "chat", "conv", "guests", "facts"),
         *("lock", "captcha", "waf", "slots", "pace", "keys", "response", "usage", "traffic"),
-        "upstream",
+        *("upstream", "layout"),
     }
 )
 TAGGED = ("{k:", "{f:")  # client keys' and files' own tags: only the prefix before them moves
 LOCK_SECONDS = 120.0  # the lock's life: longer than moving a pool's keys takes
 _BATCH = 200  # names moved per round trip (one Redis) or side by side (a cluster)
+MARK = "hash-tags"  # the value of ``Keys.layout`` once no older name is left to move
 
 
 class Moved(NamedTuple):
@@ -90,7 +96,10 @@ def renamed(keys: Keys, name: str) -> str | None:
 
 async def migrate(redis: Redis, keys: Keys, wait: float = LOCK_SECONDS) -> Moved:
     """Move every name of an older layout to today's, under the layout lock (waited for up to
-    ``wait`` seconds, then the move runs anyway: each step refuses to overwrite)."""
+    ``wait`` seconds, then the move runs anyway: each step refuses to overwrite). Nothing at
+    all when the layout is marked done."""
+    if await redis.get(keys.layout) == MARK:
+        return Moved(0, 0)
     lock = Lock(redis, keys.lock("layout"), LOCK_SECONDS)
     until = time.monotonic() + wait
     while not await lock.acquire() and time.monotonic() < until:
@@ -106,6 +115,8 @@ async def migrate(redis: Redis, keys: Keys, wait: float = LOCK_SECONDS) -> Moved
             kept += len(left)
             for old in left:
                 logger.warning("Redis key {} left in place: its new name exists already", old)
+        if not moved:
+            await redis.set(keys.layout, MARK)
     finally:
         await lock.release()
     if moved or kept:

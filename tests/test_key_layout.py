@@ -15,7 +15,7 @@ from redis.cluster import key_slot
 from state.client_keys import ClientKeys, parse_secret
 from state.connection import connect
 from state.keys import Keys, token_id
-from state.layout import migrate, old_prefixes, renamed
+from state.layout import MARK, migrate, old_prefixes, renamed
 from state.pool import Pick, TokenPool
 from tests.accounts import ADMIN, HELLO, POOLED, TOKENS, tokens_used
 
@@ -101,7 +101,16 @@ async def test_an_older_pool_moves_once_and_keeps_serving(redis):
     assert await redis.hget(old.facts, "fe_version") == "old"
     left = [n for p in old_prefixes("zai:") async for n in redis.scan_iter(match=p + "*")]
     assert [n for n in left if renamed(keys, n)] == [old.facts]
-    assert await migrate(redis, keys) == (0, 1)  # again: nothing to do
+    # the scans that moved nothing marked the layout done: a start now skips the scan, so
+    # an older name written after it stays (as one a replica of the older release still runs
+    # would write only before the mark: each start during a rolling upgrade moves those)
+    assert await redis.get(keys.layout) == MARK
+    await redis.rpush(old.guests, "late")
+    assert await migrate(redis, keys) == (0, 0)
+    assert await redis.lrange(old.guests, 0, -1) == ["late"] and not await redis.exists(keys.guests)
+    await redis.delete(keys.layout)  # a scan again: it moves the late name, marks nothing
+    assert await migrate(redis, keys) == (1, 1) and not await redis.exists(keys.layout)
+    assert await redis.lrange(keys.guests, 0, -1) == ["late"]
 
     pool = _pool(redis, keys)
     rows = {row.id: row for row in await pool.status()}

@@ -407,7 +407,7 @@ def tables(results: dict) -> str:
         if "top_self" not in profile:
             continue
         out.append(
-            f"\nprofile of the gateway (py-spy), 50 streams, {which} upstream "
+            f"\nprofile of the gateway (py-spy), 50 streams, {_PROFILED.get(which, which)} "
             f"({profile['samples']} busy samples, "
             f"{_f(profile.get('cpu_ms_per_request_while_sampled'), 2)} ms CPU/request): "
             "top lines by own time"
@@ -448,6 +448,13 @@ def _idle(frames: list[tuple[str, str, str]]) -> bool:
     return (func == "_worker" and file.endswith("concurrent/futures/thread.py")) or (
         func == "EpollSelector.select" and file.endswith("selectors.py")
     )
+
+
+_PROFILED = {
+    "fast": "fast upstream",
+    "paced": "paced upstream",
+    "pooled": "fast upstream, pooled tokens",
+}
 
 
 def profile_summary(collapsed: str, roots: list[Path], top: int = 20) -> dict:

@@ -434,6 +434,9 @@ class Bench:
                         f"pooled {'stream' if stream else 'non-stream'} c={c}: "
                         f"{row['completions_per_s']:.0f}/s, {sum(row['failures'].values())} errors"
                     )
+            if self.py_spy():
+                profiles = self.results.setdefault("profile", {})
+                profiles["pooled"] = await self.profile(gw, "fast", name="pooled")
         finally:
             self.results.setdefault("gateways", {})["pooled"] = self.stop_gateway(gw)
 
@@ -478,24 +481,28 @@ class Bench:
         )
         return spy if Path(spy).is_file() or shutil.which(spy) else None
 
-    async def profile(self, gw: Gateway, which: str, stagger: float = 0.0) -> dict:
-        """py-spy on the gateway (from CPU 1) while 50 streams run through it."""
+    async def profile(
+        self, gw: Gateway, which: str, stagger: float = 0.0, name: str | None = None
+    ) -> dict:
+        """py-spy on the gateway (from CPU 1) while 50 streams from the ``which`` upstream run
+        through it; ``name`` (default ``which``) names the file and the row."""
+        name = name or which
         spy = self.py_spy()
         if spy is None:
             log("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
             return {"skipped": "py-spy not found"}
-        out = Path(self.args.out).with_name(f"bench-profile-{which}.txt")
+        out = Path(self.args.out).with_name(f"bench-profile-{name}.txt")
         seconds = self.plan.profile_seconds or 10.0
         argv = [spy, "record", "--pid", str(gw.proc.pid), "--rate", "200", "--format", "raw"]
         argv += ["--full-filenames", "--duration", str(math.ceil(stagger + seconds))]
         argv += ["--output", str(out)]
-        proc = self.procs.start(f"py-spy-{which}", argv, LOAD_CPUS)
+        proc = self.procs.start(f"py-spy-{name}", argv, LOAD_CPUS)
         await asyncio.sleep(0.5)
         row = await self.measure("gateway", which, gw, True, 50, (0.0, seconds), stagger)
         await asyncio.to_thread(proc.wait, 60)
         self.procs.stop(proc)
         if not out.is_file():
-            return {"skipped": f"py-spy wrote nothing:\n{self.procs.log_tail('py-spy-' + which)}"}
+            return {"skipped": f"py-spy wrote nothing:\n{self.procs.log_tail('py-spy-' + name)}"}
         summary = report.profile_summary(out.read_text(), [self.workdir / "source", ROOT])
         summary.update(
             file=str(out),
@@ -503,7 +510,7 @@ class Bench:
             completions_per_s_while_sampled=row["completions_per_s"],
             cpu_ms_per_request_while_sampled=row.get("cpu_ms_per_request"),
         )
-        log(f"profile ({which} upstream): {summary['samples']} busy samples in {out}")
+        log(f"profile ({name}): {summary['samples']} busy samples in {out}")
         return summary
 
     async def transport(self) -> None:
