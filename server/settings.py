@@ -6,6 +6,7 @@ value of the undocumented upstream (base URL, front-end version, signature key, 
 setting here; ``.env.example`` documents each with its default.
 """
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -398,7 +399,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
+    @functools.cached_property  # read by every request's key check; not a live setting
     def api_keys(self) -> tuple[str, ...]:
         keys = [self.auth_token, *self.auth_tokens] if self.auth_token else self.auth_tokens
         return tuple(dict.fromkeys(k for k in keys if k))
