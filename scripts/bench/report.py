@@ -172,11 +172,31 @@ def _targets(results: dict) -> str:
         )
     for r in throughput:
         if r.get("mode") == "pooled" and r["concurrency"] == 200:
-            errors = sum(r.get("failures", {}).values())
+            errors, held = sum(r.get("failures", {}).values()), r.get("leases_held_after")
             lines.append(
-                f"  pooled {'stream' if r['stream'] else 'non-stream'} c=200: {errors} errors "
-                f"-> {_check(errors == 0)}"
+                f"  pooled {'stream' if r['stream'] else 'non-stream'} c=200: {errors} errors, "
+                f"{held} leases held after -> {_check(errors == 0 and not held)}"
             )
+    inline = [
+        r["inline_signins_per_guest"]
+        for r in throughput
+        if r["target"] == "gateway" and r["concurrency"] >= 50 and "inline_signins_per_guest" in r
+    ]
+    if inline:
+        worst = max(inline)
+        lines.append(
+            f"  guests signed in on the request's path at c>=50 < 1 %: worst {worst:.1%} -> "
+            f"{_check(worst < 0.01)}"
+        )
+    pooled_streams = results.get("streams", {}).get("pooled")
+    if pooled_streams:
+        errors = sum(pooled_streams["failures"].values())
+        held = pooled_streams.get("leases_held_after")
+        lines.append(
+            f"  1,000 paced streams, pooled: {pooled_streams['completed']} completed, {errors} "
+            f"errors, {held} leases held after -> "
+            f"{_check(pooled_streams['all_completed'] and not errors and not held)}"
+        )
     ttfb = results.get("ttfb")
     if ttfb:
         p50, p99 = ttfb["added_ms_p50"], ttfb["added_ms_p99"]
@@ -316,7 +336,7 @@ def tables(results: dict) -> str:
             f"({streams['pace_s'] * 1000:g} ms between events):"
         )
         rows = []
-        for target in ("direct", "gateway"):
+        for target in ("direct", "gateway", "pooled"):
             s = streams.get(target)
             if not s:
                 continue

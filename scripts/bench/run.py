@@ -70,7 +70,7 @@ from scripts.bench.procs import (
     source_digest,
     wait_until,
 )
-from state.keys import Keys
+from state.keys import Keys, token_id
 
 __all__ = ["FULL", "QUICK", "Bench", "Plan", "main"]
 
@@ -275,7 +275,7 @@ class Bench:
             PYTHONPATH=self.pythonpath,
         )
         if mode == "pooled":  # user tokens only, no guests, no per-token cap
-            tokens = ",".join(f"bench-user-token-{i:02d}" for i in range(POOLED_TOKENS))
+            tokens = ",".join(pooled_tokens())
             env.update(ZAI_TOKENS=tokens, ANONYMOUS_MODE="false", POOL_MAX_CONCURRENCY="0")
         return env
 
@@ -316,6 +316,14 @@ class Bench:
         gw.idle_rss_kib = rss_kib(gw.worker_pids)
         log(f"gateway {name}: {workers} worker(s) on :{port}, idle RSS {gw.idle_rss_kib} KiB")
         return gw
+
+    def held_leases(self, gw: Gateway) -> int | None:
+        """Leases of the pooled tokens still within their deadline (None without Redis)."""
+        if self.redis is None or gw.mode != "pooled":
+            return None
+        keys, now = Keys(gw.prefix), str(int(time.time() * 1000))
+        names = [keys.leases(token_id(token)) for token in pooled_tokens()]
+        return sum(int(self.redis.command("ZCOUNT", name, now, "+inf")) for name in names)
 
     def stop_gateway(self, gw: Gateway) -> dict:
         peak = rss_kib(gw.worker_pids, "VmHWM")
@@ -429,16 +437,26 @@ class Bench:
             for c in plan.mode_concurrency:
                 for stream in (False, True):
                     row = await self.measure("gateway", "fast", gw, stream, c, plan.gateway)
+                    row["leases_held_after"] = await self.leases_after(gw)
                     self.results["throughput"].append(row)
                     log(
                         f"pooled {'stream' if stream else 'non-stream'} c={c}: "
                         f"{row['completions_per_s']:.0f}/s, {sum(row['failures'].values())} errors"
+                        f", {row['leases_held_after']} leases held after"
                     )
             if self.py_spy():
                 profiles = self.results.setdefault("profile", {})
                 profiles["pooled"] = await self.profile(gw, "fast", name="pooled")
         finally:
             self.results.setdefault("gateways", {})["pooled"] = self.stop_gateway(gw)
+
+    async def leases_after(self, gw: Gateway, wait: float = 2.0) -> int | None:
+        """Leases still held once a load is over (its releases go off the path: given a moment
+        to land); a live process must leave none."""
+        until = time.monotonic() + wait
+        while (held := self.held_leases(gw)) and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        return held
 
     async def wrk(self, gw: Gateway) -> list[dict]:
         rows = []
@@ -593,12 +611,13 @@ class Bench:
         raw = chat_request(port, True) if gw else direct_request(port)
         check = is_sse_done if gw else is_upstream_done
         duration = (self.events - 1) * plan.streams_pace
-        peak_rss = [0]
+        peak_rss, peak_leases = [0], [0]
         pids = gw.worker_pids if gw else []
 
         def sample(_open_now: int) -> None:
             if gw:
                 peak_rss[0] = max(peak_rss[0], rss_kib(pids))
+                peak_leases[0] = max(peak_leases[0], self.held_leases(gw) or 0)
 
         self.fake_stats("slow", reset=True)
         before_rss = rss_kib(pids) if gw else 0
@@ -636,6 +655,7 @@ class Bench:
                 rss_after_kib=rss_kib(pids),
                 rss_per_open_stream_kib=(peak_rss[0] - before_rss) / held,
                 cpu_ms_per_stream=(cpu_seconds(pids) - before_cpu) * 1000 / max(1, len(phase.ok)),
+                peak_leases_held=peak_leases[0],  # pooled: what the count after is measured by
             )
             row["cpu_us_per_event"] = row["cpu_ms_per_stream"] * 1000 / self.events
         return row
@@ -669,6 +689,19 @@ class Bench:
             f"{plan.streams} streams via gateway: {g['completed']} completed, peak open "
             f"{g['peak_open_client']}, {g['rss_per_open_stream_kib']:.1f} KiB RSS per stream"
         )
+        if self.args.redis:  # the same through a pooled gateway: errors and leases left held
+            gw = self.start_gateway("streams-pooled", "slow", mode="pooled")
+            try:
+                pooled = await self.hold_streams(gw)
+                pooled["leases_held_after"] = await self.leases_after(gw)
+            finally:
+                self.results["gateways"]["streams-pooled"] = self.stop_gateway(gw)
+            out["pooled"] = pooled
+            log(
+                f"{plan.streams} streams via a pooled gateway: {pooled['completed']} completed, "
+                f"{sum(pooled['failures'].values())} errors, {pooled['peak_leases_held']} leases "
+                f"held at the peak, {pooled['leases_held_after']} after"
+            )
 
     async def workers2(self) -> None:
         plan = self.plan
@@ -773,6 +806,10 @@ class Bench:
             await self.workers2()
         await self.long_answer()
         meta["calibration_ms_cpu0"].append(await asyncio.to_thread(calibrate, GATEWAY_CPUS))
+
+
+def pooled_tokens() -> list[str]:
+    return [f"bench-user-token-{i:02d}" for i in range(POOLED_TOKENS)]
 
 
 def guest_sources(port: int) -> dict[str, float]:
