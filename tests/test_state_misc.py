@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -13,6 +14,20 @@ from state.instances import Instances
 from state.keys import Keys
 
 KEYS = Keys("t:")
+
+
+class Numbered:
+    """Stands in for a guest sign-in: the n-th is ``token-n``; ``then(n)`` runs with each."""
+
+    def __init__(self, then: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self.made = 0
+        self.then = then
+
+    async def __call__(self) -> StoredGuest:
+        self.made += 1
+        if self.then is not None:
+            await self.then(self.made)
+        return StoredGuest(f"token-{self.made}", f"user-{self.made}", "Guest", time.time())
 
 
 async def test_instances_register_expire_and_deregister(redis):
@@ -32,12 +47,7 @@ async def test_instances_register_expire_and_deregister(redis):
 
 async def test_guest_reserve_refills_and_each_guest_is_used_once(redis):
     reserve = GuestReserve(redis, KEYS, size=6)
-    made = 0
-
-    async def fetch() -> StoredGuest:
-        nonlocal made
-        made += 1
-        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
+    fetch = Numbered()
 
     assert await reserve.take() == ([], 0)
     assert reserve.low(0) and reserve.low(2) and not reserve.low(3)
@@ -68,12 +78,7 @@ async def test_a_burst_of_anonymous_requests_pops_its_guests_in_one_round_trip(r
 async def test_the_reserve_grows_with_what_every_replica_asks_for(redis):
     a = GuestReserve(redis, KEYS, size=4, max_size=30)
     b = GuestReserve(redis, KEYS, size=4, max_size=30)
-    made = 0
-
-    async def fetch() -> StoredGuest:
-        nonlocal made
-        made += 1
-        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
+    fetch = Numbered()
 
     assert await a.refill(fetch) == 4  # no demand yet: its floor
     for reserve in (a, b) * 10:  # 40 asked in one second, by two replicas, mostly unmet
@@ -112,18 +117,15 @@ async def test_a_refill_keeps_signing_in_while_takes_drain_the_reserve(redis):
     # A sustained load: with every sign-in the refill makes, a request takes a guest. A refill
     # that filled once and stopped left the reserve short (requests then signed in inline).
     reserve = GuestReserve(redis, KEYS, size=40)
-    made = 0
 
-    async def fetch() -> StoredGuest:
-        nonlocal made
-        made += 1
+    async def demand(made: int) -> None:
         if made <= 60:
             await reserve.take(1)
-        return StoredGuest(f"token-{made}", f"user-{made}", "Guest", time.time())
 
+    fetch = Numbered(demand)
     added = await reserve.refill(fetch, SIGNINS_PACED)
     assert await redis.llen(KEYS.guests) == 40  # full when the demand stopped
-    assert added == made > 40
+    assert added == fetch.made > 40
 
 
 async def test_sign_ins_in_flight_follow_the_pacing(redis):
