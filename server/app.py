@@ -134,10 +134,10 @@ def make_app(services: Services) -> Application:
     )
 
 
-def make_server(services: Services, **options: object) -> EdgeServer:
-    """The HTTP server for ``make_app(services)``; ``options`` are tornado's, over these."""
+def make_server(services: Services, **options: Any) -> EdgeServer:
+    """The HTTP server for ``make_app(services)``; ``options`` are ``EdgeServer``'s, over these."""
     settings = services.settings
-    limits: dict[str, object] = {
+    limits: dict[str, Any] = {
         "max_body_size": settings.max_body_bytes + 1024,
         "body_timeout": settings.body_timeout,
         "idle_connection_timeout": settings.idle_connection_timeout,

@@ -1,8 +1,8 @@
-"""The HTTP edge: accepting connections without spinning, capping them, and answering a
-request whose head is too large.
+"""The HTTP edge: accepting connections without spinning, capping them, and timing them.
 
-Owns ``EdgeServer``, the gateway's tornado ``HTTPServer``. Three things tornado's own accept
-loop and streams do not do:
+Owns ``EdgeServer``, the gateway's HTTP server: tornado's ``Application`` served by the
+gateway's own connections (``server.web.http1``, on ``asyncio.Protocol``), with what tornado's
+``HTTPServer`` did not do:
 
 - Out of file descriptors (EMFILE/ENFILE), ``accept`` fails while the listening socket stays
   readable: tornado's loop retried at once, forever (99 % CPU, 135 k tracebacks in 16 s, new
@@ -10,18 +10,19 @@ loop and streams do not do:
   client and answer it 503 (the trick libuv uses); if even that fails, accepting pauses, 50 ms
   doubling to 1 s. One log line when an episode starts, one when it ends.
 - ``MAX_CONNECTIONS``: a connection over the cap is answered 503 (JSON, ``Retry-After``)
-  and closed, before it costs a stream and a request.
-- A request line or headers over ``MAX_HEADER_BYTES``: tornado closed the connection without
-  a word; here the client gets 414 (the request line alone is too long) or 431.
+  and closed, before it costs a protocol and a request.
 - ``IDLE_CONNECTION_TIMEOUT`` (a connection that sends no whole request head in time: idle,
   or a slowloris) and ``BODY_TIMEOUT`` (a body that does not arrive in time, all of it) are
   kept by one watchdog per server that looks at every connection a few times a second, not
-  by tornado, which wraps each request's two reads in a timeout future of their own (a task,
-  a timer and a chained future each: 6 % of the CPU of a request in the 12-03 profile).
+  by a timeout future per read (tornado's: a task, a timer and a chained future each, 6 % of
+  the CPU of a request in the 12-03 profile).
+- Stopping (the drain on SIGTERM): no new connections, idle kept-alive ones closed at once,
+  busy ones after their answer.
 
-An answer sent outside tornado is followed by a lingering close (what the client still sends
-is read and dropped for a moment): closing a socket with unread bytes resets the connection,
-and a reset can destroy the answer before the client reads it.
+An answer sent outside a request (503 here, 414/431/400 in ``server.web.http1``) is followed
+by a lingering close (what the client still sends is read and dropped for a moment): closing
+a socket with unread bytes resets the connection, and a reset can destroy the answer before
+the client reads it.
 """
 
 import asyncio
@@ -34,14 +35,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
-from tornado.http1connection import HTTP1ServerConnection
-from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerConnectionDelegate
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, UnsatisfiableReadError
+from tornado.netutil import bind_sockets
 
-from server.core.errors import GatewayError, client_should_retry
+from server.core.errors import GatewayError
 from server.ops.metrics import ACCEPT_PAUSES, EDGE_REFUSED
-from server.web.errors import error_body
+from server.web.http1 import Http1Connection, Http1Params, raw_answer
 
 __all__ = ["EdgeServer", "raw_answer"]
 
@@ -57,29 +57,6 @@ def _reserve() -> int | None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def raw_answer(err: GatewayError, retry_after: int | None = None) -> bytes:
-    """A whole HTTP/1.1 answer for ``err``, for a connection tornado never parsed a request of.
-
-    >>> raw_answer(GatewayError("headers_too_large", "x")).split(b"\\r\\n")[0]
-    b'HTTP/1.1 431 Request Header Fields Too Large'
-    """
-    body = error_body(err)
-    reason = _REASONS[err.status]
-    head = [
-        f"HTTP/1.1 {err.status} {reason}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        f"x-should-retry: {'true' if client_should_retry(err.status) else 'false'}",
-        "Connection: close",
-    ]
-    if retry_after is not None:
-        head.append(f"Retry-After: {retry_after}")
-    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
-
-
-_REASONS = {414: "URI Too Long", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 class _Lingering:
@@ -113,66 +90,6 @@ class _Lingering:
     def _close(self) -> None:
         self.loop.remove_handler(self.sock)
         self.sock.close()
-
-
-class _EdgeStream(IOStream):
-    """A client connection that answers 414/431 when its request head is over the limit
-    (tornado's stream closes itself with ``UnsatisfiableReadError`` then, saying nothing)."""
-
-    max_header_bytes = 65536
-    # What the connection is reading now and since when (the watchdog's view): "head" from
-    # the start of a request head, "body" from the first read of its body, whole.
-    phase = "head"
-    since = 0.0
-
-    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Any:
-        self.phase, self.since = "head", time.monotonic()  # only request heads
-        return super().read_until_regex(regex, max_bytes)
-
-    def read_bytes(self, num_bytes: int, partial: bool = False) -> Any:
-        self._body_read()
-        return super().read_bytes(num_bytes, partial)
-
-    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> Any:
-        self._body_read()  # a chunked body's size lines
-        return super().read_until(delimiter, max_bytes)
-
-    def _body_read(self) -> None:
-        if self.phase != "body":
-            self.phase, self.since = "body", time.monotonic()
-
-    def overdue(self, now: float, limits: dict[str, float]) -> bool:
-        """Whether a read is waiting past its phase's limit."""
-        return self._read_future is not None and now - self.since > limits[self.phase]
-
-    def set_nodelay(self, value: bool) -> None:
-        """Left on from accept (``EdgeServer.take``): tornado turns it on and off around each
-        chunked answer, two system calls per streamed request. Always on, a whole answer is
-        still one write, and each event of a stream leaves at once, as it should."""
-
-    def close(self, exc_info: Any = False) -> None:
-        head_too_long = (
-            isinstance(exc_info, UnsatisfiableReadError)
-            and self._read_regex is not None  # reading a request head, not a chunk size
-            and not self.closed()
-            and not self.writing()
-        )
-        if not head_too_long:
-            super().close(exc_info)
-            return
-        limit = self.max_header_bytes
-        if b"\n" in self._read_buffer[:limit]:
-            err = GatewayError("headers_too_large", f"the request headers are over {limit} bytes")
-        else:
-            err = GatewayError("uri_too_long", f"the request line is over {limit} bytes")
-        try:
-            kept = self.socket.dup()
-        except OSError:  # out of descriptors: it can only be closed
-            kept = None
-        super().close(exc_info)
-        EDGE_REFUSED.labels(err.kind).inc()
-        if kept is not None:
-            _Lingering(kept, raw_answer(err))
 
 
 class _Acceptor:
@@ -274,21 +191,45 @@ class _Acceptor:
             self.reserve = None
 
 
-class EdgeServer(HTTPServer):
-    """tornado's HTTP server with the gateway's own accept loop and connection limits."""
+class EdgeServer:
+    """The gateway's HTTP server: tornado's ``app`` on ``Http1Connection`` objects, with its own
+    accept loop, connection cap and watchdog. The options are tornado's ``HTTPServer``
+    ones the gateway uses, plus ``max_connections``; the methods are the ones it calls
+    (``add_sockets``, ``listen``, ``stop``, ``close_all_connections``)."""
 
-    def initialize(self, *args: Any, max_connections: int = 4096, **kwargs: Any) -> None:
-        super().initialize(*args, **kwargs)
-        params = self.conn_params
-        # The watchdog keeps both (see the module docstring); tornado keeps neither.
+    def __init__(
+        self,
+        app: HTTPServerConnectionDelegate,
+        *,
+        no_keep_alive: bool = False,
+        xheaders: bool = False,
+        protocol: str | None = None,
+        max_header_size: int | None = None,
+        idle_connection_timeout: float | None = None,
+        body_timeout: float | None = None,
+        max_body_size: int | None = None,
+        max_buffer_size: int | None = None,
+        trusted_downstream: list[str] | None = None,
+        max_connections: int = 4096,
+    ) -> None:
+        self.params = Http1Params(
+            app,
+            xheaders=xheaders,
+            protocol=protocol,
+            trusted_downstream=trusted_downstream,
+            no_keep_alive=no_keep_alive,
+            max_header_bytes=max_header_size or 65536,
+            max_body_size=max_body_size or max_buffer_size or 100 * 1024 * 1024,
+        )
+        # The watchdog keeps both (see the module docstring), as tornado's defaults: 1 h.
         self.limits = {
-            "head": kwargs.get("idle_connection_timeout") or 3600.0,
-            "body": kwargs.get("body_timeout") or 3600.0,
+            "head": idle_connection_timeout or 3600.0,
+            "body": body_timeout or 3600.0,
         }
-        params.header_timeout = params.body_timeout = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._sockets: dict[int, tuple[socket.socket, _Acceptor]] = {}
+        self._opening: set[asyncio.Task[None]] = set()
         self.max_connections = max_connections
-        self.max_header_bytes = self.conn_params.max_header_size
         self._full_since: float | None = None
         self._refused = 0
         self.no_descriptors = raw_answer(
@@ -303,37 +244,54 @@ class EdgeServer(HTTPServer):
             retry_after=1,
         )
 
+    def __repr__(self) -> str:
+        return f"<EdgeServer connections={len(self.connections)} sockets={len(self._sockets)}>"
+
     @property
-    def connections(self) -> set[HTTP1ServerConnection]:
-        return self._connections
+    def connections(self) -> set[Http1Connection]:
+        return self.params.connections
+
+    def listen(self, port: int, address: str | None = None) -> None:
+        self.add_sockets(bind_sockets(port, address))
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = _Acceptor(self, sock).stop
+            self._sockets[sock.fileno()] = (sock, _Acceptor(self, sock))
         if self._watchdog is None:
             self._watch()
 
     def stop(self) -> None:
+        """Stop accepting (the listening sockets are closed) and drain: idle connections are
+        closed now, busy ones once their answer is sent."""
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        super().stop()
+        for sock, acceptor in self._sockets.values():
+            acceptor.stop()
+            sock.close()
+        self._sockets.clear()
+        self.params.stopping = True
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def close_all_connections(self) -> None:
+        """Close every connection and wait until each is (after ``stop``: the drain's end)."""
+        while self.connections:
+            await next(iter(self.connections)).close()
 
     def _watch(self) -> None:
         """Close each connection whose head or body is overdue; look again soon."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for conn in list(self._connections):
-            stream = conn.stream
-            if isinstance(stream, _EdgeStream) and stream.overdue(now, self.limits):
-                stream.close()
+        for conn in list(self.connections):
+            if conn.overdue(now, self.limits):
+                conn.abort()
         every = min(1.0, min(self.limits.values()) / 4)
         self._watchdog = loop.call_later(every, self._watch)
 
     def take(self, conn: socket.socket, address: Any) -> None:
         """Serve an accepted connection, or answer 503 when the cap is reached."""
-        if len(self._connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections:
             self._refuse(conn)
             return
         if self._full_since is not None:
@@ -345,14 +303,23 @@ class EdgeServer(HTTPServer):
             self._full_since, self._refused = None, 0
         try:
             if conn.family in (socket.AF_INET, socket.AF_INET6):
+                # Each event of a stream leaves at once; a whole answer is one write anyway.
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = _EdgeStream(
-                conn, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
-            )
-            stream.max_header_bytes = self.max_header_bytes
-            self.handle_stream(stream, address)
+            protocol = Http1Connection(self.params, address, conn.family)
         except Exception:
             logger.exception("cannot serve a new connection")
+            conn.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._open(conn, protocol))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open(self, conn: socket.socket, protocol: Http1Connection) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn)
+        except Exception:
+            logger.exception("cannot serve a new connection")
+            self.connections.discard(protocol)
             conn.close()
 
     def _refuse(self, conn: socket.socket) -> None:

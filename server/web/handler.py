@@ -272,18 +272,14 @@ class ApiHandler(RequestHandler):
             self._task.cancel()
 
     def flush(self, include_footers: bool = False) -> "asyncio.Future[None]":
-        """Send what was written. The future is worth waiting for only while the client is
-        behind (bytes still queued after the send): that is the backpressure. Otherwise the
-        caller goes on at once, without two loop turns per streamed event."""
+        """Send what was written. The future (``server.web.http1.Exchange``'s) is done at once
+        unless the client is behind (more queued than the transport's high-water mark), then
+        when it has caught up: that is the backpressure, without a loop turn per streamed
+        event while the client keeps up."""
         if self.first_byte is None:
             self.first_byte = time.monotonic()
             self.before_answer()
-        sent = super().flush(include_footers)
-        if sent.done() or self.request.connection.stream.writing():  # type: ignore[union-attr]
-            return sent
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return super().flush(include_footers)
 
     def send_gateway_error(self, err: GatewayError) -> None:
         if self._headers_written:
