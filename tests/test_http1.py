@@ -24,11 +24,14 @@ from tests.conftest import API_KEY
 @stream_request_body
 class Echo(RequestHandler):
     """Answers what it was sent: method, path, body, and the peer as the server sees it;
-    ``?delay=`` seconds first."""
+    ``?prepare=`` seconds before the body is read, ``?delay=`` seconds before the answer."""
 
     def initialize(self, closed: list[str]) -> None:
         self.closed = closed
         self.body = b""
+
+    async def prepare(self) -> None:
+        await asyncio.sleep(float(self.get_argument("prepare", "0")))
 
     def data_received(self, chunk: bytes) -> None:
         self.body += chunk
@@ -221,6 +224,21 @@ async def test_a_chunked_request_body_is_streamed_whole(edge):
     assert status == 200 and json.loads(body)["body"] == "hello 0123456789"
     writer.write(b"GET /echo/next HTTP/1.1\r\nHost: x\r\n\r\n")  # the framing was followed
     assert json.loads((await answer(reader))[2])["path"] == "/echo/next"
+    writer.close()
+
+
+async def test_a_body_sent_while_the_handler_prepares_is_read_whole(edge):
+    # 3 MiB arrive while prepare() waits: reading pauses past 1 MiB, and must resume.
+    port, *_ = await edge()
+    reader, writer = await connect(port)
+    body = b"y" * (3 << 20)
+    writer.write(
+        b"POST /echo/big?prepare=0.3 HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    status, _, reply = await answer(reader)
+    assert status == 200 and len(json.loads(reply)["body"]) == len(body)
     writer.close()
 
 

@@ -35,6 +35,7 @@ __all__ = ["Exchange", "Http1Connection", "Http1Params", "raw_answer"]
 _LINGER_FOR, _LINGER_BYTES = 1.0, 1 << 20  # what a lingering close waits for and reads
 _INPUT_CAP = 1 << 20  # bytes read ahead (pipelined) before reading pauses
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CORK_MAX = 65536  # bytes written in one loop turn that are sent without waiting for its end
 
 # The whole head in one match: a request line (RFC 9112 3) and field lines (RFC 9110 5.5:
 # a token, a colon, visible characters, spaces and tabs; no CR, LF or other control byte,
@@ -303,7 +304,9 @@ class Http1Connection(asyncio.Protocol):
         self.lost: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.linger_left = _LINGER_BYTES
-        loop = asyncio.get_running_loop()
+        self.corked: list[bytes] | None = None  # written in this loop turn, not yet sent
+        self.corked_size = 0
+        self.loop = loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()  # every write's, unless behind
         self.done.set_result(None)
         params.connections.add(self)
@@ -331,9 +334,8 @@ class Http1Connection(asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if state < _ANSWER and self.held is None:
             self._parse()
-        if len(self.buf) > _INPUT_CAP and self.reading and self.transport is not None:
-            self.reading = False
-            self.transport.pause_reading()
+        elif len(self.buf) > _INPUT_CAP:
+            self._flow()
 
     def eof_received(self) -> bool:
         return False  # a half-close ends the connection, as tornado's stream did
@@ -341,6 +343,7 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         self.closing = True
+        self.corked = None
         self.params.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
@@ -380,7 +383,7 @@ class Http1Connection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         if self.lost is None:
-            self.lost = asyncio.get_running_loop().create_future()
+            self.lost = self.loop.create_future()
         if self.transport is None:
             self.connection_lost(None)
             return
@@ -392,9 +395,11 @@ class Http1Connection(asyncio.Protocol):
             await self.lost
 
     def abort(self) -> None:
-        """Close at once, dropping whatever is not sent yet (tornado's stream close)."""
+        """Close at once, dropping what the socket does not take now (tornado's stream
+        close: what was written went to the socket at once there)."""
         self.closing = True
         if self.transport is not None:
+            self._uncork()
             self.transport.abort()
         else:
             self.state = _CLOSED
@@ -402,17 +407,37 @@ class Http1Connection(asyncio.Protocol):
     # what the exchange uses
 
     def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        """Queue ``data``; what is queued in one loop turn goes out in one write (a streamed
+        answer's events of one upstream read, its last chunk and the terminating one), at
+        the turn's end or at once past ``_CORK_MAX`` (a handler that never yields)."""
+        corked = self.corked
+        if corked is None:
+            self.corked = [data]
+            self.corked_size = len(data)
+            self.loop.call_soon(self._uncork)
+        else:
+            corked.append(data)
+            self.corked_size += len(data)
+        if self.corked_size >= _CORK_MAX:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        corked = self.corked
+        if corked is None:
+            return
+        self.corked = None
+        if self.transport is not None and self.state != _CLOSED:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def write_future(self) -> "asyncio.Future[None]":
         if not self.paused:
             return self.done
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self.waiters.append(waiter)
         return waiter
 
     def failed(self) -> "asyncio.Future[None]":
-        failed = asyncio.get_running_loop().create_future()
+        failed = self.loop.create_future()
         failed.set_exception(StreamClosedError())
         failed.exception()  # retrieved: nobody need wait for it
         return failed
@@ -431,11 +456,8 @@ class Http1Connection(asyncio.Protocol):
             self._close()
             return
         self.state, self.phase, self.since = _HEAD_WAIT, "head", time.monotonic()
-        if not self.reading and self.transport is not None:
-            self.reading = True
-            self.transport.resume_reading()
         if self.buf:  # pipelined: served after a loop turn, as tornado's server loop does
-            asyncio.get_running_loop().call_soon(self._parse)
+            self.loop.call_soon(self._parse)
 
     # parsing
 
@@ -463,6 +485,21 @@ class Http1Connection(asyncio.Protocol):
                     break
         finally:
             self.busy = False
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read ahead at most ``_INPUT_CAP`` bytes: reading pauses past it (a pipelining
+        client, a body sent while the handler prepares) and resumes once they are taken."""
+        transport = self.transport
+        if transport is None or self.state >= _LINGER:
+            return
+        if self.reading:
+            if len(self.buf) > _INPUT_CAP:
+                self.reading = False
+                transport.pause_reading()
+        elif len(self.buf) <= _INPUT_CAP:
+            self.reading = True
+            transport.resume_reading()
 
     def _head(self) -> bool:
         buf = self.buf
@@ -735,17 +772,19 @@ class Http1Connection(asyncio.Protocol):
         if transport is None:
             return
         if answer:
-            transport.write(answer)
+            self.send(answer)
+        self._uncork()
         if transport.can_write_eof():
             transport.write_eof()
         if not self.reading:
             self.reading = True
             transport.resume_reading()
-        self.timer = asyncio.get_running_loop().call_later(_LINGER_FOR, self._close)
+        self.timer = self.loop.call_later(_LINGER_FOR, self._close)
 
     def _close(self) -> None:
         self.closing = True
         if self.transport is not None:
+            self._uncork()
             self.transport.close()  # what is queued is sent first
 
     def _drop_delegate(self) -> None:
