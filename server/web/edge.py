@@ -107,7 +107,7 @@ class _Acceptor:
         self.stopped = False
         self.loop.add_handler(sock, self._ready, IOLoop.READ)
 
-    def _ready(self, _fd: Any, _events: int) -> None:
+    def _ready(self, _fd: Any, _events: int, looked_again: bool = False) -> None:
         for _ in range(_BATCH):
             try:
                 conn, address = self.sock.accept()
@@ -119,6 +119,14 @@ class _Acceptor:
                 if exc.errno not in _OUT_OF:
                     raise
                 self._out_of_descriptors(exc)
+                if not looked_again:
+                    # Connections that ended in this loop turn give their descriptors back
+                    # at its end (asyncio and uvloop close a transport's socket then): look
+                    # again after it before answering anyone 503 (clients that all left at
+                    # once, then a new one, were told 503 with descriptors to spare).
+                    self.loop.remove_handler(self.sock)
+                    self.timer = self.loop.call_later(0, self._look_again)
+                    return
                 if not self._shed_one(exc):
                     return
                 continue
@@ -180,6 +188,11 @@ class _Acceptor:
         self.timer = None
         if not self.stopped:
             self.loop.add_handler(self.sock, self._ready, IOLoop.READ)
+
+    def _look_again(self) -> None:
+        self._resume()
+        if not self.stopped:
+            self._ready(self.sock, IOLoop.READ, looked_again=True)
 
     def stop(self) -> None:
         self.stopped = True

@@ -322,7 +322,9 @@ class Http1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         if self.state == _CLOSED:  # closed before the transport was made
-            transport.abort()  # type: ignore[attr-defined]
+            self.transport.abort()
+        elif self.params.stopping:  # accepted just before the server stopped: idle
+            self._close()
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -531,10 +533,11 @@ class Http1Connection(asyncio.Protocol):
         lines = text.split("\r\n")
         if len(lines) <= text.count("\n"):  # some lines end in a bare LF
             lines = [line.rstrip("\r") for line in text.split("\n")]
-        headers = httputil.HTTPHeaders()
-        # Filled as HTTPHeaders.add would (tornado 6.6, pinned), without its regex per line:
-        # the match above checked every name and value.
-        fields, combined, names = headers._as_list, headers._combined_cache, _NAMES
+        # Filled as HTTPHeaders.add would (tornado 6.6, pinned: its two dicts), without its
+        # regex per line (the match above checked every name and value) or its __init__.
+        fields: dict[str, list[str]] = {}
+        combined: dict[str, str] = {}
+        names = _NAMES
         for line in lines[1:]:
             name, _, value = line.partition(":")
             value = value.strip(" \t")
@@ -546,6 +549,8 @@ class Http1Connection(asyncio.Protocol):
             else:
                 values.append(value)
                 combined.pop(cased, None)
+        headers = httputil.HTTPHeaders.__new__(httputil.HTTPHeaders)
+        headers._as_list, headers._combined_cache = fields, combined
         return self._start(httputil.RequestStartLine(method, path, version), headers)
 
     def _start(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> bool:
