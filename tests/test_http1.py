@@ -1,8 +1,8 @@
 """The gateway's own HTTP/1.1 server connection (``server.web.http1``) on real sockets.
 
 What tornado's connection did and this one must still do, and what the test suite did not
-reach through the SDKs: pipelined requests answered in order, HTTP/1.0 keep-alive and its
-close-delimited answers, chunked request bodies, ``Expect: 100-continue``, HEAD, malformed
+reach through the SDKs: pipelined requests answered in order, ``Connection: close``, a kept
+connection's idle timeout, HTTP/1.0 keep-alive and its close-delimited answers, chunked request bodies, ``Expect: 100-continue``, HEAD, malformed
 heads (400, then closed), an answer shorter or longer than its Content-Length (closed, not
 a framing error), the proxy headers, backpressure from a client that does not read, and the
 drain. Raw HTTP/1.1 from asyncio streams against an ``EdgeServer`` serving a few small
@@ -182,6 +182,27 @@ async def test_http10_keeps_alive_only_when_asked(edge):
     status, headers, _ = await answer(reader)
     assert status == 200 and "connection" not in headers
     assert await closed_by_server(reader)
+    writer.close()
+
+
+async def test_connection_close_is_said_back_and_done(edge):
+    port, *_ = await edge()
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, _ = await answer(reader)
+    assert status == 200 and headers["connection"] == "close"
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+async def test_a_kept_connection_left_idle_is_closed_after_the_idle_timeout(edge):
+    port, *_ = await edge(idle_connection_timeout=0.3)
+    reader, writer = await connect(port)
+    writer.write(b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await answer(reader))[0] == 200
+    started = asyncio.get_running_loop().time()
+    assert await closed_by_server(reader)
+    assert asyncio.get_running_loop().time() - started < 3
     writer.close()
 
 
