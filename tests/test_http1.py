@@ -2,11 +2,12 @@
 
 What tornado's connection did and this one must still do, and what the test suite did not
 reach through the SDKs: pipelined requests answered in order, ``Connection: close``, a kept
-connection's idle timeout, HTTP/1.0 keep-alive and its close-delimited answers, chunked request bodies, ``Expect: 100-continue``, HEAD, malformed
-heads (400, then closed), an answer shorter or longer than its Content-Length (closed, not
-a framing error), the proxy headers, backpressure from a client that does not read, and the
-drain. Raw HTTP/1.1 from asyncio streams against an ``EdgeServer`` serving a few small
-handlers, and, where the gateway's own handlers matter, against the in-process gateway.
+connection's idle timeout, HTTP/1.0 keep-alive and its close-delimited answers, chunked
+request bodies, ``Expect: 100-continue``, HEAD, malformed heads (400, then closed), an
+answer shorter or longer than its Content-Length (closed, not a framing error), the proxy
+headers, backpressure from a client that does not read, and the drain. Raw HTTP/1.1 from
+asyncio streams against an ``EdgeServer`` serving a few small handlers, and, where the
+gateway's own handlers matter, against the in-process gateway.
 """
 
 import asyncio
