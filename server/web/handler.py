@@ -270,6 +270,9 @@ class ApiHandler(RequestHandler):
         self._left_unanswered = not self._headers_written
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        # Gone before its body was read (while prepare() ran): tornado's own ends the
+        # request's task, which else waits for that body for ever (a task per such client).
+        super().on_connection_close()
 
     def flush(self, include_footers: bool = False) -> "asyncio.Future[None]":
         """Send what was written. The future (``server.web.http1.Exchange``'s) is done at once
