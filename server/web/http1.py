@@ -299,7 +299,6 @@ class Http1Connection(asyncio.Protocol):
         self.reading = True
         self.closing = False  # no more writes: closed, closing or lingering
         self.busy = False  # parsing (a delegate call that finishes an answer re-enters)
-        self.soon = False  # a parse is scheduled for the next loop turn
         self.waiters: list[asyncio.Future[None]] = []
         self.lost: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -332,9 +331,7 @@ class Http1Connection(asyncio.Protocol):
                 self._close()
             return
         self.buf = self.buf + data if self.buf else data
-        if state == _HEAD_WAIT:
-            self._parse_soon()
-        elif state < _ANSWER and self.held is None:
+        if state < _ANSWER and self.held is None:
             self._parse()
         elif len(self.buf) > _INPUT_CAP:
             self._flow()
@@ -437,24 +434,10 @@ class Http1Connection(asyncio.Protocol):
             self._close()
             return
         self.state, self.phase, self.since = _HEAD_WAIT, "head", time.monotonic()
-        if self.buf:  # pipelined
-            self._parse_soon()
+        if self.buf:  # pipelined: served after a loop turn, as tornado's server loop does
+            self.loop.call_soon(self._parse)
 
     # parsing
-
-    def _parse_soon(self) -> None:
-        """Parse a request head a loop turn after it came, as tornado's server loop did:
-        what the previous answer left for that turn goes first. (The pool's write-behind
-        release of the previous answer's token lease: on a Redis Cluster, the next request's
-        pick overtook it and found every token leased, a 503; test_cluster's
-        test_a_gateway_on_a_cluster_serves_the_pool.)"""
-        if not self.soon:
-            self.soon = True
-            self.loop.call_soon(self._parse_now)
-
-    def _parse_now(self) -> None:
-        self.soon = False
-        self._parse()
 
     def _parse(self) -> None:
         if self.busy:
