@@ -284,6 +284,10 @@ class TokenPool:
         self.lease_ttl = lease_ttl
         self.owner = owner
         self.held: set[Lease] = set()  # leases in flight in this process, renewed by heartbeat
+        # Releases sent off the path and not yet answered: a pick that finds every token busy
+        # while one is on its way waits for it (a kept-alive client's next request can reach
+        # the pick before the release of its previous one has reached Redis).
+        self.releasing: set[asyncio.Future[None]] = set()
         # Lease ids whose acquire or release got no answer (Redis frozen or gone): the call
         # may still run when Redis resumes, so each is revoked once Redis answers again.
         # lease id -> token id ("" when the acquire never said which token).
@@ -364,6 +368,7 @@ class TokenPool:
         release is answered; if Redis fails, it is revoked once Redis answers (``unsettled``)."""
         call = self._release_call(lease, outcome)
         sent = self.batch.add(lambda pipe: evalsha(pipe, self._release, **call))
+        self.releasing.add(sent)
         sent.add_done_callback(lambda future: self._released(lease, future))
 
     async def flush(self) -> None:
@@ -371,7 +376,13 @@ class TokenPool:
         await self.batch.flush()
         await asyncio.sleep(0)  # their done callbacks run
 
+    async def releases_sent(self, timeout: float = 1.0) -> None:
+        """Wait (at most ``timeout``) until the releases sent so far have been answered."""
+        if self.releasing:
+            await asyncio.wait(list(self.releasing), timeout=timeout)
+
     def _released(self, lease: Lease, sent: asyncio.Future[None]) -> None:
+        self.releasing.discard(sent)
         self.held.discard(lease)
         failure = asyncio.CancelledError() if sent.cancelled() else sent.exception()
         if failure is not None:

@@ -325,3 +325,24 @@ async def test_an_ended_cooldown_reads_active_before_any_pick(redis):
     await asyncio.sleep(0.15)  # nothing picks meanwhile: an idle pool
     (row,) = await pool.status()
     assert (row.state, row.cooldown_left, row.failures) == ("active", 0.0, 1)
+
+
+async def test_a_pick_right_after_a_release_waits_for_it_instead_of_finding_all_busy(redis):
+    # One account, one request at a time: a kept-alive client's next request can reach the
+    # pick while the release of its previous one (sent off the path, after the answer) is
+    # still on its way. It must get the token, not a 503 "every token is at its limit".
+    from server.core.models import require_model
+    from server.credentials.sources import PooledTokens
+
+    pool = make_pool(redis, max_concurrency=1)
+    await alive(pool, TOKENS[:1])
+    tokens = PooledTokens(pool, guests=None)
+    model = require_model("GLM-4.5")
+    first = await tokens.acquire(model)
+    await tokens.release(first, "ok")  # queued: sent in the next loop turn
+    assert pool.releasing
+    second = await tokens.acquire(model)
+    assert second.token == TOKENS[0] and second.lease != first.lease
+    assert not pool.releasing
+    busy = await pool.acquire()  # still one at a time: nothing was freed twice
+    assert isinstance(busy, Unavailable) and busy.reason == "busy"

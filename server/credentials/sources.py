@@ -158,12 +158,15 @@ class PooledTokens:
         elif self.guests is not None and model.guest and time.monotonic() < self._empty_until:
             return await self.guests.acquire(model)
         else:
-            try:
-                pick = await self.pool.acquire(thread)
-            except RedisError as exc:
-                if self.guests is not None and model.guest:
-                    return await self.guests.acquire(model)
-                raise GatewayError("state_unavailable", str(exc) or type(exc).__name__) from None
+            picked = await self._pick(model, thread)
+            if picked is None:
+                return await self._guest(model)
+            pick = picked
+        if isinstance(pick, Unavailable) and pick.reason == "busy" and self.pool.releasing:
+            # A release of this process is on its way (sent after its answer): it may be
+            # what frees a slot. Once Redis has it, one more pick (the key was checked).
+            await self.pool.releases_sent()
+            pick = await self._pick(model, thread) or pick
         if isinstance(pick, Pick):
             return Credential(
                 pick.token,
@@ -195,6 +198,19 @@ class PooledTokens:
             why += f"; model {model.id} needs a user token, so a guest cannot stand in"
         kind = _UNAVAILABLE_KINDS[pick.reason]
         raise GatewayError(kind, why, model=model.id, retry_after=pick.retry_after or None)
+
+    async def _guest(self, model: Model) -> Credential:
+        assert self.guests is not None  # _pick answers None only when one may stand in
+        return await self.guests.acquire(model)
+
+    async def _pick(self, model: Model, thread: Thread | None) -> Pick | Unavailable | None:
+        """The pick alone; None when Redis failed and a guest may stand in."""
+        try:
+            return await self.pool.acquire(thread)
+        except RedisError as exc:
+            if self.guests is not None and model.guest:
+                return None
+            raise GatewayError("state_unavailable", str(exc) or type(exc).__name__) from None
 
     async def _pick_and_check(
         self, model: Model, thread: Thread | None, check: KeyCheck
