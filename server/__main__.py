@@ -10,6 +10,7 @@ first (``server.process.raise_fd_limit``).
 """
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -44,6 +45,11 @@ async def serve(settings: Settings, banner_pipe: int | None = None) -> None:
     services = make_services(settings)
     await services.start()
     server = make_server(services, xheaders=True)
+    # What start-up made (modules, settings, the app, the model tables) lives as long as the
+    # process: frozen, the collector's full collections no longer walk it. Measured with
+    # gc.callbacks over the benchmark's throughput phase: the collector's time went from
+    # 10.7 % to 7.5 % of the worker's CPU (higher thresholds saved no more, with longer pauses).
+    gc.freeze()
     server.add_sockets(sockets)
     logger.info(
         "listening on http://{}:{} (upstream {}, {} mode, {} loop)",
