@@ -103,9 +103,8 @@ def exact_routes(routes: list[Route]) -> dict[str, tuple[type[RequestHandler], d
         if isinstance(matcher, str):
             if not _PATTERN.search(matcher) and not any(r.match(matcher) for r in earlier):
                 exact.setdefault(matcher, (handler, kwargs))
-            earlier.append(re.compile(matcher + "$"))
-        else:
-            earlier.append(matcher.regex)
+            matcher = PathMatches(matcher)  # compiled as tornado's rules compile it
+        earlier.append(matcher.regex)
     return exact
 
 

@@ -41,14 +41,13 @@ from tornado.netutil import bind_sockets
 
 from server.core.errors import GatewayError
 from server.ops.metrics import ACCEPT_PAUSES, EDGE_REFUSED
-from server.web.http1 import Http1Connection, Http1Params, raw_answer
+from server.web.http1 import LINGER_BYTES, LINGER_FOR, Http1Connection, Http1Params, raw_answer
 
-__all__ = ["EdgeServer", "raw_answer"]
+__all__ = ["EdgeServer"]
 
 _OUT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0  # seconds accepting pauses when out of descriptors
 _BATCH = 128  # connections accepted per readiness event (tornado's own number)
-_LINGER_FOR, _LINGER_BYTES = 1.0, 1 << 20  # what a lingering close waits for and reads
 
 
 def _reserve() -> int | None:
@@ -61,10 +60,10 @@ def _reserve() -> int | None:
 
 class _Lingering:
     """Send ``answer`` on ``sock``, stop writing, read and drop what comes until the client
-    closes (or ``_LINGER_FOR`` s, ``_LINGER_BYTES``), then close."""
+    closes (or ``LINGER_FOR`` s, ``LINGER_BYTES``), then close."""
 
     def __init__(self, sock: socket.socket, answer: bytes) -> None:
-        self.sock, self.left, self.loop = sock, _LINGER_BYTES, IOLoop.current()
+        self.sock, self.left, self.loop = sock, LINGER_BYTES, IOLoop.current()
         try:
             sock.setblocking(False)
             sock.send(answer)  # a few hundred bytes into an empty send buffer
@@ -73,7 +72,7 @@ class _Lingering:
             sock.close()
             return
         self.loop.add_handler(sock, self._readable, IOLoop.READ)
-        self.timer = self.loop.call_later(_LINGER_FOR, self._close)
+        self.timer = self.loop.call_later(LINGER_FOR, self._close)
 
     def _readable(self, _fd: Any, _events: int) -> None:
         try:

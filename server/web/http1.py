@@ -30,9 +30,9 @@ from server.core.errors import GatewayError, client_should_retry
 from server.ops.metrics import EDGE_REFUSED
 from server.web.errors import error_body
 
-__all__ = ["Exchange", "Http1Connection", "Http1Params", "raw_answer"]
+__all__ = ["LINGER_BYTES", "LINGER_FOR", "Exchange", "Http1Connection", "Http1Params", "raw_answer"]
 
-_LINGER_FOR, _LINGER_BYTES = 1.0, 1 << 20  # what a lingering close waits for and reads
+LINGER_FOR, LINGER_BYTES = 1.0, 1 << 20  # what a lingering close waits for and reads
 _INPUT_CAP = 1 << 20  # bytes read ahead (pipelined) before reading pauses
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -302,7 +302,7 @@ class Http1Connection(asyncio.Protocol):
         self.waiters: list[asyncio.Future[None]] = []
         self.lost: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.linger_left = _LINGER_BYTES
+        self.linger_left = LINGER_BYTES
         self.loop = loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()  # every write's, unless behind
         self.done.set_result(None)
@@ -387,7 +387,7 @@ class Http1Connection(asyncio.Protocol):
             return
         self._close()
         try:
-            await asyncio.wait_for(asyncio.shield(self.lost), _LINGER_FOR)
+            await asyncio.wait_for(asyncio.shield(self.lost), LINGER_FOR)
         except TimeoutError:
             self.abort()
             await self.lost
@@ -746,7 +746,7 @@ class Http1Connection(asyncio.Protocol):
 
     def _linger(self, answer: bytes) -> None:
         """Send ``answer``, stop writing, read and drop what comes until the client closes
-        (or ``_LINGER_FOR`` s, ``_LINGER_BYTES``), then close: closing with unread bytes
+        (or ``LINGER_FOR`` s, ``LINGER_BYTES``), then close: closing with unread bytes
         resets the connection, and a reset can destroy the answer before the client reads it."""
         transport = self.transport
         self.state, self.buf, self.closing = _LINGER, b"", True
@@ -759,7 +759,7 @@ class Http1Connection(asyncio.Protocol):
         if not self.reading:
             self.reading = True
             transport.resume_reading()
-        self.timer = self.loop.call_later(_LINGER_FOR, self._close)
+        self.timer = self.loop.call_later(LINGER_FOR, self._close)
 
     def _close(self) -> None:
         self.closing = True
