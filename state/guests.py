@@ -132,17 +132,22 @@ class GuestReserve:
                 missing = self.target - await self.redis.llen(self.keys.guests)
                 if missing <= 0:
                     break
-                added += await self._sign_in(fetch, missing, in_flight)
+                added += await self._sign_in(fetch, missing, in_flight, until)
             return added
         finally:
             await lock.release()
 
     async def _sign_in(
-        self, fetch: Callable[[], Awaitable[StoredGuest]], count: int, in_flight: int
+        self,
+        fetch: Callable[[], Awaitable[StoredGuest]],
+        count: int,
+        in_flight: int,
+        until: float,
     ) -> int:
-        """Sign ``count`` guests in, up to ``in_flight`` at once, and push them as
-        they come (``_PUSH_EVERY`` per command); returns how many were pushed. A failed
-        sign-in stops its worker; what the others got is still pushed, then it is raised."""
+        """Sign ``count`` guests in, up to ``in_flight`` at once, starting none after the
+        monotonic ``until``, and push them as they come (``_PUSH_EVERY`` per command); returns
+        how many were pushed. A failed sign-in stops its worker; what the others got is still
+        pushed, then it is raised."""
         pending: list[bytes] = []
         left, pushed = count, 0
 
@@ -156,7 +161,9 @@ class GuestReserve:
 
         async def worker() -> None:
             nonlocal left
-            while left > 0:
+            # Paced sign-ins come a few a second: without the deadline a round for hundreds
+            # would outlive the lock, and a second replica would start a round beside it.
+            while left > 0 and time.monotonic() < until:
                 left -= 1
                 pending.append(msgspec.json.encode(await fetch()))
                 if len(pending) >= _PUSH_EVERY:

@@ -167,3 +167,22 @@ async def test_facts_are_shared_with_an_age(redis):
     await facts.put("fe_version", "prod-fe-1.2.3")
     assert await Facts(redis, KEYS).get("fe_version", 60) == "prod-fe-1.2.3"
     assert await facts.get("fe_version", -1) is None
+
+
+async def test_a_paced_refill_stops_starting_sign_ins_before_its_lock_runs_out(redis, monkeypatch):
+    # Paced sign-ins arrive a few a second: a round for hundreds used to run on past the
+    # refill lock's life, so another replica's round started beside it and both booked pacer
+    # slots. The round now starts no sign-in after its deadline and lets the lock go.
+    monkeypatch.setattr("state.guests._REFILL_FOR", 0.3)
+    reserve = GuestReserve(redis, KEYS, size=200)
+
+    async def paced(_: int) -> None:
+        await asyncio.sleep(0.05)
+
+    fetch = Numbered(paced)
+    started = time.monotonic()
+    added = await reserve.refill(fetch, SIGNINS_PACED)
+    assert time.monotonic() - started < 1.0
+    assert 2 <= added == fetch.made <= 16  # about 0.3 s of two at a time, 20 per second
+    assert await redis.llen(KEYS.guests) == added
+    assert await GuestReserve(redis, KEYS, size=200).refill(Numbered(), SIGNINS_PACED) > 0
