@@ -43,6 +43,7 @@ _DIALECT = (
     "zai_origin",
     "zai_referer",
     "zai_history",
+    "zai_create_chats",
 )
 _PACING = ("pacing_min_gap_ms", "pacing_jitter_ms", "pacing_max_wait", "pacing_token_min_gap_ms")
 _WAF = ("waf_backoff_base", "waf_backoff_cap")
@@ -77,6 +78,7 @@ def dialect_of(settings: Settings) -> Dialect:
         signature_key=settings.zai_signature_key,
         user_agent=settings.zai_user_agent,
         history=settings.zai_history,
+        create_chats=settings.zai_create_chats,
         origin=settings.zai_origin,
         referer=settings.zai_referer,
         sec_ch_ua=settings.zai_sec_ch_ua,

@@ -206,6 +206,9 @@ class Settings(BaseSettings):
     zai_origin: str = ""  # empty: ZAI_BASE_URL
     zai_referer: str = ""  # empty: the page the call is made from (a chat's, or the home page)
     zai_history: Literal["messages", "fold"] = "messages"
+    # true: each fresh chat is created first with POST /api/v1/chats/new, as the page does
+    # (PROTOCOL.md section 6.4), for the day a completion naming a chat it never made is refused
+    zai_create_chats: bool = False
     # A JSON object moving upstream endpoints, e.g. {"completions": "/api/v3/chat/completions"}
     # (names: server/zai/endpoints.py); the rest keep their paths
     zai_paths: dict[str, str] = {}

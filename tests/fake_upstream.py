@@ -154,6 +154,13 @@ class FakeUpstream:
         self.busy_chats: set[str] = set()
         self.deleted: list[str] = []
         self.delete_failures = 0
+        # Chat creation (PROTOCOL.md section 6.4): POST /api/v1/chats/new with the page's body
+        # makes a chat (kept in ``chats``) and answers its id. With ``create_required`` a
+        # completion starting a chat (no current_user_message_parent_id) must name one made so
+        # by the same token, else 404 "We could not find...", an upstream refusing chats it
+        # never made.
+        self.create_required = False
+        self.created: dict[str, str] = {}  # chat id -> the token that made it
         # Files (PROTOCOL.md section 6.9): POST /api/v1/files/ (multipart, user tokens only;
         # a guest gets 401) answers a file object shaped like the cassette's upload (only a
         # cassette holding one teaches the fake the endpoint); id -> (owner token, bytes).
@@ -318,7 +325,37 @@ class FakeUpstream:
         failing = self.fail_tokens.get(seen.query["token"])
         if failing:
             return failing, {"detail": f"failing on purpose for this token (HTTP {failing})"}
-        return self._file_refusal(seen)
+        return self._file_refusal(seen) or self._chat_refusal(seen)
+
+    def create_chat(self, token: str, body: bytes) -> dict:
+        try:
+            chat = json.loads(body)["chat"]
+            uid = chat["history"]["currentId"]
+            first = chat["history"]["messages"][uid]
+            ok = first["role"] == "user" and first["parentId"] is None and chat["models"]
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not token:
+            raise _Status(401, BAD_TOKEN)
+        if not ok:
+            raise _Status(400, {"detail": "not a chat the page would create"})
+        chat_id = str(uuid.uuid4())
+        self.created[chat_id] = token
+        self.chats[chat_id] = token
+        return {**chat, "id": chat_id, "user_id": "u", "created_at": int(time.time())}
+
+    def _chat_refusal(self, seen: Seen) -> tuple[int, dict] | None:
+        if not self.create_required:
+            return None
+        try:
+            body = json.loads(seen.body)
+        except ValueError:
+            return None
+        if body.get("current_user_message_parent_id") is not None:
+            return None  # a continued chat: conversation mode checks it
+        if self.created.get(body.get("chat_id")) != seen.query.get("token"):
+            return 404, {"detail": "We could not find what you're looking for :/"}
+        return None
 
     def _limit_refusal(self, seen: Seen) -> bytes | None:
         """The in-band rate-limit answer for a token in ``limit_tokens``, else None."""
@@ -543,6 +580,15 @@ class _Handler(RequestHandler):
                 self.set_status(answer)
                 answer = BAD_TOKEN if answer in (401, 403) else {"detail": f"HTTP {answer}"}
             self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(answer))
+            return
+        if seen.method == "POST" and seen.path == CHATS + "new":
+            self.set_header("Content-Type", "application/json")
+            try:
+                answer = self.fake.create_chat(bearer, seen.body)
+            except _Status as err:
+                self.set_status(err.status)
+                answer = err.body
             self.finish(json.dumps(answer))
             return
         if seen.method == "DELETE" and seen.path.startswith(CHATS):

@@ -4,12 +4,15 @@ The fake upstream keeps a chat for every accepted completion, as the real one do
 owner deletes it. Through the ``openai`` SDK: each answer's chat is deleted afterwards with
 the token that made it (stream and not, guests and pooled tokens); a failed delete waits in
 Redis and is retried; nothing is deleted while the WAF breaker is open; ``/metrics`` shows
-what waits; ``ZAI_CHATS=keep`` deletes nothing. Then the issue's acceptance: 100 requests over
-three replica processes sharing a redis-server, one SIGKILLed midway, and within a minute the
-upstream holds no chat of ours.
+what waits; ``ZAI_CHATS=keep`` deletes nothing; with ``ZAI_CREATE_CHATS`` each chat is first
+created as the page does (``POST /api/v1/chats/new``), as a fake refusing chats it never made
+requires, and the created chat is the one deleted. Then the issue's acceptance: 100 requests
+over three replica processes sharing a redis-server, one SIGKILLed midway, and within a
+minute the upstream holds no chat of ours.
 """
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -27,6 +30,7 @@ from tests.redis_server import RedisServer
 
 OK = "stream_glm5_plain_thinking"
 GUESTS = ("home", "guest_auth", OK)
+EXPECTED = Path(__file__).resolve().parent / "expected"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -155,6 +159,52 @@ async def test_keep_mode_deletes_nothing(gateway):
     await asyncio.sleep(0.3)
     assert len(gw.fake.chats) == 1 and gw.services.chats is None
     assert [r for r in gw.fake.requests if r.method == "DELETE"] == []
+
+
+def body_chat_id(seen) -> str:
+    return json.loads(seen.body)["chat_id"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_chat_is_created_first_when_the_upstream_requires_it(gateway, stream):
+    gw = await gateway(*GUESTS, zai_create_chats=True, zai_delete_guest_chats=True)
+    gw.fake.create_required = True  # a completion naming a chat it never made gets a 404
+    expected = json.loads((EXPECTED / f"{OK}.json").read_text())["content"]
+    async with gw.openai() as client:
+        for _ in range(2):
+            reply = await client.chat.completions.create(
+                model="GLM-4.7", messages=HI, stream=stream
+            )
+            if stream:
+                text = "".join([c.choices[0].delta.content or "" async for c in reply if c.choices])
+            else:
+                text = reply.choices[0].message.content
+            assert text == expected
+    creates = [r for r in gw.fake.requests if r.method == "POST" and r.path.endswith("/new")]
+    completions = gw.completions_seen()
+    assert len(creates) == 2 and len(completions) == 2
+    for create, seen in zip(creates, completions, strict=True):
+        assert create.at <= seen.at  # made before its completion, by the same token
+        assert create.headers["Authorization"] == "Bearer " + seen.query["token"]
+        assert create.headers["X-FE-Version"] == seen.headers["X-FE-Version"]
+        chat = json.loads(create.body)["chat"]
+        first = chat["history"]["messages"][chat["history"]["currentId"]]
+        assert first["content"] == "hi" and first["role"] == "user"
+        assert chat["models"] == [json.loads(seen.body)["model"]]
+    assert [body_chat_id(s) for s in completions] == list(gw.fake.created)
+    await settled(gw.fake)
+    assert sorted(gw.fake.deleted) == sorted(gw.fake.created)  # the created ones are deleted
+
+
+async def test_an_upstream_requiring_creation_refuses_a_chat_it_never_made(gateway):
+    """The other half of the test above: the fake's mode bites without ZAI_CREATE_CHATS."""
+    gw = await gateway(*GUESTS)
+    gw.fake.create_required = True
+    async with gw.openai() as client:
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(model="GLM-4.7", messages=HI)
+    assert not [r for r in gw.fake.requests if r.path.endswith("/new")]
+    assert gw.completions_seen() and not gw.fake.created
 
 
 # Acceptance: three replicas, one killed midway

@@ -3,7 +3,8 @@
 Through the official ``openai`` SDK against the fake upstream in conversation mode (it keeps
 each chat's history, checks ``current_user_message_parent_id`` and reports what it already
 held as ``cached_tokens``): a 3-turn conversation named by ``X-Zai-Conversation`` sends only
-the new turn each time, in one chat, and the usage reports the cached tokens.
+the new turn each time, in one chat, and the usage reports the cached tokens; with
+``ZAI_CREATE_CHATS`` the chat continued is the one created first (``POST /api/v1/chats/new``).
 """
 
 import asyncio
@@ -226,3 +227,32 @@ async def test_a_conversation_nobody_continues_has_its_chat_deleted_upstream(gat
         assert asyncio.get_running_loop().time() < deadline, "the chat was never deleted"
         await asyncio.sleep(0.2)
     assert await gw.services.redis.exists(gw.services.keys.chat(chat_id)) == 0
+
+
+async def test_a_created_chat_is_the_one_continued(gateway):
+    """``ZAI_CREATE_CHATS`` against an upstream that requires it: the first turn creates the
+    chat (``POST /api/v1/chats/new``), the later ones continue that chat and create none; a
+    history that no longer extends the stored one creates a fresh chat again."""
+    gw = await gateway("home", "guest_auth_user_role", **pooled(zai_create_chats=True))
+    gw.fake.converse = True
+    gw.fake.create_required = True
+    history: list[dict] = []
+    async with gw.openai() as client:
+        for n in range(1, 4):
+            history.append({"role": "user", "content": f"question number {n}"})
+            reply = await client.chat.completions.create(
+                model="GLM-5.1", messages=history, extra_headers=CONV
+            )
+            assert reply.choices[0].message.content == f"Turn {n}."
+            history.append({"role": "assistant", "content": f"Turn {n}."})
+            await gw.services.pool.batch.flush()  # the mapping is saved write-behind
+        (created,) = gw.fake.created
+        assert {json.loads(s.body)["chat_id"] for s in gw.completions_seen()} == {created}
+        history[0] = {"role": "user", "content": "an edited first question"}
+        history.append({"role": "user", "content": "another question"})
+        reply = await client.chat.completions.create(
+            model="GLM-5.1", messages=history, extra_headers=CONV
+        )
+        assert reply.choices[0].message.content == "Turn 1."  # a fresh chat, created too
+    assert len(gw.fake.created) == 2
+    assert json.loads(gw.completions_seen()[-1].body)["chat_id"] in set(gw.fake.created) - {created}

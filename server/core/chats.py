@@ -39,7 +39,7 @@ class ThrowawayChats:
 
     Used as::
 
-        chat_id = chats.begin(cred)   # before the completion is sent
+        chat_id = chats.begin(cred)   # before the completion is sent (or the created id)
         ...
         chats.end(cred, chat_id)      # after it, in every outcome (deletes in the background)
         await chats.sweep()           # from the upkeep loop: retries, and dead replicas' chats
@@ -68,8 +68,10 @@ class ThrowawayChats:
     def __repr__(self) -> str:
         return f"<ThrowawayChats open={len(self.open)} deleting={len(self._tasks)}>"
 
-    def begin(self, cred: Credential) -> str:
-        chat_id = uuid4_text()
+    def begin(self, cred: Credential, chat_id: str = "") -> str:
+        """Write the chat down for deletion: ``chat_id`` when the upstream made it (created
+        first), else a new id the completion will name."""
+        chat_id = chat_id or uuid4_text()
         if self._deletes(cred):
             pooled = cred.role == "user"
             guest, tid = ("", token_id(cred.token)) if pooled else (cred.token, "")

@@ -293,10 +293,17 @@ async def _attempt(
         chats = None
         chat_id: str | None = turn.plan.chat_id
     else:
-        chat_id = chats.begin(cred) if chats is not None else None
+        chat_id = None
     logger.debug("{} upstream {} as {}", conv.request_id, conv.model.upstream, cred)
     outcome, reason, failure = "ok", "", None
     try:
+        if client.dialect.create_chats and (turn is None or not turn.plan.continued):
+            # The page makes each chat before its first completion (PROTOCOL.md 6.4)
+            chat_id = await client.create_chat(cred, conv, route)
+            if turn is not None:
+                turn.plan.chat_id = chat_id  # what the conversation's next turn continues
+        if chats is not None:
+            chat_id = chats.begin(cred, chat_id or "")
         uploaded = await _upload(conv, cred, client, route, files) if conv.images else None
         exchange = await client.open_completion(
             cred,

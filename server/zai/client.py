@@ -28,7 +28,7 @@ from server.zai.failures import http_failure
 from server.zai.files import upload_body, uploaded
 from server.zai.identity import Credential, credential_from_auth
 from server.zai.models import UpstreamModel, decode_models
-from server.zai.request import Dialect, browser_headers, build_completion
+from server.zai.request import Dialect, browser_headers, build_completion, build_new_chat
 from state.facts import Facts
 
 __all__ = ["VersionPolicy", "ZaiClient"]
@@ -232,6 +232,37 @@ class ZaiClient:
             raise GatewayError("bad_response", f"{path} answered {exc}") from None
 
     # Chats
+
+    async def create_chat(self, cred: Credential, conv: Conversation, route: Route | None) -> str:
+        """``POST /api/v1/chats/new`` as the page creates a chat before its first completion
+        (``Dialect.create_chats``); the chat id the upstream answered."""
+        head = {
+            **self._browser,
+            **_bearer(cred.token),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "X-FE-Version": await self.fe_version(),
+        }
+        url = self.base_url + self.dialect.paths.new_chat
+        body, model = build_new_chat(conv), conv.model.id
+        exchange = await self._open("POST", url, head, body, model, route, token=_paced(cred))
+        try:
+            answer = await exchange.read_all(_ERROR_BODY_LIMIT)
+        except TransportError as exc:
+            raise _transport_failure(exc, conv.model.id) from None
+        finally:
+            exchange.close()
+        if exchange.status != 200:
+            raise http_failure(exchange.status, answer, conv.model.id)
+        try:
+            chat = msgspec.json.decode(answer)
+        except msgspec.DecodeError:
+            chat = None
+        chat_id = chat.get("id") if isinstance(chat, dict) else None
+        if not isinstance(chat_id, str) or not chat_id:
+            detail = f"{self.dialect.paths.new_chat} answered no chat id"
+            raise GatewayError("bad_response", detail, model=conv.model.id)
+        return chat_id
 
     async def delete_chat(self, token: str, chat_id: str, pooled: bool = True) -> bool:
         """``DELETE /api/v1/chats/{id}``: True when the chat is gone (deleted, or not found),

@@ -21,6 +21,7 @@ class Endpoints:
     guest: str = "/api/v1/auths/guest"  # the older guest sign-in, tried second
     models: str = "/api/models"
     chat: str = "/api/v1/chats/{id}"  # DELETE of one chat
+    new_chat: str = "/api/v1/chats/new"  # the page's chat creation (ZAI_CREATE_CHATS)
     files: str = "/api/v1/files/"  # image uploads; the completion names them under it
     completions: str = "/api/v2/chat/completions"
 

@@ -1,10 +1,11 @@
 """The v2 completion request, built exactly as the chat.z.ai web page builds it.
 
-Owns ``build_completion``: query string (the signed fields plus the browser fingerprint the
-page sends), headers (``X-FE-Version``, ``X-Signature``, Origin/Referer, device id) and JSON
-body (flattened history, ``signature_prompt``, feature flags, template variables). A captcha
-param, when given, goes in the body as ``captcha_verify_param``. Pure: the
-clock and ids come in as arguments, so a test can pin every byte.
+Owns ``build_completion`` (and ``build_new_chat``, the page's chat creation): query string
+(the signed fields plus the browser fingerprint the page sends), headers (``X-FE-Version``,
+``X-Signature``, Origin/Referer, device id) and JSON body (flattened history,
+``signature_prompt``, feature flags, template variables). A captcha param, when given, goes in
+the body as ``captcha_verify_param``. Pure: the clock and ids come in as arguments, so a test
+can pin every byte.
 """
 
 import functools
@@ -26,7 +27,14 @@ from server.zai.files import file_entry, image_parts
 from server.zai.identity import Credential
 from server.zai.signature import sign
 
-__all__ = ["COMPLETIONS_PATH", "Dialect", "UpstreamRequest", "browser_headers", "build_completion"]
+__all__ = [
+    "COMPLETIONS_PATH",
+    "Dialect",
+    "UpstreamRequest",
+    "browser_headers",
+    "build_completion",
+    "build_new_chat",
+]
 
 DEFAULT_PATHS = Endpoints()
 COMPLETIONS_PATH = DEFAULT_PATHS.completions  # the default; a dialect's own is ``paths``
@@ -53,6 +61,9 @@ class Dialect:
     signature_key: str
     user_agent: str
     history: str = "messages"  # or "fold": the whole history as one user message
+    # Each fresh chat is created first (POST /api/v1/chats/new, as the page does) and the
+    # completion names the id it answered; off, the completion names a new id of its own.
+    create_chats: bool = False
     # What the page's browser says of itself on every call (empty: not sent); origin ""
     # is the base URL, referer "" the page the call is made from.
     origin: str = ""
@@ -170,6 +181,43 @@ def build_completion(
         body["captcha_verify_param"] = captcha  # single-use (PROTOCOL.md section 6.2)
     url = f"{base}{dialect.paths.completions}?{query}"
     return UpstreamRequest(url, headers, msgspec.json.encode(body), chat_id)
+
+
+def build_new_chat(conv: Conversation, now_ms: int | None = None) -> bytes:
+    """The body of ``POST /api/v1/chats/new`` as the page sends it (PROTOCOL.md section 6.4):
+    the chat's first user message (the prompt) in its history, the model and the features
+    the completion will ask for. The answer's ``id`` is the chat id."""
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    uid, features = uuid4_text(), _features(conv)
+    message = {
+        "id": uid,
+        "parentId": None,
+        "childrenIds": [],
+        "role": "user",
+        "content": conv.prompt,
+        "timestamp": now_ms // 1000,
+        "models": [conv.model.upstream],
+    }
+    chat = {
+        "id": "",
+        "title": conv.prompt[:40] or "New Chat",
+        "models": [conv.model.upstream],
+        "params": {},
+        "history": {"messages": {uid: message}, "currentId": uid},
+        "tags": [],
+        "flags": [],
+        "features": [{"server": "tool_selector_h", "status": "hidden", "type": "tool_selector"}],
+        "mcp_servers": [],
+        "enable_thinking": features["enable_thinking"],
+        "auto_web_search": features["auto_web_search"],
+        "message_version": 1,
+        "extra": {},
+        "timestamp": now_ms,
+        "type": "default",
+    }
+    if "reasoning_effort" in features:
+        chat["reasoning_effort"] = features["reasoning_effort"]
+    return msgspec.json.encode({"chat": chat})
 
 
 _PER_REQUEST = "\x00"  # marks a query value that changes with every request
