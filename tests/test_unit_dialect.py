@@ -229,7 +229,7 @@ def test_the_2026_search_stream_gives_its_query_and_both_sources():
     frames = _frames("stream_v2_toolcall_search_2026")
     arguments = "".join(f.delta_arguments or "" for f in frames if f.phase == "tool_call")
     tool_text = "".join(f.delta_content or "" for f in frames if f.phase == "tool_response")
-    [search] = searches([("search", arguments)], tool_text)
+    [search] = searches([("search", arguments, 0)], [tool_text])
     assert search.query == "Elon Musk news this week"
     assert [url for _, url in search.results] == [
         "https://news.example.com/tech-roundup",
@@ -241,7 +241,7 @@ def test_the_2026_search_stream_gives_its_query_and_both_sources():
 def test_the_2025_glm_block_gives_its_first_query_and_its_results():
     frames = _frames("stream_search_glmblock_2025")
     tool_text = "".join(f.edit_content or "" for f in frames if f.phase in ("tool_call", "other"))
-    [search] = searches([], tool_text)
+    [search] = searches([], [tool_text])
     assert search.query == "which calculus operations are faster in concurrency on CPU"
     urls = [url for _, url in search.results]
     assert any(url.startswith("https://semiengineering.com/cpu-performance-") for url in urls)
@@ -250,27 +250,47 @@ def test_the_2025_glm_block_gives_its_first_query_and_its_results():
 
 def test_only_search_calls_count_and_each_further_call_is_its_own_search():
     calls = [
-        ("open", '{"open": [{"ref_id": "turn0search0"}]}'),
-        ("search", '{"search_query": [{"q": "first"}, {"q": "ignored second"}]}'),
-        ("search", '{"queries": ["again"]}'),
+        ("open", '{"open": [{"ref_id": "turn0search0"}]}', 0),
+        ("search", '{"search_query": [{"q": "first"}, {"q": "ignored second"}]}', 0),
+        ("search", '{"queries": ["again"]}', 0),
     ]
-    assert searches(calls, "") == (WebSearch("first"), WebSearch("again"))
+    assert searches(calls, []) == (WebSearch("first"), WebSearch("again"))
+
+
+def test_each_search_call_owns_the_output_written_until_the_next_search_call():
+    calls = [
+        ("search", '{"q": "one"}', 0),
+        ("open", '{"open": [{"ref_id": "turn0search0"}]}', 1),  # reads the first's pages
+        ("search", '{"q": "two"}', 2),
+    ]
+    entries = [
+        "[ref_id=turn0search0†A†https://a.example/]",
+        "[ref_id=turn0search1†A2†https://a2.example/]",
+        "[ref_id=turn1search0†B†https://b.example/]",
+    ]
+    assert searches(calls, entries) == (
+        WebSearch("one", (("A", "https://a.example/"), ("A2", "https://a2.example/"))),
+        WebSearch("two", (("B", "https://b.example/"),)),
+    )
+    # output written before any call opened goes with the first search
+    early = searches([("search", '{"q": "one"}', 1)], ["[ref_id=x†X†https://x.example/]"])
+    assert early == (WebSearch("one", (("X", "https://x.example/"),)),)
 
 
 def test_sources_without_a_query_are_still_one_search():
-    found = searches([], "[ref_id=r1†T†https://t.example/]")
+    found = searches([], ["[ref_id=r1†T†https://t.example/]"])
     assert found == (WebSearch("", (("T", "https://t.example/"),)),)
 
 
 def test_no_calls_and_no_sources_is_no_search():
-    assert searches([("search", "")], "") == ()
+    assert searches([("search", "", 0)], []) == ()
 
 
 def test_arguments_that_are_not_json_are_the_query_itself():
-    assert searches([("search", "  bus times  ")], "")[0].query == "bus times"
+    assert searches([("search", "  bus times  ", 0)], [])[0].query == "bus times"
 
 
 def test_the_same_url_listed_twice_is_one_source():
     tool_text = "[ref_id=a†One†https://u.example/]\n[ref_id=b†Two†https://u.example/]"
-    [search] = searches([("search", '{"q": "x"}')], tool_text)
+    [search] = searches([("search", '{"q": "x"}', 0)], [tool_text])
     assert [url for _, url in search.results] == ["https://u.example/"]

@@ -6,7 +6,8 @@ Anthropic's wire format: a ``server_tool_use`` of ``web_search`` with the query 
 searched for, its ``web_search_tool_result`` with the sources (title, url), then the answer's
 text with the citations linked, and ``usage.server_tool_use.web_search_requests``; streamed
 in that order too. Both upstream shapes: 2026 tool_call/tool_response frames (capture 07)
-and 2025 ``<glm_block>`` search results (capture 09). The history of such a turn is
+and 2025 ``<glm_block>`` search results (capture 09); a turn that searches twice gives each
+search its own sources (synthesized from those shapes). The history of such a turn is
 accepted back; ``web_fetch`` and web search beside client tools are 400s naming the tool.
 """
 
@@ -214,3 +215,81 @@ async def test_responses_web_search_beside_functions_is_not_offered(gateway):
     assert raw.headers["X-Gateway-Tools"] == "not offered: web_search"
     body = msgspec.json.decode(gw.completions_seen()[0].body)
     assert body["features"]["auto_web_search"] is False
+
+
+def _sse(*frames: dict) -> bytes:
+    done = {"phase": "done", "done": True}
+    return b"".join(
+        b"data: " + msgspec.json.encode({"type": "chat:completion", "data": f}) + b"\n\n"
+        for f in (*frames, done)
+    )
+
+
+def _glm_search(query: str, title: str, url: str) -> str:
+    metadata = {
+        "name": "search",
+        "arguments": msgspec.json.encode({"queries": [query]}).decode(),
+        "result": f"\u30101\u2020{title}\u2020{url}\u3011\nabout it",
+        "status": "completed",
+    }
+    results = {"search_result": [{"title": title, "url": url, "text": "about it"}]}
+    block = {"type": "mcp", "data": {"metadata": metadata, "browser": results}}
+    return f"<glm_block >{msgspec.json.encode(block).decode()}</glm_block>"
+
+
+# One answer that searches twice, text between: each search's blocks must carry the sources
+# its own call found (the 2026 tool_response after its tool_call; a 2025 glm_block's own
+# results), not every source of the turn under the first query.
+TWICE = {
+    "2026": _sse(
+        {"phase": "tool_call", "delta_name": "search", "delta_arguments": ""},
+        {"phase": "tool_call", "delta_arguments": '{"search_query": [{"q": "alpha"}]}'},
+        {
+            "phase": "tool_response",
+            "tool_name": "search",
+            "status": "completed",
+            "delta_content": "[ref_id=turn0search0\u2020Alpha\u2020https://a.example/1]\nDate: -",
+        },
+        {"phase": "answer", "delta_content": "Alpha first."},
+        {"phase": "tool_call", "delta_name": "search", "delta_arguments": ""},
+        {"phase": "tool_call", "delta_arguments": '{"search_query": [{"q": "beta"}]}'},
+        {
+            "phase": "tool_response",
+            "tool_name": "search",
+            "status": "completed",
+            "delta_content": "[ref_id=turn1search0\u2020Beta\u2020https://b.example/2]\nDate: -",
+        },
+        {"phase": "answer", "delta_content": " Then beta."},
+    ),
+    "2025": _sse(
+        {"phase": "answer", "delta_content": "Alpha first. "},
+        {
+            "phase": "tool_call",
+            "delta_content": _glm_search("alpha", "Alpha", "https://a.example/1"),
+        },
+        {"phase": "answer", "delta_content": "\n\nThen beta. "},
+        {"phase": "tool_call", "delta_content": _glm_search("beta", "Beta", "https://b.example/2")},
+        {"phase": "answer", "delta_content": "\n\nDone."},
+    ),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("shape", list(TWICE))
+async def test_each_search_has_its_own_sources(gateway, shape, stream):
+    gw = await gateway(*BASE, pace=0.005)
+    gw.fake.answers.append(TWICE[shape])
+    args = dict(model="claude-sonnet-5-5", max_tokens=1024, messages=ASK, tools=[SEARCH])
+    async with client_for(gw) as client:
+        if stream:
+            async with client.messages.stream(**args) as s:
+                message = await s.get_final_message()
+        else:
+            message = await client.messages.create(**args)
+    uses = [b for b in message.content if b.type == "server_tool_use"]
+    results = [b for b in message.content if b.type == "web_search_tool_result"]
+    assert [u.input for u in uses] == [{"query": "alpha"}, {"query": "beta"}]
+    assert [r.tool_use_id for r in results] == [u.id for u in uses]
+    found = [[(s.title, s.url) for s in r.content] for r in results]
+    assert found == [[("Alpha", "https://a.example/1")], [("Beta", "https://b.example/2")]]
+    assert message.usage.server_tool_use.web_search_requests == 2

@@ -68,7 +68,8 @@ class AnswerStream:
         self.finish_reason = "stop"
         self.frames = 0
         self.malformed = 0
-        self.site_calls: list[list[str]] = []  # [name, arguments] of the site's own calls
+        # (name, argument pieces, first site-output entry after it) of the site's own calls
+        self.site_calls: list[tuple[str, list[str], int]] = []
 
     def __repr__(self) -> str:
         state = "done" if self.done else ("failed" if self.failure else "open")
@@ -138,8 +139,8 @@ class AnswerStream:
 
     def searches(self) -> tuple[WebSearch, ...]:
         """What the upstream's own web search looked for and found in this answer."""
-        calls = [(name, args) for name, args in self.site_calls]
-        return searches(calls, self.text.text.site_output())
+        calls = [(name, "".join(args), at) for name, args, at in self.site_calls]
+        return searches(calls, self.text.text.site_entries())
 
     def _apply(self, payload: bytes) -> bool:
         try:
@@ -153,8 +154,8 @@ class AnswerStream:
         self.frames += 1
         if frame.phase == "tool_call" and (frame.delta_name or frame.delta_arguments):
             if frame.delta_name or not self.site_calls:  # a name opens the next call
-                self.site_calls.append([frame.delta_name or "", ""])
-            self.site_calls[-1][1] += frame.delta_arguments or ""
+                self.site_calls.append((frame.delta_name or "", [], self.text.text.site_break()))
+            self.site_calls[-1][1].append(frame.delta_arguments or "")
         changed = self._text(frame)
         if frame.usage is not None:
             self._count(frame.usage)

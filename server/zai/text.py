@@ -257,9 +257,15 @@ class AnswerText:
         """Changes whenever the site's tool output does (cheap: no text is joined)."""
         return len(self._tools), len(self._tools[-1]) if self._tools else 0
 
-    def site_output(self) -> str:
-        """Everything the site's own tools wrote (search results), for ``search.searches``."""
-        return "\n".join(self._tools)
+    def site_entries(self) -> list[str]:
+        """What the site's own tools wrote, one entry per tool response or glm_block, in
+        order (for ``search.searches``)."""
+        return list(self._tools)
+
+    def site_break(self) -> int:
+        """A site-tool call opened: its output starts a new entry, whose index this is."""
+        self._tool_open = False
+        return len(self._tools)
 
     def _references(self) -> dict[str, tuple[str, str]]:
         if self._refs_seen < 0:
