@@ -60,6 +60,8 @@ async def test_upstream_failure_shapes(gateway, cassette, exc, status, code, wor
     assert words in err.message
     assert len(gw.completions_seen()) == tries
     assert "eyJ" not in err.message  # no token in an error
+    # a guest refused a model stays refused; every other row may pass on another try
+    assert err.response.headers["x-should-retry"] == ("false" if status == 403 else "true")
 
 
 async def test_retry_with_new_guest_then_success(gateway):
