@@ -2,12 +2,17 @@
 
 No capture holds a file upload: the shapes are PROTOCOL.md section 6.9 and two gateways that
 read them off the page (highkay/zai2api ``internal/upload.go``, zhaoxiaozhao07/zai-api
-``src/image_handler.py``). ``vision_upload`` holds 1. ``POST /api/v1/files/`` (multipart, one
-``file`` field) answering the file object, which the fake upstream (tests/fake_upstream.py)
-takes as the shape of every upload it answers (fresh id, name, size, hash each time), and
-2. a GLM-4.6V completion whose body carries the file in the top-level ``files`` and an
-``image_url`` part naming its id, answered (2026 shape, as capture 01) with a description of
-the test picture. Run from the repo root: ``.venv/bin/python -m scripts.vision_cassettes``.
+``src/image_handler.py``). The one trace of an uploaded image in a real capture (04: GLM-4.6V
+passing it to its draw_boxes tool as ``https://z-cdn-media.chatglm.cn/files/<uuid>.png`` with
+an ``auth_key`` query) agrees with the file object's ``cdn_url`` host and form (the id a UUID,
+the extension the image's); it does not show whether the page names the file by id or by
+that URL in the ``image_url`` part (both peers: by id). ``vision_upload`` holds
+1. ``POST /api/v1/files/`` (multipart, one ``file`` field) answering the file object, which
+the fake upstream (tests/fake_upstream.py) takes as the shape of every upload it answers
+(fresh id, name, size, hash each time), and 2. a GLM-4.6V completion whose body carries the
+file in the top-level ``files`` and an ``image_url`` part naming its id, answered (2026
+shape, as capture 01) with a description of the test picture. Run from the repo root:
+``.venv/bin/python -m scripts.vision_cassettes``.
 """
 
 import json
@@ -99,7 +104,9 @@ def main() -> None:
         "vision_upload",
         "source: synthesized (PROTOCOL.md section 6.9; shapes from highkay/zai2api\n"
         "internal/upload.go and zhaoxiaozhao07/zai-api src/image_handler.py, no capture holds\n"
-        "an upload). 1. POST /api/v1/files/ answering the uploaded file object (the fake\n"
+        "an upload; capture 04's one trace of an uploaded image, a draw_boxes img_url\n"
+        "https://z-cdn-media.chatglm.cn/files/<uuid>.png?auth_key=..., agrees with the\n"
+        "cdn_url below). 1. POST /api/v1/files/ answering the uploaded file object (the fake\n"
         "answers every upload in this shape); 2. a glm-4.6v completion naming the file in\n"
         "'files' and in an image_url part, answered (2026 shape, capture 01) about the image.",
         [
