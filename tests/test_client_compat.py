@@ -203,7 +203,10 @@ async def fetch(gw, path, method="GET", origin=PAGE, **headers):
     )
 
 
-@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions", "/v1/models"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/messages", "/v1/chat/completions", "/v1/models", "/v1/responses", "/v1/responses/resp_1"],
+)
 async def test_cors_preflight_allows_what_the_sdks_send(gateway, path):
     gw = await gateway(*BASE, cors_origins=f"https://ui.example,{PAGE}")
     answer = await fetch(
