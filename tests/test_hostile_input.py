@@ -2,7 +2,8 @@
 problem, never a 500, a hang or a log line the client wrote.
 
 Invalid UTF-8 and deep nesting in every free-form field of every route, body and header
-limits, the access log's model name, and client-sized work (stop sequences, count_tokens).
+limits, the access log's model name, a session cookie that is not ASCII, and client-sized work
+(stop sequences, count_tokens).
 """
 
 import asyncio
@@ -31,9 +32,14 @@ def with_deep(make, depth: int) -> bytes:
     return json.dumps(make("DEEP")).encode().replace(b'"DEEP"', value.encode())
 
 
-# route, headers, a request body holding ``value`` in one of its free-form fields
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+RESPONSES_TOOL = {"type": "function", "name": "f"}
+
+# method, route, headers, a request body holding ``value`` in one of its free-form fields:
+# every route that reads a JSON body, the client faces and the admin API alike
 ROUTES = {
     "tools.parameters": (
+        "POST",
         "/v1/chat/completions",
         OPENAI,
         lambda v: {
@@ -43,11 +49,13 @@ ROUTES = {
         },
     ),
     "metadata": (
+        "POST",
         "/v1/messages",
         ANTHROPIC,
         lambda v: {"model": "GLM-4.5", "max_tokens": 5, "messages": HELLO, "metadata": v},
     ),
     "input_schema": (
+        "POST",
         "/v1/messages/count_tokens",
         ANTHROPIC,
         lambda v: {
@@ -56,13 +64,40 @@ ROUTES = {
             "tools": [{"name": "f", "input_schema": v}],
         },
     ),
-    "admin": ("/v1/token-pool/update", {"Authorization": f"Bearer {ADMIN}"}, lambda v: [v]),
+    "responses.tools.parameters": (
+        "POST",
+        "/v1/responses",
+        OPENAI,
+        lambda v: {
+            "model": "GLM-4.5",
+            "input": "hi",
+            "tools": [{**RESPONSES_TOOL, "parameters": v}],
+        },
+    ),
+    "responses.text.format.schema": (
+        "POST",
+        "/v1/responses",
+        OPENAI,
+        lambda v: {
+            "model": "GLM-4.5",
+            "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "s", "schema": v}},
+        },
+    ),
+    "admin": ("POST", "/v1/token-pool/update", ADMIN_HEADERS, lambda v: [v]),
+    "upstream.config": ("PUT", "/v1/upstream/config", ADMIN_HEADERS, lambda v: {"x": v}),
+    "keys.new": ("POST", "/v1/keys", ADMIN_HEADERS, lambda v: {"name": v}),
+    "keys.change": ("PATCH", "/v1/keys/0123456789ab", ADMIN_HEADERS, lambda v: {"name": v}),
+    "captcha": ("POST", "/v1/captcha", ADMIN_HEADERS, lambda v: {"params": [v]}),
 }
+# Bytes that are not UTF-8: a stray byte, a surrogate and an overlong NUL written as UTF-8,
+# a code point past U+10FFFF, a cut sequence.
+NOT_UTF8 = (b"\xff\xfe", b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82")
 
 
-async def post(gw, path: str, body: bytes, headers: dict) -> tuple[int, dict]:
+async def post(gw, path: str, body: bytes, headers: dict, method: str = "POST") -> tuple[int, dict]:
     reply = await AsyncHTTPClient().fetch(
-        gw.url + path, method="POST", body=body, headers=headers, raise_error=False
+        gw.url + path, method=method, body=body, headers=headers, raise_error=False
     )
     return reply.code, json.loads(reply.body)
 
@@ -80,21 +115,22 @@ def assert_shaped(path: str, error: dict) -> None:
 @pytest.mark.parametrize("field", ROUTES)
 async def test_invalid_utf8_is_a_400_naming_it(gateway, field):
     gw = await gateway("home", "guest_auth", admin_token=ADMIN)
-    path, headers, make = ROUTES[field]
-    body = json.dumps(make({"secretword": "MARK"})).encode().replace(b"MARK", b"\xff\xfeMARK")
-    status, error = await post(gw, path, body, headers)
-    assert status == 400
-    assert_shaped(path, error)
-    assert "UTF-8" in error["error"]["message"]
-    assert "secretword" not in error["error"]["message"]
+    method, path, headers, make = ROUTES[field]
+    for bad in NOT_UTF8:
+        body = json.dumps(make({"secretword": "MARK"})).encode().replace(b"MARK", bad + b"MARK")
+        status, error = await post(gw, path, body, headers, method)
+        assert status == 400, (bad, error)
+        assert_shaped(path, error)
+        assert "UTF-8" in error["error"]["message"]
+        assert "secretword" not in error["error"]["message"]
 
 
 @pytest.mark.parametrize("field", ROUTES)
 async def test_deep_nesting_is_a_400_in_every_free_form_field(gateway, field):
     gw = await gateway("home", "guest_auth", admin_token=ADMIN)
-    path, headers, make = ROUTES[field]
+    method, path, headers, make = ROUTES[field]
     for depth in (100, 1000, 100_000):
-        status, error = await post(gw, path, with_deep(make, depth), headers)
+        status, error = await post(gw, path, with_deep(make, depth), headers, method)
         assert status == 400, (depth, error)
         assert_shaped(path, error)
         assert "nests deeper than 64" in error["error"]["message"]
@@ -102,7 +138,7 @@ async def test_deep_nesting_is_a_400_in_every_free_form_field(gateway, field):
 
 async def test_ordinary_nesting_still_decodes(gateway):
     gw = await gateway("home", "guest_auth")
-    path, headers, make = ROUTES["input_schema"]
+    _, path, headers, make = ROUTES["input_schema"]
     status, reply = await post(gw, path, with_deep(make, 40), headers)
     assert status == 200 and reply["input_tokens"] > 0
 
@@ -130,6 +166,19 @@ async def test_a_body_that_never_comes_is_cut_off(gateway):
     )
     # Without a body timeout the socket stays open: wait_for raises TimeoutError.
     assert await raw_exchange(gw, head) == b""
+
+
+async def test_a_session_cookie_that_is_not_ascii_is_no_session(gateway):
+    gw = await gateway("home", "guest_auth", admin_token=ADMIN)
+    cookie = b"Cookie: zai_admin=1.a.\xe9\xff\r\n"  # a header is bytes: latin-1 once read
+    for line, want in (
+        (b"GET /admin", b" 200 "),  # the login page
+        (b"GET /admin/data", b" 401 "),
+        (b"POST /admin/keys/0123456789ab/disable", b" 401 "),
+    ):
+        head = line + b" HTTP/1.1\r\nHost: x\r\n" + cookie + b"Content-Length: 0\r\n"
+        answer = await raw_exchange(gw, head + b"Connection: close\r\n\r\n")
+        assert want in answer.split(b"\r\n", 1)[0], (line, answer[:300])
 
 
 @pytest.fixture

@@ -57,9 +57,12 @@ def session_ok(admin: str, value: str, now: float | None = None) -> bool:
     """
     expires, _, rest = value.partition(".")
     nonce, _, signature = rest.partition(".")
-    if not (expires.isdigit() and nonce and signature):
+    # A cookie is whatever the client sent: compare_digest refuses non-ASCII str (a 500), and
+    # isdigit() alone takes digits int() does not ("²").
+    if not (expires.isascii() and expires.isdigit() and nonce and signature):
         return False
-    good = hmac.compare_digest(signature, _sign(admin, f"session:{expires}.{nonce}"))
+    expected = _sign(admin, f"session:{expires}.{nonce}")
+    good = hmac.compare_digest(signature.encode(), expected.encode())
     return good and int(expires) > (now or time.time())
 
 
