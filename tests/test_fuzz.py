@@ -67,11 +67,51 @@ chatty = st.fixed_dictionaries(
         "extra": json_values,
     },
 )
+item = st.fixed_dictionaries(
+    {"type": st.sampled_from(["message", "function_call", "function_call_output", "x"])},
+    optional={
+        "role": roles,
+        "content": content,
+        "call_id": json_values,
+        "name": json_values,
+        "arguments": json_values,
+        "output": content,
+    },
+)
+responsy = st.fixed_dictionaries(
+    {"model": models, "input": st.one_of(st.text(max_size=30), st.lists(item, max_size=3))},
+    optional={
+        "stream": st.booleans(),
+        "instructions": json_values,
+        "tools": json_values,
+        "tool_choice": json_values,
+        "text": json_values,
+        "reasoning": json_values,
+        "metadata": json_values,
+        "max_output_tokens": json_values,
+        "previous_response_id": json_values,
+        "store": json_values,
+    },
+)
 bodies = st.one_of(
     st.binary(max_size=64),
     json_values.map(lambda v: json.dumps(v).encode()),
     chatty.map(lambda v: json.dumps(v).encode()),
 )
+responses_bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    responsy.map(lambda v: json.dumps(v).encode()),
+)
+# every admin route that reads a body, with the method that does
+ADMIN_ROUTES = [
+    ("POST", "/v1/token-pool/update"),
+    ("POST", "/v1/token-pool/health-check"),
+    ("PUT", "/v1/upstream/config"),
+    ("POST", "/v1/keys"),
+    ("PATCH", "/v1/keys/0123456789ab"),
+    ("POST", "/v1/captcha"),
+]
 
 
 class Served:
@@ -180,9 +220,16 @@ def test_count_tokens(served, body):
 
 
 @FUZZ
-@given(body=bodies, path=st.sampled_from(["/v1/token-pool/update", "/v1/token-pool/health-check"]))
-def test_admin_routes(served, body, path):
-    check(*served.request("POST", path, body, {"Authorization": f"Bearer {ADMIN}"}))
+@given(body=responses_bodies)
+def test_responses(served, body):
+    check(*served.request("POST", "/v1/responses", body, AUTH))
+
+
+@FUZZ
+@given(body=bodies, route=st.sampled_from(ADMIN_ROUTES))
+def test_admin_routes(served, body, route):
+    method, path = route
+    check(*served.request(method, path, body, {"Authorization": f"Bearer {ADMIN}"}))
 
 
 @FUZZ
@@ -198,14 +245,10 @@ def test_any_route_and_method(served, path, method, key):
 
 
 def test_state_changing_routes_need_their_key(served):
-    for path in (
-        "/v1/chat/completions",
-        "/v1/messages",
-        "/v1/token-pool/update",
-        "/v1/token-pool/health-check",
-    ):
+    routes = [("POST", p) for p in ("/v1/chat/completions", "/v1/messages", "/v1/responses")]
+    for method, path in routes + ADMIN_ROUTES:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
-            status, _, _ = served.request("POST", path, b"[]", headers)
+            status, _, _ = served.request(method, path, b"[]", headers)
             assert status == 401, (path, headers)
     status, _, _ = served.request(
         "POST", "/v1/token-pool/update", b"[]", {"Authorization": f"Bearer {API_KEY}"}
