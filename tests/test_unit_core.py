@@ -3,6 +3,7 @@ token estimate (``server.core.token_estimate``), the tool protocol written into 
 (``server.emulation.tool_prompt``), the model table (``server.core.models``) and the
 one-gateway-per-name lock (``server.uniqueness``)."""
 
+import asyncio
 import itertools
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from server.core import token_estimate
 from server.core.chat import Conversation, ToolCall, ToolSpec, Turn
 from server.core.effort import LEVELS, from_budget, thinking_for, upstream_effort
 from server.core.errors import GatewayError
@@ -23,7 +25,7 @@ from server.core.models import (
     merge,
     require_model,
 )
-from server.core.token_estimate import estimate_conversation, estimate_tokens
+from server.core.token_estimate import estimate_answer, estimate_conversation, estimate_tokens
 from server.emulation.tool_parse import parse_call
 from server.emulation.tool_prompt import CALL_CLOSE, CALL_OPEN, render_call, render_for_upstream
 from server.settings import load_settings
@@ -123,6 +125,27 @@ def test_more_text_is_never_fewer_tokens():
     text = "The quick brown fox, 42 times: 你好!"
     counts = [estimate_tokens(text[:n]) for n in range(len(text) + 1)]
     assert counts == sorted(counts)
+
+
+async def test_a_long_answer_is_counted_as_in_one_go_a_slice_per_loop_turn(monkeypatch):
+    monkeypatch.setattr(token_estimate, "SLICE", 1000)
+    words = ("the", "fox", "你好", "1234567", "!?", "snake_case", "a\nb", "x" * 200)
+    text = " ".join(words[i * 7 % len(words)] for i in range(3000))
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.ensure_future(count_turns())
+    await asyncio.sleep(0)
+    assert await estimate_answer(text, "reasoning " * 500) == estimate_tokens(
+        text
+    ) + estimate_tokens("reasoning " * 500)
+    counter.cancel()
+    assert turns >= (len(text) + 5000) // 1000 - 1  # the loop ran between the slices
 
 
 def test_english_prose_is_near_the_usual_four_characters_a_token():

@@ -1,6 +1,8 @@
 """An honest estimate of how many tokens a text is, for ``count_tokens``.
 
-Owns ``estimate_tokens`` and ``estimate_conversation``. The upstream publishes no tokenizer,
+Owns ``estimate_tokens`` and ``estimate_conversation``, and ``estimate_answer`` for an
+answer's two texts once it is done, which gives the event loop a turn every ``SLICE``
+characters (a client can ask for an answer of megabytes). The upstream publishes no tokenizer,
 so this counts the way BPE tokenizers of GLM's kind behave on average: each CJK character is
 about one token, a word of letters one token per six characters (at least one: common words
 are single tokens), a run of digits one token per three, each punctuation mark or symbol one
@@ -10,18 +12,21 @@ roughly 15% of the upstream's own count for English and Chinese prose; code and 
 scripts vary more.
 """
 
+import asyncio
 import math
 import re
 
 from server.core.chat import Conversation
 from server.emulation.tool_prompt import render_for_upstream
 
-__all__ = ["estimate_conversation", "estimate_tokens"]
+__all__ = ["SLICE", "estimate_answer", "estimate_conversation", "estimate_tokens"]
 
 _PIECES = re.compile(
     r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|\d+|[^\W\d_]+|[^\w\s]|_"
 )
 _PER_MESSAGE = 4
+SLICE = 65_536  # characters counted per loop turn: ~10 ms here (2 M characters took 0.3 s)
+_SPACE = re.compile(r"\s")
 
 
 def estimate_tokens(text: str) -> int:
@@ -35,3 +40,21 @@ def estimate_tokens(text: str) -> int:
 def estimate_conversation(conv: Conversation) -> int:
     turns = render_for_upstream(conv).turns
     return sum(estimate_tokens(turn.text) + _PER_MESSAGE for turn in turns)
+
+
+async def estimate_answer(*texts: str) -> int:
+    """``estimate_tokens`` of each text, summed, ``SLICE`` characters per loop turn. A slice
+    ends just after a whitespace character, which no piece holds, so the count is the same
+    as in one go (a slice with none is cut where it is: a word may count once more)."""
+    total = 0
+    for text in texts:
+        start = 0
+        while len(text) - start > SLICE:
+            end = start + SLICE
+            found = _SPACE.search(text[end - 256 : end][::-1])  # the last one near the end
+            end -= found.start() if found else 0
+            total += estimate_tokens(text[start:end])
+            start = end
+            await asyncio.sleep(0)
+        total += estimate_tokens(text[start:])
+    return total

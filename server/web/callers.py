@@ -13,7 +13,7 @@ from typing import Any
 
 from server.core.chat import Conversation, Ending, Sink, ToolCall, WebSearch
 from server.core.errors import GatewayError
-from server.core.token_estimate import estimate_conversation, estimate_tokens
+from server.core.token_estimate import estimate_answer, estimate_conversation
 from state.client_keys import Admission
 
 __all__ = ["ANONYMOUS", "Caller", "Metered", "rate_headers", "static_callers"]
@@ -102,7 +102,7 @@ class Metered:
             self.input_tokens, self.output_tokens = usage.prompt_tokens, usage.completion_tokens
         else:
             self.input_tokens = estimate_conversation(self.conv)
-            self.output_tokens = estimate_tokens(end.reasoning) + estimate_tokens(end.content)
+            self.output_tokens = await estimate_answer(end.reasoning, end.content)
         self.finish_reason = end.reason
         await self.inner.finish(end)
 
