@@ -1,7 +1,7 @@
 """A Redis frozen under load (SIGSTOP, then SIGCONT) on a real redis-server: the acquires and
 releases that timed out while it was frozen still run when it resumes; none may leave a lease
 that nobody holds (a "ghost": its slot stays taken for LEASE_TTL), and service is whole again
-within seconds of SIGCONT."""
+within seconds of SIGCONT, while no request waits for the freeze to end."""
 
 import asyncio
 import signal
@@ -83,7 +83,7 @@ async def test_redis_frozen_under_load_recovers_within_seconds_with_no_ghost_lea
         pool_max_concurrency=3,
         lease_ttl=120,
     )
-    outcomes: list[tuple[float, int]] = []  # (start, status)
+    outcomes: list[tuple[float, int, float]] = []  # (start, status, seconds)
     resumed = float("inf")  # when SIGCONT was sent (timed on the clock, not assumed)
 
     async def worker() -> None:
@@ -101,7 +101,7 @@ async def test_redis_frozen_under_load_recovers_within_seconds_with_no_ghost_lea
                     status = exc.status_code
                 except openai.APIError:
                     status = 0  # the stream ended with an error event
-                outcomes.append((start, status))
+                outcomes.append((start, status, time.monotonic() - start))
                 await asyncio.sleep(0.02)
 
     async def freeze() -> None:
@@ -114,8 +114,11 @@ async def test_redis_frozen_under_load_recovers_within_seconds_with_no_ghost_lea
 
     # 12 clients, 4 tokens of 3 slots each: any ghost lease turns a client away
     await asyncio.gather(*(worker() for _ in range(12)), freeze())
-    assert any(status != 200 for _, status in outcomes)  # the freeze was felt
-    late = [status for start, status in outcomes if start > resumed + 5]
+    assert any(status != 200 for _, status, _ in outcomes)  # the freeze was felt
+    # Frozen, a request fails within its few commands' REDIS_TIMEOUT (1.2 s at most here),
+    # as the README says: none waits for the 10 s freeze to end.
+    assert max(seconds for _, _, seconds in outcomes) < 3
+    late = [status for start, status, _ in outcomes if start > resumed + 5]
     assert late and set(late) == {200}, sorted(set(late))
     code, status = await admin(gw, "GET", "/v1/token-pool/status")
     assert code == 200
