@@ -148,6 +148,42 @@ async def test_a_long_answer_is_counted_as_in_one_go_a_slice_per_loop_turn(monke
     assert turns >= (len(text) + 5000) // 1000 - 1  # the loop ran between the slices
 
 
+def _counting(monkeypatch) -> list[int]:
+    """The characters each exact count was given (how much work an estimate did)."""
+    counted: list[int] = []
+    exact = token_estimate._count
+
+    def count(text: str) -> int:
+        counted.append(len(text))
+        return exact(text)
+
+    monkeypatch.setattr(token_estimate, "_count", count)
+    return counted
+
+
+def test_megabytes_sent_by_a_client_are_estimated_from_samples_within_a_few_percent(
+    monkeypatch,
+):
+    # 7.5 MB counted whole held the event loop 1.75 s before every completion of an issued
+    # key; the work is now capped whatever the client sends, and the count stays close.
+    words = ("the", "fox", "你好", "1234567", "!?", "snake_case", "a\nb", "x" * 200)
+    text = " ".join(words[i * 7 % len(words)] for i in range(1_000_000))
+    exact = token_estimate._count(text)
+    counted = _counting(monkeypatch)
+    assert abs(estimate_tokens(text) - exact) <= exact * 0.03
+    assert len(text) > 7_000_000 and sum(counted) <= token_estimate.EXACT_UP_TO
+    counted.clear()
+    turns = [Turn("user" if i % 2 else "assistant", text[i::100]) for i in range(100)]
+    estimate_conversation(Conversation(GLM47, turns))  # many long turns: one cap for all
+    assert sum(counted) <= token_estimate.EXACT_UP_TO
+
+
+def test_a_text_up_to_the_cap_is_counted_exactly(monkeypatch):
+    text = ("word " * 60_000)[: token_estimate.EXACT_UP_TO]
+    counted = _counting(monkeypatch)
+    assert estimate_tokens(text) == token_estimate._count(text) and counted[0] == len(text)
+
+
 def test_english_prose_is_near_the_usual_four_characters_a_token():
     prose = (
         "Numerical integration over many intervals or finite differences on a grid parallelise "
