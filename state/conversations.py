@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from state.batch import WriteBehind, evalsha
+from state.chats import ledger_member
 from state.keys import Keys
 
 __all__ = ["ConversationStore", "Mapping", "Thread"]
@@ -98,8 +99,7 @@ class ConversationStore:
             )
             pipe.pexpire(key, ttl)
             evalsha(pipe, self._let_go, [turn], [holder])
-            pipe.hset(keys.chat(mapping.chat_id), mapping={"guest": "", "token_id": token_id})
-            pipe.zadd(keys.chats, {mapping.chat_id: until})
+            pipe.zadd(keys.chats, {ledger_member(mapping.chat_id, "", token_id): until})
 
         self.batch.add(build).add_done_callback(_ignore)
 

@@ -226,7 +226,7 @@ async def test_a_conversation_nobody_continues_has_its_chat_deleted_upstream(gat
     while chat_id not in gw.fake.deleted:
         assert asyncio.get_running_loop().time() < deadline, "the chat was never deleted"
         await asyncio.sleep(0.2)
-    assert await gw.services.redis.exists(gw.services.keys.chat(chat_id)) == 0
+    assert await gw.services.chats.ledger.pending() == 0
 
 
 async def test_a_created_chat_is_the_one_continued(gateway):

@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import RedisError
 
 from state.batch import WriteBehind
-from state.chats import ChatLedger
+from state.chats import ChatLedger, PendingChat
 from state.client_keys import ClientKeys, parse_secret
 from state.connection import connect
 from state.keys import Keys
@@ -34,13 +34,12 @@ async def test_ledger_writes_of_many_requests_are_one_round_trip(server):
         keys = Keys("b:")
         ledger = ChatLedger(client, keys, WriteBehind(client))
         before = await reads(client)
-        ids = [f"chat-{i}" for i in range(30)]
-        await asyncio.gather(*(ledger.open(i, "", f"tid-{i}", 30) for i in ids))
+        chats = [PendingChat(f"chat-{i}", "", f"tid-{i}") for i in range(30)]
+        await asyncio.gather(*(ledger.open(chat, 30) for chat in chats))
         assert await reads(client) - before == 2  # the batch and the INFO
         assert await ledger.pending() == 30
-        assert await client.hget(keys.chat("chat-7"), "token_id") == "tid-chat-7"
         before = await reads(client)
-        await asyncio.gather(*(ledger.done(i) for i in ids))
+        await asyncio.gather(*(ledger.done(chat) for chat in chats))
         assert await reads(client) - before == 2
         assert await ledger.pending() == 0 and await client.keys(keys.chat("*")) == []
     finally:
@@ -130,3 +129,34 @@ async def test_a_failed_check_is_raised_where_it_is_read_and_the_pick_still_coun
         await pool.release(pick.lease, "spare")
     finally:
         await client.aclose()
+
+
+async def test_a_chat_is_one_command_each_way_and_a_failed_one_keeps_its_count(redis):
+    keys = Keys("b:")
+    ledger = ChatLedger(redis, keys, WriteBehind(redis))
+    ok, failed = PendingChat("chat-ok", "", "tid-1"), PendingChat("chat-bad", "guest.jwt", "")
+    await asyncio.gather(ledger.open(ok, 30), ledger.open(failed, 30))
+    assert await redis.keys(keys.chat("*")) == []  # who owns each is in its member
+    await ledger.later(failed, 0)  # its delete failed: due at once, one failure counted
+    [claimed] = await ledger.claim(10, 30)
+    assert (claimed.chat_id, claimed.guest, claimed.token_id, claimed.tries) == (
+        "chat-bad",
+        "guest.jwt",
+        "",
+        1,
+    )
+    assert 0 < await redis.ttl(keys.chat("chat-bad")) <= 86_400
+    await asyncio.gather(ledger.done(ok), ledger.done(claimed))
+    assert await ledger.pending() == 0 and await redis.keys(keys.chat("*")) == []
+
+
+async def test_a_chat_written_down_in_the_older_layout_is_still_swept(redis):
+    # Replicas of the previous release wrote the bare chat id, its owner in a hash.
+    keys = Keys("b:")
+    ledger = ChatLedger(redis, keys, WriteBehind(redis))
+    await redis.hset(keys.chat("old-chat"), mapping={"guest": "", "token_id": "tid-9"})
+    await redis.zadd(keys.chats, {"old-chat": 1})
+    [claimed] = await ledger.claim(10, 30)
+    assert (claimed.chat_id, claimed.token_id, claimed.member) == ("old-chat", "tid-9", "old-chat")
+    await ledger.done(claimed)
+    assert await ledger.pending() == 0 and await redis.keys(keys.chat("*")) == []

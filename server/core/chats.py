@@ -62,7 +62,8 @@ class ThrowawayChats:
         self.pooled_token = pooled_token  # token id -> the pooled token, if still pooled
         self.waf_open = waf_open
         self.guests = guests  # whether guests' chats are deleted too
-        self.open: dict[str, asyncio.Future[None]] = {}  # chat id -> its ledger write
+        # chat id -> (the chat, its ledger write)
+        self.open: dict[str, tuple[PendingChat, asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
@@ -73,22 +74,21 @@ class ThrowawayChats:
         first), else a new id the completion will name."""
         chat_id = chat_id or uuid4_text()
         if self._deletes(cred):
-            pooled = cred.role == "user"
-            guest, tid = ("", token_id(cred.token)) if pooled else (cred.token, "")
-            self.open[chat_id] = self._spawn(self._write(chat_id, guest, tid))
+            chat = _owned(cred, chat_id)
+            self.open[chat_id] = chat, self._spawn(self._write(chat))
         return chat_id
 
     def end(self, cred: Credential, chat_id: str) -> None:
         if self._deletes(cred):
-            written = self.open.pop(chat_id, None)
-            self._spawn(self._delete_after(written, cred.token, chat_id, cred.role != "guest"))
+            chat, written = self.open.pop(chat_id, None) or (_owned(cred, chat_id), None)
+            self._spawn(self._delete_after(written, cred.token, chat, cred.role != "guest"))
 
     def _deletes(self, cred: Credential) -> bool:
         return self.guests or cred.role == "user"
 
     async def renew(self) -> None:
         """Keep the chats whose answers still stream here out of other replicas' sweeps."""
-        await self.ledger.renew(list(self.open), self.hold)
+        await self.ledger.renew([chat.member for chat, _ in self.open.values()], self.hold)
 
     async def sweep(self) -> int:
         """Delete the chats that are due (failed before, or left by a replica that died)."""
@@ -96,7 +96,7 @@ class ThrowawayChats:
         for chat in await self.ledger.claim(_SWEEP_BATCH, self.hold):
             token = chat.guest or (await self.pooled_token(chat.token_id) or "")
             if not token:  # the token left the pool: nothing can delete its chats now
-                await self.ledger.done(chat.chat_id)
+                await self.ledger.done(chat)
                 continue
             done += await self._delete(token, chat, pooled=not chat.guest)
         return done
@@ -112,41 +112,50 @@ class ThrowawayChats:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _write(self, chat_id: str, guest: str, tid: str) -> None:
+    async def _write(self, chat: PendingChat) -> None:
         try:
-            await self.ledger.open(chat_id, guest, tid, self.hold)
+            await self.ledger.open(chat, self.hold)
         except RedisError as exc:
-            logger.warning("chat {} not written down (shared state unreachable): {}", chat_id, exc)
+            logger.warning(
+                "chat {} not written down (shared state unreachable): {}", chat.chat_id, exc
+            )
 
     async def _delete_after(
-        self, written: asyncio.Future[None] | None, token: str, chat_id: str, pooled: bool
+        self, written: asyncio.Future[None] | None, token: str, chat: PendingChat, pooled: bool
     ) -> None:
         if written is not None:
             await written  # in the ledger first: if the delete fails, the sweep has it
-        await self._delete(token, PendingChat(chat_id, "", "", 0), pooled)
+        await self._delete(token, chat, pooled)
 
     async def _delete(self, token: str, chat: PendingChat, pooled: bool = True) -> int:
         try:
             if self.waf_open is not None and await self.waf_open():
-                await self.ledger.later(chat.chat_id, self.retry)  # send nothing while blocked
+                await self.ledger.later(chat, self.retry)  # send nothing while blocked
                 return 0
             try:
                 gone = await self.client.delete_chat(token, chat.chat_id, pooled)
             except GatewayError as exc:
                 if chat.tries + 1 >= _GIVE_UP:
                     logger.warning("giving up deleting chat {}: {}", chat.chat_id, exc.message)
-                    await self.ledger.done(chat.chat_id)
+                    await self.ledger.done(chat)
                     return 0
                 wait = min(_BACKOFF_CAP, self.retry * 2**chat.tries)
                 logger.info(
                     "chat {} not deleted ({}); again in {:.0f} s", chat.chat_id, exc.kind, wait
                 )
-                await self.ledger.later(chat.chat_id, wait)
+                await self.ledger.later(chat, wait)
                 return 0
             if not gone:
                 logger.info("chat {} cannot be deleted: its token is no longer valid", chat.chat_id)
-            await self.ledger.done(chat.chat_id)
+            await self.ledger.done(chat)
             return 1
         except RedisError as exc:  # left in the ledger as it was: its deadline brings it back
             logger.warning("chat {} ledger unreachable: {}", chat.chat_id, exc)
             return 0
+
+
+def _owned(cred: Credential, chat_id: str) -> PendingChat:
+    """The chat as the ledger writes it down: a pooled token by its id, a guest by its token."""
+    if cred.role == "user":
+        return PendingChat(chat_id, "", token_id(cred.token))
+    return PendingChat(chat_id, cred.token, "")
