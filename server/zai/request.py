@@ -123,19 +123,22 @@ def build_completion(
     prompt = conv.prompt
     base = dialect.base_url
     page = f"{base}/c/{chat_id}"
-    when = datetime.fromtimestamp(now_ms / 1000, UTC)
-    stamp = when.strftime("%Y-%m-%d %H:%M:%S")
+    clock = _clock(now_ms // 1000)
+    stamp = clock.stamp
+    chat = _quote(chat_id)
     query = _query(
         dialect,
-        timestamp=now_ms,
-        requestId=request_id,
-        user_id=cred.user_id,
-        token=cred.token,
-        current_url=page,
-        pathname=f"/c/{chat_id}",
-        local_time=f"{stamp[:10]}T{stamp[11:]}.{now_ms % 1000:03d}Z",
-        utc_time=when.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        signature_timestamp=now_ms,
+        (  # as _VALUES names them
+            str(now_ms),
+            _quote(request_id),
+            _quote(cred.user_id),
+            _quote(cred.token),
+            _quoted_chat_prefix(base) + chat,
+            "%2Fc%2F" + chat,
+            f"{clock.local_time}.{now_ms % 1000:03d}Z",
+            clock.utc_time,
+            str(now_ms),
+        ),
     )
     headers = {
         "Authorization": f"Bearer {cred.token}",
@@ -162,7 +165,7 @@ def build_completion(
             "{{CURRENT_DATETIME}}": stamp,
             "{{CURRENT_DATE}}": stamp[:10],
             "{{CURRENT_TIME}}": stamp[11:],
-            "{{CURRENT_WEEKDAY}}": when.strftime("%A"),
+            "{{CURRENT_WEEKDAY}}": clock.weekday,
             "{{CURRENT_TIMEZONE}}": "UTC",
             "{{USER_LANGUAGE}}": "en-US",
         },
@@ -268,13 +271,29 @@ def _fingerprint(base: str, user_agent: str) -> dict[str, object]:
     }
 
 
+# The per-request values of the query, in the order ``_fingerprint`` has them.
+_VALUES = (
+    "timestamp",
+    "requestId",
+    "user_id",
+    "token",
+    "current_url",
+    "pathname",
+    "local_time",
+    "utc_time",
+    "signature_timestamp",
+)
+
+
 @functools.cache
-def _query_template(base: str, user_agent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _query_template(base: str, user_agent: str) -> tuple[str, ...]:
     """The encoded query cut around its per-request values (encoding all of it per request
-    was a tenth of the gateway's CPU), and the names of those values in order."""
+    was a tenth of the gateway's CPU)."""
     fields = _fingerprint(base, user_agent)
     names = tuple(name for name, value in fields.items() if value is _PER_REQUEST)
-    return tuple(urlencode(fields).split(quote_plus(_PER_REQUEST))), names
+    if names != _VALUES:  # the page's order changed in one place and not the other
+        raise RuntimeError(f"the query's per-request fields are {names}, not {_VALUES}")
+    return tuple(urlencode(fields).split(quote_plus(_PER_REQUEST)))
 
 
 # What urlencode leaves as it is; what it makes of every other ASCII character, as one
@@ -291,11 +310,48 @@ def _quote(value: str) -> str:
     return value.translate(_ENCODED) if value.isascii() else quote_plus(value)
 
 
-def _query(dialect: Dialect, **values: object) -> str:
-    pieces, names = _query_template(dialect.base_url, dialect.user_agent)
+@functools.cache
+def _quoted_chat_prefix(base: str) -> str:
+    """``current_url`` up to the chat id, encoded (the same for every request)."""
+    return _quote(f"{base}/c/")
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """What the request says of the time, for one second: made once, not per request."""
+
+    second: int
+    stamp: str  # "2026-12-03 19:33:52", the template variables' form
+    local_time: str  # the query's local_time up to its milliseconds, encoded
+    utc_time: str  # the query's utc_time, encoded
+    weekday: str
+
+
+_last_clock = _Clock(-1, "", "", "", "")
+
+
+def _clock(second: int) -> _Clock:
+    global _last_clock
+    if _last_clock.second != second:
+        when = datetime.fromtimestamp(second, UTC)
+        stamp = when.strftime("%Y-%m-%d %H:%M:%S")
+        _last_clock = _Clock(
+            second,
+            stamp,
+            _quote(f"{stamp[:10]}T{stamp[11:]}"),
+            _quote(when.strftime("%a, %d %b %Y %H:%M:%S GMT")),
+            when.strftime("%A"),
+        )
+    return _last_clock
+
+
+def _query(dialect: Dialect, values: tuple[str, ...]) -> str:
+    """The query with the per-request ``values``, each encoded already, as ``_VALUES``
+    names them."""
+    pieces = _query_template(dialect.base_url, dialect.user_agent)
     out = [pieces[0]]
-    for name, piece in zip(names, pieces[1:], strict=True):
-        out += (_quote(str(values[name])), piece)
+    for value, piece in zip(values, pieces[1:], strict=True):
+        out += (value, piece)
     return "".join(out)
 
 
