@@ -41,3 +41,22 @@ def test_crlf_comments_multiline_and_unterminated_last_event():
     expected = [b"a\nb", b"c", b"d"]
     for cut in range(1, len(body)):
         assert read_all(body, [cut]) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"data: a\n\ndata: b\n\n", [b"a", b"b"]),  # the usual read: one split
+        (b"data: a\n\n\n\ndata: b\n\n", [b"a", b"b"]),  # an empty event between
+        (b"data: \n\ndata: b\n\n", [b"b"]),  # an empty payload says nothing
+        (b"data: a\n\ndata:b\n\n", [b"a", b"b"]),  # no space after the colon
+        (b"data:  a\n\n", [b" a"]),  # only the first space goes
+        (b"data: a\n\nevent: x\ndata: c\n\n", [b"a", b"c"]),
+        (b"data: a\ndata: b\n\ndata: c\n\n", [b"a\nb", b"c"]),
+        (b"data: a\n\n: ping\n\ndata: c\n\n", [b"a", b"c"]),
+        (b'data: {"t": "x\\n\\ndata: y"}\n\n', [b'{"t": "x\\n\\ndata: y"}']),  # escaped
+    ],
+)
+def test_events_of_one_read_whatever_their_shape(body: bytes, expected: list[bytes]):
+    assert SSEReader().feed(body) == expected
+    assert read_all(body, list(range(1, len(body)))) == expected

@@ -35,7 +35,14 @@ class SSEReader:
             self._buf = buf
             return []
         self._buf = buf[end + 2 :]
-        return [data for event in buf[:end].split(b"\n\n") if (data := _data_of(event))]
+        events = buf[:end]
+        if events.startswith(b"data: "):
+            # The upstream's usual read: events of one "data: " line each. Then every
+            # newline is in a separator, and one split in C cuts out all the payloads.
+            payloads = events[6:].split(b"\n\ndata: ")
+            if events.count(b"\n") == 2 * (len(payloads) - 1) and all(payloads):
+                return payloads
+        return [data for event in events.split(b"\n\n") if (data := _data_of(event))]
 
     def close(self) -> list[bytes]:
         """Flush an event the stream ended without a blank line after."""
