@@ -21,6 +21,7 @@ from tornado.netutil import bind_sockets
 from server.app import make_server
 from server.services import Services, make_services
 from server.settings import load_settings
+from server.transport import open_exchanges
 from state.connection import connect
 from tests.fake_upstream import FakeUpstream
 from tests.processes import API_KEY
@@ -59,6 +60,26 @@ def pytest_configure(config):
         "fold: the gateway runs with ZAI_HISTORY=fold against a fake that takes only user"
         " messages (tests/test_fold_e2e.py re-runs the end-to-end suites so)",
     )
+
+
+class Exchanges:
+    """The upstream exchanges a test left open: the process-wide count less what was open
+    when the test began (an earlier test's leak is that test's, not counted again here,
+    and one of those closing meanwhile is not a negative leak of this one)."""
+
+    def __init__(self) -> None:
+        self.before = open_exchanges()
+
+    def left_open(self) -> int:
+        return max(0, open_exchanges() - self.before)
+
+
+@pytest.fixture
+def exchanges() -> Exchanges:
+    found = Exchanges()
+    if found.before:
+        logger.warning("{} upstream exchange(s) left open before this test", found.before)
+    return found
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import time
 import openai
 import pytest
 
-from server.transport import open_exchanges
 from tests.accounts import pool_gateway
 from tests.conftest import API_KEY
 from tests.recorded import expected
@@ -21,7 +20,7 @@ OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway, transport):
+async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway, transport, exchanges):
     gw = await gateway(
         *BASE,
         OK,
@@ -38,10 +37,10 @@ async def test_timeout_before_headers_is_a_504_in_bounded_time(gateway, transpor
     assert "no response headers within 0.3 s" in info.value.message
     assert time.monotonic() - started < 3
     assert len(gw.completions_seen()) == 2
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0
 
 
-async def test_timeout_between_frames(gateway, transport):
+async def test_timeout_between_frames(gateway, transport, exchanges):
     gw = await gateway(
         *BASE,
         OK,
@@ -61,7 +60,7 @@ async def test_timeout_between_frames(gateway, transport):
     assert info.value.status_code == 504
     assert len(gw.completions_seen()) == 3
     await asyncio.sleep(0.1)
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -101,7 +100,7 @@ async def raw_request(port: int, hang_up_after: int) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_clients_hanging_up_at_random_points_leak_nothing(gateway, transport):
+async def test_clients_hanging_up_at_random_points_leak_nothing(gateway, transport, exchanges):
     gw = await pool_gateway(
         gateway,
         pace=0.02,
@@ -119,9 +118,9 @@ async def test_clients_hanging_up_at_random_points_leak_nothing(gateway, transpo
         *(raw_request(port, rng.choice([0, 1, 300, 900, 2500])) for _ in range(24))
     )
     deadline = time.monotonic() + 10
-    while (gw.services.active or open_exchanges()) and time.monotonic() < deadline:
+    while (gw.services.active or exchanges.left_open()) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert not gw.services.active and open_exchanges() == 0
+    assert not gw.services.active and exchanges.left_open() == 0
     assert sum(row.leases for row in await gw.services.pool.status()) == 0
     assert gw.fake.streams_completed + gw.fake.streams_aborted == len(gw.completions_seen())
     await asyncio.sleep(0.2)
@@ -178,7 +177,9 @@ async def test_redis_killed_and_restarted_under_load(gateway, tmp_path):
         redis.stop()
 
 
-async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(gateway, transport):
+async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(
+    gateway, transport, exchanges
+):
     # static models, chats kept: the catalogue read and the chat deletes are requests too
     gw = await gateway(
         *BASE, OK, zai_models="static", zai_chats="keep", upstream_transport=transport.name
@@ -195,4 +196,4 @@ async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(gatew
     after = {r.connection for r in gw.fake.requests[8:]}
     assert after and not after & before
     await asyncio.sleep(0.05)
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0

@@ -10,7 +10,6 @@ import anthropic
 import openai
 import pytest
 
-from server.transport import open_exchanges
 from tests.conftest import API_KEY
 
 BASE = ("home", "guest_auth")
@@ -18,7 +17,7 @@ OK = "stream_glm5_plain_thinking"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-async def test_a_stall_midway_is_retried_once_and_the_504_says_so(gateway):
+async def test_a_stall_midway_is_retried_once_and_the_504_says_so(gateway, exchanges):
     # UPSTREAM_RETRIES=2 (the default): a stall used to be tried three times, three idle
     # timeouts (6 minutes at the default 120 s) before the 504.
     gw = await gateway(*BASE, OK, stall_after=10, upstream_idle_timeout=0.3)
@@ -32,7 +31,7 @@ async def test_a_stall_midway_is_retried_once_and_the_504_says_so(gateway):
     assert "stopped sending midway" in message and "sent nothing for 0.3 s" in message
     assert "(2 upstream attempts in " in message, message
     assert len(gw.completions_seen()) == 2
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0
 
 
 async def test_no_answer_at_all_is_still_retried_up_to_upstream_retries(gateway):
@@ -46,7 +45,7 @@ async def test_no_answer_at_all_is_still_retried_up_to_upstream_retries(gateway)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_request_timeout_bounds_the_wait_over_all_attempts(gateway, stream):
+async def test_request_timeout_bounds_the_wait_over_all_attempts(gateway, stream, exchanges):
     # Each attempt may wait 5 s for headers (three of them: 15 s); REQUEST_TIMEOUT is 0.5 s.
     gw = await gateway(
         *BASE, OK, stall_headers=True, upstream_header_timeout=5, request_timeout=0.5
@@ -59,7 +58,7 @@ async def test_request_timeout_bounds_the_wait_over_all_attempts(gateway, stream
     assert "no answer within REQUEST_TIMEOUT (0.5 s) after 1 upstream attempt in " in message
     assert len(gw.completions_seen()) == 1
     await gw.fake.wait_aborted(0)  # the stalled upstream request was closed
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0
 
 
 async def test_request_timeout_ends_a_slow_non_streamed_answer(gateway):

@@ -13,7 +13,7 @@ import gzip
 
 import pytest
 
-from server.transport import NativeTransport, Timeouts, TransportError, open_exchanges
+from server.transport import NativeTransport, Timeouts, TransportError
 
 BODY = b'data: {"type":"chat:completion","data":{"phase":"answer","delta_content":"hi"}}\n\n' * 3
 
@@ -135,7 +135,7 @@ async def test_every_framing_gives_the_same_body(transport, framing, split):
         (b"", "closed the connection before answering"),
     ],
 )
-async def test_what_is_not_http_fails_cleanly(transport, answer, words):
+async def test_what_is_not_http_fails_cleanly(transport, answer, words, exchanges):
     server = RawServer(answer, close_after=True)
     base = await server.start()
     try:
@@ -144,7 +144,7 @@ async def test_what_is_not_http_fails_cleanly(transport, answer, words):
     finally:
         await server.close()
     await asyncio.sleep(0)
-    assert open_exchanges() == 0
+    assert exchanges.left_open() == 0
 
 
 async def test_no_headers_in_time_is_a_timeout(transport):
@@ -217,7 +217,7 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(transport):
     assert got == big
 
 
-async def test_closing_the_transport_closes_its_idle_and_draining_connections():
+async def test_closing_the_transport_closes_its_idle_and_draining_connections(exchanges):
     # Nothing is left for the garbage collector (a socket it finds is a ResourceWarning at
     # a random later point): a kept connection and one still draining close with the pool.
     unfinished = head("Transfer-Encoding: chunked") + b"5\r\nhello\r\n"  # no last chunk
@@ -235,6 +235,6 @@ async def test_closing_the_transport_closes_its_idle_and_draining_connections():
             if server.closed == 2:
                 break
             await asyncio.sleep(0.02)
-        assert server.closed == 2 and open_exchanges() == 0
+        assert server.closed == 2 and exchanges.left_open() == 0
     finally:
         await server.close()
