@@ -123,6 +123,8 @@ class Services:
 
     async def stop(self) -> None:
         await self.upkeep.stop()
+        if self.guests is not None:
+            await self.guests.stop()
         if self.chats is not None:  # the deletes in flight; the ledger keeps the rest
             await self.chats.drain(2.0)
         if self.usage is not None:

@@ -403,7 +403,7 @@ class Exchange:
         timer = self._loop.call_later(self._timeouts.headers, self._headers_late)
         try:
             await self._head
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or dropped with its loop: nobody else owns it yet
             self.close()
             raise
         finally:

@@ -102,6 +102,7 @@ class FakeUpstream:
         # 6.7: 429, "MODEL_CONCURRENCY_LIMIT", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS")
         self.limit_tokens: dict[str, int | str] = {}
         self.fail_paths: dict[str, int] = {}  # path -> HTTP status (e.g. the token check)
+        self.stall_paths: set[str] = set()  # paths that never answer (connection kept open)
         # The key completions must be signed with (the page's moves with its releases).
         self.signature_key = DEFAULT_KEY
         # Endpoints the upstream moved: old path -> new path. The old one answers 404; the
@@ -550,7 +551,8 @@ class _Handler(RequestHandler):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.finish(_waf_page())
             return
-        if self.fake.stall_headers and seen.path == COMPLETIONS:
+        stalled = self.fake.stall_headers and seen.path == COMPLETIONS
+        if stalled or seen.path in self.fake.stall_paths:
             while not self.gone:
                 await asyncio.sleep(0.05)
             return

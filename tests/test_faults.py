@@ -197,3 +197,18 @@ async def test_upstream_connections_are_kept_alive_and_stale_ones_replaced(
     assert after and not after & before
     await asyncio.sleep(0.05)
     assert exchanges.left_open() == 0
+
+
+async def test_a_replica_stopping_mid_refill_leaves_no_sign_in_open(gateway, exchanges):
+    # The guest refill's sign-ins were left running when a replica stopped; once its event
+    # loop closed they were dropped with their upstream connections still open.
+    gw = await gateway(*BASE, OK, guest_reserve=8)
+    gw.fake.stall_paths.add("/api/v1/auths/")
+    await gw.services.redis.delete(gw.services.keys.guests)
+    gw.services.guests.refill_soon()
+    deadline = time.monotonic() + 5
+    while exchanges.left_open() < 2:  # sign-ins waiting on the upstream
+        assert time.monotonic() < deadline, "no sign-in reached the upstream"
+        await asyncio.sleep(0.02)
+    await gw.services.stop()
+    assert exchanges.left_open() == 0

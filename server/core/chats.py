@@ -102,9 +102,15 @@ class ThrowawayChats:
         return done
 
     async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for the deletes in flight, so a stopping replica leaves few behind."""
+        """Wait (bounded) for the deletes in flight, so a stopping replica leaves few behind;
+        cancel the rest (their chats stay in the ledger for another replica's sweep)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        left = set(self._tasks)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)

@@ -115,6 +115,14 @@ class GuestTokens:
     async def release(self, cred: Credential, outcome: str, reason: str = "") -> float:
         return 0.0
 
+    async def stop(self) -> None:
+        """Cancel a refill going on: its sign-ins close their upstream calls as they stop
+        (left running, a closed event loop dropped them with their connections open)."""
+        refill, self._refill = self._refill, None
+        if refill is not None and not refill.done():
+            refill.cancel()
+            await asyncio.gather(refill, return_exceptions=True)
+
     def refill_soon(self) -> None:
         if self.reserve is None or (self._refill is not None and not self._refill.done()):
             return
