@@ -44,6 +44,17 @@ async def settled(fake, timeout: float = 10.0) -> float:
     return time.monotonic() - began
 
 
+async def forgotten(gw, timeout: float = 2.0) -> None:
+    """Wait until the gateway's ledger holds no chat (raises if it still does at ``timeout``):
+    the fake counts a chat deleted as it answers; the ledger forgets it once the gateway has
+    read that answer, a moment later."""
+    began = time.monotonic()
+    while (left := await gw.services.chats.ledger.pending()) != 0:
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"{left} chat(s) still pending after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
 async def pending_metric(gw) -> float:
     reply = await AsyncHTTPClient().fetch(gw.url + "/metrics")
     found = re.search(rb"^zai_gateway_chats_pending_deletion (\S+)$", reply.body, re.M)
@@ -102,11 +113,7 @@ async def test_a_failed_delete_waits_in_redis_and_is_retried(gateway):
     assert await pending_metric(gw) == 1  # it failed: it waits
     await settled(gw.fake)
     assert len([r for r in gw.fake.requests if r.method == "DELETE"]) == 3
-    for _ in range(100):
-        if await gw.services.chats.ledger.pending() == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert await gw.services.chats.ledger.pending() == 0
+    await forgotten(gw)
 
 
 async def test_a_chat_already_gone_counts_as_deleted(gateway):
@@ -114,11 +121,7 @@ async def test_a_chat_already_gone_counts_as_deleted(gateway):
     gw.fake.keep_chat = lambda seen: None  # the upstream never kept it: the delete gets 404
     async with gw.openai() as client:
         await client.chat.completions.create(model="GLM-4.7", messages=HI)
-    for _ in range(100):
-        if await gw.services.chats.ledger.pending() == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert await gw.services.chats.ledger.pending() == 0
+    await forgotten(gw)
     assert len([r for r in gw.fake.requests if r.method == "DELETE"]) == 1
 
 

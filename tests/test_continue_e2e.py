@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.accounts import TOKENS, pool_gateway
+from tests.test_chats import forgotten
 
 CONV = {"X-Zai-Conversation": "test-conversation-1"}
 
@@ -226,11 +227,7 @@ async def test_a_conversation_nobody_continues_has_its_chat_deleted_upstream(gat
     while chat_id not in gw.fake.deleted:
         assert asyncio.get_running_loop().time() < deadline, "the chat was never deleted"
         await asyncio.sleep(0.2)
-    # The fake counts the chat deleted as it answers; the ledger forgets it once the gateway
-    # has read that answer, a moment later.
-    while await gw.services.chats.ledger.pending():
-        assert asyncio.get_running_loop().time() < deadline, "the deleted chat stayed pending"
-        await asyncio.sleep(0.05)
+    await forgotten(gw, deadline - asyncio.get_running_loop().time())
 
 
 async def test_a_created_chat_is_the_one_continued(gateway):
