@@ -14,7 +14,9 @@ the same way. Writing down and striking out go through the shared write-behind b
 (``state.batch``): many requests' ledger writes cost one round trip.
 """
 
+import asyncio
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -86,14 +88,17 @@ class ChatLedger:
     def __repr__(self) -> str:
         return f"<ChatLedger {self.keys.chats}>"
 
-    async def open(self, chat: PendingChat, hold: float) -> None:
-        """Write a chat down before its completion starts; nobody deletes it for ``hold`` s."""
+    def open(self, chat: PendingChat, hold: float) -> "asyncio.Future[Any]":
+        """Write a chat down before its completion starts; nobody deletes it for ``hold`` s.
+        Queued at once (no task to wait for a turn of the loop first), so it leaves in the
+        next batch: a replica killed between the upstream making the chat and Redis having
+        it leaves that chat behind for good. The future settles once Redis has answered."""
         until, chats = _ms(time.time() + hold), self.keys.chats
 
         def build(pipe: Pipeline) -> None:
             pipe.zadd(chats, {chat.member: until})
 
-        await self.batch.add(build)
+        return self.batch.add(build)
 
     async def renew(self, members: list[str], hold: float) -> None:
         """Push the deadline of chats whose answers are still streaming here."""

@@ -101,6 +101,84 @@ async def test_pooled_tokens_chats_are_deleted_too(gateway):
     assert len(gw.fake.deleted) == 3
 
 
+class SlowLink:
+    """A TCP relay to ``port`` that holds what the client sends for ``delay`` s before passing
+    it on (the replies come straight back): a Redis far enough away that a write the gateway
+    did not wait for is plainly still on its way."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port, self.delay = port, delay
+        self._pumps: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            for pump in (self._pump(reader, up_writer, True), self._pump(up_reader, writer)):
+                task = asyncio.ensure_future(pump)
+                self._pumps.add(task)
+                task.add_done_callback(self._pumps.discard)
+
+        self.server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: bool = False
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if held:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for task in self._pumps:
+            task.cancel()
+
+
+async def test_a_completion_goes_upstream_only_once_its_chat_is_written_down(gateway):
+    # A replica killed between the two would leave the chat in the account for good: no other
+    # replica could know it. Redis is 0.2 s away: were the ledger's write not waited for, each
+    # completion would reach the upstream well before its chat reached the ledger.
+    server = RedisServer().start()
+    link = SlowLink(server.port, 0.2)
+    try:
+        port = await link.start()
+        gw = await gateway(
+            "home", "guest_auth_user_role", OK, zai_tokens=",".join(TOKENS),
+            anonymous_mode=False, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=5,
+        )  # fmt: skip
+        ledger_then: list[bool] = []
+        keep_chat = gw.fake.keep_chat
+
+        def arrived(seen) -> None:
+            chat_id = json.loads(seen.body)["chat_id"]
+            members = server.command("ZRANGE", gw.services.keys.chats, "0", "-1")
+            ledger_then.append(any(m.startswith(chat_id + "\t") for m in members))
+            keep_chat(seen)
+
+        gw.fake.keep_chat = arrived
+        async with gw.openai() as client:
+            for _ in range(2):
+                await client.chat.completions.create(model="GLM-5.1", messages=HI)
+                stream = await client.chat.completions.create(
+                    model="GLM-5.1", messages=HI, stream=True
+                )
+                async for _ in stream:
+                    pass
+        assert ledger_then == [True] * 4  # in Redis before the upstream heard of it, each time
+        await settled(gw.fake)
+        assert len(gw.fake.deleted) == 4
+    finally:
+        link.close()
+        server.stop()
+
+
 async def test_a_failed_delete_waits_in_redis_and_is_retried(gateway):
     gw = await gateway(*GUESTS, instance_ttl=0.6, zai_chat_retry=0.3, zai_delete_guest_chats=True)
     gw.fake.delete_failures = 2

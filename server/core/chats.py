@@ -3,8 +3,10 @@
 Owns ``ThrowawayChats``. The gateway sends the whole history with a fresh ``chat_id`` per
 request, and the upstream keeps each as a chat in the account: left alone they pile up (and
 server history stacks on the re-sent one, PROTOCOL.md section 6.4). So ``begin`` names the
-chat and writes it down in Redis (in the background, while the request goes upstream: it
-costs the request no latency), and ``end`` deletes it upstream (``DELETE
+chat and writes it down in Redis (queued in the shared batch at once), ``written`` holds the
+completion until Redis has it (a replica SIGKILLed between the two would otherwise leave the
+chat for good: the one window left is a chat the upstream made first, ``ZAI_CREATE_CHATS``,
+whose id is known only once made), and ``end`` deletes it upstream (``DELETE
 /api/v1/chats/{id}``) in the background once the answer is over, whatever the outcome: "not
 found" counts as deleted. What cannot be deleted now (an upstream error, the route's WAF
 breaker open, a replica killed mid-answer) stays in the ledger with a deadline; ``sweep``,
@@ -16,6 +18,8 @@ while each delete is one more upstream call for the WAF to count and the pacer t
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 from loguru import logger
 from redis.exceptions import RedisError
@@ -63,7 +67,7 @@ class ThrowawayChats:
         self.waf_open = waf_open
         self.guests = guests  # whether guests' chats are deleted too
         # chat id -> (the chat, its ledger write)
-        self.open: dict[str, tuple[PendingChat, asyncio.Future[None]]] = {}
+        self.open: dict[str, tuple[PendingChat, asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
@@ -75,8 +79,19 @@ class ThrowawayChats:
         chat_id = chat_id or uuid4_text()
         if self._deletes(cred):
             chat = _owned(cred, chat_id)
-            self.open[chat_id] = chat, self._spawn(self._write(chat))
+            written = self.ledger.open(chat, self.hold)
+            written.add_done_callback(partial(_written, chat))
+            self.open[chat_id] = chat, written
         return chat_id
+
+    async def written(self, chat_id: str) -> None:
+        """Until Redis has the chat (or its write failed, logged): wait here before sending
+        its completion, as a replica killed after the upstream has a chat and before the
+        ledger does leaves that chat in the account for good. The write left when ``begin``
+        queued it, so what the request did since (uploads, the pick's answer) overlapped it."""
+        entry = self.open.get(chat_id)
+        if entry is not None and not entry[1].done():
+            await asyncio.wait([entry[1]])
 
     def end(self, cred: Credential, chat_id: str) -> None:
         if self._deletes(cred):
@@ -118,19 +133,14 @@ class ThrowawayChats:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _write(self, chat: PendingChat) -> None:
-        try:
-            await self.ledger.open(chat, self.hold)
-        except RedisError as exc:
-            logger.warning(
-                "chat {} not written down (shared state unreachable): {}", chat.chat_id, exc
-            )
-
     async def _delete_after(
-        self, written: asyncio.Future[None] | None, token: str, chat: PendingChat, pooled: bool
+        self, written: "asyncio.Future[Any] | None", token: str, chat: PendingChat, pooled: bool
     ) -> None:
         if written is not None:
-            await written  # in the ledger first: if the delete fails, the sweep has it
+            # In the ledger first: if the delete fails, the sweep has it. ``wait``, not
+            # ``await``: a failed write was logged where it settled, and a drain that cancels
+            # this task leaves the shared write alone.
+            await asyncio.wait([written])
         await self._delete(token, chat, pooled)
 
     async def _delete(self, token: str, chat: PendingChat, pooled: bool = True) -> int:
@@ -158,6 +168,14 @@ class ThrowawayChats:
         except RedisError as exc:  # left in the ledger as it was: its deadline brings it back
             logger.warning("chat {} ledger unreachable: {}", chat.chat_id, exc)
             return 0
+
+
+def _written(chat: PendingChat, written: "asyncio.Future[Any]") -> None:
+    failure = None if written.cancelled() else written.exception()
+    if failure is not None:
+        logger.warning(
+            "chat {} not written down (shared state unreachable): {}", chat.chat_id, failure
+        )
 
 
 def _owned(cred: Credential, chat_id: str) -> PendingChat:

@@ -305,6 +305,8 @@ async def _attempt(
         if chats is not None:
             chat_id = chats.begin(cred, chat_id or "")
         uploaded = await _upload(conv, cred, client, route, files) if conv.images else None
+        if chats is not None and chat_id:
+            await chats.written(chat_id)
         exchange = await client.open_completion(
             cred,
             conv,
