@@ -18,6 +18,7 @@ continues has its chat deleted upstream by any replica's sweep.
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -118,7 +119,7 @@ class ConversationStore:
         await self.redis.delete(self.keys.conversation(thread.key))
 
 
-def _ignore(future: "asyncio.Future[None]") -> None:
+def _ignore(future: "asyncio.Future[Any]") -> None:
     """A lost write costs a fresh chat (mapping) or a claim that lapses by itself (turn)."""
     if not future.cancelled():
         future.exception()  # retrieved: no "never retrieved" warning

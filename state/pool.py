@@ -28,7 +28,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from state.batch import Call, WriteBehind, evalsha, together
+from state.batch import Call, WriteBehind, evalsha
 from state.conversations import Mapping, Thread
 from state.keys import Keys, mask, token_id
 from state.tasks import stop_tasks
@@ -287,7 +287,7 @@ class TokenPool:
         # Releases sent off the path and not yet answered: a pick that finds every token busy
         # while one is on its way waits for it (a kept-alive client's next request can reach
         # the pick before the release of its previous one has reached Redis).
-        self.releasing: set[asyncio.Future[None]] = set()
+        self.releasing: set[asyncio.Future[Any]] = set()
         # Lease ids whose acquire or release got no answer (Redis frozen or gone): the call
         # may still run when Redis resumes, so each is revoked once Redis answers again.
         # lease id -> token id ("" when the acquire never said which token).
@@ -299,7 +299,7 @@ class TokenPool:
         self._revoke = redis.register_script(self.REVOKE)
         self._verdict = redis.register_script(self.VERDICT)
         self.batch = batch or WriteBehind(redis)  # shared with the other off-path writes
-        self.batch.uses(self._release)
+        self.batch.uses(self._release, self._acquire, self._acquire_pinned)
 
     def __repr__(self) -> str:
         return f"<TokenPool {self.keys.pool} held={len(self.held)}>"
@@ -330,12 +330,14 @@ class TokenPool:
             args.append(thread.holder)
         other: Any = None
         try:
+            # In the next batch (state.batch): under load, many picks and the releases queued
+            # before them share one round trip.
             if before is None:
-                reply = await script(keys=names, args=args)
+                (reply,) = await self.batch.run([(script, names, args)])
             else:
-                other, reply = await together(self.redis, [before, (script, names, args)])
-                if isinstance(reply, Exception):
-                    raise reply
+                other, reply = await self.batch.run([before, (script, names, args)])
+            if isinstance(reply, Exception):
+                raise reply
         except (RedisError, asyncio.CancelledError):
             # No answer (or the caller hung up while waiting): the script may still run.
             self._unsettle(lease_id, "")
@@ -381,7 +383,7 @@ class TokenPool:
         if self.releasing:
             await asyncio.wait(list(self.releasing), timeout=timeout)
 
-    def _released(self, lease: Lease, sent: asyncio.Future[None]) -> None:
+    def _released(self, lease: Lease, sent: asyncio.Future[Any]) -> None:
         self.releasing.discard(sent)
         self.held.discard(lease)
         failure = asyncio.CancelledError() if sent.cancelled() else sent.exception()

@@ -67,7 +67,7 @@ async def test_a_failed_command_fails_only_its_own_entry(server):
         good = batch.add(lambda pipe: pipe.incr("b:count"))
         bad = batch.add(lambda pipe: pipe.incr("b:text"))
         done = await asyncio.gather(good, bad, return_exceptions=True)
-        assert done[0] is None and "not an integer" in str(done[1])
+        assert done[0] == [1] and "not an integer" in str(done[1])  # each hears its own
         assert await client.get("b:count") == "1"
     finally:
         await client.aclose()
@@ -81,6 +81,46 @@ async def test_unreachable_redis_fails_every_entry():
         done = await asyncio.gather(*entries, return_exceptions=True)
         assert all(isinstance(e, RedisError) for e in done)
         await batch.flush()  # nothing left in flight
+    finally:
+        await client.aclose()
+
+
+async def test_picks_and_the_releases_queued_before_them_share_one_round_trip(server):
+    # With one slot per token, a pick can only succeed behind the release queued before it:
+    # the batch keeps them in order, and twenty requests' picks and releases cost two trips.
+    client = connect(server.url, 0.5)
+    try:
+        pool = make_pool(client, max_concurrency=1)
+        await alive(pool, TOKENS)
+        first = await asyncio.gather(*(pool.acquire() for _ in TOKENS))
+        assert all(isinstance(p, Pick) for p in first)
+        before = await reads(client)
+        for pick in first:
+            pool.release_soon(pick.lease)  # kept-alive clients' next requests, right behind
+        again = await asyncio.gather(*(pool.acquire() for _ in TOKENS))
+        assert all(isinstance(p, Pick) for p in again)  # none overtook the releases
+        assert await reads(client) - before == 2  # releases and picks in one batch, the INFO
+        assert sorted(p.lease.token_id for p in again) == sorted(p.lease.token_id for p in first)
+    finally:
+        await client.aclose()
+
+
+async def test_a_pick_whose_caller_hung_up_is_given_back(server):
+    client = connect(server.url, 0.5)
+    try:
+        pool = make_pool(client, max_concurrency=1)
+        await alive(pool, TOKENS[:1])
+        gone = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0)  # queued: the batch leaves on the next loop turn
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await pool.batch.flush()
+        for _ in range(40):  # the lease it may have taken is revoked once Redis answered
+            if not pool.unsettled:
+                break
+            await asyncio.sleep(0.05)
+        assert isinstance(await pool.acquire(), Pick)  # the one slot is free again
     finally:
         await client.aclose()
 
